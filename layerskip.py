@@ -1,0 +1,547 @@
+"""
+LayerSkip in one file: a Llama decoder trained with layer dropout and an early-exit loss, decoded with
+early exit and self-speculative decoding.
+
+    Elhoushi et al., "LayerSkip: Enabling Early Exit Inference and Self-Speculative Decoding", ACL 2024.
+    https://arxiv.org/abs/2404.16710
+
+Read it top to bottom, in the paper's order:
+  1. the model (a plain Llama: RMSNorm, RoPE, grouped-query attention, SwiGLU), with one shared LM head g
+  2. layer dropout, eq. 1-4: deeper blocks are skipped more often during training
+  3. the early-exit loss, eq. 5-6, and its rotational and gradual curricula
+  4. caches: a static KV cache per block and the exit-state buffer (the paper's "KVQ cache")
+  5. sampling and the acceptance rule of speculative decoding
+  6. decoding: autoregressive, early exit, and self-speculative (draft with blocks 0..E-1, verify with E..L-1)
+  7. the logit lens: what every exit would predict, and how many layers a token really needs
+
+Conventions. Blocks are numbered l = 0..L-1 and x_{l+1} = x_l + f_l(x_l) is the output of block l.
+The exit layer E is a count of blocks: an exit at E runs blocks 0..E-1 and then g = output(norm(.)).
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. The model: a Llama decoder. Field and module names follow Meta's params.json and checkpoint keys, so
+#    Meta weights load strictly and Hugging Face weights need one rename table.
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 256
+    n_layers: int = 12
+    n_heads: int = 8
+    n_kv_heads: Optional[int] = None  # grouped-query attention; None = n_heads (plain multi-head)
+    vocab_size: int = 4096
+    multiple_of: int = 32  # the SwiGLU hidden size is rounded up to a multiple of this
+    ffn_dim_multiplier: Optional[float] = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0  # Llama 2: 1e4, Llama 3: 5e5
+    use_scaled_rope: bool = False  # Llama 3.1+ frequency scaling for long contexts
+    rope_scale_factor: float = 8.0  # 8 for Llama 3.1, 32 for Llama 3.2 1B/3B
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192
+    max_seq_len: int = 512
+    tie_word_embeddings: bool = False  # Llama 3.2 shares the output matrix with the embedding
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()  # normalise in float32 even when the model runs in bf16/fp16
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return x32.type_as(x) * self.weight
+
+
+def rope_frequencies(args: ModelArgs) -> torch.Tensor:
+    """Rotation frequency of each pair of head channels, with Llama 3.1's long-context scaling if asked for."""
+    d = args.head_dim
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    if args.use_scaled_rope:
+        # Slow (long-wavelength) frequencies are divided by the factor, fast ones kept, the band between
+        # blended smoothly; identical to Meta's apply_scaling.
+        wavelen = 2 * math.pi / freqs
+        low_wavelen = args.rope_original_max_seq_len / args.rope_low_freq_factor
+        high_wavelen = args.rope_original_max_seq_len / args.rope_high_freq_factor
+        smooth = (args.rope_original_max_seq_len / wavelen - args.rope_low_freq_factor) / (
+            args.rope_high_freq_factor - args.rope_low_freq_factor)
+        blended = (1 - smooth) * freqs / args.rope_scale_factor + smooth * freqs
+        freqs = torch.where(wavelen < high_wavelen, freqs,
+                            torch.where(wavelen > low_wavelen, freqs / args.rope_scale_factor, blended))
+    return freqs.float()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate interleaved channel pairs (x0,x1), (x2,x3), ... as Meta's Llama does. x: [B, T, H, D]."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # each [B, T, H, D/2]
+    cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, D/2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.n_kv_heads or args.n_heads
+        self.head_dim = args.head_dim
+        self.wq = nn.Linear(args.dim, self.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False)
+
+    def forward(self, x, rope, kv_cache=None, pos=0):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, head_dim]
+        if kv_cache is not None:
+            k, v = kv_cache.update(pos, k, v)  # keys and values of positions 0..pos+T-1
+        S = k.shape[2]
+        if S == T:  # no past: plain causal attention
+            mask, causal = None, T > 1
+        elif T == 1:  # one new token sees the whole past
+            mask, causal = None, False
+        else:  # T new tokens after S-T cached ones: query i sees keys 0..S-T+i
+            mask, causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T), False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        hidden = int(2 * 4 * args.dim / 3)  # SwiGLU sized as Meta sizes it
+        if args.ffn_dim_multiplier is not None:
+            hidden = int(args.ffn_dim_multiplier * hidden)
+        hidden = args.multiple_of * math.ceil(hidden / args.multiple_of)
+        self.w1 = nn.Linear(args.dim, hidden, bias=False)  # gate
+        self.w2 = nn.Linear(hidden, args.dim, bias=False)  # down
+        self.w3 = nn.Linear(args.dim, hidden, bias=False)  # up
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x, rope, kv_cache=None, pos=0):
+        x = x + self.attention(self.attention_norm(x), rope, kv_cache, pos)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, params: ModelArgs):
+        super().__init__()
+        self.params = params
+        self.tok_embeddings = nn.Embedding(params.vocab_size, params.dim)
+        self.layers = nn.ModuleList(TransformerBlock(params) for _ in range(params.n_layers))
+        self.norm = RMSNorm(params.dim, params.norm_eps)
+        self.output = nn.Linear(params.dim, params.vocab_size, bias=False)
+        if params.tie_word_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        angles = torch.outer(torch.arange(params.max_seq_len, dtype=torch.float32), rope_frequencies(params))
+        self.register_buffer("rope_cos", angles.cos(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+            if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * params.n_layers))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def rope(self, pos: int, T: int):
+        return self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T]
+
+    def head(self, h):
+        """The LM head g shared by every exit: final RMSNorm, then the output projection (trap: never skip the norm)."""
+        logits = self.output(self.norm(h))
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 logits go to float32
+
+    def run_blocks(self, h, start: int, end: int, pos: int = 0, cache=None):
+        """Blocks start..end-1 on hidden states h [B, T, dim] at positions pos..pos+T-1, reading and writing the
+        KV cache if one is given. One function for prefill, drafting (0..E-1) and verification (E..L-1)."""
+        rope = self.rope(pos, h.shape[1])
+        for l in range(start, end):
+            h = self.layers[l](h, rope, cache.kv[l] if cache is not None else None, pos)
+        return h
+
+    def forward(self, tokens, targets=None, *, exit_weights=None, drop_rates=None, seed=0, step=0):
+        """Without targets: the last layer's logits [B, T, vocab]. With targets: (loss, {block: its exit's CE}),
+        where loss = sum_l exit_weights[l] * CE(g(x_{l+1}), targets) (eq. 5; default: last layer only) and, in
+        training mode, block l is skipped for a sample with probability drop_rates[l] (eq. 1)."""
+        B, T = tokens.shape
+        h = self.tok_embeddings(tokens)
+        if targets is None:
+            return self.head(self.run_blocks(h, 0, len(self.layers)))
+        rope = self.rope(0, T)
+        exit_weights = exit_weights or {len(self.layers) - 1: 1.0}
+        loss, exit_losses = 0.0, {}
+        for l, layer in enumerate(self.layers):
+            p = drop_rates[l] if (drop_rates is not None and self.training) else 0.0
+            if p > 0:  # eq. 1: x_{l+1} = x_l + M(p) f_l(x_l), per sample, no 1/(1-p) rescaling
+                kept = (~layer_dropout_mask(B, p, seed, step, l)).nonzero().squeeze(1).to(h.device)
+                if len(kept) == B:
+                    h = layer(h, rope)
+                elif len(kept) > 0:  # run block l only on the kept rows: a real compute saving
+                    h = h.index_copy(0, kept, layer(h[kept], rope))
+                # else: every sample skips block l, h passes through unchanged
+            else:
+                h = layer(h, rope)
+            w = exit_weights.get(l, 0.0)
+            if w > 0:  # eq. 5, one exit at a time: never a [exits, B, T, vocab] tensor
+                ce = F.cross_entropy(self.head(h).flatten(0, 1), targets.flatten(), ignore_index=-1)
+                loss = loss + w * ce
+                exit_losses[l] = ce.detach()
+        return loss, exit_losses
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Layer dropout (paper §4.1.1). Skip block l with probability p_{l,t} = S(t) D(l) p_max: never the first
+#    block, the last one with p_max; from scratch the rates also grow over training.
+
+
+def layer_dropout_rates(n_layers: int, p_max: float, step: Optional[int] = None,
+                        total_steps: Optional[int] = None) -> list[float]:
+    """Per-block skip probabilities, eq. 2-4. step=None: S(t)=1 (continual pretraining, finetuning)."""
+    # eq. 4: S(t) = 2^(t/(T-1)) - 1 from 0 at the first step to 1 at the last (from scratch only)
+    S = 1.0 if step is None else (2 ** (step / max(total_steps - 1, 1)) - 1)
+    # eq. 3: D(l) = 2^(l/(L-1)) - 1 from 0 at block 0 to 1 at block L-1
+    D = [2 ** (l / max(n_layers - 1, 1)) - 1 for l in range(n_layers)]
+    return [S * d * p_max for d in D]  # eq. 2
+
+
+def layer_dropout_mask(batch: int, p: float, seed: int, step: int, layer: int) -> torch.Tensor:
+    """Which samples skip this block: a pure function of (seed, step, layer), so that every data-parallel rank
+    draws the same pattern (the paper seeds every GPU alike) and a resumed run draws what it would have drawn."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_000_003 + layer)
+    return torch.rand(batch, generator=g) < p  # True = skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Early-exit loss (paper §4.1.2). Every exit uses the same head g; later exits weigh quadratically more,
+#    and a curriculum C(t, l) decides which exits are trained at step t.
+
+
+def early_exit_scale(n_layers: int, e_scale: float) -> list[float]:
+    """Un-normalised e(l): e_scale * l(l+1)/2 below the last block, (L-1) + e_scale (L-2)(L-1)/2 for it (eq. 6)."""
+    L = n_layers
+    e = [e_scale * l * (l + 1) / 2 for l in range(L - 1)]
+    return e + [(L - 1) + e_scale * (L - 2) * (L - 1) / 2]
+
+
+def early_exit_weights(n_layers: int, e_scale: float, enabled) -> dict[int, float]:
+    """Normalised weights ẽ(t, l) = C e(l) / sum_i C e(i) over the enabled exits (eq. 6); they sum to 1."""
+    e = early_exit_scale(n_layers, e_scale)
+    total = sum(e[l] for l in enabled)
+    return {l: e[l] / total for l in sorted(enabled)}
+
+
+CURRICULA = ("none", "rotational", "gradual")
+
+
+def early_exit_curriculum(n_layers: int, step: int, curriculum: str = "none", rotation: int = 1,
+                          total_steps: Optional[int] = None) -> list[int]:
+    """The exits C(t, l) enabled at this step; the last block is always on.
+    none: every exit. rotational: every R-th block, shifted by one block per step. gradual: top-down, one more
+    block every T/(2L) steps, all on from T/2."""
+    L = n_layers
+    if curriculum == "none":
+        on = range(L)
+    elif curriculum == "rotational":
+        on = [l for l in range(L) if (l - step) % rotation == 0]
+    elif curriculum == "gradual":
+        on = [l for l in range(L) if step >= (L - 1 - l) * total_steps / (2 * L)]
+    else:
+        raise ValueError(f"unknown curriculum {curriculum!r}: choose one of {', '.join(CURRICULA)}")
+    return sorted(set(on) | {L - 1})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. Caches. Keys and values live in static buffers written at absolute positions (as in gpt-fast): rejecting
+#    drafts needs no copy, the next round simply overwrites the stale slots. Self-speculative decoding shares
+#    one KV cache between draft and verify, and keeps the exit states x_E of drafted tokens ("exit query cache"
+#    in the paper) so that verification continues from block E without re-running blocks 0..E-1.
+
+
+class KVCache:
+    def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype, device):
+        self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+
+    def update(self, pos: int, k, v):
+        """Write keys/values of positions pos..pos+T-1; return those of positions 0..pos+T-1."""
+        T = k.shape[2]
+        self.k[:, :, pos:pos + T] = k
+        self.v[:, :, pos:pos + T] = v
+        return self.k[:, :, :pos + T], self.v[:, :, :pos + T]
+
+
+class Cache:
+    """One KV cache per block plus the exit-state buffer: together the paper's KVQ cache."""
+
+    def __init__(self, model: Transformer, max_len: int, batch: int = 1):
+        p, w = model.params, model.tok_embeddings.weight
+        self.kv = [KVCache(batch, p.n_kv_heads or p.n_heads, max_len, p.head_dim, w.dtype, w.device)
+                   for _ in range(p.n_layers)]
+        self.exit_h = torch.zeros(batch, max_len, p.dim, dtype=w.dtype, device=w.device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. Sampling. Greedy is an exact argmax. With temperature > 0, self-speculative decoding accepts a draft
+#    token with probability min(1, p/q) and otherwise resamples from max(p - q, 0), which makes its output
+#    follow the full model's distribution exactly (Leviathan et al. 2023, Chen et al. 2023).
+
+
+def probabilities(logits, temperature: float, top_k: Optional[int] = None, top_p: Optional[float] = None):
+    """Softmax of logits [..., V] after temperature, top-k and top-p (nucleus) filtering."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # tokens after the nucleus is full (top one always kept)
+        probs = probs.scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sample(logits, temperature, top_k, top_p, rng):
+    """Next token from logits [V], and the distribution it was drawn from (None for greedy)."""
+    if temperature == 0:
+        return int(logits.argmax()), None
+    probs = probabilities(logits, temperature, top_k, top_p)
+    return int(torch.multinomial(probs, 1, generator=rng)), probs
+
+
+def verify(drafts: list[int], draft_probs, logits, temperature, top_k, top_p, rng) -> tuple[int, int]:
+    """Compare d drafted tokens with the verifier's logits [d+1, V] (one row per draft plus one after the last).
+    Returns (number accepted, the verifier's own next token): a correction at the first rejected draft,
+    or a bonus token when all d were accepted. Every round thus yields at least one token."""
+    if temperature == 0:  # greedy: accept the longest prefix on which draft and verifier agree
+        target = logits.argmax(-1).tolist()
+        n = 0
+        while n < len(drafts) and drafts[n] == target[n]:
+            n += 1
+        return n, target[n]
+    p = probabilities(logits, temperature, top_k, top_p)
+    for i, tok in enumerate(drafts):
+        q = draft_probs[i]
+        if torch.rand((), generator=rng, device=p.device) * q[tok] < p[i, tok]:  # accept with min(1, p/q)
+            continue
+        residual = (p[i] - q).clamp_min(0.0)  # rejected: resample from normalise(max(p - q, 0))
+        return i, int(torch.multinomial(residual / residual.sum(), 1, generator=rng))
+    return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=rng))  # bonus token from p
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. Decoding. One generator of events serves the CLI, the demo and the benchmarks; generate() drains it.
+
+STRATEGIES = ("autoregressive", "early_exit", "self_speculative")
+
+
+@dataclass
+class Round:
+    """One round of decoding: the drafted tokens, how many the verifier accepted, and its own token (None when
+    the round ended at an EOS draft). Autoregressive and early-exit steps are rounds without drafts."""
+    drafted: list[int]
+    accepted: int
+    token: Optional[int]
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.drafted[:self.accepted] + ([] if self.token is None else [self.token])
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    seconds: float
+    rounds: int
+    drafted: int
+    accepted: int
+    events: list[Round] = field(default_factory=list, repr=False)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.tokens) / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def time_per_token(self) -> float:
+        return self.seconds / max(len(self.tokens), 1)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        return len(self.tokens) / max(self.rounds, 1)
+
+
+def check_generation_args(model, prompt_ids, max_new_tokens, strategy, exit_layer, num_speculations,
+                          temperature, top_k, top_p):
+    """Raise a ValueError that names the problem and the valid range."""
+    L, ctx = model.params.n_layers, model.params.max_seq_len
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if strategy != "autoregressive" and (exit_layer is None or not 1 <= exit_layer <= L):
+        raise ValueError(f"exit layer {exit_layer} is out of range: this model has {L} layers, use 1..{L}")
+    if strategy == "self_speculative" and (num_speculations is None or num_speculations < 1):
+        raise ValueError(f"num_speculations must be at least 1, got {num_speculations}")
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    if len(prompt_ids) >= ctx:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens but the context window holds {ctx}: "
+                         f"use a prompt of at most {ctx - 1} tokens")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+@torch.inference_mode()
+def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: int,
+                    strategy: str = "autoregressive", exit_layer: Optional[int] = None,
+                    num_speculations: Optional[int] = None, temperature: float = 0.0,
+                    top_k: Optional[int] = None, top_p: Optional[float] = None,
+                    eos_id: Optional[int] = None, seed: Optional[int] = None) -> Iterator[Round]:
+    """Decode after prompt_ids, yielding one Round per model round. Stops at EOS (which is emitted),
+    max_new_tokens, or the context window."""
+    check_generation_args(model, prompt_ids, max_new_tokens, strategy, exit_layer, num_speculations,
+                          temperature, top_k, top_p)
+    L = model.params.n_layers
+    device = model.tok_embeddings.weight.device
+    rng = torch.Generator(device=device)
+    rng.manual_seed(seed if seed is not None else torch.seed())
+    end = min(model.params.max_seq_len, len(prompt_ids) + max_new_tokens)  # the sequence never grows past this
+    cache = Cache(model, end)
+    seq = list(prompt_ids)
+    n_cached = 0  # positions 0..n_cached-1 hold valid keys/values in every block used
+
+    def tensor(ids):
+        return torch.tensor([ids], dtype=torch.long, device=device)
+
+    if strategy in ("autoregressive", "early_exit"):
+        E = L if strategy == "autoregressive" else exit_layer
+        while len(seq) < end:
+            h = model.run_blocks(model.tok_embeddings(tensor(seq[n_cached:])), 0, E, n_cached, cache)
+            n_cached = len(seq)
+            token, _ = sample(model.head(h[0, -1]), temperature, top_k, top_p, rng)
+            seq.append(token)
+            yield Round(drafted=[], accepted=0, token=token)
+            if token == eos_id:
+                return
+        return
+
+    E = exit_layer
+    while len(seq) < end:
+        # Draft: up to d tokens with blocks 0..E-1 and the shared head. Each step writes the early blocks' KV
+        # and keeps the exit state x_E of its input for verification. d shrinks so that the round can never
+        # emit more than max_new_tokens or pass the context window.
+        d = min(num_speculations, end - len(seq) - 1)
+        pos, x = n_cached, seq[n_cached:]  # x: tokens not yet seen by any block (the prompt, then one token)
+        drafts, draft_probs = [], []
+        for _ in range(d):
+            h = model.run_blocks(model.tok_embeddings(tensor(x)), 0, E, pos, cache)
+            cache.exit_h[:, pos:pos + len(x)] = h
+            pos += len(x)
+            token, probs = sample(model.head(h[0, -1]), temperature, top_k, top_p, rng)
+            drafts.append(token)
+            draft_probs.append(probs)
+            x = [token]
+            if token == eos_id:
+                break
+        # Verify: the last draft still needs blocks 0..E-1 (its KV and exit state); then blocks E..L-1 run once
+        # over every position they have not seen, starting from the cached exit states.
+        h = model.run_blocks(model.tok_embeddings(tensor(x)), 0, E, pos, cache)
+        cache.exit_h[:, pos:pos + len(x)] = h
+        pos += len(x)
+        h = model.run_blocks(cache.exit_h[:, n_cached:pos], E, L, n_cached, cache)
+        logits = model.head(h[0, -(len(drafts) + 1):])  # the verifier's prediction after x and after each draft
+        accepted, token = verify(drafts, draft_probs, logits, temperature, top_k, top_p, rng)
+        if accepted and drafts[accepted - 1] == eos_id:
+            token = None  # an accepted EOS draft ends the text: no token after it
+        event = Round(drafted=drafts, accepted=accepted, token=token)
+        seq += event.tokens
+        # Roll back: slots after the accepted tokens hold rejected drafts and are overwritten next round. The
+        # newest token has not been through any block yet, so it is the next round's input.
+        n_cached = len(seq) - 1
+        yield event
+        if eos_id in event.tokens:
+            return
+
+
+def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, **kwargs) -> Generation:
+    """Decode and return the new tokens with their statistics; takes generate_stream's arguments."""
+    start = time.perf_counter()
+    events = list(generate_stream(model, prompt_ids, max_new_tokens, **kwargs))
+    seconds = time.perf_counter() - start
+    return Generation(tokens=[t for e in events for t in e.tokens], seconds=seconds, rounds=len(events),
+                      drafted=sum(len(e.drafted) for e in events), accepted=sum(e.accepted for e in events),
+                      events=events)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 7. Logit lens (paper Fig. 2): apply the shared head after every block and watch the prediction settle.
+
+
+@dataclass
+class LogitLens:
+    top1: torch.Tensor  # [L, T] token each exit would predict at each position
+    prob: torch.Tensor  # [L, T] its probability
+    layers_needed: torch.Tensor  # [T] earliest exit (a count of blocks) after which the prediction stays put
+
+    @property
+    def mean_layers_needed(self) -> float:
+        return self.layers_needed.float().mean().item()
+
+
+@torch.inference_mode()
+def logit_lens(model: Transformer, token_ids: list[int]) -> LogitLens:
+    """Every exit's top-1 next-token prediction and its probability at every position of token_ids."""
+    device = model.tok_embeddings.weight.device
+    h = model.tok_embeddings(torch.tensor([token_ids], device=device))
+    top1, prob = [], []
+    for l in range(model.params.n_layers):
+        h = model.run_blocks(h, l, l + 1)
+        p, t = torch.softmax(model.head(h[0]), dim=-1).max(dim=-1)
+        top1.append(t)
+        prob.append(p)
+    top1, prob = torch.stack(top1), torch.stack(prob)
+    # layers needed = 1 + the last block whose prediction still differs from the final one (0 if none differs)
+    differs = top1 != top1[-1:]
+    L = top1.shape[0]
+    last_differs = torch.where(differs, torch.arange(L, device=device)[:, None], -1).amax(dim=0)
+    return LogitLens(top1=top1.cpu(), prob=prob.cpu(), layers_needed=(last_differs + 2).clamp(max=L).cpu())

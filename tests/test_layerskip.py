@@ -1,0 +1,419 @@
+"""Tests of layerskip.py: the paper's formulas as literal numbers, and decoding as exact equivalences."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import layerskip as ls
+
+
+def tiny_model(n_layers=4, vocab_size=32, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=64, seed=0,
+               dtype=torch.float64, spread=4.0, **kw):
+    """A random Llama whose logits are spread out (so greedy choices are far from ties), in float64 by default
+    so that batched verification and one-token drafting agree to the last bit that matters."""
+    torch.manual_seed(seed)
+    args = ls.ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                        vocab_size=vocab_size, multiple_of=16, max_seq_len=max_seq_len, **kw)
+    model = ls.Transformer(args).to(dtype).eval()
+    with torch.no_grad():
+        model.output.weight.mul_(spread)
+        for layer in model.layers:  # stronger residual updates: deeper blocks really change the prediction
+            layer.attention.wo.weight.mul_(8)
+            layer.feed_forward.w2.weight.mul_(8)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer dropout schedule (eq. 2-4)
+
+
+def test_layer_dropout_rates_match_paper_l24():
+    """L=24, p_max=0.2 gives the spec's per-layer rates and a mean of 0.089 (paper Fig. 12's 0.0889)."""
+    expected = [0, .0061, .0124, .0189, .0256, .0325, .0396, .047, .0545, .0623, .0703, .0786, .0871, .0959,
+                .105, .1143, .1239, .1338, .144, .1546, .1654, .1766, .1881, .2]
+    rates = ls.layer_dropout_rates(24, 0.2)
+    assert [round(p, 4) for p in rates] == expected
+    assert abs(sum(rates) / 24 - 0.0889) < 2e-4
+
+
+def test_layer_dropout_rates_l12_and_time_schedule():
+    """L=12 literals; S(t) = 2^(t/(T-1)) - 1 is 0 at the first step, 1 at the last, sqrt(2)-1 half-way."""
+    assert [round(p, 4) for p in ls.layer_dropout_rates(12, 0.2)] == [
+        0, .013, .0269, .0416, .0573, .0741, .0919, .1109, .1311, .1526, .1756, .2]
+    assert ls.layer_dropout_rates(12, 0.2, step=0, total_steps=101) == [0.0] * 12
+    assert ls.layer_dropout_rates(12, 0.2, step=100, total_steps=101)[-1] == pytest.approx(0.2)
+    assert ls.layer_dropout_rates(12, 0.2, step=50, total_steps=101)[-1] == pytest.approx(0.2 * (2 ** .5 - 1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Early-exit loss weights and curricula (eq. 5-6)
+
+
+def test_early_exit_scale_literals():
+    """e(l) for L=12, e_scale=0.2: triangular numbers times 0.2, and 11 + 0.2*55 = 22 for the last block."""
+    assert [round(e, 6) for e in ls.early_exit_scale(12, 0.2)] == [0, .2, .6, 1.2, 2, 3, 4.2, 5.6, 7.2, 9, 11, 22]
+    e32 = ls.early_exit_scale(32, 0.2)
+    assert e32[30] == pytest.approx(93) and e32[31] == pytest.approx(124)
+
+
+def test_early_exit_weights_match_spec():
+    """L=32, e_scale=0.2: exits {0,8,16,24,31} -> 0, .033, .125, .275, .568; {3,11,19,27,31} -> .005 ... .492."""
+    w = ls.early_exit_weights(32, 0.2, [0, 8, 16, 24, 31])
+    assert [round(w[l], 3) for l in (0, 8, 16, 24, 31)] == [0, .033, .125, .275, .568]
+    w = ls.early_exit_weights(32, 0.2, [3, 11, 19, 27, 31])
+    assert [round(w[l], 3) for l in (3, 11, 19, 27, 31)] == [.005, .052, .151, .300, .492]
+    assert sum(w.values()) == pytest.approx(1.0)
+    assert ls.early_exit_weights(12, 0.0, range(12))[11] == 1.0  # e_scale=0: only the last layer is trained
+
+
+def test_rotational_curriculum():
+    """Every R-th block, rotating by one block per step, last block always on."""
+    assert ls.early_exit_curriculum(32, 0, "rotational", 8) == [0, 8, 16, 24, 31]
+    assert ls.early_exit_curriculum(32, 3, "rotational", 8) == [3, 11, 19, 27, 31]
+    assert ls.early_exit_curriculum(32, 9, "rotational", 8) == [1, 9, 17, 25, 31]
+    assert ls.early_exit_curriculum(24, 5, "rotational", 23) == [5, 23]
+    assert ls.early_exit_curriculum(24, 0, "rotational", 23) == [0, 23]
+    assert ls.early_exit_curriculum(8, 7, "none") == list(range(8))
+
+
+def test_gradual_curriculum():
+    """Top-down: block l switches on at step (L-1-l) T/(2L); all on from T/2; last block on from step 0."""
+    L, T = 8, 160  # one more block every T/(2L) = 10 steps
+    assert ls.early_exit_curriculum(L, 0, "gradual", total_steps=T) == [7]
+    assert ls.early_exit_curriculum(L, 9, "gradual", total_steps=T) == [7]
+    assert ls.early_exit_curriculum(L, 10, "gradual", total_steps=T) == [6, 7]
+    assert ls.early_exit_curriculum(L, 35, "gradual", total_steps=T) == [4, 5, 6, 7]
+    assert ls.early_exit_curriculum(L, 70, "gradual", total_steps=T) == list(range(8))
+    with pytest.raises(ValueError, match="unknown curriculum"):
+        ls.early_exit_curriculum(L, 0, "sideways")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer dropout in the forward pass (eq. 1)
+
+
+def count_rows(model):
+    """Forward hooks counting the samples (rows of the batch) that reach each block."""
+    counts = [0] * len(model.layers)
+
+    def hook(l):
+        return lambda module, args, out: counts.__setitem__(l, counts[l] + args[0].shape[0])
+
+    handles = [layer.register_forward_hook(hook(l)) for l, layer in enumerate(model.layers)]
+    return counts, handles
+
+
+def test_layer_dropout_skips_rows_and_leaves_them_unchanged():
+    """A dropped sample never reaches the block, and the loss equals running each sample through only the
+    blocks it kept (so dropped rows pass through unchanged and nothing is rescaled)."""
+    model = tiny_model(n_layers=5).train()
+    B, T = 16, 10
+    tokens = torch.randint(0, 32, (B, T))
+    rates = [0.0, 0.5, 0.5, 0.5, 0.5]
+    masks = [ls.layer_dropout_mask(B, p, 7, 3, l) for l, p in enumerate(rates)]
+    counts, handles = count_rows(model)
+    loss, _ = model(tokens, tokens, drop_rates=rates, seed=7, step=3)
+    for h in handles:
+        h.remove()
+    assert counts == [B - int(m.sum()) for m in masks]
+    assert counts[0] == B and min(counts[1:]) < B  # block 0 never dropped; others were, this draw
+    logits = []
+    with torch.no_grad():
+        for b in range(B):
+            h = model.tok_embeddings(tokens[b:b + 1])
+            for l in range(5):
+                if not masks[l][b]:
+                    h = model.run_blocks(h, l, l + 1)
+            logits.append(model.head(h))
+    expected = F.cross_entropy(torch.cat(logits).flatten(0, 1), tokens.flatten())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_layer_dropout_pattern_is_a_function_of_seed_step_layer_and_off_in_eval():
+    """The same (seed, step, layer) draws the same pattern; another step draws another; eval drops nothing."""
+    a = ls.layer_dropout_mask(64, 0.5, 1, 10, 3)
+    assert torch.equal(a, ls.layer_dropout_mask(64, 0.5, 1, 10, 3))
+    assert not torch.equal(a, ls.layer_dropout_mask(64, 0.5, 1, 11, 3))
+    assert not torch.equal(a, ls.layer_dropout_mask(64, 0.5, 2, 10, 3))
+    assert 16 < int(a.sum()) < 48
+    model = tiny_model(n_layers=3).eval()
+    tokens = torch.randint(0, 32, (4, 8))
+    counts, handles = count_rows(model)
+    with torch.no_grad():
+        dropped, _ = model(tokens, tokens, drop_rates=[1.0, 1.0, 1.0])
+        plain, _ = model(tokens, tokens)
+    assert counts == [8, 8, 8] and dropped.item() == plain.item()
+
+
+def test_early_exit_loss_is_the_weighted_sum_of_per_exit_ce():
+    """loss = sum_l w_l CE(g(x_{l+1})); each exit is the shared head on that block's output; no weights = plain LM."""
+    model = tiny_model(n_layers=4)
+    tokens = torch.randint(0, 32, (3, 12))
+    targets = torch.randint(0, 32, (3, 12))
+    weights = ls.early_exit_weights(4, 1.0, [1, 2, 3])
+    loss, per_exit = model(tokens, targets, exit_weights=weights)
+    assert sorted(per_exit) == [1, 2, 3]
+    with torch.no_grad():
+        h = model.tok_embeddings(tokens)
+        for l in range(4):
+            h = model.run_blocks(h, l, l + 1)
+            if l in per_exit:
+                ce = F.cross_entropy(model.head(h).flatten(0, 1), targets.flatten())
+                assert per_exit[l].item() == pytest.approx(ce.item(), rel=1e-9)
+    assert loss.item() == pytest.approx(sum(weights[l] * per_exit[l].item() for l in weights), rel=1e-9)
+    plain, only_last = model(tokens, targets)
+    assert list(only_last) == [3]
+    assert plain.item() == pytest.approx(F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten()).item())
+    loss.backward()  # the loss trains every block
+    assert all(p.grad is not None for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model and cache
+
+
+def test_cached_incremental_decoding_equals_full_forward():
+    """Prefill plus one token at a time through the static KV cache reproduces the full forward's logits."""
+    for kw in ({}, {"n_kv_heads": 4}, {"use_scaled_rope": True, "rope_scale_factor": 32.0, "rope_theta": 5e5,
+                                       "rope_original_max_seq_len": 16}, {"tie_word_embeddings": True}):
+        model = tiny_model(n_layers=3, **kw)
+        tokens = torch.randint(0, 32, (1, 20))
+        with torch.no_grad():
+            full = model(tokens)
+            cache = ls.Cache(model, 20)
+            steps = [model.head(model.run_blocks(model.tok_embeddings(tokens[:, :7]), 0, 3, 0, cache))]
+            for t in range(7, 20):
+                steps.append(model.head(model.run_blocks(model.tok_embeddings(tokens[:, t:t + 1]), 0, 3, t, cache)))
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-9, atol=1e-9)
+
+
+def test_scaled_rope_matches_meta_reference():
+    """Llama 3.1 frequency scaling equals Meta's apply_scaling loop, written out here."""
+    args = ls.ModelArgs(dim=128, n_heads=1, rope_theta=5e5, use_scaled_rope=True, rope_scale_factor=32.0)
+    base = 1.0 / (5e5 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128))
+    expected = []
+    for f in base.tolist():
+        wavelen = 2 * math.pi / f
+        if wavelen < 8192 / 4:
+            expected.append(f)
+        elif wavelen > 8192 / 1:
+            expected.append(f / 32)
+        else:
+            s = (8192 / wavelen - 1) / (4 - 1)
+            expected.append((1 - s) * f / 32 + s * f)
+    torch.testing.assert_close(ls.rope_frequencies(args), torch.tensor(expected, dtype=torch.float32))
+    assert ls.rope_frequencies(args)[-1] < base[-1].float() / 31  # the slowest frequency really was scaled
+
+
+def test_feed_forward_sized_as_meta():
+    """SwiGLU hidden size as in Meta's checkpoints: Llama 2 7B 11008, 70B 28672, Llama 3 8B 14336, 3.2 1B 8192."""
+    with torch.device("meta"):
+        for kw, expected in ((dict(dim=4096, multiple_of=256), 11008),
+                             (dict(dim=8192, multiple_of=4096, ffn_dim_multiplier=1.3), 28672),
+                             (dict(dim=4096, multiple_of=1024, ffn_dim_multiplier=1.3), 14336),
+                             (dict(dim=2048, multiple_of=256, ffn_dim_multiplier=1.5), 8192)):
+            assert ls.FeedForward(ls.ModelArgs(**kw)).w1.out_features == expected
+
+
+def test_early_exit_is_the_shared_head_on_block_output():
+    """Early exit at E runs blocks 0..E-1 then norm+output; E = L is the full model."""
+    model = tiny_model(n_layers=4)
+    prompt = torch.randint(0, 32, (10,)).tolist()
+    full = ls.generate(model, prompt, 12, strategy="autoregressive")
+    assert ls.generate(model, prompt, 12, strategy="early_exit", exit_layer=4).tokens == full.tokens
+    for E in (1, 2, 3):
+        out = ls.generate(model, prompt, 1, strategy="early_exit", exit_layer=E).tokens
+        with torch.no_grad():
+            h = model.run_blocks(model.tok_embeddings(torch.tensor([prompt])), 0, E)
+            assert out == [int(model.output(model.norm(h[0, -1])).argmax())]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Self-speculative decoding
+
+
+def test_self_speculative_greedy_equals_autoregressive():
+    """Token for token, across random models x every exit 1..L-1 x d = 1..8 x prompt lengths, with EOS inside a
+    draft and max_new_tokens ending mid-round."""
+    eos_inside_draft = eos_accepted_in_draft = 0
+    for seed, L in enumerate((2, 3, 4, 6)):
+        model = tiny_model(n_layers=L, seed=seed)
+        for plen in (1, 5, 17):
+            prompt = torch.randint(0, 32, (plen,), generator=torch.Generator().manual_seed(plen)).tolist()
+            ar = ls.generate(model, prompt, 13).tokens
+            assert len(ar) == 13
+            eos = ar[7]  # a token the full model emits: AR stops there when it is the EOS
+            ar_eos = ls.generate(model, prompt, 13, eos_id=eos).tokens
+            assert ar_eos[-1] == eos and len(ar_eos) <= 8
+            for E in range(1, L):
+                for d in range(1, 9):
+                    out = ls.generate(model, prompt, 13, strategy="self_speculative", exit_layer=E,
+                                      num_speculations=d)
+                    assert out.tokens == ar, (L, plen, E, d)
+                    out = ls.generate(model, prompt, 13, strategy="self_speculative", exit_layer=E,
+                                      num_speculations=d, eos_id=eos)
+                    assert out.tokens == ar_eos, (L, plen, E, d, "eos")
+                    for e in out.events:
+                        eos_inside_draft += eos in e.drafted
+                        eos_accepted_in_draft += eos in e.drafted[:e.accepted]
+    assert eos_inside_draft > 0 and eos_accepted_in_draft > 0  # the EOS paths were really exercised
+
+
+def test_self_speculative_respects_budget_and_context():
+    """max_new_tokens ends mid-round exactly; generation stops cleanly at the context window."""
+    model = tiny_model(n_layers=4, max_seq_len=30)
+    prompt = list(range(5))
+    for n in range(0, 12):
+        out = ls.generate(model, prompt, n, strategy="self_speculative", exit_layer=2, num_speculations=5)
+        assert len(out.tokens) == n
+    ar = ls.generate(model, prompt, 1000)
+    ss = ls.generate(model, prompt, 1000, strategy="self_speculative", exit_layer=1, num_speculations=8)
+    assert len(ar.tokens) == 25 and ss.tokens == ar.tokens  # prompt + new tokens fill the 30 positions
+
+
+def test_self_speculative_stats_and_stream():
+    """Stats add up: every round emits accepted drafts plus at most one verifier token; the stream is the
+    same rounds that generate() reports."""
+    model = tiny_model(n_layers=6, seed=3)
+    prompt = list(range(8))
+    out = ls.generate(model, prompt, 40, strategy="self_speculative", exit_layer=4, num_speculations=4)
+    assert out.rounds == len(out.events)
+    assert out.drafted == sum(len(e.drafted) for e in out.events)
+    assert len(out.tokens) == out.accepted + out.rounds
+    assert 0 <= out.acceptance_rate <= 1 and out.tokens_per_round >= 1
+    stream = list(ls.generate_stream(model, prompt, 40, strategy="self_speculative", exit_layer=4,
+                                     num_speculations=4))
+    assert stream == out.events
+    assert all(1 <= len(e.drafted) <= 4 and 0 <= e.accepted <= len(e.drafted) for e in stream[:-1])
+
+
+def test_cache_reuse_every_block_processes_the_same_positions():
+    """With the shared KV cache and the exit-state cache, every block sees each position once per round:
+    prompt + (rounds - 1) + drafts in total, the same for early and late blocks. A naive draft-then-rerun
+    would push the drafts through blocks 0..E-1 twice."""
+    model = tiny_model(n_layers=6, seed=5)
+    counts = [0] * 6
+
+    def hook(l):
+        return lambda module, args, out: counts.__setitem__(l, counts[l] + args[0].shape[1])
+
+    handles = [layer.register_forward_hook(hook(l)) for l, layer in enumerate(model.layers)]
+    prompt = list(range(11))
+    out = ls.generate(model, prompt, 30, strategy="self_speculative", exit_layer=2, num_speculations=5)
+    for h in handles:
+        h.remove()
+    assert len(set(counts)) == 1, counts
+    assert counts[0] == len(prompt) + out.rounds - 1 + out.drafted
+    assert out.rounds < 30  # several tokens per round: drafts really were accepted
+
+
+def test_speculative_sampling_preserves_the_distribution():
+    """With temperature > 0 the first two self-speculative tokens follow the full model's distribution:
+    chi-square over 4,000 seeded runs stays under the 0.1% critical value, while the draft's own
+    distribution (exit 1) is rejected by the same test."""
+    V = 6
+    model = tiny_model(n_layers=3, vocab_size=V, seed=12, spread=4.0)
+    prompt = [1, 4, 2]
+    T = 1.0
+    with torch.no_grad():  # exact joint distribution of two tokens under the full model and under exit 1
+        def joint(E):
+            p = torch.zeros(V, V, dtype=torch.float64)
+            h = model.run_blocks(model.tok_embeddings(torch.tensor([prompt])), 0, E)
+            p1 = torch.softmax(model.head(h[0, -1]) / T, -1)
+            for a in range(V):
+                h = model.run_blocks(model.tok_embeddings(torch.tensor([prompt + [a]])), 0, E)
+                p[a] = p1[a] * torch.softmax(model.head(h[0, -1]) / T, -1)
+            return p.flatten()
+        p_full, p_draft = joint(3), joint(1)
+    assert 0.5 * (p_full - p_draft).abs().sum() > 0.2  # the draft really is a different distribution
+    N = 4000
+    counts = torch.zeros(V * V, dtype=torch.float64)
+    for s in range(N):
+        out = ls.generate(model, prompt, 2, strategy="self_speculative", exit_layer=1, num_speculations=3,
+                          temperature=T, seed=s).tokens
+        counts[out[0] * V + out[1]] += 1
+
+    def chi2(expected_p):
+        e = N * expected_p
+        keep = e > 5
+        return (((counts[keep] - e[keep]) ** 2) / e[keep]).sum().item(), int(keep.sum())
+
+    stat, cells = chi2(p_full)
+    critical = {k: c for k, c in ((20, 45.31), (25, 52.62), (30, 59.70), (35, 66.62))}
+    df = cells - 1
+    bound = critical[min(k for k in critical if k >= df)]
+    assert stat < bound, (stat, df)
+    stat_draft, _ = chi2(p_draft)
+    assert stat_draft > 10 * bound
+
+
+def test_top_k_top_p_filtering():
+    """top-k keeps the k largest; top-p keeps the smallest prefix reaching p; the result is normalised."""
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    torch.testing.assert_close(ls.probabilities(logits, 1.0, top_k=2), torch.tensor([0.625, 0.375, 0, 0]))
+    torch.testing.assert_close(ls.probabilities(logits, 1.0, top_p=0.8), torch.tensor([0.625, 0.375, 0, 0]))
+    torch.testing.assert_close(ls.probabilities(logits, 1.0, top_p=0.81), torch.tensor([.5, .3, .15, 0]) / .95)
+    torch.testing.assert_close(ls.probabilities(logits, 1.0, top_p=0.1), torch.tensor([1.0, 0, 0, 0]))
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    """The same seed gives the same sampled text for every strategy."""
+    model = tiny_model(n_layers=4)
+    for strategy in ls.STRATEGIES:
+        kw = dict(strategy=strategy, exit_layer=2, num_speculations=3, temperature=0.8, top_p=0.9, top_k=20)
+        a = ls.generate(model, [1, 2, 3], 20, seed=5, **kw).tokens
+        assert a == ls.generate(model, [1, 2, 3], 20, seed=5, **kw).tokens
+        assert a != ls.generate(model, [1, 2, 3], 20, seed=6, **kw).tokens
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Logit lens
+
+
+def test_logit_lens_layers_needed():
+    """Every exit's top-1 equals the early-exit prediction; layers needed is the earliest exit after which the
+    prediction never changes again."""
+    model = tiny_model(n_layers=5, seed=2)
+    tokens = torch.randint(0, 32, (15,)).tolist()
+    lens = ls.logit_lens(model, tokens)
+    assert lens.top1.shape == lens.prob.shape == (5, 15)
+    for E in range(1, 6):
+        h = model.run_blocks(model.tok_embeddings(torch.tensor([tokens])), 0, E)
+        assert torch.equal(lens.top1[E - 1], model.head(h[0]).argmax(-1))
+    for t in range(15):
+        column = lens.top1[:, t].tolist()
+        needed = next(E for E in range(1, 6) if all(c == column[-1] for c in column[E - 1:]))
+        assert lens.layers_needed[t] == needed
+    assert 1 <= lens.mean_layers_needed <= 5 and lens.layers_needed.max() > 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(strategy="early_exit", exit_layer=0), r"exit layer 0 is out of range.*use 1\.\.4"),
+    (dict(strategy="early_exit", exit_layer=5), r"exit layer 5 is out of range.*use 1\.\.4"),
+    (dict(strategy="self_speculative", exit_layer=None, num_speculations=2), r"exit layer None"),
+    (dict(strategy="self_speculative", exit_layer=2, num_speculations=0), r"num_speculations must be at least 1"),
+    (dict(strategy="beam"), r"unknown strategy 'beam'"),
+    (dict(temperature=-1.0), r"temperature must be"),
+    (dict(temperature=1.0, top_p=1.5), r"top_p must be in \(0, 1\]"),
+])
+def test_bad_generation_arguments(kwargs, message):
+    """Each bad argument raises a ValueError naming the problem and the valid range."""
+    model = tiny_model(n_layers=4)
+    with pytest.raises(ValueError, match=message):
+        ls.generate(model, [1, 2], 5, **kwargs)
+
+
+def test_bad_prompts():
+    """An empty prompt and one that fills the context window are refused with the limit named."""
+    model = tiny_model(n_layers=2, max_seq_len=16)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        ls.generate(model, [], 5)
+    with pytest.raises(ValueError, match="at most 15 tokens"):
+        ls.generate(model, list(range(16)), 5)
+    assert len(ls.generate(model, list(range(15)), 5).tokens) == 1  # room for exactly one token
