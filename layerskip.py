@@ -86,6 +86,13 @@ def rope_frequencies(args: ModelArgs) -> torch.Tensor:
     return freqs.float()
 
 
+def rope_tables(args: ModelArgs, device=None):
+    """cos and sin of every position's rotation angles, [max_seq_len, head_dim/2], always in float32."""
+    t = torch.arange(args.max_seq_len, dtype=torch.float32, device=device)
+    angles = torch.outer(t, rope_frequencies(args).to(device))
+    return angles.cos(), angles.sin()
+
+
 def apply_rope(x, cos, sin):
     """Rotate interleaved channel pairs (x0,x1), (x2,x3), ... as Meta's Llama does. x: [B, T, H, D]."""
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # each [B, T, H, D/2]
@@ -163,9 +170,9 @@ class Transformer(nn.Module):
         self.output = nn.Linear(params.dim, params.vocab_size, bias=False)
         if params.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        angles = torch.outer(torch.arange(params.max_seq_len, dtype=torch.float32), rope_frequencies(params))
-        self.register_buffer("rope_cos", angles.cos(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        cos, sin = rope_tables(params)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
