@@ -552,3 +552,9 @@ def logit_lens(model: Transformer, token_ids: list[int]) -> LogitLens:
     L = top1.shape[0]
     last_differs = torch.where(differs, torch.arange(L, device=device)[:, None], -1).amax(dim=0)
     return LogitLens(top1=top1.cpu(), prob=prob.cpu(), layers_needed=(last_differs + 2).clamp(max=L).cpu())
+
+
+def load_model(path, device="cpu", dtype=None):
+    """(model, tokenizer) from one of our checkpoints or a Meta / Hugging Face Llama directory (model_io.py)."""
+    from model_io import load_model as load
+    return load(path, device=device, dtype=dtype)
