@@ -94,9 +94,11 @@ def atomic_save(obj, path):
         os.close(dir_fd)
 
 
-def save_checkpoint(path, model: Transformer, tokenizer, half: bool = False, **extra):
-    """Write model args, weights (fp16 if half), tokenizer and any extra training state to path, atomically."""
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+def save_checkpoint(path, model: Transformer, tokenizer, half: bool = False, state_dict=None, **extra):
+    """Write model args, weights (fp16 if half), tokenizer and any extra training state to path, atomically.
+    state_dict: the weights, if not model.state_dict() (e.g. gathered from FSDP shards)."""
+    state = state_dict if state_dict is not None else model.state_dict()
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state.items()}
     if model.params.tie_word_embeddings:
         state.pop("output.weight", None)  # the same tensor as tok_embeddings.weight
     atomic_save({"format": FORMAT, "model_args": asdict(model.params), "model": state,

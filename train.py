@@ -99,6 +99,7 @@ def parse_args(argv=None):
     g.add_argument("--compile", action="store_true", help="torch.compile each block (skip logic stays eager)")
     g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
     g.add_argument("--seed", type=int, help="seed of data order, initialisation and layer dropout")
+    p.error = fail  # one line, not argparse's usage block
     args = p.parse_args(argv)
     cfg = dict(DEFAULTS)
     cfg.update(PRESETS.get(args.preset, {}))
@@ -311,7 +312,12 @@ def main(argv=None):
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2))
     step = 0
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
+        if cfg.fsdp and ddp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+            set_optimizer_state_dict(raw_model, optimizer, resume_state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(resume_state["optimizer"])
         step = resume_state["step"]
         torch.set_rng_state(resume_state["rng"])
         log(f"resumed {ckpt_path} at step {step}")
@@ -320,10 +326,19 @@ def main(argv=None):
                 and str(device).startswith("cuda") else nullcontext())
 
     def checkpoint(val_losses=None):
+        """Write the full training state (rank 0 writes; under FSDP every rank first helps gather it)."""
+        model_state, optim_state = raw_model.state_dict(), optimizer.state_dict()
+        if cfg.fsdp and ddp:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
+            full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_state = get_model_state_dict(raw_model, options=full)
+            optim_state = get_optimizer_state_dict(raw_model, optimizer, options=full)
         if master:
-            save_checkpoint(ckpt_path, raw_model, tokenizer, config=vars(cfg), step=step,
-                            optimizer=optimizer.state_dict(), rng=torch.get_rng_state(),
+            save_checkpoint(ckpt_path, raw_model, tokenizer, state_dict=model_state, config=vars(cfg), step=step,
+                            optimizer=optim_state, rng=torch.get_rng_state(),
                             metadata={"val_loss_per_exit": val_losses} if val_losses else {})
+        return model_state
 
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * world
     log(f"training steps {step}..{cfg.max_iters} | {tokens_per_step:,} tokens per step | layer dropout "
@@ -349,6 +364,11 @@ def main(argv=None):
                                     step=step * cfg.grad_accum + micro)
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item() / cfg.grad_accum
+            if ddp:  # log the global batch's loss, not this rank's share
+                import torch.distributed as dist
+                t = torch.tensor(loss_sum)
+                dist.all_reduce(t)
+                loss_sum = t.item() / world
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -362,7 +382,7 @@ def main(argv=None):
                 log(f"step {step:>6}/{cfg.max_iters} | loss {loss_sum:.4f} | lr {lr:.2e} | "
                     f"{tokens_per_step / dt:,.0f} tok/s | {1000 * dt:.0f} ms/step | ETA {fmt_time(eta)}", flush=True)
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
-                val_losses = evaluate(raw_model, data["val"], cfg, device, autocast) if master else None
+                val_losses = evaluate(raw_model, data["val"], cfg, device, autocast)  # all ranks: FSDP gathers
                 if master:
                     log("val loss by exit: " + " ".join(f"{l + 1}:{v:.3f}" for l, v in enumerate(val_losses)),
                         flush=True)
@@ -372,15 +392,24 @@ def main(argv=None):
                 checkpoint(val_losses)
     except KeyboardInterrupt:
         log(f"\ninterrupted at step {step}: writing {ckpt_path} (continue with --resume)")
-    checkpoint(val_losses)
+    model_state = checkpoint(val_losses)
     if master and step == cfg.max_iters:
         export = out_dir / "model.pt"  # weights only, fp16: the file to share or ship
-        save_checkpoint(export, raw_model, tokenizer, half=True, config=vars(cfg), step=step,
+        save_checkpoint(export, raw_model, tokenizer, state_dict=model_state, half=True, config=vars(cfg), step=step,
                         metadata={"val_loss_per_exit": val_losses} if val_losses else {})
         log(f"done: {ckpt_path} (full state) and {export} (fp16 weights, {export.stat().st_size / 2**20:.1f} MiB)"
             f" in {fmt_time(time.time() - t_start)}")
     if ddp:
+        import hashlib
         import torch.distributed as dist
+        if not cfg.fsdp:  # every DDP replica must end with the same weights
+            digest = hashlib.sha256()
+            for p in raw_model.parameters():
+                digest.update(p.detach().cpu().numpy().tobytes())
+            digests = [None] * world
+            dist.all_gather_object(digests, digest.hexdigest()[:16])
+            log(f"parameter digests by rank: {' '.join(digests)} "
+                f"({'identical' if len(set(digests)) == 1 else 'DIFFERENT: the ranks diverged'})")
         dist.barrier()
         dist.destroy_process_group()
 

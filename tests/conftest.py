@@ -19,7 +19,7 @@ def tiny_tokenizer(tmp_path_factory):
     from data.prepare import train_tokenizer
     text = (ROOT / "data/shakespeare/input.txt").read_text()[:200_000]
     path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
-    train_tokenizer([text], path, vocab_size=600)
+    train_tokenizer([text], str(path), vocab_size=600)
     return SentencePieceTokenizer.from_file(path)
 
 

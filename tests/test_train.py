@@ -1,0 +1,139 @@
+"""Tests of train.py: exact resume, data-parallel runs, the 1.5B dry run, atomic checkpoints, bad input."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "toy", "--dim", "32", "--n_layers", "4", "--n_heads", "4", "--n_kv_heads", "2",
+        "--block_size", "32", "--eval_iters", "2", "--log_interval", "1"]
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    """The shipped Shakespeare text, tokenized (about a second; the bins are not committed)."""
+    if not (ROOT / "data/shakespeare/train.bin").exists():
+        subprocess.run([sys.executable, "data/shakespeare/prepare.py"], cwd=ROOT, check=True,
+                       capture_output=True)
+    return ROOT / "data/shakespeare"
+
+
+def run(args, torchrun=False, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] \
+        if torchrun else [sys.executable]
+    proc = subprocess.run(launcher + ["train.py"] + [str(a) for a in args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def step_losses(stdout):
+    return [float(m) for m in re.findall(r"^step +\d+/\d+ \| loss ([\d.]+)", stdout, re.M)]
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resume_continues_exactly(shakespeare, tmp_path):
+    """N steps straight == N/2 steps, stop, --resume for the rest: identical weights."""
+    common = TINY + ["--max_iters", 8, "--eval_interval", 4, "--p_max", 0.3, "--e_scale", 0.5]
+    run(common + ["--out_dir", tmp_path / "straight"])
+    run(common + ["--out_dir", tmp_path / "split", "--stop_after", 4])
+    assert torch.load(tmp_path / "split/ckpt.pt", weights_only=True)["step"] == 4
+    out = run(["--resume", "--out_dir", tmp_path / "split"]).stdout
+    assert "resumed" in out
+    a, b = weights(tmp_path / "straight/ckpt.pt"), weights(tmp_path / "split/ckpt.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_rank_ddp_with_layerskip_keeps_ranks_identical(shakespeare, tmp_path):
+    """torchrun, 2 gloo ranks, layer dropout + early-exit loss on: both ranks end with identical parameters."""
+    out = run(TINY + ["--max_iters", 6, "--eval_interval", 6, "--batch_size", 4, "--p_max", 0.5,
+                      "--e_scale", 0.5, "--out_dir", tmp_path], torchrun=True).stdout
+    digests = re.search(r"parameter digests by rank: (\w+) (\w+) \((\w+)\)", out)
+    assert digests and digests[1] == digests[2] and digests[3] == "identical", out[-2000:]
+
+
+def test_two_rank_ddp_equals_one_process_with_the_same_global_batch(shakespeare, tmp_path):
+    """Layer dropout off: 2 ranks x batch 4 log the same losses as 1 process x batch 8."""
+    common = TINY + ["--max_iters", 5, "--eval_interval", 5, "--p_max", 0, "--e_scale", 0.5]
+    ddp = step_losses(run(common + ["--batch_size", 4, "--out_dir", tmp_path / "ddp"], torchrun=True).stdout)
+    one = step_losses(run(common + ["--batch_size", 8, "--out_dir", tmp_path / "one"]).stdout)
+    assert len(ddp) == len(one) == 5
+    assert ddp == pytest.approx(one, abs=2e-4)
+
+
+def test_dry_run_of_the_paper_1p5b_shape():
+    """--dry_run of the 1.5B preset: dim 2048, 16 heads, 24 layers, context 4096, 1.3B-1.6B parameters."""
+    out = run(["--preset", "llama1.5b", "--dry_run"]).stdout
+    info = json.loads(out.strip().splitlines()[-1])
+    assert (info["dim"], info["n_heads"], info["n_layers"], info["context"]) == (2048, 16, 24, 4096)
+    assert info["vocab_size"] == 32000 and info["ffn_hidden"] == 5632  # Llama 2's rules
+    assert 1.3e9 < info["n_params"] < 1.6e9
+    assert "memory per GPU" in out
+
+
+def test_loss_falls_on_shipped_data(shakespeare, tmp_path):
+    """A few seconds of the toy preset on Shakespeare cut the training loss by more than 1 nat."""
+    out = run(["--preset", "toy", "--max_iters", 60, "--eval_interval", 60, "--out_dir", tmp_path]).stdout
+    losses = step_losses(out)
+    assert losses[0] - losses[-1] > 1.0, losses
+    assert re.search(r"val loss by exit: 1:[\d.]+ 2:[\d.]+ 3:[\d.]+ 4:[\d.]+", out)
+    assert (tmp_path / "model.pt").stat().st_size < (tmp_path / "ckpt.pt").stat().st_size  # fp16, no optimizer
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, tiny_checkpoint):
+    """A stop while a checkpoint is being written leaves the previous checkpoint intact and no temp file."""
+    import model_io
+    target = tmp_path / "ckpt.pt"
+    target.write_bytes(Path(tiny_checkpoint).read_bytes())
+    before = target.read_bytes()
+
+    def dying_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the user pressed Ctrl-C mid-write
+
+    monkeypatch.setattr(model_io.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        model_io.atomic_save({"anything": 1}, target)
+    assert target.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [target]
+    monkeypatch.undo()
+    model_io.load_checkpoint(target)  # still loads
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/no/such/folder"], r"/no/such/folder/train\.bin is missing"),
+    (["--preset", "gigantic"], r"invalid choice: 'gigantic'"),
+    (["--resume", "--out_dir", "/no/such/run"], r"cannot resume: .*no such file"),
+    (["--init_from", "/no/such/ckpt.pt"], r"--init_from: .*no such file"),
+])
+def test_bad_input_is_one_line(shakespeare, args, message):
+    """Bad flags and missing files give one line on stderr, exit code 2, no traceback."""
+    proc = run(TINY + ["--max_iters", 1] + args, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert re.search(message, proc.stderr), proc.stderr
+
+
+def test_init_from_checks_shape_and_corruption(shakespeare, tmp_path):
+    """--init_from refuses a checkpoint of another shape and a corrupt file, naming the fix."""
+    run(TINY + ["--max_iters", 2, "--eval_interval", 2, "--out_dir", tmp_path / "a"])
+    proc = run(TINY + ["--max_iters", 1, "--dim", 48, "--init_from", tmp_path / "a/model.pt"], check=False)
+    assert proc.returncode == 2 and "dim: 48 here vs 32 in the checkpoint" in proc.stderr, proc.stderr
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((tmp_path / "a/model.pt").read_bytes()[:5000])  # truncated
+    proc = run(TINY + ["--max_iters", 1, "--init_from", bad], check=False)
+    assert proc.returncode == 2 and "truncated or corrupt" in proc.stderr and "Traceback" not in proc.stderr
+    out = run(TINY + ["--max_iters", 2, "--eval_interval", 2, "--init_from", tmp_path / "a/model.pt",
+                      "--p_max", 0.2, "--out_dir", tmp_path / "b"]).stdout
+    assert "S=1" in out  # continued training: no time schedule on the dropout rates
