@@ -56,6 +56,10 @@ class ModelArgs:
         return self.dim // self.n_heads
 
 
+def at_least_fp32(x):
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -63,9 +67,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()  # normalise in float32 even when the model runs in bf16/fp16
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return x32.type_as(x) * self.weight
+        # x / sqrt(mean(x^2) + eps), computed in (at least) float32 even when the model runs in bf16/fp16
+        return F.rms_norm(at_least_fp32(x), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 def rope_frequencies(args: ModelArgs) -> torch.Tensor:
@@ -95,7 +98,7 @@ def rope_tables(args: ModelArgs, device=None):
 
 def apply_rope(x, cos, sin):
     """Rotate interleaved channel pairs (x0,x1), (x2,x3), ... as Meta's Llama does. x: [B, T, H, D]."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # each [B, T, H, D/2]
+    x1, x2 = at_least_fp32(x).unflatten(-1, (-1, 2)).unbind(-1)  # each [B, T, H, D/2]
     cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, D/2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
 
@@ -187,8 +190,7 @@ class Transformer(nn.Module):
 
     def head(self, h):
         """The LM head g shared by every exit: final RMSNorm, then the output projection (trap: never skip the norm)."""
-        logits = self.output(self.norm(h))
-        return logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 logits go to float32
+        return at_least_fp32(self.output(self.norm(h)))
 
     def run_blocks(self, h, start: int, end: int, pos: int = 0, cache=None):
         """Blocks start..end-1 on hidden states h [B, T, dim] at positions pos..pos+T-1, reading and writing the

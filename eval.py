@@ -1,0 +1,226 @@
+"""
+How good is every exit? Validation loss, perplexity and next-token accuracy at each exit layer (paper Fig. 8/10,
+Table 1), the "layers needed" per generated token (paper Fig. 2), and a logit-lens picture of one prompt.
+
+    python eval.py                                        # the two shipped models, held-out Python code
+    python eval.py --checkpoints out/a/model.pt out/b/model.pt --data shakespeare
+
+Tables are printed as markdown; plots (matplotlib, optional) go to --out_dir.
+"""
+
+import argparse
+import json
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import layerskip as ls
+from data.prepare import load_prompts
+
+SHIPPED = ["checkpoints/layerskip-python.pt", "checkpoints/baseline-python.pt"]
+
+
+def fail(message):
+    print(f"eval.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def validation_documents(name):
+    """The held-out documents of a corpus as text, so that any checkpoint can encode them with its own tokenizer."""
+    if name == "python":
+        from data.python.prepare import is_val, read_documents, stdlib_files
+        root = sysconfig.get_paths()["stdlib"]
+        docs, _ = read_documents(root, [p for p in stdlib_files(root) if is_val(p)])
+        return list(docs.values())
+    if name == "shakespeare":
+        from data.shakespeare.prepare import split_works
+        return split_works()[1]
+    path = Path(name)
+    if not path.exists():
+        fail(f"--data {name}: not 'python', 'shakespeare' or an existing text file")
+    return [path.read_text()]
+
+
+@torch.inference_mode()
+def per_exit_metrics(model, tokenizer, documents, n_windows, block_size):
+    """Mean loss and top-1 accuracy of every exit over n_windows consecutive windows of the encoded documents."""
+    ids = []
+    for doc in documents:
+        ids += tokenizer.encode(doc) + [tokenizer.eos_id]
+        if len(ids) > n_windows * (block_size + 1):
+            break
+    n_windows = min(n_windows, len(ids) // (block_size + 1))
+    data = torch.tensor(ids[:n_windows * (block_size + 1)]).view(n_windows, block_size + 1)
+    L = model.params.n_layers
+    loss, correct = torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
+    for window in data.split(8):
+        x, y = window[:, :-1], window[:, 1:]
+        h = model.tok_embeddings(x)
+        for l in range(L):
+            h = model.run_blocks(h, l, l + 1)
+            logits = model.head(h)
+            loss[l] += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            correct[l] += (logits.argmax(-1) == y).sum().item()
+    n = data.shape[0] * block_size
+    return {"loss": (loss / n).tolist(), "accuracy": (correct / n).tolist(), "tokens": n}
+
+
+def layers_needed(model, tokenizer, prompts, max_new_tokens):
+    """Layers needed by each greedily generated token (the paper's 23.45-of-32 measurement)."""
+    needed = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt)
+        out = ls.generate(model, ids, max_new_tokens, eos_id=tokenizer.eos_id).tokens
+        lens = ls.logit_lens(model, ids + out)
+        needed += lens.layers_needed[len(ids) - 1:len(ids) - 1 + len(out)].tolist()  # positions that predicted `out`
+    return needed
+
+
+def plot_exits(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in results.items():
+        exits = range(1, len(r["loss"]) + 1)
+        a.plot(exits, r["loss"], marker="o", label=name)
+        b.plot(exits, [100 * x for x in r["accuracy"]], marker="o", label=name)
+    a.set(xlabel="exit layer E (blocks run)", ylabel="validation loss (nats/token)", title="Loss at every exit")
+    b.set(xlabel="exit layer E (blocks run)", ylabel="next-token accuracy (%)", title="Accuracy at every exit")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_layers_needed(needed, L_by_name, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in needed.items():
+        L = L_by_name[name]
+        counts = [values.count(e) / len(values) for e in range(1, L + 1)]
+        ax.plot(range(1, L + 1), counts, marker="o",
+                label=f"{name}: mean {sum(values) / len(values):.2f} of {L} layers")
+    ax.set(xlabel="layers needed (earliest exit after which the top-1 never changes)", ylabel="fraction of tokens",
+           title="How many layers does a generated token need?")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_logit_lens(model, tokenizer, prompt, max_new_tokens, path, title):
+    """Paper Fig. 2a: each exit's top-1 token at each generated position, green where it equals the last layer's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from model_io import token_texts
+    ids = tokenizer.encode(prompt)
+    out = ls.generate(model, ids, max_new_tokens, eos_id=tokenizer.eos_id).tokens
+    lens = ls.logit_lens(model, ids + out)
+    cols = slice(len(ids) - 1, len(ids) - 1 + len(out))
+    top1, agree = lens.top1[:, cols], (lens.top1[:, cols] == lens.top1[-1:, cols])
+    L, T = top1.shape
+    fig, ax = plt.subplots(figsize=(max(8, 0.55 * T), 0.42 * L + 1.5))
+    ax.imshow(agree.float().numpy(), cmap="RdYlGn", vmin=-0.3, vmax=1.3, aspect="auto", origin="lower")
+    for l in range(L):
+        for t in range(T):
+            text = tokenizer.decode([int(top1[l, t])]).replace("\n", "↵") or "·"
+            ax.text(t, l, text[:6], ha="center", va="center", fontsize=6.5, family="monospace")
+    needed = lens.layers_needed[cols]
+    for t in range(T):  # a bar under the first exit whose prediction no longer changes
+        ax.hlines(int(needed[t]) - 1.5, t - 0.5, t + 0.5, colors="black", linewidth=2.5)
+    ax.set_yticks(range(L), [str(l + 1) for l in range(L)])
+    ax.set_xticks(range(T), [p.replace("\n", "↵")[:6] for p in token_texts(tokenizer, out, ids)], rotation=90,
+                  fontsize=7, family="monospace")
+    ax.set(ylabel="exit layer", title=f"{title}: top-1 prediction per exit (green = same as last layer; "
+           f"bar = layers needed, mean {needed.float().mean():.2f} of {L})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoints", nargs="+", default=SHIPPED, help="checkpoints to compare")
+    p.add_argument("--data", default="python", help="held-out text: python, shakespeare, or a .txt file")
+    p.add_argument("--windows", type=int, default=64, help="validation windows per checkpoint")
+    p.add_argument("--block_size", type=int, default=256, help="tokens per validation window")
+    p.add_argument("--prompts", default="humaneval", help="prompt set for layers needed: humaneval, shakespeare")
+    p.add_argument("--n_prompts", type=int, default=20, help="prompts used for the layers-needed distribution")
+    p.add_argument("--max_new_tokens", type=int, default=48, help="tokens generated per prompt")
+    p.add_argument("--out_dir", default="docs", help="where the PNG plots go")
+    p.add_argument("--json", help="also write all numbers to this JSON file")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.error = fail
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from model_io import CheckpointError
+    models = {}
+    for path in args.checkpoints:
+        try:
+            name = Path(path).stem if Path(path).stem not in ("ckpt", "model") else Path(path).parent.name
+            models[name] = ls.load_model(path)
+        except (CheckpointError, ValueError) as e:
+            fail(str(e))
+    documents = validation_documents(args.data)
+    prompts = load_prompts(args.prompts)[:args.n_prompts]
+    t0 = time.time()
+    results, needed = {}, {}
+    for name, (model, tok) in models.items():
+        results[name] = per_exit_metrics(model, tok, documents, args.windows,
+                                         min(args.block_size, model.params.max_seq_len - 1))
+        needed[name] = layers_needed(model, tok, prompts, args.max_new_tokens)
+
+    names = list(models)
+    L = max(m.params.n_layers for m, _ in models.values())
+    print(f"\n## Validation loss / perplexity / next-token accuracy by exit layer ({args.data}, "
+          f"{results[names[0]]['tokens']:,} tokens)\n")
+    print("| exit | " + " | ".join(f"{n} loss | ppl | acc" for n in names) + " |")
+    print("|---|" + "---|---|---|" * len(names))
+    for l in range(L):
+        cells = []
+        for n in names:
+            r = results[n]
+            if l < len(r["loss"]):
+                cells.append(f"{r['loss'][l]:.3f} | {torch.tensor(r['loss'][l]).exp().item():.1f} | "
+                             f"{100 * r['accuracy'][l]:.1f}%")
+            else:
+                cells.append(" | | ")
+        print(f"| {l + 1} | " + " | ".join(cells) + " |")
+    print(f"\n## Layers needed per generated token ({args.prompts}, {len(prompts)} prompts, "
+          f"{args.max_new_tokens} greedy tokens each)\n")
+    print("| model | mean layers needed | of L | tokens |")
+    print("|---|---|---|---|")
+    for n in names:
+        v = needed[n]
+        print(f"| {n} | {sum(v) / len(v):.2f} | {models[n][0].params.n_layers} | {len(v)} |")
+    print(f"\n(eval took {time.time() - t0:.0f} s; command: python {' '.join(sys.argv)})")
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)")
+    else:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plot_exits(results, out / "eval_exits.png")
+        plot_layers_needed(needed, {n: m.params.n_layers for n, (m, _) in models.items()}, out / "layers_needed.png")
+        for n, (model, tok) in models.items():
+            plot_logit_lens(model, tok, prompts[0], 24, out / f"logit_lens_{n}.png", n)
+        print(f"plots: {out}/eval_exits.png, {out}/layers_needed.png, {out}/logit_lens_*.png")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"per_exit": results, "layers_needed": needed}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
