@@ -100,11 +100,17 @@ def predicted_speedup(costs, acceptance, d):
 # End-to-end timing
 
 
+def encode(model, tok, prompt, max_new_tokens):
+    """Prompt ids, cropped from the left where prompt + new tokens would not fit the context window."""
+    ids = tok.encode(prompt)
+    return ids[-max(1, model.params.max_seq_len - max_new_tokens - 1):]
+
+
 def run_variants(variants, prompts, max_new_tokens, repeats, progress=True):
     """Time every variant on every prompt, interleaved (the variant order rotates prompt by prompt), `repeats`
     times. Returns {variant: [per-repeat dict(seconds, tokens, drafted, accepted, rounds)]}."""
     for name, (model, tok, kw) in variants.items():  # warm-up
-        ls.generate(model, tok.encode(prompts[0]), 8, eos_id=tok.eos_id, **kw)
+        ls.generate(model, encode(model, tok, prompts[0], 8), 8, eos_id=tok.eos_id, **kw)
     names = list(variants)
     totals = {n: [dict(seconds=0.0, tokens=0, drafted=0, accepted=0, rounds=0) for _ in range(repeats)]
               for n in names}
@@ -115,7 +121,8 @@ def run_variants(variants, prompts, max_new_tokens, repeats, progress=True):
             order = names[i % len(names):] + names[:i % len(names)]
             for n in order:
                 model, tok, kw = variants[n]
-                g = ls.generate(model, tok.encode(prompt), max_new_tokens, eos_id=tok.eos_id, **kw)
+                g = ls.generate(model, encode(model, tok, prompt, max_new_tokens), max_new_tokens,
+                                eos_id=tok.eos_id, **kw)
                 t = totals[n][r]
                 t["seconds"] += g.seconds
                 t["tokens"] += len(g.tokens)
@@ -205,7 +212,7 @@ def store_recommendation(path, exit_layer, num_speculations, speedup, prompts):
 def memory_probe(checkpoint, strategy, exit_layer, d, prompt, max_new_tokens):
     import resource
     model, tok = ls.load_model(checkpoint)
-    ids = tok.encode(prompt)
+    ids = encode(model, tok, prompt, max_new_tokens)
     if torch.cuda.is_available():
         model = model.cuda()
         torch.cuda.reset_peak_memory_stats()
@@ -273,7 +280,7 @@ def main(argv=None):
     d = args.num_speculations or rec.get("num_speculations") or 4
     if not 1 <= E <= L:
         fail(f"--exit {E} is out of range: the model has {L} layers, use 1..{L}")
-    report = {"command": "python " + " ".join(sys.argv), "machine": machine(), "exit_layer": E,
+    report = {"command": "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv), "machine": machine(), "exit_layer": E,
               "num_speculations": d, "prompts": args.prompts, "n_prompts": len(prompts),
               "max_new_tokens": args.max_new_tokens, "repeats": args.repeats}
     print(f"# bench: {report['command']}\n# machine: {report['machine']}")

@@ -73,7 +73,7 @@ def layers_needed(model, tokenizer, prompts, max_new_tokens):
     """Layers needed by each greedily generated token (the paper's 23.45-of-32 measurement)."""
     needed = []
     for prompt in prompts:
-        ids = tokenizer.encode(prompt)
+        ids = tokenizer.encode(prompt)[-(model.params.max_seq_len - max_new_tokens - 1):]
         out = ls.generate(model, ids, max_new_tokens, eos_id=tokenizer.eos_id).tokens
         lens = ls.logit_lens(model, ids + out)
         needed += lens.layers_needed[len(ids) - 1:len(ids) - 1 + len(out)].tolist()  # positions that predicted `out`
@@ -124,7 +124,7 @@ def plot_logit_lens(model, tokenizer, prompt, max_new_tokens, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from model_io import token_texts
-    ids = tokenizer.encode(prompt)
+    ids = tokenizer.encode(prompt)[-(model.params.max_seq_len - max_new_tokens - 1):]
     out = ls.generate(model, ids, max_new_tokens, eos_id=tokenizer.eos_id).tokens
     lens = ls.logit_lens(model, ids + out)
     cols = slice(len(ids) - 1, len(ids) - 1 + len(out))
@@ -204,7 +204,8 @@ def main(argv=None):
     for n in names:
         v = needed[n]
         print(f"| {n} | {sum(v) / len(v):.2f} | {models[n][0].params.n_layers} | {len(v)} |")
-    print(f"\n(eval took {time.time() - t0:.0f} s; command: python {' '.join(sys.argv)})")
+    print(f"\n(eval took {time.time() - t0:.0f} s; command: python eval.py "
+          f"{' '.join(sys.argv[1:] if argv is None else argv)})")
 
     try:
         import matplotlib  # noqa: F401
