@@ -156,27 +156,25 @@ def summarize(totals, reference):
     return out
 
 
-def sweep(model, tok, prompts, max_new_tokens, exits, specs, repeats):
-    """Speedup over the same model's autoregressive decoding for every (exit layer, num_speculations)."""
-    rows = []
+def sweep(model, tok, prompts, max_new_tokens, grid, repeats):
+    """Speedup over the same model's autoregressive decoding for every (exit layer, num_speculations,
+    draft_threshold) of the grid."""
     variants = {"ar": (model, tok, {})}
-    for E in exits:
-        for d in specs:
-            variants[f"ss_{E}_{d}"] = (model, tok, dict(strategy="self_speculative", exit_layer=E, num_speculations=d))
+    for E, d, th in grid:
+        variants[(E, d, th)] = (model, tok, dict(strategy="self_speculative", exit_layer=E, num_speculations=d,
+                                                  draft_threshold=th))
     totals, _ = run_variants(variants, prompts, max_new_tokens, repeats)
     summary = summarize(totals, "ar")
-    for E in exits:
-        for d in specs:
-            s = summary[f"ss_{E}_{d}"]
-            rows.append({"exit_layer": E, "num_speculations": d, "speedup": s["speedup"],
-                         "acceptance": s["acceptance"], "ms_per_token": s["ms_per_token"]})
-    return rows, summary["ar"]
+    return [{"exit_layer": E, "num_speculations": d, "draft_threshold": th, "speedup": summary[(E, d, th)]["speedup"],
+             "acceptance": summary[(E, d, th)]["acceptance"], "ms_per_token": summary[(E, d, th)]["ms_per_token"]}
+            for E, d, th in grid]
 
 
 def plot_sweep(rows, path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    rows = [r for r in rows if r["draft_threshold"] is None]
     exits = sorted({r["exit_layer"] for r in rows})
     specs = sorted({r["num_speculations"] for r in rows})
     grid = [[next(r["speedup"] for r in rows if r["exit_layer"] == E and r["num_speculations"] == d)
@@ -195,13 +193,14 @@ def plot_sweep(rows, path, title):
     plt.close(fig)
 
 
-def store_recommendation(path, exit_layer, num_speculations, speedup, prompts):
-    """Write the fastest (E, d) into the checkpoint's metadata (atomically), for generate.py and the demo."""
+def store_recommendation(path, best, prompts):
+    """Write the fastest setting into the checkpoint's metadata (atomically), for generate.py and the demo."""
     from model_io import atomic_save, load_checkpoint
     ckpt = load_checkpoint(path)
     ckpt.setdefault("metadata", {})["recommended"] = {
-        "exit_layer": exit_layer, "num_speculations": num_speculations, "speedup": round(speedup, 3),
-        "prompts": prompts, "machine": machine()}
+        "exit_layer": best["exit_layer"], "num_speculations": best["num_speculations"],
+        "draft_threshold": best["draft_threshold"], "speedup": round(best["speedup"], 3), "prompts": prompts,
+        "machine": machine()}
     atomic_save(ckpt, path)
 
 
@@ -249,7 +248,11 @@ def main(argv=None):
     p.add_argument("--sweep", action="store_true", help="also sweep exit layer x num_speculations")
     p.add_argument("--sweep_exits", type=int, nargs="+", help="exit layers of the sweep (default 1..L/2)")
     p.add_argument("--sweep_specs", type=int, nargs="+", default=[2, 3, 4, 6, 8], help="d values of the sweep")
+    p.add_argument("--sweep_thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7],
+                   help="adaptive draft thresholds tried on the best (E, d) with d and 2d")
     p.add_argument("--sweep_prompts", type=int, default=8, help="prompts used by the sweep")
+    p.add_argument("--draft_threshold", type=float, help="stop drafting below this confidence (default: "
+                   "recommended or off)")
     p.add_argument("--auto", action="store_true", help="sweep and store the fastest (E, d) in the checkpoint")
     p.add_argument("--memory", action="store_true", help="measure peak memory of AR vs self-speculative")
     p.add_argument("--out_dir", default="docs", help="where the sweep heatmap and CSV go")
@@ -278,53 +281,58 @@ def main(argv=None):
     rec = getattr(model, "metadata", {}).get("recommended", {})
     E = args.exit or rec.get("exit_layer") or max(1, L // 4)
     d = args.num_speculations or rec.get("num_speculations") or 4
+    th = args.draft_threshold if args.draft_threshold is not None else rec.get("draft_threshold")
     if not 1 <= E <= L:
         fail(f"--exit {E} is out of range: the model has {L} layers, use 1..{L}")
-    report = {"command": "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv), "machine": machine(), "exit_layer": E,
-              "num_speculations": d, "prompts": args.prompts, "n_prompts": len(prompts),
+    command = "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {"command": command, "machine": machine(), "exit_layer": E, "num_speculations": d,
+              "draft_threshold": th, "prompts": args.prompts, "n_prompts": len(prompts),
               "max_new_tokens": args.max_new_tokens, "repeats": args.repeats}
     print(f"# bench: {report['command']}\n# machine: {report['machine']}")
 
     if args.sweep or args.auto:
         exits = args.sweep_exits or list(range(1, max(2, L // 2) + 1))
         print(f"sweep: exits {exits} x d {args.sweep_specs} on {args.sweep_prompts} prompts", file=sys.stderr)
-        rows, _ = sweep(model, tok, prompts[:args.sweep_prompts], args.max_new_tokens, exits, args.sweep_specs,
-                        max(1, args.repeats - 1))
+        sweep_prompts, reps = prompts[:args.sweep_prompts], max(1, args.repeats - 1)
+        rows = sweep(model, tok, sweep_prompts, args.max_new_tokens,
+                     [(E_, d_, None) for E_ in exits for d_ in args.sweep_specs], reps)
+        best = max(rows, key=lambda r: r["speedup"])
+        bE, bd = best["exit_layer"], best["num_speculations"]
+        rows += sweep(model, tok, sweep_prompts, args.max_new_tokens,
+                      [(bE, d_, th) for d_ in (bd, 2 * bd) for th in args.sweep_thresholds], reps)
         best = max(rows, key=lambda r: r["speedup"])
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "sweep.csv", "w") as f:
-            f.write("exit_layer,num_speculations,speedup,acceptance,ms_per_token\n")
+            f.write("exit_layer,num_speculations,draft_threshold,speedup,acceptance,ms_per_token\n")
             for r in rows:
-                f.write(f"{r['exit_layer']},{r['num_speculations']},{r['speedup']:.4f},{r['acceptance']:.4f},"
-                        f"{r['ms_per_token']:.3f}\n")
+                f.write(f"{r['exit_layer']},{r['num_speculations']},{r['draft_threshold'] or ''},{r['speedup']:.4f},"
+                        f"{r['acceptance']:.4f},{r['ms_per_token']:.3f}\n")
         try:
             plot_sweep(rows, out / "sweep.png", f"{Path(args.checkpoint).name}: self-speculative speedup")
         except ImportError:
             print("matplotlib is not installed: no heatmap (pip install matplotlib)")
-        print(f"\nsweep best: exit {best['exit_layer']}, d {best['num_speculations']}: {best['speedup']:.2f}x "
+        print(f"\nsweep best: exit {best['exit_layer']}, d {best['num_speculations']}, draft threshold "
+              f"{best['draft_threshold']}: {best['speedup']:.2f}x "
               f"(acceptance {best['acceptance']:.2f}); {out}/sweep.csv, {out}/sweep.png")
         report["sweep"] = rows
         if args.auto:
-            store_recommendation(args.checkpoint, best["exit_layer"], best["num_speculations"], best["speedup"],
-                                 args.prompts)
-            print(f"stored exit {best['exit_layer']}, d {best['num_speculations']} in {args.checkpoint}")
-            E, d = best["exit_layer"], best["num_speculations"]
-            report.update(exit_layer=E, num_speculations=d)
+            store_recommendation(args.checkpoint, best, args.prompts)
+            print(f"stored exit {best['exit_layer']}, d {best['num_speculations']}, threshold "
+                  f"{best['draft_threshold']} in {args.checkpoint}")
+            E, d, th = best["exit_layer"], best["num_speculations"], best["draft_threshold"]
+            report.update(exit_layer=E, num_speculations=d, draft_threshold=th)
 
-    variants = {
-        "autoregressive": (model, tok, {}),
-        f"early_exit E={E}": (model, tok, dict(strategy="early_exit", exit_layer=E)),
-        f"self_speculative E={E} d={d}": (model, tok, dict(strategy="self_speculative", exit_layer=E,
-                                                            num_speculations=d)),
-    }
+    spec = dict(strategy="self_speculative", exit_layer=E, num_speculations=d, draft_threshold=th)
+    ss_name = f"self_speculative E={E} d={d}" + (f" threshold {th}" if th else "")
+    variants = {"autoregressive": (model, tok, {}),
+                f"early_exit E={E}": (model, tok, dict(strategy="early_exit", exit_layer=E)),
+                ss_name: (model, tok, spec)}
     if base is not None:
         variants["baseline autoregressive"] = (base[0], base[1], {})
-        variants[f"baseline self_speculative E={E} d={d}"] = (
-            base[0], base[1], dict(strategy="self_speculative", exit_layer=E, num_speculations=d))
+        variants["baseline " + ss_name] = (base[0], base[1], spec)
     totals, outputs = run_variants(variants, prompts, args.max_new_tokens, args.repeats)
     summary = summarize(totals, "autoregressive")
-    ss_name = f"self_speculative E={E} d={d}"
     identical = outputs[ss_name] == outputs["autoregressive"]
     if base is not None:
         vs_base = summarize(totals, "baseline autoregressive")

@@ -445,9 +445,11 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
                     strategy: str = "autoregressive", exit_layer: Optional[int] = None,
                     num_speculations: Optional[int] = None, temperature: float = 0.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None,
-                    eos_id: Optional[int] = None, seed: Optional[int] = None) -> Iterator[Round]:
+                    eos_id: Optional[int] = None, seed: Optional[int] = None,
+                    draft_threshold: Optional[float] = None) -> Iterator[Round]:
     """Decode after prompt_ids, yielding one Round per model round. Stops at EOS (which is emitted),
-    max_new_tokens, or the context window."""
+    max_new_tokens, or the context window. draft_threshold: stop drafting early once the draft's own
+    probability of its token falls below this (an adaptive draft length; the output does not change)."""
     check_generation_args(model, prompt_ids, max_new_tokens, strategy, exit_layer, num_speculations,
                           temperature, top_k, top_p)
     L = model.params.n_layers
@@ -486,12 +488,17 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
             h = model.run_blocks(model.tok_embeddings(tensor(x)), 0, E, pos, cache)
             cache.exit_h[:, pos:pos + len(x)] = h
             pos += len(x)
-            token, probs = sample(model.head(h[0, -1]), temperature, top_k, top_p, rng)
+            logits = model.head(h[0, -1])
+            token, probs = sample(logits, temperature, top_k, top_p, rng)
             drafts.append(token)
             draft_probs.append(probs)
             x = [token]
             if token == eos_id:
                 break
+            if draft_threshold is not None:  # unsure drafts are likely rejected: verify now
+                confidence = probs[token] if probs is not None else torch.softmax(logits, -1)[token]
+                if confidence < draft_threshold:
+                    break
         # Verify: the last draft still needs blocks 0..E-1 (its KV and exit state); then blocks E..L-1 run once
         # over every position they have not seen, starting from the cached exit states.
         h = model.run_blocks(model.tok_embeddings(tensor(x)), 0, E, pos, cache)

@@ -26,14 +26,20 @@ def test_sweep_auto_stores_the_fastest_setting(tiny_checkpoint, tmp_path, capsys
     ckpt = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint, ckpt)
     bench.main(["--checkpoint", str(ckpt), "--baseline", "", "--auto", "--sweep_exits", "1", "3",
-                "--sweep_specs", "1", "2", "--n_prompts", "2", "--sweep_prompts", "1", "--max_new_tokens", "6",
+                "--sweep_specs", "1", "2", "--sweep_thresholds", "0.5", "--n_prompts", "2", "--sweep_prompts", "1", "--max_new_tokens", "6",
                 "--repeats", "1", "--threads", "1", "--out_dir", str(tmp_path), "--json", str(tmp_path / "r.json")])
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
-    assert {(r["exit_layer"], r["num_speculations"]) for r in rows} == {("1", "1"), ("1", "2"), ("3", "1"), ("3", "2")}
+    grid = [r for r in rows if r["draft_threshold"] == ""]
+    assert {(r["exit_layer"], r["num_speculations"]) for r in grid} == {("1", "1"), ("1", "2"), ("3", "1"), ("3", "2")}
+    first = max(grid, key=lambda r: float(r["speedup"]))  # then thresholds on its E with d and 2d
+    adaptive = [r for r in rows if r["draft_threshold"] == "0.5"]
+    assert {(r["exit_layer"], int(r["num_speculations"])) for r in adaptive} == {
+        (first["exit_layer"], int(first["num_speculations"])), (first["exit_layer"], 2 * int(first["num_speculations"]))}
     best = max(rows, key=lambda r: float(r["speedup"]))
     model, _ = ls.load_model(ckpt)
     rec = model.metadata["recommended"]
     assert (rec["exit_layer"], rec["num_speculations"]) == (int(best["exit_layer"]), int(best["num_speculations"]))
+    assert rec["draft_threshold"] == (float(best["draft_threshold"]) if best["draft_threshold"] else None)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["exit_layer"] == rec["exit_layer"] and report["greedy_outputs_identical"] is True
     assert report["predicted_speedup"] > 0 and report["measured_over_predicted"] > 0

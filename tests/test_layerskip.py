@@ -261,6 +261,19 @@ def test_self_speculative_greedy_equals_autoregressive():
     assert eos_inside_draft > 0 and eos_accepted_in_draft > 0  # the EOS paths were really exercised
 
 
+def test_adaptive_draft_length_keeps_the_output():
+    """Stopping drafts below a confidence threshold drafts fewer tokens and still reproduces autoregressive output."""
+    model = tiny_model(n_layers=6, seed=4)
+    prompt = list(range(9))
+    ar = ls.generate(model, prompt, 40).tokens
+    fixed = ls.generate(model, prompt, 40, strategy="self_speculative", exit_layer=2, num_speculations=8)
+    adaptive = ls.generate(model, prompt, 40, strategy="self_speculative", exit_layer=2, num_speculations=8,
+                           draft_threshold=0.9)
+    assert fixed.tokens == adaptive.tokens == ar
+    assert adaptive.drafted < fixed.drafted
+    assert adaptive.acceptance_rate > fixed.acceptance_rate
+
+
 def test_self_speculative_respects_budget_and_context():
     """max_new_tokens ends mid-round exactly; generation stops cleanly at the context window."""
     model = tiny_model(n_layers=4, max_seq_len=30)
