@@ -1,14 +1,23 @@
 """
 Tokenizers and checkpoints: everything that turns files into a (model, tokenizer) pair and back.
 
-Our checkpoints are one torch.save file holding plain data (model args, weights, the tokenizer's bytes, the
-training state) and are always loaded with weights_only=True, so no pickled code ever runs. They are written
-atomically: a stop during writing never leaves a half-written file under the real name.
+One loader, load_model(path), reads three layouts:
+  - our checkpoints: one torch.save file holding plain data (model args, weights, the tokenizer's bytes, the
+    training state), written atomically by save_checkpoint;
+  - Meta's: a directory with params.json, consolidated.*.pth (model-parallel shards) and tokenizer.model;
+  - Hugging Face's: a directory with config.json, *.safetensors (or pytorch_model*.bin) and a tokenizer.
+Weights are never unpickled with code execution: torch.load(weights_only=True) or safetensors. Our module
+names are Meta's checkpoint keys, so Meta weights load as they are and Hugging Face weights go through one
+rename table plus the q/k un-permutation (HF rotates half-split channel pairs, Meta and we interleaved ones).
 """
 
+import base64
+import json
 import os
+import re
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -50,23 +59,135 @@ class SentencePieceTokenizer:
         return {"kind": self.kind, "model": self.model_proto}
 
 
+# Llama 3's tokenizer.model is tiktoken BPE: one "base64(token bytes) rank" line per token (128000 of them),
+# split into words by this regular expression, followed by 256 special tokens numbered from len(ranks) on.
+LLAMA3_PAT_STR = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                  r"\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPECIAL_TOKENS = [  # Llama 3.1+ names (meta-llama/llama-models); 3.0's differ only in reserved slots
+    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
+    "<|eot_id|>", "<|python_tag|>", "<|image|>"] + [f"<|reserved_special_token_{i}|>" for i in range(2, 246)]
+
+
+def parse_tiktoken_ranks(text: str) -> dict:
+    """{token bytes: rank} from a tiktoken ranks file. Parsed here, not with tiktoken's load_tiktoken_bpe,
+    which caches even local files by their path (a rewritten file would be served stale)."""
+    ranks = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError:
+            raise CheckpointError(f"line {n} of the tiktoken ranks file is not 'base64 rank': {line[:40]!r}; "
+                                  f"the file is corrupt: re-download it") from None
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise CheckpointError("the tiktoken ranks are not 0..n-1 without gaps; the file is corrupt: re-download it")
+    return ranks
+
+
+class TiktokenTokenizer:
+    kind = "tiktoken"
+
+    def __init__(self, ranks_text: str, special_tokens=None, pat_str: str = LLAMA3_PAT_STR):
+        import tiktoken  # optional: only Llama 3 tokenizers need it
+        self.ranks_text, self.pat_str = ranks_text, pat_str
+        self.special_tokens = list(special_tokens or LLAMA3_SPECIAL_TOKENS)
+        ranks = parse_tiktoken_ranks(ranks_text)
+        special = {tok: len(ranks) + i for i, tok in enumerate(self.special_tokens)}
+        self.enc = tiktoken.Encoding(name="llama3", pat_str=pat_str, mergeable_ranks=ranks, special_tokens=special)
+        self.vocab_size = self.enc.n_vocab
+        self.bos_id, self.eos_id = special["<|begin_of_text|>"], special["<|end_of_text|>"]
+        # a base model ends with <|end_of_text|>, an instruct model's turn with <|eot_id|> or <|eom_id|>
+        self.stop_ids = {special[t] for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>") if t in special}
+
+    @classmethod
+    def from_file(cls, path):
+        return cls(Path(path).read_text())
+
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        # special-token text in the input ("<|eot_id|>") is encoded as plain text, never as the special id
+        return ([self.bos_id] if bos else []) + self.enc.encode(text, allowed_special=set(), disallowed_special=())
+
+    def decode(self, ids) -> str:
+        # multi-byte characters split across tokens decode to U+FFFD until their last byte arrives
+        return self.enc.decode([i for i in ids if i != self.bos_id and i not in self.stop_ids])
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "ranks": self.ranks_text, "special_tokens": self.special_tokens,
+                "pat_str": self.pat_str}
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer.json (the `tokenizers` library), for downloads that ship no tokenizer.model."""
+    kind = "tokenizers"
+
+    def __init__(self, json_text: str, bos_id: int, eos_id: int, stop_ids=None):
+        try:
+            from tokenizers import Tokenizer  # optional
+        except ImportError:
+            raise CheckpointError("this model ships only tokenizer.json: pip install tokenizers") from None
+        self.json_text = json_text
+        self.tok = Tokenizer.from_str(json_text)
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self.bos_id, self.eos_id = bos_id, eos_id
+        self.stop_ids = set(stop_ids or [eos_id])
+
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        return ([self.bos_id] if bos else []) + self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([i for i in ids if i != self.bos_id and i not in self.stop_ids],
+                               skip_special_tokens=False)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "json": self.json_text, "bos_id": self.bos_id, "eos_id": self.eos_id,
+                "stop_ids": sorted(self.stop_ids)}
+
+
+def load_tokenizer_model(path):
+    """A tokenizer.model of either kind, told apart by content: Llama 3's is text, lines of "base64 rank";
+    sentencepiece's (ours, Llama 2's) is a binary protobuf."""
+    data = Path(path).read_bytes()
+    if re.match(rb"[A-Za-z0-9+/]+=* \d+(\r?\n|$)", data):
+        return TiktokenTokenizer(data.decode())
+    try:
+        return SentencePieceTokenizer(data)
+    except RuntimeError:  # sentencepiece's parse error
+        raise CheckpointError(f"{path}: neither a sentencepiece model nor a tiktoken ranks file; it may be "
+                              f"truncated or corrupt: re-download it") from None
+
+
 def token_texts(tokenizer, ids, context=()) -> list[str]:
     """The text each token adds, such that "".join(pieces) == decode(context + ids)[len(decode(context)):].
-    Decoding piece by piece would lose sentencepiece's leading spaces and split multi-byte characters."""
-    pieces, prev = [], tokenizer.decode(list(context))
+    Decoding piece by piece would lose sentencepiece's leading spaces and split multi-byte characters: a token
+    that ends inside a character adds "" and the whole character comes with the token that completes it
+    (so a text that ends on an incomplete character lacks its trailing U+FFFD)."""
+    def settled(text):  # the text without a trailing incomplete character (decoded as U+FFFD)
+        return text.rstrip("\ufffd")
     ids_so_far = list(context)
+    done = len(settled(tokenizer.decode(ids_so_far)))
+    pieces = []
     for i in ids:
         ids_so_far.append(i)
-        text = tokenizer.decode(ids_so_far)
-        pieces.append(text[len(prev):])
-        prev = text
+        text = settled(tokenizer.decode(ids_so_far))
+        pieces.append(text[done:])
+        done = max(done, len(text))
     return pieces
 
 
 def tokenizer_from_dict(d: dict):
-    if d.get("kind") == "sentencepiece":
+    """The tokenizer that to_dict() saved (in our checkpoints)."""
+    kind = d.get("kind")
+    if kind == "sentencepiece":
         return SentencePieceTokenizer(d["model"])
-    raise CheckpointError(f"unknown tokenizer kind {d.get('kind')!r} in checkpoint")
+    if kind == "tiktoken":
+        return TiktokenTokenizer(d["ranks"], d["special_tokens"], d["pat_str"])
+    if kind == "tokenizers":
+        return HFTokenizer(d["json"], d["bos_id"], d["eos_id"], d["stop_ids"])
+    raise CheckpointError(f"unknown tokenizer kind {kind!r} in checkpoint: it was written by a newer version "
+                          f"of this code, or is corrupt")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -131,13 +252,18 @@ def build_model(ckpt: dict, device="cpu", dtype=None) -> Transformer:
     with torch.device("meta"):
         model = Transformer(args)
     state = dict(ckpt["model"])
-    if args.tie_word_embeddings:
+    if args.tie_word_embeddings and "tok_embeddings.weight" in state:
         state.setdefault("output.weight", state["tok_embeddings.weight"])
-    missing = set(model.state_dict()) - set(state)
-    unknown = set(state) - set(model.state_dict())
+    expected = model.state_dict()  # on the meta device: names and shapes, no memory
+    missing = set(expected) - set(state)
+    unknown = set(state) - set(expected)
     if missing or unknown:
         raise CheckpointError(f"checkpoint weights do not match its model args: missing {sorted(missing)[:5]}, "
                               f"unknown {sorted(unknown)[:5]}")
+    for k, v in expected.items():
+        if state[k].shape != v.shape:
+            raise CheckpointError(f"{k} has shape {tuple(state[k].shape)} in the weights but the model args give "
+                                  f"{tuple(v.shape)}: the weights and their config do not belong together")
     dtype = dtype or next(iter(state.values())).dtype
     if dtype == torch.float16 and torch.device(device).type == "cpu":
         dtype = torch.float32  # half-precision storage, float32 compute on CPU
@@ -149,13 +275,279 @@ def build_model(ckpt: dict, device="cpu", dtype=None) -> Transformer:
     return model.eval()
 
 
-def load_model(path, device="cpu", dtype=None):
-    """(model, tokenizer) from one of our checkpoints. dtype: None = as stored (fp16 is computed in fp32 on CPU)."""
-    ckpt = load_checkpoint(path)
+# ---------------------------------------------------------------------------------------------------------
+# Meta's layout: params.json, consolidated.00.pth .. consolidated.NN.pth (one per model-parallel rank), and
+# tokenizer.model. Keys are ours already, except a stray rope.freqs buffer.
+
+# Which dimension model parallelism split each matrix on (Meta's ColumnParallelLinear: 0, RowParallelLinear: 1).
+META_SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1}
+LLAMA32_SHAPES = {(2048, 16), (3072, 28)}  # (dim, n_layers) of Llama 3.2 1B and 3B
+
+
+def read_weights(path) -> dict:
+    """A state dict from a .pth/.bin (torch.load with weights_only=True: no pickled code runs) or a
+    .safetensors file; a truncated or corrupt file raises CheckpointError."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot be read as weights ({type(e).__name__}); it may be truncated or "
+                              f"corrupt: re-download it") from None
+
+
+def read_config(path) -> dict:
+    """params.json or config.json; a missing field is reported by args_from_config()."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); re-download it") from None
+
+
+def args_from_config(make, config: dict, path, *rest) -> ModelArgs:
+    """make(config, *rest), naming the file when a field it needs is missing."""
+    try:
+        return make(config, *rest)
+    except KeyError as e:
+        raise CheckpointError(f"{path} lacks the field {e}: not a Llama config, or a truncated file") from None
+
+
+def merge_meta_shards(shards: list, dim: int) -> dict:
+    """One state dict from Meta's model-parallel shards: matrices concatenated along their split dimension,
+    1-D norm weights (replicated on every rank) taken once."""
+    if len(shards) == 1:
+        return shards[0]
+    merged = {}
+    for key, first in shards[0].items():
+        parts = [shard.get(key) for shard in shards]
+        if any(part is None for part in parts):
+            raise CheckpointError(f"{key!r} is missing from some consolidated.*.pth shards: re-download them")
+        if first.dim() == 1:
+            merged[key] = first
+        elif key == "tok_embeddings.weight":  # Llama 2 split the embedding on dim 1, Llama 3 on dim 0
+            merged[key] = torch.cat(parts, dim=1 if first.shape[1] * len(shards) == dim else 0)
+        elif key.split(".")[-2] in META_SPLIT_DIM:
+            merged[key] = torch.cat(parts, dim=META_SPLIT_DIM[key.split(".")[-2]])
+        else:
+            raise CheckpointError(f"unknown key {key!r} in the Meta shards: not a Llama checkpoint?")
+    return merged
+
+
+def rope_scaling_args(scaling: dict) -> dict:
+    """Our ModelArgs fields from Hugging Face's rope_scaling names (rope_type "llama3")."""
+    names = {"factor": "rope_scale_factor", "low_freq_factor": "rope_low_freq_factor",
+             "high_freq_factor": "rope_high_freq_factor",
+             "original_max_position_embeddings": "rope_original_max_seq_len"}
+    return {ours: scaling[hf] for hf, ours in names.items() if hf in scaling}
+
+
+def meta_model_args(params: dict, vocab_size: int, max_seq_len: int) -> ModelArgs:
+    """ModelArgs from Meta's params.json. vocab_size -1 there means "the tokenizer's"."""
+    args = dict(dim=params["dim"], n_layers=params["n_layers"], n_heads=params["n_heads"],
+                n_kv_heads=params.get("n_kv_heads"), vocab_size=params.get("vocab_size", -1),
+                multiple_of=params.get("multiple_of", 256), ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
+                norm_eps=params.get("norm_eps", 1e-5), rope_theta=params.get("rope_theta", 10000.0),  # Llama 2: 1e4
+                use_scaled_rope=params.get("use_scaled_rope", False), max_seq_len=max_seq_len)
+    if args["vocab_size"] <= 0:
+        args["vocab_size"] = vocab_size
+    if args["use_scaled_rope"]:
+        # Meta's reference code hard-codes factor 8, right for 3.1 8B/70B; 3.2 1B/3B were trained with 32.
+        args["rope_scale_factor"] = 32.0 if (args["dim"], args["n_layers"]) in LLAMA32_SHAPES else 8.0
+        args.update(rope_scaling_args(params.get("rope_scaling") or {}))  # explicit values win
+    return ModelArgs(**args)
+
+
+def load_meta(folder, device="cpu", dtype=None, max_seq_len=None):
+    """(model, tokenizer) from a Meta download: params.json + consolidated.*.pth + tokenizer.model."""
+    shard_paths = sorted(folder.glob("consolidated.*.pth"))
+    if not shard_paths:
+        raise CheckpointError(f"{folder}: params.json but no consolidated.*.pth weights; the download is "
+                              f"incomplete: download the weights too")
+    if not (folder / "tokenizer.model").exists():
+        raise CheckpointError(f"{folder}: no tokenizer.model; copy the one that came with the weights here")
+    tokenizer = load_tokenizer_model(folder / "tokenizer.model")
+    params = read_config(folder / "params.json")
+    # Meta's params carry no context length: Llama 3 (tiktoken) was trained at 8192, Llama 2 at 4096
+    max_seq_len = max_seq_len or (8192 if tokenizer.kind == "tiktoken" else 4096)
+    args = args_from_config(meta_model_args, params, folder / "params.json", tokenizer.vocab_size, max_seq_len)
+    state = merge_meta_shards([read_weights(p) for p in shard_paths], args.dim)
+    state.pop("rope.freqs", None)  # a buffer Meta saves and loads with strict=False; we recompute RoPE
+    args.tie_word_embeddings = "output.weight" not in state  # Llama 3.2 1B/3B share the embedding
+    return finish_load(folder, args, state, tokenizer, device, dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hugging Face's layout: config.json + model.safetensors (or shards listed in model.safetensors.index.json,
+# or pytorch_model*.bin) + a tokenizer. facebook/layerskip-* checkpoints come this way.
+
+HF_TO_META = {  # Hugging Face LlamaForCausalLM key -> Meta's (= ours); block keys without "model.layers.{i}."
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+    "self_attn.q_proj.weight": "attention.wq.weight",
+    "self_attn.k_proj.weight": "attention.wk.weight",
+    "self_attn.v_proj.weight": "attention.wv.weight",
+    "self_attn.o_proj.weight": "attention.wo.weight",
+    "mlp.gate_proj.weight": "feed_forward.w1.weight",
+    "mlp.up_proj.weight": "feed_forward.w3.weight",
+    "mlp.down_proj.weight": "feed_forward.w2.weight",
+    "input_layernorm.weight": "attention_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+
+
+def hf_key_to_meta(key: str) -> Optional[str]:
+    """Our name for a Hugging Face weight, or None if the rename table does not know it."""
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", key)
+    if m:
+        return f"layers.{m[1]}.{HF_TO_META[m[2]]}" if m[2] in HF_TO_META else None
+    return HF_TO_META.get(key)
+
+
+def unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Hugging Face q/k rows -> Meta's. HF's converter permuted each head's rows so that rotate_half, which pairs
+    channel j with j + head_dim/2, equals Meta's RoPE on interleaved pairs (2j, 2j+1); this is its inverse."""
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def ffn_args(dim: int, hidden: int) -> dict:
+    """multiple_of and ffn_dim_multiplier that make Meta's sizing rule (int(8 dim/3), times the multiplier,
+    rounded up to a multiple) give exactly HF's intermediate_size."""
+    base = int(2 * 4 * dim / 3)
+    mult = None if base <= hidden else hidden / base  # int(mult * base) is hidden or hidden - 1: both round up
+    return dict(multiple_of=hidden, ffn_dim_multiplier=mult)
+
+
+def hf_model_args(config: dict, vocab_size: int, max_seq_len: Optional[int]) -> ModelArgs:
+    """ModelArgs from a Hugging Face config.json of model_type llama."""
+    if config.get("model_type", "llama") != "llama":
+        raise CheckpointError(f"model_type {config['model_type']!r} is not supported: only Llama (model_type "
+                              f"'llama') checkpoints load here")
+    if config.get("attention_bias") or config.get("mlp_bias") or config.get("hidden_act", "silu") != "silu":
+        raise CheckpointError("this Llama variant has biases or a non-SiLU activation: not supported")
+    dim, n_heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or dim // n_heads
+    if head_dim * n_heads != dim:
+        raise CheckpointError(f"head_dim {head_dim} x {n_heads} heads != hidden_size {dim}: only models whose "
+                              f"head_dim is hidden_size / num_attention_heads are supported")
+    # transformers < 5 writes rope_theta + rope_scaling, transformers 5 one rope_parameters dict with both
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise CheckpointError(f"rope_type {rope_type!r} is not supported: only 'default' and 'llama3' are")
+    args = dict(dim=dim, n_layers=config["num_hidden_layers"], n_heads=n_heads,
+                n_kv_heads=config.get("num_key_value_heads") or n_heads,
+                vocab_size=config.get("vocab_size") or vocab_size, norm_eps=config.get("rms_norm_eps", 1e-6),
+                rope_theta=config.get("rope_theta") or rope.get("rope_theta", 10000.0),
+                use_scaled_rope=rope_type == "llama3", **rope_scaling_args(rope),
+                tie_word_embeddings=config.get("tie_word_embeddings", False),
+                max_seq_len=max_seq_len or min(config.get("max_position_embeddings", 4096), 8192),
+                **ffn_args(dim, config["intermediate_size"]))
+    return ModelArgs(**args)
+
+
+def hf_weight_files(folder) -> list:
+    """The weight files of a Hugging Face directory: safetensors first, then PyTorch .bin files."""
+    for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if (folder / index).exists():
+            weight_map = json.loads((folder / index).read_text())["weight_map"]
+            return [folder / name for name in sorted(set(weight_map.values()))]
+        if (folder / single).exists():
+            return [folder / single]
+    raise CheckpointError(f"{folder}: config.json but no model.safetensors or pytorch_model.bin; the download is "
+                          f"incomplete: download the weights too")
+
+
+def hf_tokenizer(folder, config: dict):
+    """tokenizer.model (here or under original/) of either kind, else tokenizer.json with the tokenizers library."""
+    for path in (folder / "tokenizer.model", folder / "original" / "tokenizer.model"):
+        if path.exists():
+            return load_tokenizer_model(path)
+    if (folder / "tokenizer.json").exists():
+        gen = folder / "generation_config.json"  # instruct models list their stop ids here
+        eos = json.loads(gen.read_text()).get("eos_token_id") if gen.exists() else None
+        eos = eos if eos is not None else config.get("eos_token_id")
+        stops = eos if isinstance(eos, list) else [eos]
+        if config.get("bos_token_id") is None or stops[0] is None:
+            raise CheckpointError(f"{folder}/config.json names no bos_token_id/eos_token_id for tokenizer.json")
+        return HFTokenizer((folder / "tokenizer.json").read_text(), config["bos_token_id"], stops[0], stops)
+    raise CheckpointError(f"{folder}: no tokenizer.model or tokenizer.json; copy the model's tokenizer here")
+
+
+def load_hf(folder, device="cpu", dtype=None, max_seq_len=None):
+    """(model, tokenizer) from a Hugging Face LlamaForCausalLM directory."""
+    config = read_config(folder / "config.json")
+    tokenizer = hf_tokenizer(folder, config)
+    args = args_from_config(hf_model_args, config, folder / "config.json", tokenizer.vocab_size, max_seq_len)
+    state, unknown = {}, []
+    for path in hf_weight_files(folder):
+        for key, w in read_weights(path).items():
+            if key.endswith("rotary_emb.inv_freq"):  # a buffer old transformers saved; we recompute RoPE
+                continue
+            ours = hf_key_to_meta(key)
+            if ours is None:
+                unknown.append(key)
+            elif ours.endswith("attention.wq.weight"):
+                state[ours] = unpermute(w, args.n_heads)
+            elif ours.endswith("attention.wk.weight"):
+                state[ours] = unpermute(w, args.n_kv_heads)
+            else:
+                state[ours] = w
+    if unknown:
+        raise CheckpointError(f"{folder}: weights the Llama rename table does not know: {unknown[:5]}")
+    if args.tie_word_embeddings:
+        state.pop("output.weight", None)  # some exports save the tied head twice
+    return finish_load(folder, args, state, tokenizer, device, dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One entry point for all three layouts.
+
+
+def check_vocab(path, tokenizer, n_embeddings: int):
+    if tokenizer.vocab_size > n_embeddings:
+        raise CheckpointError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model embeds only "
+                              f"{n_embeddings}; this tokenizer belongs to another model: use the model's own")
+
+
+def finish_load(path, args: ModelArgs, state: dict, tokenizer, device, dtype):
+    """Meta and HF loads end alike: vocabulary check, strict load, no training metadata."""
+    if "tok_embeddings.weight" in state:
+        check_vocab(path, tokenizer, state["tok_embeddings.weight"].shape[0])
+    model = build_model({"model_args": asdict(args), "model": state}, device, dtype)
+    model.metadata = {}
+    return model, tokenizer
+
+
+def load_model(path, device="cpu", dtype=None, max_seq_len: Optional[int] = None):
+    """(model, tokenizer) from one of our checkpoints, a Meta Llama directory or a Hugging Face Llama directory.
+    dtype: None = as stored (fp16 is computed in fp32 on CPU). max_seq_len: the context window to allocate RoPE
+    for (default: ours as trained, Llama 2 4096, Llama 3 8192)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory; give a checkpoint written by train.py or a "
+                              f"Meta / Hugging Face Llama directory")
+    if path.is_dir():
+        if (path / "params.json").exists():
+            return load_meta(path, device, dtype, max_seq_len)
+        if (path / "config.json").exists():
+            return load_hf(path, device, dtype, max_seq_len)
+        raise CheckpointError(f"{path}: not a model directory of a known layout: expected params.json + "
+                              f"consolidated.*.pth (Meta) or config.json + *.safetensors (Hugging Face)")
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError:
+        if path.suffix in (".pth", ".bin", ".safetensors", ".json"):  # consolidated.00.pth, model.safetensors, ...
+            raise CheckpointError(f"{path}: not one of our checkpoints; if it is part of a Meta / Hugging Face "
+                                  f"download, give the directory that holds it, {path.parent}") from None
+        raise
+    if max_seq_len:
+        ckpt["model_args"] = {**ckpt["model_args"], "max_seq_len": max_seq_len}
     model = build_model(ckpt, device, dtype)
     tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
-    if tokenizer.vocab_size > model.params.vocab_size:
-        raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                              f"{model.params.vocab_size}; the checkpoint pairs the wrong tokenizer")
+    check_vocab(path, tokenizer, model.params.vocab_size)
     model.metadata = ckpt.get("metadata", {})
     return model, tokenizer
