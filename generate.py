@@ -123,7 +123,7 @@ def round_text(event: ls.Round, seq: list, tokenizer, colour: bool, show_rejecte
 def decode(model, tokenizer, prompt_ids, args, dec, stream: bool, colour: bool) -> ls.Generation:
     """Run one strategy and print its text: round by round while decoding (stream), or all at once after."""
     kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, eos_id=tokenizer.eos_id, seed=args.seed, **dec)
+                  top_p=args.top_p, eos_id=tokenizer.stop_ids, seed=args.seed, **dec)
     seq = list(prompt_ids)
     if stream:  # consume the generator ourselves; the time then includes printing, as the reader sees it
         events, start = [], time.perf_counter()
@@ -131,9 +131,7 @@ def decode(model, tokenizer, prompt_ids, args, dec, stream: bool, colour: bool) 
             print(round_text(event, seq, tokenizer, colour, show_rejected=colour), end="", flush=True)
             seq += event.tokens
             events.append(event)
-        g = ls.Generation(tokens=seq[len(prompt_ids):], seconds=time.perf_counter() - start, rounds=len(events),
-                          drafted=sum(len(e.drafted) for e in events), accepted=sum(e.accepted for e in events),
-                          events=events)
+        g = ls.Generation.from_events(events, time.perf_counter() - start)
     else:
         g = ls.generate(model, prompt_ids, **kwargs)
         for event in g.events:

@@ -398,6 +398,12 @@ class Generation:
     accepted: int
     events: list[Round] = field(default_factory=list, repr=False)
 
+    @classmethod
+    def from_events(cls, events: list[Round], seconds: float) -> "Generation":
+        return cls(tokens=[t for e in events for t in e.tokens], seconds=seconds, rounds=len(events),
+                   drafted=sum(len(e.drafted) for e in events), accepted=sum(e.accepted for e in events),
+                   events=events)
+
     @property
     def tokens_per_s(self) -> float:
         return len(self.tokens) / self.seconds if self.seconds > 0 else float("inf")
@@ -445,14 +451,15 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
                     strategy: str = "autoregressive", exit_layer: Optional[int] = None,
                     num_speculations: Optional[int] = None, temperature: float = 0.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None,
-                    eos_id: Optional[int] = None, seed: Optional[int] = None,
+                    eos_id=None, seed: Optional[int] = None,
                     draft_threshold: Optional[float] = None) -> Iterator[Round]:
-    """Decode after prompt_ids, yielding one Round per model round. Stops at EOS (which is emitted),
-    max_new_tokens, or the context window. draft_threshold: stop drafting early once the draft's own
+    """Decode after prompt_ids, yielding one Round per model round. Stops at an EOS (which is emitted; eos_id
+    is one id or several, e.g. Llama 3's <|end_of_text|> and <|eot_id|>), max_new_tokens, or the context window. draft_threshold: stop drafting early once the draft's own
     probability of its token falls below this (an adaptive draft length; the output does not change)."""
     check_generation_args(model, prompt_ids, max_new_tokens, strategy, exit_layer, num_speculations,
                           temperature, top_k, top_p)
     L = model.params.n_layers
+    stop = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
     device = model.tok_embeddings.weight.device
     rng = torch.Generator(device=device)
     rng.manual_seed(seed if seed is not None else torch.seed())
@@ -472,7 +479,7 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
             token, _ = sample(model.head(h[0, -1]), temperature, top_k, top_p, rng)
             seq.append(token)
             yield Round(drafted=[], accepted=0, token=token)
-            if token == eos_id:
+            if token in stop:
                 return
         return
 
@@ -493,7 +500,7 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
             drafts.append(token)
             draft_probs.append(probs)
             x = [token]
-            if token == eos_id:
+            if token in stop:
                 break
             if draft_threshold is not None:  # unsure drafts are likely rejected: verify now
                 confidence = probs[token] if probs is not None else torch.softmax(logits, -1)[token]
@@ -507,7 +514,7 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
         h = model.run_blocks(cache.exit_h[:, n_cached:pos], E, L, n_cached, cache)
         logits = model.head(h[0, -(len(drafts) + 1):])  # the verifier's prediction after x and after each draft
         accepted, token = verify(drafts, draft_probs, logits, temperature, top_k, top_p, rng)
-        if accepted and drafts[accepted - 1] == eos_id:
+        if accepted and drafts[accepted - 1] in stop:
             token = None  # an accepted EOS draft ends the text: no token after it
         event = Round(drafted=drafts, accepted=accepted, token=token)
         seq += event.tokens
@@ -515,7 +522,7 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
         # newest token has not been through any block yet, so it is the next round's input.
         n_cached = len(seq) - 1
         yield event
-        if eos_id in event.tokens:
+        if event.tokens[-1] in stop:  # drafting stops at an EOS draft, so an EOS can only come last
             return
 
 
@@ -523,10 +530,7 @@ def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, **k
     """Decode and return the new tokens with their statistics; takes generate_stream's arguments."""
     start = time.perf_counter()
     events = list(generate_stream(model, prompt_ids, max_new_tokens, **kwargs))
-    seconds = time.perf_counter() - start
-    return Generation(tokens=[t for e in events for t in e.tokens], seconds=seconds, rounds=len(events),
-                      drafted=sum(len(e.drafted) for e in events), accepted=sum(e.accepted for e in events),
-                      events=events)
+    return Generation.from_events(events, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -563,7 +567,7 @@ def logit_lens(model: Transformer, token_ids: list[int]) -> LogitLens:
     return LogitLens(top1=top1.cpu(), prob=prob.cpu(), layers_needed=(last_differs + 2).clamp(max=L).cpu())
 
 
-def load_model(path, device="cpu", dtype=None):
+def load_model(path, device="cpu", dtype=None, **kwargs):
     """(model, tokenizer) from one of our checkpoints or a Meta / Hugging Face Llama directory (model_io.py)."""
     from model_io import load_model as load
-    return load(path, device=device, dtype=dtype)
+    return load(path, device=device, dtype=dtype, **kwargs)

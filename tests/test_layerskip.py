@@ -261,6 +261,17 @@ def test_self_speculative_greedy_equals_autoregressive():
     assert eos_inside_draft > 0 and eos_accepted_in_draft > 0  # the EOS paths were really exercised
 
 
+def test_several_stop_ids():
+    """eos_id may be a set (Llama 3 stops at <|end_of_text|> or <|eot_id|>): decoding stops at the first of them."""
+    model = tiny_model(n_layers=4, seed=1)
+    prompt = list(range(6))
+    ar = ls.generate(model, prompt, 20).tokens
+    stops = {ar[9], ar[4]}
+    first = min(i for i, t in enumerate(ar) if t in stops)
+    for kw in ({}, {"strategy": "self_speculative", "exit_layer": 2, "num_speculations": 5}):
+        assert ls.generate(model, prompt, 20, eos_id=stops, **kw).tokens == ar[:first + 1]
+
+
 def test_adaptive_draft_length_keeps_the_output():
     """Stopping drafts below a confidence threshold drafts fewer tokens and still reproduces autoregressive output."""
     model = tiny_model(n_layers=6, seed=4)
