@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 import sentencepiece as spm
@@ -195,6 +196,20 @@ def write_bins(out_dir, train_ids, val_ids, meta):
     text = json.dumps(meta, indent=2) + "\n"
     _atomic_write_bytes(os.path.join(out_dir, "meta.json"), text.encode("utf-8"))
     return meta
+
+
+def build_corpus(out_dir, train_docs, val_docs, vocab_size, meta):
+    """Train a tokenizer on the training documents only, encode both splits, write bins and meta.json.
+    Returns the meta dict (with token counts). Used by data/python and data/shakespeare."""
+    os.makedirs(out_dir, exist_ok=True)
+    model_path = os.path.join(out_dir, "tokenizer.model")
+    t0 = time.time()
+    train_tokenizer(train_docs, model_path, vocab_size)
+    print(f"tokenizer trained in {time.time() - t0:.1f}s")
+    train_ids = encode_documents(model_path, train_docs, desc="train")
+    val_ids = encode_documents(model_path, val_docs, desc="val")
+    meta = {"vocab_size": load_tokenizer(model_path).vocab_size(), "tokenizer": "tokenizer.model", **meta}
+    return write_bins(out_dir, train_ids, val_ids, meta)
 
 
 def write_split(ids, out_dir, val_fraction=0.05, vocab_size=None, source="", tokenizer="tokenizer.model"):

@@ -25,7 +25,7 @@ import time
 # make `import data.prepare` work when run as `python data/python/prepare.py`
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO_ROOT)
-from data.prepare import encode_documents, load_tokenizer, train_tokenizer, write_bins  # noqa: E402
+from data.prepare import build_corpus  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_DIRS = {"test", "tests", "idle_test"}  # any folder with one of these names is skipped
@@ -85,19 +85,8 @@ def main():
     train_docs = [t for rel, t in docs.items() if not is_val(rel, args.val_percent)]
     val_docs = [t for rel, t in docs.items() if is_val(rel, args.val_percent)]
 
-    # the tokenizer only sees training files
-    os.makedirs(args.out_dir, exist_ok=True)
-    model_path = os.path.join(args.out_dir, "tokenizer.model")
-    t1 = time.time()
-    train_tokenizer(train_docs, model_path, args.vocab_size)
-    print(f"tokenizer trained in {time.time() - t1:.1f}s")
-
-    train_ids = encode_documents(model_path, train_docs, desc="train")
-    val_ids = encode_documents(model_path, val_docs, desc="val")
-    meta = write_bins(args.out_dir, train_ids, val_ids, {
-        "vocab_size": load_tokenizer(model_path).vocab_size(),
+    meta = build_corpus(args.out_dir, train_docs, val_docs, args.vocab_size, {  # tokenizer sees train files only
         "source": f"Python {sys.version.split()[0]} standard library .py files, tests excluded",
-        "tokenizer": "tokenizer.model",
         "train_files": len(train_docs),
         "val_files": len(val_docs),
         "source_bytes": n_bytes,

