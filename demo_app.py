@@ -166,7 +166,7 @@ def decode_pieces(model, tokenizer, prompt_ids, max_new_tokens, strategy="self_s
     character back for the token that completes it)."""
     stream = ls.generate_stream(model, prompt_ids, max_new_tokens, strategy=strategy, exit_layer=exit_layer,
                                 num_speculations=num_speculations, temperature=temperature, top_p=top_p,
-                                eos_id=tokenizer.eos_id, seed=seed)
+                                eos_id=tokenizer.stop_ids, seed=seed)
     end = min(model.params.max_seq_len, len(prompt_ids) + max_new_tokens)  # where generate_stream stops
     context, pieces, start = list(prompt_ids), [], len(tokenizer.decode(prompt_ids))
     stats = dict(tokens=0, rounds=0, drafted=0, accepted=0, corrections=0, bonus=0, seconds=0.0, eos=False)
@@ -192,7 +192,7 @@ def decode_pieces(model, tokenizer, prompt_ids, max_new_tokens, strategy="self_s
         stats["tokens"] += len(event.tokens)
         stats["drafted"] += len(drafted)
         stats["accepted"] += a
-        stats["eos"] = tokenizer.eos_id in event.tokens
+        stats["eos"] = bool(tokenizer.stop_ids & set(event.tokens))
         full = tokenizer.decode(context)
         held = full[max(len(full.rstrip("\ufffd")), start):]  # an unfinished character: the last round shows it
         if held and (stats["eos"] or len(context) >= end):
@@ -273,7 +273,7 @@ def compare(checkpoint, prompt, exit_layer=2, num_speculations=4, max_new_tokens
         check_inputs(prompt, max_new_tokens)
         model, tok = get_model(checkpoint)
         ids = tok.encode(prompt)
-        kw = dict(eos_id=tok.eos_id, seed=0)
+        kw = dict(eos_id=tok.stop_ids, seed=0)
         ls.generate(model, ids, 2, **kw)  # warm-up: first calls pay for allocations, not decoding
         ar = ls.generate(model, ids, int(max_new_tokens), strategy="autoregressive", **kw)
         ss = ls.generate(model, ids, int(max_new_tokens), strategy="self_speculative", exit_layer=int(exit_layer),
@@ -366,7 +366,7 @@ def sweep(checkpoint, prompt, num_speculations=4, max_new_tokens=SWEEP_TOKENS):
         model, tok = get_model(checkpoint)
         ids = tok.encode(prompt)
         n = min(int(max_new_tokens), SWEEP_TOKENS)
-        kw = dict(eos_id=tok.eos_id, seed=0)
+        kw = dict(eos_id=tok.stop_ids, seed=0)
         ls.generate(model, ids, 2, **kw)  # warm-up
         ar = ls.generate(model, ids, n, strategy="autoregressive", **kw)
         rows = []
@@ -453,19 +453,25 @@ def build_demo(default_checkpoint: str = DEFAULT_CHECKPOINT):
                                              elem_id="sweep_plot")
                     sweep_note = gr.HTML()
 
-        def on_model(ckpt, e):
-            """Describe the model and fit the exit-layer slider to its L."""
+        def on_model(ckpt, e, d):
+            """Describe the model, fit the exit-layer slider to its L, and take the exit layer and draft length
+            that bench.py --auto stored in the checkpoint, if any."""
             description, L = model_info(ckpt)
             if not L:
-                return description, gr.Slider()
-            return description, gr.Slider(minimum=1, maximum=L, value=int(e) if 1 <= e <= L else max(1, L // 2))
+                return description, gr.Slider(), gr.Slider()
+            rec = getattr(get_model(ckpt)[0], "metadata", {}).get("recommended", {})
+            e = rec.get("exit_layer", e if 1 <= e <= L else max(1, L // 2))
+            return (description, gr.Slider(minimum=1, maximum=L, value=int(e)),
+                    gr.Slider(value=rec.get("num_speculations", d)))
 
         model_events = dict(concurrency_id="model")  # one queue for everything that runs the model
-        checkpoint.change(on_model, [checkpoint, exit_layer], [info, exit_layer], api_name="model_info",
+        checkpoint.change(on_model, [checkpoint, exit_layer, num_spec], [info, exit_layer, num_spec],
+                          api_name="model_info",
                           **model_events)
         load.click(lambda p: gr.Dropdown(value=p.strip()) if p and p.strip() else gr.Dropdown(), [path],
                    [checkpoint], api_visibility="private")
-        demo.load(on_model, [checkpoint, exit_layer], [info, exit_layer], api_visibility="private", **model_events)
+        demo.load(on_model, [checkpoint, exit_layer, num_spec], [info, exit_layer, num_spec], api_visibility="private",
+                  **model_events)
         gen_inputs = [checkpoint, prompt, strategy, exit_layer, num_spec, temperature, top_p, max_new, seed,
                       show_rejected]
         gen = go.click(generate, gen_inputs, [out, stats, text], api_name="generate", show_progress="hidden",

@@ -53,6 +53,9 @@ def parse_args(argv=None):
                    help="exit layer E: the draft (or the early-exit model) runs blocks 0..E-1")
     p.add_argument("--num_speculations", type=int,
                    help="tokens drafted per self-speculative round (default: the recommended one, else 4)")
+    p.add_argument("--draft_threshold", type=float,
+                   help="stop drafting early when the draft's confidence falls below this (default: the "
+                        "recommended one, else off)")
     p.add_argument("--max_new_tokens", type=int, default=128, help="tokens to generate at most (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top_k", type=int, help="sample only among the k most likely tokens")
@@ -85,11 +88,15 @@ def resolve_decoding(args, model) -> dict:
                          f"1..{model.params.n_layers}")
     num_speculations = next(n for n in (args.num_speculations, recommended.get("num_speculations"), 4)
                             if n is not None)
+    threshold = args.draft_threshold
+    if threshold is None and num_speculations == recommended.get("num_speculations"):
+        threshold = recommended.get("draft_threshold")  # tuned together with d by bench.py --auto
     if strategy == "autoregressive":
         return dict(strategy=strategy)
     if strategy == "early_exit":
         return dict(strategy=strategy, exit_layer=exit_layer)
-    return dict(strategy=strategy, exit_layer=exit_layer, num_speculations=num_speculations)
+    return dict(strategy=strategy, exit_layer=exit_layer, num_speculations=num_speculations,
+                draft_threshold=threshold)
 
 
 def describe(dec: dict, args, n_layers: int) -> str:
@@ -98,6 +105,8 @@ def describe(dec: dict, args, n_layers: int) -> str:
         words.append(f"exit layer {dec['exit_layer']} of {n_layers}")
     if "num_speculations" in dec:
         words.append(f"{dec['num_speculations']} speculations")
+    if dec.get("draft_threshold"):
+        words.append(f"drafting stops below confidence {dec['draft_threshold']}")
     if args.temperature == 0:
         words.append("greedy")
     else:
