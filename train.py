@@ -105,6 +105,7 @@ def parse_args(argv=None):
     cfg.update(PRESETS.get(args.preset, {}))
     cfg.update({k: v for k, v in vars(args).items() if v is not None})
     cfg["out_dir"] = cfg.get("out_dir") or f"out/{args.preset or 'run'}"
+    cfg["cli"] = sorted(k for k, v in vars(args).items() if v not in (None, False))  # flags given explicitly
     return argparse.Namespace(**cfg)
 
 
@@ -243,24 +244,26 @@ def main(argv=None):
         device = cfg.device
 
     init = None
-    if cfg.init_from and not cfg.resume:
+    if cfg.init_from and not cfg.resume:  # ours, or a Meta / Hugging Face Llama: the model shape comes from it
         try:
-            init = load_checkpoint(cfg.init_from)
-        except CheckpointError as e:
+            init, init_tokenizer = ls.load_model(cfg.init_from, dtype=torch.float32)
+        except (CheckpointError, ValueError) as e:
             fail(f"--init_from: {e}")
-        shape = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size")
-        given = {k: getattr(cfg, k) for k in shape}
-        theirs = {k: init["model_args"].get(k) for k in shape}
-        theirs["n_kv_heads"] = theirs["n_kv_heads"] or theirs["n_heads"]
-        given["n_kv_heads"] = given["n_kv_heads"] or given["n_heads"]
-        clash = {k: (given[k], theirs[k]) for k in shape if given[k] != theirs[k]}
+        a = init.params
+        theirs = dict(dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads or a.n_heads,
+                      vocab_size=a.vocab_size)
+        clash = {k: (getattr(cfg, k), v) for k, v in theirs.items() if k in cfg.cli and getattr(cfg, k) != v}
         if clash:
-            fail(f"--init_from {cfg.init_from} does not match the model asked for "
+            fail(f"--init_from {cfg.init_from} does not match the model asked for: "
                  + ", ".join(f"{k}: {a} here vs {b} in the checkpoint" for k, (a, b) in clash.items())
-                 + "; drop the --preset/model flags or pass matching ones")
-        if init["tokenizer"]["model"] != tokenizer.model_proto:
+                 + "; drop those flags or pass matching ones")
+        if getattr(init_tokenizer, "model_proto", None) != tokenizer.model_proto:
             fail(f"--init_from {cfg.init_from} uses another tokenizer than {cfg.data}: prepare the data with "
                  f"the checkpoint's tokenizer")
+        for k, v in theirs.items():
+            setattr(cfg, k, v)
+        cfg.block_size = min(cfg.block_size, a.max_seq_len)  # train on windows that fit its context
+        cfg.tie_embeddings = a.tie_word_embeddings
 
     args = ls.ModelArgs(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
                         vocab_size=cfg.vocab_size, multiple_of=cfg.multiple_of, max_seq_len=cfg.block_size,
@@ -270,7 +273,7 @@ def main(argv=None):
         with torch.device("meta"):
             model = ls.Transformer(args)
     elif init is not None:
-        model = build_model(init, device, torch.float32).train()
+        model = init.to(device).train()
     elif resume_state is not None:
         model = build_model(resume_state, device, torch.float32).train()
     else:
