@@ -358,6 +358,19 @@ def main(argv=None):
           f"{1000 * costs['draft_step']:.3f}, verification of {d + 1} positions {1000 * costs['verify_pass']:.3f}")
     print(f"analytic speedup from acceptance {ss['acceptance']:.3f}: {predicted:.2f}x; measured {ss['speedup']:.2f}x "
           f"= {100 * ss['speedup'] / predicted:.0f}% of predicted")
+    # Where the time of a round goes: d' draft steps and one verification at their measured costs, the rest is
+    # per-round overhead of the decoding loop (prefill included, sampling, bookkeeping).
+    reps = totals[ss_name]
+    r = min(reps, key=lambda t: t["seconds"])
+    per_round = r["seconds"] / r["rounds"]
+    drafting = r["drafted"] / r["rounds"] * costs["draft_step"]
+    other = per_round - drafting - costs["verify_pass"]
+    report["round_ms"] = {"total": 1000 * per_round, "drafting": 1000 * drafting,
+                          "verification": 1000 * costs["verify_pass"], "other": 1000 * other}
+    print(f"a round ({r['drafted'] / r['rounds']:.2f} drafts, {r['tokens'] / r['rounds']:.2f} tokens) takes "
+          f"{1000 * per_round:.2f} ms: drafting {100 * drafting / per_round:.0f}%, verification "
+          f"{100 * costs['verify_pass'] / per_round:.0f}%, the rest (prefill, sampling, loop) "
+          f"{100 * other / per_round:.0f}%")
     print(f"early exit E={E}: {ee['tokens_per_s'] / summary['autoregressive']['tokens_per_s']:.2f}x AR tokens/s "
           f"(target 0.8 x L/E = {0.8 * L / E:.2f}x)")
     print(f"self-speculative greedy output identical to autoregressive: {identical}")
