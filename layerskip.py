@@ -173,13 +173,18 @@ class Transformer(nn.Module):
         self.output = nn.Linear(params.dim, params.vocab_size, bias=False)
         if params.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(params)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.rope_cos, self.rope_sin = rope_tables(params)  # not buffers: see _apply
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * params.n_layers))
+
+    def _apply(self, fn, recurse=True):
+        """After .to(), .cuda(), .half(), to_empty(): rebuild the RoPE tables on the new device, in float32 (a bf16
+        cos/sin table would blur the angles of long positions)."""
+        super()._apply(fn, recurse)
+        self.rope_cos, self.rope_sin = rope_tables(self.params, self.tok_embeddings.weight.device)
+        return self
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -203,7 +208,9 @@ class Transformer(nn.Module):
     def forward(self, tokens, targets=None, *, exit_weights=None, drop_rates=None, seed=0, step=0):
         """Without targets: the last layer's logits [B, T, vocab]. With targets: (loss, {block: its exit's CE}),
         where loss = sum_l exit_weights[l] * CE(g(x_{l+1}), targets) (eq. 5; default: last layer only) and, in
-        training mode, block l is skipped for a sample with probability drop_rates[l] (eq. 1)."""
+        training mode, block l is skipped for a sample with probability drop_rates[l] (eq. 1), drawn from
+        (seed, step, l); train.py passes the micro-batch counter as step. The layer loop is run_blocks' loop
+        with layer dropout and the exits added."""
         B, T = tokens.shape
         h = self.tok_embeddings(tokens)
         if targets is None:
@@ -223,7 +230,8 @@ class Transformer(nn.Module):
             else:
                 h = layer(h, rope)
             w = exit_weights.get(l, 0.0)
-            if w > 0:  # eq. 5, one exit at a time: never a [exits, B, T, vocab] tensor
+            if w > 0:  # eq. 5, one exit at a time: no stacked [exits, B, T, vocab] tensor (autograd still keeps
+                # each trained exit's [B*T, vocab] softmax until backward, so memory grows with the exits)
                 ce = F.cross_entropy(self.head(h).flatten(0, 1), targets.flatten(), ignore_index=-1)
                 loss = loss + w * ce
                 exit_losses[l] = ce.detach()
@@ -248,7 +256,7 @@ def layer_dropout_rates(n_layers: int, p_max: float, step: Optional[int] = None,
 def layer_dropout_mask(batch: int, p: float, seed: int, step: int, layer: int) -> torch.Tensor:
     """Which samples skip this block: a pure function of (seed, step, layer), so that every data-parallel rank
     draws the same pattern (the paper seeds every GPU alike) and a resumed run draws what it would have drawn."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_000_003 + layer)
+    g = torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_000_003 + layer) % 2**63)
     return torch.rand(batch, generator=g) < p  # True = skip
 
 
@@ -268,6 +276,8 @@ def early_exit_weights(n_layers: int, e_scale: float, enabled) -> dict[int, floa
     """Normalised weights ẽ(t, l) = C e(l) / sum_i C e(i) over the enabled exits (eq. 6); they sum to 1."""
     e = early_exit_scale(n_layers, e_scale)
     total = sum(e[l] for l in enabled)
+    if total == 0:  # a one-block model: e(0) = 0, so the only exit takes all the weight
+        return {n_layers - 1: 1.0}
     return {l: e[l] / total for l in sorted(enabled)}
 
 
@@ -366,6 +376,8 @@ def verify(drafts: list[int], draft_probs, logits, temperature, top_k, top_p, rn
         if torch.rand((), generator=rng, device=p.device) * q[tok] < p[i, tok]:  # accept with min(1, p/q)
             continue
         residual = (p[i] - q).clamp_min(0.0)  # rejected: resample from normalise(max(p - q, 0))
+        if residual.sum() <= 0:  # p == q up to rounding: then p itself is the right distribution
+            residual = p[i]
         return i, int(torch.multinomial(residual / residual.sum(), 1, generator=rng))
     return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=rng))  # bonus token from p
 
@@ -454,15 +466,19 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
                     eos_id=None, seed: Optional[int] = None,
                     draft_threshold: Optional[float] = None) -> Iterator[Round]:
     """Decode after prompt_ids, yielding one Round per model round. Stops at an EOS (which is emitted; eos_id
-    is one id or several, e.g. Llama 3's <|end_of_text|> and <|eot_id|>), max_new_tokens, or the context window. draft_threshold: stop drafting early once the draft's own
-    probability of its token falls below this (an adaptive draft length; the output does not change)."""
+    is one id or several, e.g. Llama 3's <|end_of_text|> and <|eot_id|>), max_new_tokens, or the context window.
+    draft_threshold: stop drafting early once the draft's own probability of its token falls below this (an
+    adaptive draft length; the output does not change)."""
     check_generation_args(model, prompt_ids, max_new_tokens, strategy, exit_layer, num_speculations,
                           temperature, top_k, top_p)
     L = model.params.n_layers
     stop = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
     device = model.tok_embeddings.weight.device
     rng = torch.Generator(device=device)
-    rng.manual_seed(seed if seed is not None else torch.seed())
+    if seed is not None:
+        rng.manual_seed(seed)
+    else:
+        rng.seed()  # a fresh random seed, without touching torch's global generator
     end = min(model.params.max_seq_len, len(prompt_ids) + max_new_tokens)  # the sequence never grows past this
     cache = Cache(model, end)
     seq = list(prompt_ids)
@@ -560,11 +576,12 @@ def logit_lens(model: Transformer, token_ids: list[int]) -> LogitLens:
         top1.append(t)
         prob.append(p)
     top1, prob = torch.stack(top1), torch.stack(prob)
-    # layers needed = 1 + the last block whose prediction still differs from the final one (0 if none differs)
+    # layers needed: if l is the last block whose prediction differs from the final one, the prediction settles
+    # at the exit after block l + 1, i.e. l + 2 blocks (1 block if no exit differs)
     differs = top1 != top1[-1:]
     L = top1.shape[0]
     last_differs = torch.where(differs, torch.arange(L, device=device)[:, None], -1).amax(dim=0)
-    return LogitLens(top1=top1.cpu(), prob=prob.cpu(), layers_needed=(last_differs + 2).clamp(max=L).cpu())
+    return LogitLens(top1=top1.cpu(), prob=prob.cpu(), layers_needed=(last_differs + 2).cpu())
 
 
 def load_model(path, device="cpu", dtype=None, **kwargs):

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from layerskip import ModelArgs, Transformer, rope_tables
+from layerskip import ModelArgs, Transformer
 
 FORMAT = "layerskip-checkpoint-v1"
 
@@ -243,7 +243,11 @@ def load_checkpoint(path) -> dict:
 
 def model_args_from_dict(d: dict) -> ModelArgs:
     known = {f.name for f in fields(ModelArgs)}
-    return ModelArgs(**{k: v for k, v in d.items() if k in known})
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise CheckpointError(f"the checkpoint's model args have fields this version does not know: {unknown}; "
+                              f"update layerskip")
+    return ModelArgs(**d)
 
 
 def build_model(ckpt: dict, device="cpu", dtype=None) -> Transformer:
@@ -267,11 +271,10 @@ def build_model(ckpt: dict, device="cpu", dtype=None) -> Transformer:
     dtype = dtype or next(iter(state.values())).dtype
     if dtype == torch.float16 and torch.device(device).type == "cpu":
         dtype = torch.float32  # half-precision storage, float32 compute on CPU
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to(dtype).to_empty(device=device)  # cast on the meta device: no fp32 copy of a bf16 model
     model.load_state_dict(state, strict=True)
     if args.tie_word_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    model.rope_cos, model.rope_sin = rope_tables(args, device)  # not in the state dict; float32 on purpose
     return model.eval()
 
 

@@ -132,7 +132,7 @@ def load_data(folder):
 
 
 def get_batch(data, cfg, step, micro, rank, world, device):
-    g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1009 + micro)
+    g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) % 2**63)
     T = cfg.block_size
     if len(data) <= T + 1:
         fail(f"the data has {len(data)} tokens, fewer than one training window of {T + 1}: use a smaller "
@@ -145,7 +145,7 @@ def get_batch(data, cfg, step, micro, rank, world, device):
 
 
 def lr_at(step, cfg):
-    """Linear warm-up, then cosine decay to min_lr_ratio * lr at the last step."""
+    """Linear warm-up, then cosine decay that reaches min_lr_ratio * lr at step max_iters."""
     if step < cfg.warmup_iters:
         return cfg.lr * (step + 1) / cfg.warmup_iters
     progress = (step - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1)
@@ -187,7 +187,9 @@ def memory_estimate(n_params, cfg, world, fsdp):
     act_bytes = 2 if cfg.dtype == "bfloat16" else 4
     tokens = cfg.batch_size * cfg.block_size
     activations = tokens * cfg.n_layers * cfg.dim * 17 * act_bytes  # ~34 half-words per token, layer and width
-    exits = 1 + (math.ceil(cfg.n_layers / cfg.rotation) if cfg.e_scale > 0 else 0)
+    exits = 1
+    if cfg.e_scale > 0:
+        exits += math.ceil(cfg.n_layers / cfg.rotation) if cfg.curriculum == "rotational" else cfg.n_layers
     logits = tokens * cfg.vocab_size * 4 * 2 * exits  # fp32 logits and their softmax, per trained exit
     return states, activations + logits
 
@@ -219,9 +221,16 @@ def main(argv=None):
             resume_state = load_checkpoint(ckpt_path)
         except CheckpointError as e:
             fail(f"cannot resume: {e}")
-        keep = {"resume": True, "stop_after": cfg.stop_after, "out_dir": cfg.out_dir}
-        cfg = argparse.Namespace(**{**resume_state["config"], **{k: v for k, v in keep.items()}})
+        extra = set(cfg.cli) - {"resume", "stop_after", "out_dir"}
+        if extra:
+            fail(f"--resume continues the run with its own configuration: drop --{', --'.join(sorted(extra))}")
+        keep = {"resume": True, "stop_after": cfg.stop_after, "out_dir": cfg.out_dir, "cli": cfg.cli}
+        cfg = argparse.Namespace(**{**resume_state["config"], **keep})
 
+    if not 0 <= cfg.p_max <= 1:
+        fail(f"--p_max {cfg.p_max}: a dropout rate must be in [0, 1]")
+    if cfg.e_scale < 0 or cfg.rotation < 1:
+        fail("--e_scale must be >= 0 and --rotation >= 1")
     if cfg.dry_run:
         tokenizer, data = None, None
         cfg.vocab_size = cfg.vocab_size or 32000
@@ -328,8 +337,9 @@ def main(argv=None):
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
                 and str(device).startswith("cuda") else nullcontext())
 
-    def checkpoint(val_losses=None):
-        """Write the full training state (rank 0 writes; under FSDP every rank first helps gather it)."""
+    def checkpoint(val_losses, write=True):
+        """Write the full training state (rank 0 writes; under FSDP every rank first helps gather it) and
+        return the model's full state dict."""
         model_state, optim_state = raw_model.state_dict(), optimizer.state_dict()
         if cfg.fsdp and ddp:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -337,7 +347,7 @@ def main(argv=None):
             full = StateDictOptions(full_state_dict=True, cpu_offload=True)
             model_state = get_model_state_dict(raw_model, options=full)
             optim_state = get_optimizer_state_dict(raw_model, optimizer, options=full)
-        if master:
+        if master and write:
             save_checkpoint(ckpt_path, raw_model, tokenizer, state_dict=model_state, config=vars(cfg), step=step,
                             optimizer=optim_state, rng=torch.get_rng_state(),
                             metadata={"val_loss_per_exit": val_losses} if val_losses else {})
@@ -347,8 +357,8 @@ def main(argv=None):
     log(f"training steps {step}..{cfg.max_iters} | {tokens_per_step:,} tokens per step | layer dropout "
         f"p_max={cfg.p_max} ({'S(t) from scratch' if from_scratch else 'S=1'}) | early exit e_scale={cfg.e_scale}"
         f" curriculum={cfg.curriculum} R={cfg.rotation}")
-    t_start, step_times, done_here = time.time(), [], 0
-    val_losses = None
+    t_start, step_times, done_here, saved_at = time.time(), [], 0, step
+    val_losses = (resume_state or {}).get("metadata", {}).get("val_loss_per_exit")
     try:
         while step < cfg.max_iters:
             if cfg.stop_after is not None and done_here >= cfg.stop_after:
@@ -361,7 +371,10 @@ def main(argv=None):
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
                 x, y = get_batch(data["train"], cfg, step, micro, rank, world, device)
-                sync = nullcontext() if (not ddp or cfg.fsdp or micro == cfg.grad_accum - 1) else model.no_sync()
+                last = micro == cfg.grad_accum - 1
+                if ddp and cfg.fsdp:
+                    model.set_requires_gradient_sync(last)  # reduce-scatter gradients once per step
+                sync = model.no_sync() if (ddp and not cfg.fsdp and not last) else nullcontext()
                 with sync, autocast:
                     loss, _ = model(x, y, exit_weights=weights, drop_rates=rates, seed=cfg.seed,
                                     step=step * cfg.grad_accum + micro)
@@ -369,7 +382,7 @@ def main(argv=None):
                 loss_sum += loss.item() / cfg.grad_accum
             if ddp:  # log the global batch's loss, not this rank's share
                 import torch.distributed as dist
-                t = torch.tensor(loss_sum)
+                t = torch.tensor(loss_sum, device=device)  # NCCL reduces CUDA tensors only
                 dist.all_reduce(t)
                 loss_sum = t.item() / world
             if cfg.grad_clip > 0:
@@ -393,9 +406,10 @@ def main(argv=None):
                         f.write(json.dumps({"step": step, "val_loss_per_exit": val_losses,
                                             "time": time.time() - t_start}) + "\n")
                 checkpoint(val_losses)
+                saved_at = step
     except KeyboardInterrupt:
         log(f"\ninterrupted at step {step}: writing {ckpt_path} (continue with --resume)")
-    model_state = checkpoint(val_losses)
+    model_state = checkpoint(val_losses, write=saved_at != step)
     if master and step == cfg.max_iters:
         export = out_dir / "model.pt"  # weights only, fp16: the file to share or ship
         save_checkpoint(export, raw_model, tokenizer, state_dict=model_state, half=True, config=vars(cfg), step=step,

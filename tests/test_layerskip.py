@@ -68,6 +68,24 @@ def test_early_exit_weights_match_spec():
     assert ls.early_exit_weights(12, 0.0, range(12))[11] == 1.0  # e_scale=0: only the last layer is trained
 
 
+def test_edge_cases_of_the_schedules():
+    """A one-block model trains its only exit; huge seeds are fine; generation without a seed leaves torch's
+    global generator alone; model.to(bfloat16) keeps the RoPE tables in float32."""
+    assert ls.early_exit_weights(1, 0.5, [0]) == {0: 1.0}
+    assert ls.layer_dropout_rates(1, 0.2) == [0.0]
+    assert ls.layer_dropout_mask(8, 0.5, 2**40, 10**9, 3).shape == (8,)
+    model = tiny_model(n_layers=2)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ls.generate(model, [1, 2, 3], 4, temperature=1.0)
+    assert torch.equal(torch.rand(3), expected)
+    model = model.to(torch.bfloat16)
+    assert model.rope_cos.dtype == torch.float32 and model.tok_embeddings.weight.dtype == torch.bfloat16
+    assert len(ls.generate(model, [1, 2, 3], 4, strategy="self_speculative", exit_layer=1,
+                           num_speculations=2).tokens) == 4
+
+
 def test_rotational_curriculum():
     """Every R-th block, rotating by one block per step, last block always on."""
     assert ls.early_exit_curriculum(32, 0, "rotational", 8) == [0, 8, 16, 24, 31]

@@ -49,6 +49,8 @@ def test_resume_continues_exactly(shakespeare, tmp_path):
     run(common + ["--out_dir", tmp_path / "straight"])
     run(common + ["--out_dir", tmp_path / "split", "--stop_after", 4])
     assert torch.load(tmp_path / "split/ckpt.pt", weights_only=True)["step"] == 4
+    proc = run(["--resume", "--out_dir", tmp_path / "split", "--max_iters", 20], check=False)
+    assert proc.returncode == 2 and "drop --max_iters" in proc.stderr  # a resumed run keeps its own config
     out = run(["--resume", "--out_dir", tmp_path / "split"]).stdout
     assert "resumed" in out
     a, b = weights(tmp_path / "straight/ckpt.pt"), weights(tmp_path / "split/ckpt.pt")
@@ -116,6 +118,8 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     (["--preset", "gigantic"], r"invalid choice: 'gigantic'"),
     (["--resume", "--out_dir", "/no/such/run"], r"cannot resume: .*no such file"),
     (["--init_from", "/no/such/ckpt.pt"], r"--init_from: .*no such file"),
+    (["--rotation", "0"], r"--rotation >= 1"),
+    (["--p_max", "1.5"], r"--p_max 1.5: a dropout rate must be in \[0, 1\]"),
 ])
 def test_bad_input_is_one_line(shakespeare, args, message):
     """Bad flags and missing files give one line on stderr, exit code 2, no traceback."""
