@@ -41,7 +41,7 @@ def run_cli(*argv):
     """generate.py in a subprocess, stdout not a terminal."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, "generate.py", *map(str, argv)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
 
 
 def text_block(stdout):

@@ -29,7 +29,7 @@ def run(args, torchrun=False, check=True):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] \
         if torchrun else [sys.executable]
     proc = subprocess.run(launcher + ["train.py"] + [str(a) for a in args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
