@@ -229,8 +229,10 @@ def test_browser_shows_coloured_tokens_stats_and_lens(app_url, demo_checkpoint, 
     chromium = browser_or_fail()
     from playwright.sync_api import sync_playwright
 
-    want, g = expected(demo_checkpoint, CODE, 64, strategy="self_speculative", exit_layer=2, num_speculations=4)
     model, tok = demo_app.get_model(demo_checkpoint)
+    rec = getattr(model, "metadata", {}).get("recommended", {})  # the app starts from a stored recommendation
+    want, g = expected(demo_checkpoint, CODE, 64, strategy="self_speculative", exit_layer=rec.get("exit_layer", 2),
+                       num_speculations=rec.get("num_speculations", 4))
     shot = os.environ.get("LAYERSKIP_SCREENSHOT") or str(tmp_path / "demo.png")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
