@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import layerskip as ls
+from bench import encode
 from data.prepare import load_prompts
 
 SHIPPED = ["checkpoints/layerskip-python.pt", "checkpoints/baseline-python.pt"]
@@ -73,7 +74,7 @@ def layers_needed(model, tokenizer, prompts, max_new_tokens):
     """Layers needed by each greedily generated token (the paper's 23.45-of-32 measurement)."""
     needed = []
     for prompt in prompts:
-        ids = tokenizer.encode(prompt)[-(model.params.max_seq_len - max_new_tokens - 1):]
+        ids = encode(model, tokenizer, prompt, max_new_tokens)
         out = ls.generate(model, ids, max_new_tokens, eos_id=tokenizer.eos_id).tokens
         lens = ls.logit_lens(model, ids + out)
         needed += lens.layers_needed[len(ids) - 1:len(ids) - 1 + len(out)].tolist()  # positions that predicted `out`
@@ -124,7 +125,7 @@ def plot_logit_lens(model, tokenizer, prompt, max_new_tokens, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from model_io import token_texts
-    ids = tokenizer.encode(prompt)[-(model.params.max_seq_len - max_new_tokens - 1):]
+    ids = encode(model, tokenizer, prompt, max_new_tokens)
     out = ls.generate(model, ids, max_new_tokens, eos_id=tokenizer.eos_id).tokens
     lens = ls.logit_lens(model, ids + out)
     cols = slice(len(ids) - 1, len(ids) - 1 + len(out))
