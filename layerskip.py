@@ -89,18 +89,27 @@ def rope_frequencies(args: ModelArgs) -> torch.Tensor:
     return freqs.float()
 
 
-def rope_tables(args: ModelArgs, device=None):
-    """cos and sin of every position's rotation angles, [max_seq_len, head_dim/2], always in float32."""
+def rope_rotations(args: ModelArgs, device=None):
+    """e^(i * angle) of every position's rotation angles, [max_seq_len, head_dim/2], complex64 (float32 parts)."""
     t = torch.arange(args.max_seq_len, dtype=torch.float32, device=device)
     angles = torch.outer(t, rope_frequencies(args).to(device))
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope(x, cos, sin):
-    """Rotate interleaved channel pairs (x0,x1), (x2,x3), ... as Meta's Llama does. x: [B, T, H, D]."""
-    x1, x2 = at_least_fp32(x).unflatten(-1, (-1, 2)).unbind(-1)  # each [B, T, H, D/2]
-    cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, D/2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
+def apply_rope(x, rotations):
+    """Rotate interleaved channel pairs (x0,x1), (x2,x3), ... as Meta's Llama does: read each pair as the complex
+    number x0 + i x1 and multiply it by e^(i * angle), one kernel instead of eight. x: [B, T, H, D]."""
+    pairs = torch.view_as_complex(at_least_fp32(x).unflatten(-1, (-1, 2)))  # [B, T, H, D/2]
+    return torch.view_as_real(pairs * rotations[:, None, :]).flatten(-2).type_as(x)
+
+
+def attention_mask(T: int, S: int, dtype, device):
+    """Additive mask for T new queries after S - T cached keys: query i sees keys 0..S-T+i. None where SDPA needs
+    no mask (one query sees everything; no past: is_causal does it)."""
+    if T == 1 or S == T:
+        return None
+    allowed = torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
+    return torch.zeros(T, S, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
 
 
 class Attention(nn.Module):
@@ -114,23 +123,19 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False)
 
-    def forward(self, x, rope, kv_cache=None, pos=0):
+    def forward(self, x, rope, kv_cache=None, pos=0, mask=None):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, head_dim]
         if kv_cache is not None:
             k, v = kv_cache.update(pos, k, v)  # keys and values of positions 0..pos+T-1
         S = k.shape[2]
-        if S == T:  # no past: plain causal attention
-            mask, causal = None, T > 1
-        elif T == 1:  # one new token sees the whole past
-            mask, causal = None, False
-        else:  # T new tokens after S-T cached ones: query i sees keys 0..S-T+i
-            mask, causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T), False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+        if mask is None and T > 1 and S > T:  # run_blocks builds it once for all blocks
+            mask = attention_mask(T, S, q.dtype, x.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and S == T,
                                            enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -158,8 +163,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x, rope, kv_cache=None, pos=0):
-        x = x + self.attention(self.attention_norm(x), rope, kv_cache, pos)
+    def forward(self, x, rope, kv_cache=None, pos=0, mask=None):
+        x = x + self.attention(self.attention_norm(x), rope, kv_cache, pos, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -173,17 +178,17 @@ class Transformer(nn.Module):
         self.output = nn.Linear(params.dim, params.vocab_size, bias=False)
         if params.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.rope_cos, self.rope_sin = rope_tables(params)  # not buffers: see _apply
+        self.rope_rotations = rope_rotations(params)  # not a buffer: see _apply
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
             if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * params.n_layers))
 
     def _apply(self, fn, recurse=True):
-        """After .to(), .cuda(), .half(), to_empty(): rebuild the RoPE tables on the new device, in float32 (a bf16
-        cos/sin table would blur the angles of long positions)."""
+        """After .to(), .cuda(), .half(), to_empty(): rebuild the RoPE table on the new device, in float32 parts (a
+        bf16 table would blur the angles of long positions)."""
         super()._apply(fn, recurse)
-        self.rope_cos, self.rope_sin = rope_tables(self.params, self.tok_embeddings.weight.device)
+        self.rope_rotations = rope_rotations(self.params, self.tok_embeddings.weight.device)
         return self
 
     def _init_weights(self, module):
@@ -191,7 +196,10 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def rope(self, pos: int, T: int):
-        return self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T]
+        if pos + T > self.params.max_seq_len:  # a slice past the table would silently be short
+            raise ValueError(f"positions {pos}..{pos + T - 1} are past the context window of "
+                             f"{self.params.max_seq_len} tokens: use shorter inputs or a larger max_seq_len")
+        return self.rope_rotations[pos:pos + T]
 
     def head(self, h):
         """The LM head g shared by every exit: final RMSNorm, then the output projection (trap: never skip the norm)."""
@@ -200,9 +208,11 @@ class Transformer(nn.Module):
     def run_blocks(self, h, start: int, end: int, pos: int = 0, cache=None):
         """Blocks start..end-1 on hidden states h [B, T, dim] at positions pos..pos+T-1, reading and writing the
         KV cache if one is given. One function for prefill, drafting (0..E-1) and verification (E..L-1)."""
-        rope = self.rope(pos, h.shape[1])
+        T = h.shape[1]
+        rope = self.rope(pos, T)
+        mask = attention_mask(T, pos + T, h.dtype, h.device) if cache is not None else None
         for l in range(start, end):
-            h = self.layers[l](h, rope, cache.kv[l] if cache is not None else None, pos)
+            h = self.layers[l](h, rope, cache.kv[l] if cache is not None else None, pos, mask)
         return h
 
     def forward(self, tokens, targets=None, *, exit_weights=None, drop_rates=None, seed=0, step=0):
@@ -218,10 +228,12 @@ class Transformer(nn.Module):
         rope = self.rope(0, T)
         exit_weights = exit_weights or {len(self.layers) - 1: 1.0}
         loss, exit_losses = 0.0, {}
+        self.last_skips = torch.zeros(len(self.layers), B, dtype=torch.bool)  # what was drawn (train.py checks it)
         for l, layer in enumerate(self.layers):
             p = drop_rates[l] if (drop_rates is not None and self.training) else 0.0
             if p > 0:  # eq. 1: x_{l+1} = x_l + M(p) f_l(x_l), per sample, no 1/(1-p) rescaling
-                kept = (~layer_dropout_mask(B, p, seed, step, l)).nonzero().squeeze(1).to(h.device)
+                self.last_skips[l] = layer_dropout_mask(B, p, seed, step, l)
+                kept = (~self.last_skips[l]).nonzero().squeeze(1).to(h.device)
                 if len(kept) == B:
                     h = layer(h, rope)
                 elif len(kept) > 0:  # run block l only on the kept rows: a real compute saving
@@ -468,7 +480,8 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
     """Decode after prompt_ids, yielding one Round per model round. Stops at an EOS (which is emitted; eos_id
     is one id or several, e.g. Llama 3's <|end_of_text|> and <|eot_id|>), max_new_tokens, or the context window.
     draft_threshold: stop drafting early once the draft's own probability of its token falls below this (an
-    adaptive draft length; the output does not change)."""
+    adaptive draft length). Greedy output does not change; sampled text does (other random draws), though the
+    distribution it is drawn from does not."""
     check_generation_args(model, prompt_ids, max_new_tokens, strategy, exit_layer, num_speculations,
                           temperature, top_k, top_p)
     L = model.params.n_layers
@@ -542,6 +555,27 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
             return
 
 
+DEFAULT_NUM_SPECULATIONS = 4
+
+
+def speculation_settings(recommended: Optional[dict], exit_layer: Optional[int] = None,
+                         num_speculations: Optional[int] = None, draft_threshold: Optional[float] = None) -> dict:
+    """Exit layer, draft length d and draft threshold for self-speculative decoding: what the caller set, the rest
+    from a checkpoint's recommendation (metadata["recommended"], written by bench.py --auto). The recommended d and
+    threshold were tuned at the recommended exit, so they fill in only at that exit; at another exit d defaults to
+    DEFAULT_NUM_SPECULATIONS and there is no threshold. The one rule shared by generate.py, the demo and bench.py."""
+    rec = recommended or {}
+    if exit_layer is None:
+        exit_layer = rec.get("exit_layer")
+    same_exit = exit_layer is not None and exit_layer == rec.get("exit_layer")
+    if num_speculations is None:
+        num_speculations = rec.get("num_speculations") if same_exit else None
+        num_speculations = num_speculations or DEFAULT_NUM_SPECULATIONS
+    if draft_threshold is None and same_exit and num_speculations == rec.get("num_speculations"):
+        draft_threshold = rec.get("draft_threshold")  # tuned together with d
+    return dict(exit_layer=exit_layer, num_speculations=num_speculations, draft_threshold=draft_threshold)
+
+
 def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, **kwargs) -> Generation:
     """Decode and return the new tokens with their statistics; takes generate_stream's arguments."""
     start = time.perf_counter()
@@ -585,6 +619,7 @@ def logit_lens(model: Transformer, token_ids: list[int]) -> LogitLens:
 
 
 def load_model(path, device="cpu", dtype=None, **kwargs):
-    """(model, tokenizer) from one of our checkpoints or a Meta / Hugging Face Llama directory (model_io.py)."""
+    """(model, tokenizer) from one of our checkpoints, a train.py output folder, or a Meta / Hugging Face Llama
+    directory (model_io.py)."""
     from model_io import load_model as load
     return load(path, device=device, dtype=dtype, **kwargs)

@@ -81,7 +81,7 @@ def test_edge_cases_of_the_schedules():
     ls.generate(model, [1, 2, 3], 4, temperature=1.0)
     assert torch.equal(torch.rand(3), expected)
     model = model.to(torch.bfloat16)
-    assert model.rope_cos.dtype == torch.float32 and model.tok_embeddings.weight.dtype == torch.bfloat16
+    assert model.rope_rotations.dtype == torch.complex64 and model.tok_embeddings.weight.dtype == torch.bfloat16
     assert len(ls.generate(model, [1, 2, 3], 4, strategy="self_speculative", exit_layer=1,
                            num_speculations=2).tokens) == 4
 
