@@ -11,7 +11,6 @@ Tables are printed as markdown; plots (matplotlib, optional) go to --out_dir.
 import argparse
 import json
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -33,10 +32,8 @@ def fail(message):
 def validation_documents(name):
     """The held-out documents of a corpus as text, so that any checkpoint can encode them with its own tokenizer."""
     if name == "python":
-        from data.python.prepare import is_val, read_documents, stdlib_files
-        root = sysconfig.get_paths()["stdlib"]
-        docs, _ = read_documents(root, [p for p in stdlib_files(root) if is_val(p)])
-        return list(docs.values())
+        from data.python.prepare import val_documents
+        return val_documents()
     if name == "shakespeare":
         from data.shakespeare.prepare import split_works
         return split_works()[1]
@@ -48,7 +45,8 @@ def validation_documents(name):
 
 @torch.inference_mode()
 def per_exit_metrics(model, tokenizer, documents, n_windows, block_size):
-    """Mean loss and top-1 accuracy of every exit over n_windows consecutive windows of the encoded documents."""
+    """Mean loss, top-1 accuracy and top-1 agreement with the last layer (what greedy self-speculative decoding
+    accepts, teacher-forced) of every exit, over n_windows consecutive windows of the encoded documents."""
     ids = []
     for doc in documents:
         ids += tokenizer.encode(doc) + [tokenizer.eos_id]
@@ -57,17 +55,22 @@ def per_exit_metrics(model, tokenizer, documents, n_windows, block_size):
     n_windows = min(n_windows, len(ids) // (block_size + 1))
     data = torch.tensor(ids[:n_windows * (block_size + 1)]).view(n_windows, block_size + 1)
     L = model.params.n_layers
-    loss, correct = torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
+    loss, correct, agree = (torch.zeros(L, dtype=torch.float64) for _ in range(3))
     for window in data.split(8):
         x, y = window[:, :-1], window[:, 1:]
         h = model.tok_embeddings(x)
+        top1 = []
         for l in range(L):
             h = model.run_blocks(h, l, l + 1)
             logits = model.head(h)
             loss[l] += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
-            correct[l] += (logits.argmax(-1) == y).sum().item()
+            top1.append(logits.argmax(-1))
+            correct[l] += (top1[l] == y).sum().item()
+        for l in range(L):
+            agree[l] += (top1[l] == top1[-1]).sum().item()
     n = data.shape[0] * block_size
-    return {"loss": (loss / n).tolist(), "accuracy": (correct / n).tolist(), "tokens": n}
+    return {"loss": (loss / n).tolist(), "accuracy": (correct / n).tolist(), "agreement": (agree / n).tolist(),
+            "tokens": n}
 
 
 def layers_needed(model, tokenizer, prompts, max_new_tokens):

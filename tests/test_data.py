@@ -130,3 +130,63 @@ def test_shakespeare_prompts_are_held_out():
     train, val = split_works()
     train_text, val_text = "\f".join(train), "\f".join(val)
     assert all(p in val_text and p not in train_text for p in prompts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data/python: the standard library + torch corpus
+
+def make_tree(root, files):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def test_python_corpus_file_selection(tmp_path):
+    """Only .py files outside test folders, test_*.py, site-packages and caches; sorted by path."""
+    from data.python.prepare import python_files
+    make_tree(tmp_path, {"pkg/b.py": "b = 1\n", "pkg/a.py": "a = 1\n", "pkg/sub/c.py": "c = 1\n",
+                         "pkg/tests/t.py": "", "pkg/testing/_internal/u.py": "", "pkg/test/v.py": "",
+                         "pkg/test_w.py": "", "pkg/__pycache__/x.py": "", "site-packages/y.py": "",
+                         "pkg/notes.txt": "", "idle_test/z.py": ""})
+    assert python_files(str(tmp_path)) == ["pkg/a.py", "pkg/b.py", "pkg/sub/c.py"]
+
+
+def test_python_corpus_keeps_humaneval_out(tmp_path):
+    """A file that holds a HumanEval entry point's full signature is dropped (and counted); a file that merely
+    shares the function's name is kept."""
+    from data.python.prepare import humaneval_signatures, read_documents
+    signatures = humaneval_signatures()
+    assert len(signatures) == 164
+    assert signatures[0] == "def has_close_elements(numbers: List[float], threshold: float) -> bool:"
+    make_tree(tmp_path, {"leak.py": "from typing import List\n\n\n" + signatures[0] + "\n    pass\n",
+                         "fine.py": "def has_close_elements(xs):\n    return False\n"})
+    docs, not_utf8, leaked = read_documents(str(tmp_path), ["fine.py", "leak.py"], signatures)
+    assert list(docs) == ["fine.py"] and (not_utf8, leaked) == (0, 1)
+
+
+def test_python_corpus_is_deterministic(tmp_path):
+    """Documents come in a fixed order (source, then path); the val split is a hash of the key: standard library
+    files keep their bare path (the stdlib-only split of the 12-layer models), other sources are prefixed."""
+    from data.python.prepare import collect, is_val
+    make_tree(tmp_path / "std", {"os.py": "import sys\n", "json/decoder.py": "x = 1\n"})
+    make_tree(tmp_path / "torch", {"nn/functional.py": "y = 2\n", "optim/adam.py": "z = 3\n"})
+    roots = [("stdlib", str(tmp_path / "std")), ("torch", str(tmp_path / "torch"))]
+    first, _ = collect(roots)
+    again, _ = collect(roots)
+    assert list(first) == list(again) == ["json/decoder.py", "os.py", "torch/nn/functional.py",
+                                          "torch/optim/adam.py"]
+    assert [is_val(k) for k in first] == [False, False, False, False]
+    assert is_val("json/decoder.py", 100) and not is_val("json/decoder.py", 0)
+
+
+def test_python_deep_preset_shape():
+    """--dry_run of the python-deep preset: 32 blocks of width 128, 4 heads / 2 KV heads, context 256, vocabulary
+    2048, tied head: about 6M parameters."""
+    result = subprocess.run([sys.executable, "train.py", "--preset", "python-deep", "--dry_run"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=True)
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (info["n_layers"], info["dim"], info["n_heads"], info["context"], info["vocab_size"]) == \
+        (32, 128, 4, 256, 2048)
+    assert info["ffn_hidden"] == 352  # Meta's rule: 2/3 * 4 * 128 = 341, rounded up to a multiple of 32
+    assert 5.5e6 < info["n_params"] < 6.5e6
