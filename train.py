@@ -1,7 +1,7 @@
 """
 Train a Llama with the LayerSkip recipe: layer dropout (eq. 1-4) and the early-exit loss (eq. 5-6).
 
-    python train.py --preset toy                           # a CPU toy, a couple of minutes
+    python train.py --preset toy                           # a CPU toy: about a minute on one core
     python train.py --preset python --out_dir out/python   # the shipped reference model
     python train.py --preset python --p_max 0 --e_scale 0  # its baseline twin: an ordinary Llama
     torchrun --nproc_per_node=8 train.py --preset llama1.5b --data data/mytext
@@ -14,7 +14,9 @@ dropout rates grow over training (S(t) of eq. 4); with --init_from they are cons
 import argparse
 import json
 import math
+import hashlib
 import os
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -35,11 +37,18 @@ PRESETS = {
     "shakespeare": dict(data="data/shakespeare", dim=256, n_layers=12, n_heads=8, n_kv_heads=4, block_size=256,
                         batch_size=16, max_iters=5000, lr=1e-3, warmup_iters=100, eval_interval=250,
                         p_max=0.1, e_scale=0.2, curriculum="rotational", rotation=4),
-    # The shipped reference models (checkpoints/): 12 blocks, 5.7M parameters, Python source code. The baseline
-    # twin is the same command with --p_max 0 --e_scale 0.
-    "python": dict(data="data/python", dim=192, n_layers=12, n_heads=6, n_kv_heads=3, block_size=256,
+    # The first reference models (checkpoints/*-python.pt): 12 blocks, 5.7M parameters, the standard library alone
+    # with a 4096-piece vocabulary. The baseline twin is the same command with --p_max 0 --e_scale 0.
+    "python": dict(data="data/python-stdlib", dim=192, n_layers=12, n_heads=6, n_kv_heads=3, block_size=256,
                    batch_size=16, max_iters=1600, lr=2e-3, warmup_iters=100, eval_interval=200, eval_iters=10,
                    p_max=0.1, e_scale=0.5, curriculum="rotational", rotation=4, tie_embeddings=True),
+    # The deep, narrow reference models (checkpoints/): 32 blocks of width 128, so that drafting with the first
+    # 8 blocks costs about a quarter of a full step. Stdlib + torch source, a 2048-piece vocabulary. The
+    # baseline twin is the same command with --p_max 0 --e_scale 0. Shape and recipe: docs/pilots.md.
+    "python-deep": dict(data="data/python", dim=128, n_layers=32, n_heads=4, n_kv_heads=2, block_size=256, vocab_size=2048,
+                        batch_size=16, max_iters=1000, lr=2e-3, warmup_iters=100, eval_interval=100,
+                        eval_iters=10, p_max=0.1, e_scale=1.0, curriculum="rotational", rotation=4,
+                        tie_embeddings=True),
     # The paper's from-scratch "Llama2 1.5B" (Table 8/10): dim 2048, 16 heads, 24 layers, context 4096;
     # FFN and vocabulary by Llama 2's rules. p_max 0.1, e_scale 0.2, rotational R = 23, LR 8e-4.
     "llama1.5b": dict(data="data/python", dim=2048, n_layers=24, n_heads=16, n_kv_heads=16, block_size=4096,
@@ -52,7 +61,8 @@ DEFAULTS = dict(data="data/shakespeare", dim=256, n_layers=12, n_heads=8, n_kv_h
                 multiple_of=32, block_size=256, tie_embeddings=False, batch_size=16, grad_accum=1,
                 max_iters=1000, lr=1e-3, min_lr_ratio=0.1, warmup_iters=100, weight_decay=0.1, beta2=0.95,
                 grad_clip=1.0, eval_interval=250, eval_iters=20, log_interval=10, p_max=0.0, e_scale=0.0,
-                curriculum="rotational", rotation=4, device="cpu", dtype="float32", seed=1337,
+                curriculum="rotational", rotation=4, exit_always=None, final_iters=0, final_e_scale=1.0,
+                device="cpu", dtype="float32", seed=1337,
                 preset=None, init_from=None, stop_after=None)
 
 
@@ -90,6 +100,11 @@ def parse_args(argv=None):
     g.add_argument("--e_scale", type=float, help="early-exit loss scale (0 = last layer only)")
     g.add_argument("--curriculum", choices=ls.CURRICULA, help="which exits are trained at each step")
     g.add_argument("--rotation", type=int, help="R of the rotational curriculum: every R-th block")
+    g.add_argument("--exit_always", type=int, metavar="E",
+                   help="train the exit after block E at every step, whatever the curriculum (the draft exit)")
+    g.add_argument("--final_iters", type=int,
+                   help="the last this many steps use --final_e_scale (the paper finetunes with e_scale 1.0)")
+    g.add_argument("--final_e_scale", type=float, help="early-exit loss scale of the final phase (default 1.0)")
     g = p.add_argument_group("run")
     g.add_argument("--eval_interval", type=int, help="evaluate and checkpoint every this many steps")
     g.add_argument("--eval_iters", type=int, help="validation batches per evaluation")
@@ -105,7 +120,7 @@ def parse_args(argv=None):
     cfg.update(PRESETS.get(args.preset, {}))
     cfg.update({k: v for k, v in vars(args).items() if v is not None})
     cfg["out_dir"] = cfg.get("out_dir") or f"out/{args.preset or 'run'}"
-    cfg["cli"] = sorted(k for k, v in vars(args).items() if v not in (None, False))  # flags given explicitly
+    cfg["cli"] = sorted(k for k, v in vars(args).items() if v is not None and v is not False)  # flags given
     return argparse.Namespace(**cfg)
 
 
@@ -120,13 +135,39 @@ def fail(message):
 # resumed run sees exactly the batches it would have seen, and all ranks together see one global batch.
 
 
+DATA_FILES = ("train.bin", "val.bin", "tokenizer.model", "meta.json")  # meta.json is written last
+# Corpora built by another folder's script; any other folder with a prepare.py is built by that script.
+BUILDERS = {"data/python-stdlib": ["data/python/prepare.py", "--stdlib_only", "--vocab_size", "4096"]}
+
+
+def prepare_data(folder, master, barrier):
+    """Build a corpus whose folder has a prepare.py (data/python, data/shakespeare) the first time it is used:
+    rank 0 builds, the other ranks wait at the barrier. A folder without one must be prepared by hand."""
+    folder = Path(folder)
+    if all((folder / name).exists() for name in DATA_FILES):
+        return
+    root = Path(__file__).resolve().parent
+    key = folder.resolve().relative_to(root).as_posix() if folder.resolve().is_relative_to(root) else None
+    own = folder.resolve() / "prepare.py"
+    command = BUILDERS.get(key) or ([str(own)] if own.exists() else None)
+    if command is None:
+        missing = next(name for name in DATA_FILES if not (folder / name).exists())
+        fail(f"{folder / missing} is missing: prepare the data with data/prepare.py --input ... --out_dir {folder}")
+    command = command + ["--out_dir", str(folder.resolve())]
+    if master:
+        print(f"{folder} is not prepared yet: building it with `python {' '.join(command)}` (once)", flush=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run([sys.executable] + command, env=env, cwd=root)
+        if proc.returncode != 0:
+            fail(f"`python {' '.join(command)}` failed (exit {proc.returncode}); see its output above")
+    barrier()
+
+
 def load_data(folder):
     folder = Path(folder)
-    for name in ("train.bin", "val.bin", "tokenizer.model"):
+    for name in DATA_FILES[:3]:
         if not (folder / name).exists():
-            prepare = folder / "prepare.py"
-            how = f"run `python {prepare}` first" if prepare.exists() else "prepare it with data/prepare.py"
-            fail(f"{folder / name} is missing: {how}")
+            fail(f"{folder / name} is missing: prepare the data with data/prepare.py --input ... --out_dir {folder}")
     data = {s: np.memmap(folder / f"{s}.bin", dtype=np.uint16, mode="r") for s in ("train", "val")}
     return data, SentencePieceTokenizer.from_file(folder / "tokenizer.model")
 
@@ -159,9 +200,13 @@ def layerskip_schedule(step, cfg, from_scratch):
     if cfg.p_max > 0:
         rates = ls.layer_dropout_rates(L, cfg.p_max, step if from_scratch else None, cfg.max_iters)
     weights = None
-    if cfg.e_scale > 0:
+    final_phase = step >= cfg.max_iters - getattr(cfg, "final_iters", 0)
+    e_scale = cfg.final_e_scale if final_phase else cfg.e_scale
+    if e_scale > 0:
         exits = ls.early_exit_curriculum(L, step, cfg.curriculum, cfg.rotation, cfg.max_iters)
-        weights = ls.early_exit_weights(L, cfg.e_scale, exits)
+        if getattr(cfg, "exit_always", None):
+            exits = sorted(set(exits) | {cfg.exit_always - 1})  # exit E is the output of block E-1
+        weights = ls.early_exit_weights(L, e_scale, exits)
     return rates, weights
 
 
@@ -231,16 +276,6 @@ def main(argv=None):
         fail(f"--p_max {cfg.p_max}: a dropout rate must be in [0, 1]")
     if cfg.e_scale < 0 or cfg.rotation < 1:
         fail("--e_scale must be >= 0 and --rotation >= 1")
-    if cfg.dry_run:
-        tokenizer, data = None, None
-        cfg.vocab_size = cfg.vocab_size or 32000
-    else:
-        data, tokenizer = load_data(cfg.data)
-        if cfg.vocab_size is None:
-            cfg.vocab_size = tokenizer.vocab_size
-        if cfg.vocab_size < tokenizer.vocab_size:
-            fail(f"--vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
-
     if cfg.device.startswith("cuda") and not torch.cuda.is_available() and not cfg.dry_run:
         fail("--device cuda but no CUDA GPU is visible: use --device cpu")
     if ddp:
@@ -251,6 +286,17 @@ def main(argv=None):
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     else:
         device = cfg.device
+
+    if cfg.dry_run:
+        tokenizer, data = None, None
+        cfg.vocab_size = cfg.vocab_size or 32000
+    else:
+        prepare_data(cfg.data, master, barrier=dist.barrier if ddp else (lambda: None))
+        data, tokenizer = load_data(cfg.data)
+        if cfg.vocab_size is None:
+            cfg.vocab_size = tokenizer.vocab_size
+        if cfg.vocab_size < tokenizer.vocab_size:
+            fail(f"--vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
 
     init = None
     if cfg.init_from and not cfg.resume:  # ours, or a Meta / Hugging Face Llama: the model shape comes from it
@@ -358,6 +404,7 @@ def main(argv=None):
         f"p_max={cfg.p_max} ({'S(t) from scratch' if from_scratch else 'S=1'}) | early exit e_scale={cfg.e_scale}"
         f" curriculum={cfg.curriculum} R={cfg.rotation}")
     t_start, step_times, done_here, saved_at = time.time(), [], 0, step
+    skips_digest = hashlib.sha256()  # every layer-dropout decision of this invocation: must agree across ranks
     val_losses = (resume_state or {}).get("metadata", {}).get("val_loss_per_exit")
     try:
         while step < cfg.max_iters:
@@ -380,6 +427,7 @@ def main(argv=None):
                                     step=step * cfg.grad_accum + micro)
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item() / cfg.grad_accum
+                skips_digest.update(raw_model.last_skips.numpy().tobytes())
             if ddp:  # log the global batch's loss, not this rank's share
                 import torch.distributed as dist
                 t = torch.tensor(loss_sum, device=device)  # NCCL reduces CUDA tensors only
@@ -417,8 +465,13 @@ def main(argv=None):
         log(f"done: {ckpt_path} (full state) and {export} (fp16 weights, {export.stat().st_size / 2**20:.1f} MiB)"
             f" in {fmt_time(time.time() - t_start)}")
     if ddp:
-        import hashlib
         import torch.distributed as dist
+        # Every rank must have drawn the same layer-dropout pattern (the paper seeds every GPU alike). The weights
+        # cannot show a mismatch: DDP averages gradients, so replicas agree even when each skipped other blocks.
+        skips = [None] * world
+        dist.all_gather_object(skips, skips_digest.hexdigest()[:16])
+        same = len(set(skips)) == 1
+        log(f"layer-dropout digests by rank: {' '.join(skips)} ({'identical' if same else 'DIFFERENT'})")
         if not cfg.fsdp:  # every DDP replica must end with the same weights
             digest = hashlib.sha256()
             for p in raw_model.parameters():
@@ -429,6 +482,9 @@ def main(argv=None):
                 f"({'identical' if len(set(digests)) == 1 else 'DIFFERENT: the ranks diverged'})")
         dist.barrier()
         dist.destroy_process_group()
+        if not same:
+            fail("the ranks drew different layer-dropout patterns: layer_dropout_mask must depend only on "
+                 "(seed, step, layer)")
 
 
 if __name__ == "__main__":

@@ -57,21 +57,71 @@ def test_resume_continues_exactly(shakespeare, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_rank_ddp_with_layerskip_keeps_ranks_identical(shakespeare, tmp_path):
-    """torchrun, 2 gloo ranks, layer dropout + early-exit loss on: both ranks end with identical parameters."""
-    out = run(TINY + ["--max_iters", 6, "--eval_interval", 6, "--batch_size", 4, "--p_max", 0.5,
-                      "--e_scale", 0.5, "--out_dir", tmp_path], torchrun=True).stdout
+DDP_LAYERSKIP = TINY + ["--max_iters", 6, "--eval_interval", 6, "--batch_size", 4, "--p_max", 0.5,
+                        "--e_scale", 0.5]
+
+
+def test_two_rank_ddp_with_layerskip_draws_the_same_skips(shakespeare, tmp_path):
+    """torchrun, 2 gloo ranks, layer dropout + early-exit loss on: both ranks draw the same layer-dropout pattern
+    (a digest of every skip decision) and end with identical parameters."""
+    out = run(DDP_LAYERSKIP + ["--out_dir", tmp_path], torchrun=True).stdout
+    skips = re.search(r"layer-dropout digests by rank: (\w+) (\w+) \((\w+)\)", out)
+    assert skips and skips[1] == skips[2] and skips[3] == "identical", out[-2000:]
     digests = re.search(r"parameter digests by rank: (\w+) (\w+) \((\w+)\)", out)
     assert digests and digests[1] == digests[2] and digests[3] == "identical", out[-2000:]
 
 
-def test_two_rank_ddp_equals_one_process_with_the_same_global_batch(shakespeare, tmp_path):
-    """Layer dropout off: 2 ranks x batch 4 log the same losses as 1 process x batch 8."""
+def test_rank_dependent_layer_dropout_is_caught(shakespeare, tmp_path):
+    """The check above can fail: seed the mask with the rank, and the skip digests differ and the run fails,
+    although DDP still keeps the weights identical (it averages the gradients)."""
+    wrapper = tmp_path / "rank_dependent.py"
+    wrapper.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import layerskip, train\n"
+        "draw = layerskip.layer_dropout_mask\n"
+        "layerskip.layer_dropout_mask = lambda b, p, seed, step, l: draw(b, p, seed + int(os.environ['RANK']), step, l)\n"
+        "train.main()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(wrapper)] + [str(a) for a in DDP_LAYERSKIP + ["--out_dir", tmp_path / "run"]],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert re.search(r"layer-dropout digests by rank: \w+ \w+ \(DIFFERENT\)", proc.stdout), proc.stdout[-2000:]
+    assert "ranks drew different layer-dropout patterns" in proc.stderr
+    assert re.search(r"parameter digests by rank: (\w+) \1 \(identical\)", proc.stdout)  # the old check passed
+
+
+@pytest.mark.parametrize("extra", [[], ["--grad_accum", 2], ["--grad_accum", 2, "--fsdp"]],
+                         ids=["ddp", "ddp-grad-accum", "fsdp-grad-accum"])
+def test_two_ranks_equal_one_process_with_the_same_global_batch(shakespeare, tmp_path, extra):
+    """Layer dropout off: 2 ranks x batch 4 log the same losses as 1 process x batch 8, with gradient
+    accumulation and with FSDP2 too."""
     common = TINY + ["--max_iters", 5, "--eval_interval", 5, "--p_max", 0, "--e_scale", 0.5]
-    ddp = step_losses(run(common + ["--batch_size", 4, "--out_dir", tmp_path / "ddp"], torchrun=True).stdout)
-    one = step_losses(run(common + ["--batch_size", 8, "--out_dir", tmp_path / "one"]).stdout)
+    ddp = step_losses(run(common + extra + ["--batch_size", 4, "--out_dir", tmp_path / "ddp"], torchrun=True).stdout)
+    one_extra = [a for a in extra if a != "--fsdp"]
+    one = step_losses(run(common + one_extra + ["--batch_size", 8, "--out_dir", tmp_path / "one"]).stdout)
     assert len(ddp) == len(one) == 5
     assert ddp == pytest.approx(one, abs=2e-4)
+
+
+def test_missing_data_is_built_on_first_use(tmp_path):
+    """A fresh clone has no prepared data: train.py builds the preset's corpus (here a copy of data/shakespeare)
+    and trains; a folder with no prepare.py gets a one-line error instead."""
+    corpus = tmp_path / "shakespeare"
+    corpus.mkdir()
+    for name in ("prepare.py", "input.txt", "__init__.py"):
+        (corpus / name).write_bytes((ROOT / "data/shakespeare" / name).read_bytes())
+    proc = run(["--preset", "toy", "--max_iters", 5, "--eval_interval", 5, "--data", corpus,
+                "--out_dir", tmp_path / "run"])
+    assert "is not prepared yet: building it" in proc.stdout
+    assert all((corpus / n).exists() for n in ("train.bin", "val.bin", "tokenizer.model", "meta.json"))
+    assert (tmp_path / "run/model.pt").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run(TINY + ["--max_iters", 1, "--data", empty], check=False)
+    assert proc.returncode == 2 and "prepare the data with data/prepare.py" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_dry_run_of_the_paper_1p5b_shape():
@@ -114,7 +164,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--data", "/no/such/folder"], r"/no/such/folder/train\.bin is missing"),
+    (["--data", "/no/such/folder"], r"/no/such/folder/train\.bin is missing: prepare the data"),
     (["--preset", "gigantic"], r"invalid choice: 'gigantic'"),
     (["--resume", "--out_dir", "/no/such/run"], r"cannot resume: .*no such file"),
     (["--init_from", "/no/such/ckpt.pt"], r"--init_from: .*no such file"),
