@@ -26,7 +26,8 @@ import torch
 import layerskip as ls
 from data.prepare import load_prompts
 
-LAYERSKIP, BASELINE = "checkpoints/layerskip-python.pt", "checkpoints/baseline-python.pt"
+LAYERSKIP, BASELINE = "checkpoints/layerskip-python-deep.pt", "checkpoints/baseline-python-deep.pt"
+REFERENCE = "checkpoints/layerskip-python.pt"  # the first, 12-layer reference model: its AR speed is the yardstick
 
 
 def fail(message):
@@ -59,10 +60,14 @@ def _median_time(fn, repeats):
 
 @torch.inference_mode()
 def round_costs(model, E, d, context=128, repeats=30):
-    """Median seconds of: one autoregressive step, one draft step (blocks 0..E-1 + head), and one verification
-    pass over d+1 positions (blocks 0..E-1 on one token, E..L-1 on d+1, head on d+1), at a given context."""
-    L = model.params.n_layers
-    cache = ls.Cache(model, context + d + 2)
+    """Median seconds of: one autoregressive step, one draft step (blocks 0..E-1 + head), and the verification of
+    k drafts for k = 1..d (blocks 0..E-1 on the last draft, E..L-1 on k+1 positions, head on k+1), after
+    `context` cached positions (at most what the model's window leaves room for)."""
+    L, window = model.params.n_layers, model.params.max_seq_len
+    context = max(1, min(context, window - d - 1))
+    if context + d + 1 > window:
+        raise ValueError(f"a context window of {window} tokens has no room for a round of {d} drafts")
+    cache = ls.Cache(model, context + d + 1)
     device = model.tok_embeddings.weight.device
     ids = torch.randint(model.params.vocab_size, (1, context), device=device)
     model.run_blocks(model.tok_embeddings(ids), 0, L, 0, cache)  # fill the cache
@@ -76,24 +81,51 @@ def round_costs(model, E, d, context=128, repeats=30):
         cache.exit_h[:, context:context + 1] = h
         model.head(h[0, -1]).argmax()
 
-    def verify_pass():
-        h = model.run_blocks(model.tok_embeddings(one), 0, E, context + d, cache)
-        cache.exit_h[:, context + d:context + d + 1] = h
-        h = model.run_blocks(cache.exit_h[:, context:context + d + 1], E, L, context, cache)
+    def verify_pass(k):
+        h = model.run_blocks(model.tok_embeddings(one), 0, E, context + k, cache)
+        cache.exit_h[:, context + k:context + k + 1] = h
+        h = model.run_blocks(cache.exit_h[:, context:context + k + 1], E, L, context, cache)
         model.head(h[0]).argmax(-1).tolist()
 
-    for fn in (ar_step, draft_step, verify_pass):
+    fns = {"ar_step": ar_step, "draft_step": draft_step}
+    fns.update({("verify", k): (lambda k=k: verify_pass(k)) for k in range(0, d + 1)})
+    for fn in fns.values():
         fn()  # warm-up
-    return {"ar_step": _median_time(ar_step, repeats), "draft_step": _median_time(draft_step, repeats),
-            "verify_pass": _median_time(verify_pass, repeats)}
+    times = {name: [] for name in fns}
+    for _ in range(repeats):  # interleaved, so that a slow moment of the machine hits every piece alike
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {"ar_step": med["ar_step"], "draft_step": med["draft_step"], "verify_pass": med[("verify", d)],
+            "verify_by_drafts": [med[("verify", k)] for k in range(d + 1)]}
+
+
+def per_token_acceptance(accepted, rejections):
+    """The per-draft acceptance probability alpha that best explains a run: every draft is a Bernoulli trial up to
+    the first rejection, so alpha = accepted / (accepted + rejected), counting one rejected draft per round that
+    had one (drafts after it were never judged)."""
+    judged = accepted + rejections
+    return accepted / judged if judged else 0.0
 
 
 def predicted_speedup(costs, acceptance, d):
-    """Speedup over autoregressive decoding if each draft is accepted independently with probability a:
-    a round of d drafts yields (1 - a^(d+1)) / (1 - a) tokens and costs d draft steps + one verification."""
+    """Speedup over autoregressive decoding if each draft is accepted independently with probability alpha, for a
+    fixed draft length d: a round yields (1 - alpha^(d+1)) / (1 - alpha) tokens and costs d draft steps and one
+    verification. (With a draft threshold or an EOS the draft length varies: see predicted_from_rounds.)"""
     a = min(acceptance, 1 - 1e-9)
     tokens_per_round = (1 - a ** (d + 1)) / (1 - a)
     return costs["ar_step"] * tokens_per_round / (d * costs["draft_step"] + costs["verify_pass"])
+
+
+def predicted_from_rounds(costs, drafts_per_round: dict, tokens: int):
+    """The speedup the measured round pieces predict for a run: each round of k drafts costs k draft steps and the
+    verification of k drafts; the run's rounds (a histogram {k: rounds}) produced `tokens` tokens. Right for any d,
+    any draft threshold and early EOS, because it counts the rounds that really happened."""
+    rounds = sum(drafts_per_round.values())
+    seconds = sum(n * (k * costs["draft_step"] + costs["verify_by_drafts"][k]) for k, n in drafts_per_round.items())
+    return costs["ar_step"] * tokens / seconds if rounds else 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,8 +144,9 @@ def run_variants(variants, prompts, max_new_tokens, repeats, progress=True):
     for name, (model, tok, kw) in variants.items():  # warm-up
         ls.generate(model, encode(model, tok, prompts[0], 8), 8, eos_id=tok.eos_id, **kw)
     names = list(variants)
-    totals = {n: [dict(seconds=0.0, tokens=0, drafted=0, accepted=0, rounds=0) for _ in range(repeats)]
-              for n in names}
+    totals = {n: [dict(seconds=0.0, tokens=0, chars=0, drafted=0, accepted=0, rounds=0, rejections=0,
+                       drafts_per_round={})
+                  for _ in range(repeats)] for n in names}
     outputs = {n: [] for n in names}
     total_runs, done, t_start = repeats * len(prompts) * len(names), 0, time.time()
     for r in range(repeats):
@@ -126,9 +159,13 @@ def run_variants(variants, prompts, max_new_tokens, repeats, progress=True):
                 t = totals[n][r]
                 t["seconds"] += g.seconds
                 t["tokens"] += len(g.tokens)
+                t["chars"] += len(tok.decode(g.tokens))  # tokenizers differ between models; characters do not
                 t["drafted"] += g.drafted
                 t["accepted"] += g.accepted
                 t["rounds"] += g.rounds
+                for e in g.events:
+                    t["rejections"] += e.accepted < len(e.drafted)
+                    t["drafts_per_round"][len(e.drafted)] = t["drafts_per_round"].get(len(e.drafted), 0) + 1
                 if r == 0:
                     outputs[n].append(g.tokens)
                 done += 1
@@ -149,8 +186,10 @@ def summarize(totals, reference):
         ref = [t["seconds"] / max(t["tokens"], 1) for t in totals[reference]]
         drafted = reps[0]["drafted"]
         out[n] = {"ms_per_token": 1000 * statistics.median(tpt), "tokens_per_s": 1 / statistics.median(tpt),
+                  "chars_per_s": statistics.median(t["chars"] / t["seconds"] for t in reps),
                   "speedup": statistics.median(r / t for r, t in zip(ref, tpt)),
                   "acceptance": reps[0]["accepted"] / drafted if drafted else None,
+                  "alpha": per_token_acceptance(reps[0]["accepted"], reps[0]["rejections"]) if drafted else None,
                   "tokens_per_round": reps[0]["tokens"] / max(reps[0]["rounds"], 1),
                   "tokens": reps[0]["tokens"]}
     return out
@@ -238,13 +277,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=LAYERSKIP, help="the LayerSkip model")
     p.add_argument("--baseline", default=BASELINE, help="its baseline twin ('' to skip)")
-    p.add_argument("--prompts", default="humaneval", help="humaneval, shakespeare, or a text file (one per line)")
+    p.add_argument("--reference", default=REFERENCE,
+                   help="another model whose autoregressive speed is reported beside (default: the 12-layer model; "
+                        "'' to skip)")
+    p.add_argument("--prompts", default="humaneval", help="humaneval, shakespeare, or a text file: one prompt per line (a newline is added)")
     p.add_argument("--n_prompts", type=int, default=20, help="how many prompts of the set")
     p.add_argument("--max_new_tokens", type=int, default=64, help="tokens generated per prompt")
     p.add_argument("--exit", "--exit_layer", dest="exit", type=int, help="exit layer (default: recommended or L/4)")
     p.add_argument("--num_speculations", type=int, help="draft length d (default: recommended or 4)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the prompts")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed for the whole run)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, fixed for the whole run (default 1: "
+                   "fastest for these small models, and steady when other processes share the cores)")
     p.add_argument("--sweep", action="store_true", help="also sweep exit layer x num_speculations")
     p.add_argument("--sweep_exits", type=int, nargs="+", help="exit layers of the sweep (default 1..L/2)")
     p.add_argument("--sweep_specs", type=int, nargs="+", default=[2, 3, 4, 6, 8], help="d values of the sweep")
@@ -268,6 +311,7 @@ def main(argv=None):
     try:
         model, tok = ls.load_model(args.checkpoint)
         base = ls.load_model(args.baseline) if args.baseline else None
+        reference = ls.load_model(args.reference) if args.reference and Path(args.reference).exists() else None
     except (CheckpointError, ValueError) as e:
         fail(str(e))
     try:
@@ -275,13 +319,12 @@ def main(argv=None):
     except ValueError:
         if not Path(args.prompts).exists():
             fail(f"--prompts {args.prompts}: not humaneval, shakespeare or an existing file")
-        prompts = [line for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        prompts = [line + "\n" for line in Path(args.prompts).read_text().splitlines() if line.strip()]
     prompts = prompts[:args.n_prompts]
     L = model.params.n_layers
     rec = getattr(model, "metadata", {}).get("recommended", {})
-    E = args.exit or rec.get("exit_layer") or max(1, L // 4)
-    d = args.num_speculations or rec.get("num_speculations") or 4
-    th = args.draft_threshold if args.draft_threshold is not None else rec.get("draft_threshold")
+    chosen = ls.speculation_settings(rec, args.exit, args.num_speculations, args.draft_threshold)
+    E, d, th = chosen["exit_layer"] or max(1, L // 4), chosen["num_speculations"], chosen["draft_threshold"]
     if not 1 <= E <= L:
         fail(f"--exit {E} is out of range: the model has {L} layers, use 1..{L}")
     command = "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -316,10 +359,7 @@ def main(argv=None):
               f"{best['draft_threshold']}: {best['speedup']:.2f}x "
               f"(acceptance {best['acceptance']:.2f}); {out}/sweep.csv, {out}/sweep.png")
         report["sweep"] = rows
-        if args.auto:
-            store_recommendation(args.checkpoint, best, args.prompts)
-            print(f"stored exit {best['exit_layer']}, d {best['num_speculations']}, threshold "
-                  f"{best['draft_threshold']} in {args.checkpoint}")
+        if args.auto:  # measure the winner below; store it only once every measurement has succeeded
             E, d, th = best["exit_layer"], best["num_speculations"], best["draft_threshold"]
             report.update(exit_layer=E, num_speculations=d, draft_threshold=th)
 
@@ -331,6 +371,8 @@ def main(argv=None):
     if base is not None:
         variants["baseline autoregressive"] = (base[0], base[1], {})
         variants["baseline " + ss_name] = (base[0], base[1], spec)
+    if reference is not None:
+        variants[f"{Path(args.reference).stem} autoregressive"] = (reference[0], reference[1], {})
     totals, outputs = run_variants(variants, prompts, args.max_new_tokens, args.repeats)
     summary = summarize(totals, "autoregressive")
     identical = outputs[ss_name] == outputs["autoregressive"]
@@ -340,37 +382,43 @@ def main(argv=None):
             summary[n]["speedup_vs_baseline"] = vs_base[n]["speedup"]
     costs = round_costs(model, E, d)
     ss = summary[ss_name]
-    predicted = predicted_speedup(costs, ss["acceptance"], d)
-    report.update(summary=summary, costs_ms={k: 1000 * v for k, v in costs.items()}, predicted_speedup=predicted,
-                  measured_over_predicted=ss["speedup"] / predicted, greedy_outputs_identical=identical)
+    reps = totals[ss_name]
+    r = min(reps, key=lambda t: t["seconds"])  # the fastest repeat: the least disturbed by the machine
+    predicted = predicted_from_rounds(costs, r["drafts_per_round"], r["tokens"])
+    report.update(summary=summary, costs_ms={k: (1000 * v if isinstance(v, float) else [1000 * x for x in v])
+                                             for k, v in costs.items()},
+                  predicted_speedup=predicted, measured_over_predicted=ss["speedup"] / predicted,
+                  predicted_fixed_d=predicted_speedup(costs, ss["alpha"], d), greedy_outputs_identical=identical)
 
     print(f"\n## Decoding speed ({len(prompts)} {args.prompts} prompts, {args.max_new_tokens} new tokens, greedy, "
           f"batch 1, median of {args.repeats})\n")
-    print("| variant | ms/token | tokens/s | acceptance | tokens/round | speedup vs AR | speedup vs baseline AR |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | ms/token | tokens/s | chars/s | acceptance | tokens/round | speedup vs AR | "
+          "speedup vs baseline AR |")
+    print("|---|---|---|---|---|---|---|---|")
     for n, s in summary.items():
         acc = f"{100 * s['acceptance']:.1f}%" if s["acceptance"] is not None else "-"
         vb = f"{s['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in s else "-"
-        print(f"| {n} | {s['ms_per_token']:.2f} | {s['tokens_per_s']:.1f} | {acc} | {s['tokens_per_round']:.2f} | "
-              f"{s['speedup']:.2f}x | {vb} |")
+        print(f"| {n} | {s['ms_per_token']:.2f} | {s['tokens_per_s']:.1f} | {s['chars_per_s']:.0f} | {acc} | "
+              f"{s['tokens_per_round']:.2f} | {s['speedup']:.2f}x | {vb} |")
     ee = summary[f"early_exit E={E}"]
     print(f"\ncosts (median ms): autoregressive step {1000 * costs['ar_step']:.3f}, draft step "
-          f"{1000 * costs['draft_step']:.3f}, verification of {d + 1} positions {1000 * costs['verify_pass']:.3f}")
-    print(f"analytic speedup from acceptance {ss['acceptance']:.3f}: {predicted:.2f}x; measured {ss['speedup']:.2f}x "
-          f"= {100 * ss['speedup'] / predicted:.0f}% of predicted")
-    # Where the time of a round goes: d' draft steps and one verification at their measured costs, the rest is
+          f"{1000 * costs['draft_step']:.3f}, verification of k drafts (k = 0..{d}) "
+          + " ".join(f"{1000 * v:.3f}" for v in costs["verify_by_drafts"]))
+    print(f"predicted speedup from these costs and the run's rounds ({r['rounds']} rounds, {r['tokens']} tokens): "
+          f"{predicted:.2f}x; measured {ss['speedup']:.2f}x = {100 * ss['speedup'] / predicted:.0f}% of predicted")
+    print(f"per-token acceptance alpha {ss['alpha']:.3f} (drafts accepted / drafts judged); for a fixed d = {d} it "
+          f"predicts {report['predicted_fixed_d']:.2f}x")
+    # Where the time of a round goes: its draft steps and its verification at their measured costs; the rest is
     # per-round overhead of the decoding loop (prefill included, sampling, bookkeeping).
-    reps = totals[ss_name]
-    r = min(reps, key=lambda t: t["seconds"])
     per_round = r["seconds"] / r["rounds"]
     drafting = r["drafted"] / r["rounds"] * costs["draft_step"]
-    other = per_round - drafting - costs["verify_pass"]
+    verifying = sum(n * costs["verify_by_drafts"][k] for k, n in r["drafts_per_round"].items()) / r["rounds"]
+    other = per_round - drafting - verifying
     report["round_ms"] = {"total": 1000 * per_round, "drafting": 1000 * drafting,
-                          "verification": 1000 * costs["verify_pass"], "other": 1000 * other}
+                          "verification": 1000 * verifying, "other": 1000 * other}
     print(f"a round ({r['drafted'] / r['rounds']:.2f} drafts, {r['tokens'] / r['rounds']:.2f} tokens) takes "
           f"{1000 * per_round:.2f} ms: drafting {100 * drafting / per_round:.0f}%, verification "
-          f"{100 * costs['verify_pass'] / per_round:.0f}%, the rest (prefill, sampling, loop) "
-          f"{100 * other / per_round:.0f}%")
+          f"{100 * verifying / per_round:.0f}%, the rest (prefill, sampling, loop) {100 * other / per_round:.0f}%")
     print(f"early exit E={E}: {ee['tokens_per_s'] / summary['autoregressive']['tokens_per_s']:.2f}x AR tokens/s "
           f"(target 0.8 x L/E = {0.8 * L / E:.2f}x)")
     print(f"self-speculative greedy output identical to autoregressive: {identical}")
@@ -383,6 +431,9 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
         print(f"wrote {args.json}")
+    if args.auto:
+        store_recommendation(args.checkpoint, best, args.prompts)
+        print(f"stored exit {E}, d {d}, threshold {th} in {args.checkpoint}")
 
 
 if __name__ == "__main__":
