@@ -42,6 +42,8 @@ class SentencePieceTokenizer:
         self.model_proto = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size = self.sp.vocab_size()
+        if self.vocab_size == 0:  # sentencepiece accepts an empty model, then fails on the first encode
+            raise CheckpointError("the sentencepiece model is empty (0 tokens): it is truncated or corrupt")
         self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
         self.stop_ids = {self.eos_id}
 
@@ -150,11 +152,13 @@ def load_tokenizer_model(path):
     """A tokenizer.model of either kind, told apart by content: Llama 3's is text, lines of "base64 rank";
     sentencepiece's (ours, Llama 2's) is a binary protobuf."""
     data = Path(path).read_bytes()
+    if not data.strip():
+        raise CheckpointError(f"{path}: the file is empty; it is truncated or was not downloaded: re-download it")
     if re.match(rb"[A-Za-z0-9+/]+=* \d+(\r?\n|$)", data):
         return TiktokenTokenizer(data.decode())
     try:
         return SentencePieceTokenizer(data)
-    except RuntimeError:  # sentencepiece's parse error
+    except (RuntimeError, CheckpointError):  # sentencepiece's parse error, an empty model
         raise CheckpointError(f"{path}: neither a sentencepiece model nor a tiktoken ranks file; it may be "
                               f"truncated or corrupt: re-download it") from None
 
@@ -238,6 +242,10 @@ def load_checkpoint(path) -> dict:
                               f"truncated or corrupt: re-download or re-train it") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a layerskip checkpoint (no '{FORMAT}' marker)")
+    missing = [k for k in ("model_args", "model", "tokenizer") if not isinstance(ckpt.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"{path}: a layerskip checkpoint without {', '.join(missing)}; it is incomplete or "
+                              f"was not written by save_checkpoint: re-train or re-download it")
     return ckpt
 
 
@@ -301,11 +309,14 @@ def read_weights(path) -> dict:
 
 
 def read_config(path) -> dict:
-    """params.json or config.json; a missing field is reported by args_from_config()."""
+    """A JSON object (params.json, config.json, an index); a missing field is reported by args_from_config()."""
     try:
-        return json.loads(Path(path).read_text())
+        config = json.loads(Path(path).read_text())
     except ValueError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e}); re-download it") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: not a JSON object; the file is corrupt: re-download it")
+    return config
 
 
 def args_from_config(make, config: dict, path, *rest) -> ModelArgs:
@@ -372,12 +383,14 @@ def load_meta(folder, device="cpu", dtype=None, max_seq_len=None):
     tokenizer = load_tokenizer_model(folder / "tokenizer.model")
     params = read_config(folder / "params.json")
     # Meta's params carry no context length: Llama 3 (tiktoken) was trained at 8192, Llama 2 at 4096
-    max_seq_len = max_seq_len or (8192 if tokenizer.kind == "tiktoken" else 4096)
-    args = args_from_config(meta_model_args, params, folder / "params.json", tokenizer.vocab_size, max_seq_len)
+    default = 8192 if tokenizer.kind == "tiktoken" else 4096
+    args = args_from_config(meta_model_args, params, folder / "params.json", tokenizer.vocab_size,
+                            max_seq_len or default)
+    trained = 131072 if args.use_scaled_rope else default  # Llama 3.1+ (scaled RoPE): 128K
     state = merge_meta_shards([read_weights(p) for p in shard_paths], args.dim)
     state.pop("rope.freqs", None)  # a buffer Meta saves and loads with strict=False; we recompute RoPE
     args.tie_word_embeddings = "output.weight" not in state  # Llama 3.2 1B/3B share the embedding
-    return finish_load(folder, args, state, tokenizer, device, dtype)
+    return finish_load(folder, args, state, tokenizer, device, dtype, trained)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -456,7 +469,10 @@ def hf_weight_files(folder) -> list:
     for index, single in (("model.safetensors.index.json", "model.safetensors"),
                           ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         if (folder / index).exists():
-            weight_map = json.loads((folder / index).read_text())["weight_map"]
+            weight_map = read_config(folder / index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{folder / index}: no weight_map of weight names to files; the file is "
+                                      f"truncated or corrupt: re-download it")
             return [folder / name for name in sorted(set(weight_map.values()))]
         if (folder / single).exists():
             return [folder / single]
@@ -471,7 +487,7 @@ def hf_tokenizer(folder, config: dict):
             return load_tokenizer_model(path)
     if (folder / "tokenizer.json").exists():
         gen = folder / "generation_config.json"  # instruct models list their stop ids here
-        eos = json.loads(gen.read_text()).get("eos_token_id") if gen.exists() else None
+        eos = read_config(gen).get("eos_token_id") if gen.exists() else None
         eos = eos if eos is not None else config.get("eos_token_id")
         stops = eos if isinstance(eos, list) else [eos]
         if config.get("bos_token_id") is None or stops[0] is None:
@@ -503,7 +519,8 @@ def load_hf(folder, device="cpu", dtype=None, max_seq_len=None):
         raise CheckpointError(f"{folder}: weights the Llama rename table does not know: {unknown[:5]}")
     if args.tie_word_embeddings:
         state.pop("output.weight", None)  # some exports save the tied head twice
-    return finish_load(folder, args, state, tokenizer, device, dtype)
+    trained = config.get("max_position_embeddings") or args.max_seq_len
+    return finish_load(folder, args, state, tokenizer, device, dtype, trained)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -516,19 +533,20 @@ def check_vocab(path, tokenizer, n_embeddings: int):
                               f"{n_embeddings}; this tokenizer belongs to another model: use the model's own")
 
 
-def finish_load(path, args: ModelArgs, state: dict, tokenizer, device, dtype):
+def finish_load(path, args: ModelArgs, state: dict, tokenizer, device, dtype, trained_context: int):
     """Meta and HF loads end alike: vocabulary check, strict load, no training metadata."""
     if "tok_embeddings.weight" in state:
         check_vocab(path, tokenizer, state["tok_embeddings.weight"].shape[0])
     model = build_model({"model_args": asdict(args), "model": state}, device, dtype)
-    model.metadata = {}
+    model.metadata, model.trained_context = {}, trained_context
     return model, tokenizer
 
 
 def load_model(path, device="cpu", dtype=None, max_seq_len: Optional[int] = None):
-    """(model, tokenizer) from one of our checkpoints, a Meta Llama directory or a Hugging Face Llama directory.
-    dtype: None = as stored (fp16 is computed in fp32 on CPU). max_seq_len: the context window to allocate RoPE
-    for (default: ours as trained, Llama 2 4096, Llama 3 8192)."""
+    """(model, tokenizer) from one of our checkpoints (or a train.py output directory: its model.pt, else its
+    ckpt.pt), a Meta Llama directory or a Hugging Face Llama directory. dtype: None = as stored (fp16 is computed
+    in fp32 on CPU). max_seq_len: the context window to allocate RoPE for (default: ours as trained, Llama 2 4096,
+    Llama 3 8192). model.trained_context is the context the checkpoint was trained with."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory; give a checkpoint written by train.py or a "
@@ -538,8 +556,12 @@ def load_model(path, device="cpu", dtype=None, max_seq_len: Optional[int] = None
             return load_meta(path, device, dtype, max_seq_len)
         if (path / "config.json").exists():
             return load_hf(path, device, dtype, max_seq_len)
+        for name in ("model.pt", "ckpt.pt"):  # train.py's output: the exported model, else the last checkpoint
+            if (path / name).exists():
+                return load_model(path / name, device, dtype, max_seq_len)
         raise CheckpointError(f"{path}: not a model directory of a known layout: expected params.json + "
-                              f"consolidated.*.pth (Meta) or config.json + *.safetensors (Hugging Face)")
+                              f"consolidated.*.pth (Meta), config.json + *.safetensors (Hugging Face) or model.pt "
+                              f"/ ckpt.pt (train.py)")
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError:
@@ -547,10 +569,17 @@ def load_model(path, device="cpu", dtype=None, max_seq_len: Optional[int] = None
             raise CheckpointError(f"{path}: not one of our checkpoints; if it is part of a Meta / Hugging Face "
                                   f"download, give the directory that holds it, {path.parent}") from None
         raise
+    trained = ckpt["model_args"].get("max_seq_len", ModelArgs.max_seq_len)
     if max_seq_len:
         ckpt["model_args"] = {**ckpt["model_args"], "max_seq_len": max_seq_len}
     model = build_model(ckpt, device, dtype)
-    tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+    try:
+        tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except (KeyError, RuntimeError, TypeError) as e:  # a missing field, sentencepiece's parse error
+        raise CheckpointError(f"{path}: its tokenizer cannot be loaded ({type(e).__name__}: {e}); it is corrupt: "
+                              f"re-train or re-download it") from None
     check_vocab(path, tokenizer, model.params.vocab_size)
-    model.metadata = ckpt.get("metadata", {})
+    model.metadata, model.trained_context = ckpt.get("metadata", {}), trained
     return model, tokenizer

@@ -1,5 +1,6 @@
-"""Tests of generate.py: every strategy end to end, --compare's verdict, the terminal colours, the default
-strategy, and one clean line on stderr with exit code 2 for every bad input."""
+"""Tests of generate.py: every strategy end to end, --compare's verdict, why decoding stopped, the terminal
+colours, the default strategy and the recommendation rule, --threads, and one clean line on stderr with exit
+code 2 for every bad input."""
 
 import os
 import re
@@ -11,11 +12,11 @@ import torch
 
 import generate
 import layerskip as ls
-from model_io import save_checkpoint, token_texts
+from model_io import load_model, save_checkpoint, token_texts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUMMARY = re.compile(r"^(\d+) tokens in [\d.]+ s: [\d.]+ tokens/s \| acceptance rate (\d+%|n/a) \| "
-                     r"([\d.]+) tokens per round \((\d+) rounds\)$", re.M)
+                     r"([\d.]+) tokens per round \((\d+) rounds\) \| stopped at (.+)$", re.M)
 RULE = "-" * 80
 
 
@@ -56,8 +57,8 @@ def test_cli_self_speculative_compare_and_other_strategies(spread_checkpoint):
                    "--max_new_tokens", 40, "--prompt", prompt)
     assert spec.returncode == 0, spec.stderr
     assert "decoding: self_speculative, exit layer 2 of 4, 3 speculations, greedy" in spec.stdout
-    n, rate, per_round, rounds = SUMMARY.search(spec.stdout).groups()
-    assert int(n) == 40 and rate.endswith("%") and float(per_round) >= 1.0
+    n, rate, per_round, rounds, stopped = SUMMARY.search(spec.stdout).groups()
+    assert int(n) == 40 and rate.endswith("%") and float(per_round) >= 1.0 and stopped == "max_new_tokens (40)"
     assert re.search(r"^autoregressive: 40 tokens in", spec.stdout, re.M)
     speedup = re.search(r"^speedup ([\d.]+)x \(.*\) \| outputs (identical|differ.*)$", spec.stdout, re.M)
     assert speedup and float(speedup[1]) > 0 and speedup[2] == "identical"
@@ -65,13 +66,13 @@ def test_cli_self_speculative_compare_and_other_strategies(spread_checkpoint):
     early = run_cli("--checkpoint", spread_checkpoint, "--strategy", "early_exit", "--exit", 1, "--max_new_tokens",
                     12, "--prompt", prompt, "--temperature", 0.8, "--top_k", 50, "--top_p", 0.9, "--seed", 1)
     assert early.returncode == 0, early.stderr
-    assert "decoding: early_exit, exit layer 1 of 4, temperature 0.8" in early.stdout
+    assert "decoding: early_exit, exit layer 1 of 4, temperature 0.8, top_k 50, top_p 0.9, seed 1 |" in early.stdout
     assert SUMMARY.search(early.stdout).groups()[:2] == ("12", "n/a")
 
     ar = run_cli("--checkpoint", spread_checkpoint, "--strategy", "autoregressive", "--stream",
                  "--max_new_tokens", 40, "--prompt", prompt)
     assert ar.returncode == 0, ar.stderr
-    assert SUMMARY.search(ar.stdout).groups() == ("40", "n/a", "1.00", "40")
+    assert SUMMARY.search(ar.stdout).groups()[:4] == ("40", "n/a", "1.00", "40")
     assert text_block(ar.stdout) == text_block(spec.stdout)  # greedy: the same text, token for token
     assert text_block(ar.stdout).startswith(prompt) and len(text_block(ar.stdout)) > len(prompt) + 10
     for out in (spec, early, ar):
@@ -80,19 +81,150 @@ def test_cli_self_speculative_compare_and_other_strategies(spread_checkpoint):
 
 def test_default_strategy_follows_recommendation(spread_checkpoint, tiny_checkpoint, capsys):
     """No flags: the checkpoint's recommendation, else autoregressive; --exit alone: self_speculative."""
-    def decoding_line(*argv):
-        generate.main(["--max_new_tokens", "4", "--prompt", "To be", *map(str, argv)])
-        return re.search(r"^decoding: (.*?) \|", capsys.readouterr().out, re.M)[1]
-
-    assert decoding_line("--checkpoint", spread_checkpoint) == \
+    assert decoding_line(capsys, "--checkpoint", spread_checkpoint) == \
         "self_speculative, exit layer 2 of 4, 3 speculations, greedy"
-    assert decoding_line("--checkpoint", spread_checkpoint, "--num_speculations", 5) == \
+    assert decoding_line(capsys, "--checkpoint", spread_checkpoint, "--num_speculations", 5) == \
         "self_speculative, exit layer 2 of 4, 5 speculations, greedy"
-    assert decoding_line("--checkpoint", spread_checkpoint, "--strategy", "early_exit") == \
+    assert decoding_line(capsys, "--checkpoint", spread_checkpoint, "--strategy", "early_exit") == \
         "early_exit, exit layer 2 of 4, greedy"
-    assert decoding_line("--checkpoint", tiny_checkpoint) == "autoregressive, greedy"
-    assert decoding_line("--checkpoint", tiny_checkpoint, "--exit_layer", 3) == \
+    assert decoding_line(capsys, "--checkpoint", tiny_checkpoint) == "autoregressive, greedy"
+    assert decoding_line(capsys, "--checkpoint", tiny_checkpoint, "--exit_layer", 3) == \
         "self_speculative, exit layer 3 of 4, 4 speculations, greedy"
+
+
+@pytest.fixture(scope="module")
+def recommending_checkpoint(tmp_path_factory, tiny_tokenizer):
+    """A random 4-layer checkpoint recommending exit 3 with d = 2 and draft threshold 0.3 (as bench.py --auto)."""
+    torch.manual_seed(0)
+    model = ls.Transformer(ls.ModelArgs(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, multiple_of=32,
+                                        vocab_size=tiny_tokenizer.vocab_size, max_seq_len=128))
+    path = tmp_path_factory.mktemp("rec") / "rec.pt"
+    rec = {"exit_layer": 3, "num_speculations": 2, "draft_threshold": 0.3}
+    save_checkpoint(path, model, tiny_tokenizer, metadata={"recommended": rec})
+    return path
+
+
+def decoding_line(capsys, *argv):
+    """The decoding description of the header line, in-process."""
+    generate.main(["--max_new_tokens", "2", "--prompt", "To be", *map(str, argv)])
+    return re.search(r"^decoding: (.*?) \|", capsys.readouterr().out, re.M)[1]
+
+
+def test_recommended_d_and_threshold_apply_only_at_the_recommended_exit(recommending_checkpoint, capsys):
+    """A recommendation made for exit 3 sets d and the threshold at exit 3 only; --exit 2 alone means d = 4 and
+    no threshold (ls.speculation_settings), and --help says so."""
+    ckpt = ("--checkpoint", recommending_checkpoint)
+    at_rec = "self_speculative, exit layer 3 of 4, 2 speculations, drafting stops below confidence 0.3, greedy"
+    assert decoding_line(capsys, *ckpt) == at_rec
+    assert decoding_line(capsys, *ckpt, "--exit", 3) == at_rec
+    assert decoding_line(capsys, *ckpt, "--exit", 2) == "self_speculative, exit layer 2 of 4, 4 speculations, greedy"
+    assert decoding_line(capsys, *ckpt, "--exit", 3, "--num_speculations", 5) == \
+        "self_speculative, exit layer 3 of 4, 5 speculations, greedy"  # the threshold was tuned with d = 2
+    assert decoding_line(capsys, *ckpt, "--exit", 2, "--draft_threshold", 0.5) == \
+        "self_speculative, exit layer 2 of 4, 4 speculations, drafting stops below confidence 0.5, greedy"
+    with pytest.raises(SystemExit) as e:
+        generate.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert e.value.code == 0
+    assert "the checkpoint's recommended one if E is its recommended exit layer, else 4" in help_text
+    assert "at any other exit the count is 4 and there is no threshold" in help_text
+
+
+def test_threads_default_to_one_on_cpu(tiny_checkpoint, capsys):
+    """--threads N sets torch's CPU threads; without it, CPU decoding uses 1; the header says how many."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        decoding_line(capsys, "--checkpoint", tiny_checkpoint, "--device", "cpu")
+        assert torch.get_num_threads() == 1
+        generate.main(["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--threads", "2",
+                       "--max_new_tokens", "2"])
+        assert torch.get_num_threads() == 2 and "| cpu float32, 2 threads\n" in capsys.readouterr().out
+        decoding_line(capsys, "--checkpoint", tiny_checkpoint, "--device", "cpu", "--threads", 1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_summary_says_it_stopped_at_the_context_window(spread_checkpoint, tiny_tokenizer, capsys):
+    """A prompt that leaves room for fewer tokens than asked: the header says how many fit, the summary why it
+    stopped; zero new tokens: acceptance rate n/a, not 0%."""
+    prompt = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 3
+    n_prompt = len(tiny_tokenizer.encode(prompt))
+    room = 128 - n_prompt
+    assert 0 < room < 40
+    generate.main(["--checkpoint", str(spread_checkpoint), "--prompt", prompt, "--max_new_tokens", "40"])
+    out = capsys.readouterr().out
+    assert f"prompt {n_prompt} tokens, up to 40 new ({room} fit the context window of 128) |" in out
+    n, rate, _, _, stopped = SUMMARY.search(out).groups()
+    assert int(n) == room and rate.endswith("%")
+    assert stopped == f"the context window of 128 tokens (prompt {n_prompt} + {room} new)"
+
+    generate.main(["--checkpoint", str(spread_checkpoint), "--prompt", "To be", "--max_new_tokens", "0"])
+    out = capsys.readouterr().out
+    assert "3 speculations" in out and SUMMARY.search(out).groups() == ("0", "n/a", "0.00", "0", "max_new_tokens (0)")
+
+
+def test_compare_stops_both_runs_at_every_stop_id(spread_checkpoint, capsys, monkeypatch):
+    """A tokenizer with two stop ids (as Llama 3's): --compare's autoregressive run and both warm-ups stop on the
+    same ids as the chosen strategy, so greedy outputs are identical and end at the stop token."""
+    model, tok = load_model(spread_checkpoint)
+    prompt = "First Citizen:\n"
+    free = ls.generate(model, tok.encode(prompt), 30).tokens  # greedy, no stop ids
+    k = next(i for i in range(3, 30) if free[i] not in free[:i] and free[i] != tok.eos_id)
+    stops = {tok.eos_id, free[k]}
+
+    def load_with_two_stop_ids(*args, **kwargs):
+        model, tokenizer = load_model(*args, **kwargs)
+        tokenizer.stop_ids = set(stops)
+        return model, tokenizer
+
+    calls, real_generate = [], ls.generate
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("eos_id"))
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "load_model", load_with_two_stop_ids)
+    monkeypatch.setattr(ls, "generate", spy)
+    generate.main(["--checkpoint", str(spread_checkpoint), "--exit", "2", "--num_speculations", "3", "--compare",
+                   "--max_new_tokens", "30", "--prompt", prompt])
+    out = capsys.readouterr().out
+    assert calls == [stops] * 4  # two warm-ups, the chosen strategy, the autoregressive run
+    assert SUMMARY.search(out).groups()[0] == str(k + 1)
+    assert SUMMARY.search(out).groups()[4] == f"a stop token (id {free[k]})"
+    assert re.search(rf"^autoregressive: {k + 1} tokens in", out, re.M)
+    assert re.search(r"^speedup [\d.]+x \(.*\) \| outputs identical$", out, re.M)
+
+
+def test_compare_verdicts(spread_checkpoint, capsys):
+    """Sampled outputs differ by design (said so, not reported as a mismatch); a greedy mismatch in reduced
+    precision points to near-ties and the float32 guarantee; in float32 it is a plain mismatch."""
+    generate.main(["--checkpoint", str(spread_checkpoint), "--exit", "2", "--compare", "--temperature", "0.8",
+                   "--seed", "1", "--max_new_tokens", "8", "--prompt", "To be"])
+    out = capsys.readouterr().out
+    assert re.search(r"^speedup .* \| sampling: outputs differ by design \(the same distribution, other random "
+                     r"draws\)$", out, re.M)
+    verdict = generate.compare_verdict
+    assert verdict([5, 6, 7], [5, 6, 7], 0.0, torch.float32) == "outputs identical"
+    assert verdict([5, 6, 7], [5, 8, 7], 0.0, torch.float32) == "outputs differ from token 1 on"
+    assert verdict([5, 6, 7], [5, 6], 0.0, torch.float32) == "outputs differ from token 2 on"
+    assert verdict([5, 6, 7], [5, 8, 7], 0.0, torch.bfloat16) == ("outputs differ from token 1 on (in bfloat16, "
+                                                                  "near-ties can flip greedy choices: identical "
+                                                                  "outputs are a float32 guarantee)")
+    assert "float16, near-ties" in verdict([5], [6], 0.0, torch.float16)
+    assert "by design" in verdict([5], [5], 0.7, torch.float32)
+
+
+def test_max_seq_len_past_the_trained_context_warns(tiny_checkpoint, capsys):
+    """--max_seq_len above the 256 tokens the checkpoint was trained with: one warning line, then decoding."""
+    generate.main(["--checkpoint", str(tiny_checkpoint), "--max_seq_len", "1000", "--max_new_tokens", "2"])
+    out, err = capsys.readouterr()
+    assert err == ("generate.py: warning: --max_seq_len 1000 is past the 256 tokens of context this checkpoint was "
+                   "trained with: text past position 256 will likely degrade\n")
+    assert "context 1000," in out and SUMMARY.search(out)
+    generate.main(["--checkpoint", str(tiny_checkpoint), "--max_seq_len", "200", "--max_new_tokens", "2"])
+    out, err = capsys.readouterr()
+    assert err == "" and "context 200," in out
 
 
 def test_round_colours_tell_roles_apart(tiny_tokenizer):
@@ -127,6 +259,19 @@ def bad_files(tmp_path_factory, tiny_checkpoint, tiny_tokenizer):
     torch.manual_seed(0)
     small = ls.Transformer(ls.ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=100, multiple_of=16, max_seq_len=64))
     save_checkpoint(d / "small_vocab.pt", small, tiny_tokenizer)  # a 600-token tokenizer, 100 embeddings
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    torch.save({k: v for k, v in ckpt.items() if k != "model_args"}, d / "no_args.pt")  # marker, no model args
+    meta = d / "meta_empty_tokenizer"
+    meta.mkdir()
+    (meta / "params.json").write_text('{"dim": 32, "n_layers": 2, "n_heads": 4}')
+    (meta / "consolidated.00.pth").write_bytes(b"")
+    (meta / "tokenizer.model").write_bytes(b"")  # an interrupted download
+    hf = d / "hf_bad_index"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, '
+                                    '"num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 600}')
+    (hf / "tokenizer.model").write_bytes(tiny_tokenizer.model_proto)
+    (hf / "model.safetensors.index.json").write_text('{"weight_map": {"model.norm.weight": ')
     return d
 
 
@@ -146,6 +291,19 @@ BAD_INPUTS = {  # name: (arguments, what the one line must say)
     "early exit without exit": (["--checkpoint", "{ckpt}", "--strategy", "early_exit"], "add --exit E"),
     "missing prompt file": (["--checkpoint", "{ckpt}", "--prompt_file", "{d}/no.txt"], "cannot read --prompt_file"),
     "unknown flag": (["--checkpoint", "{ckpt}", "--exti", "3"], "unrecognized arguments: --exti 3"),
+    "checkpoint without model args": (["--checkpoint", "{d}/no_args.pt"], "no_args.pt: a layerskip checkpoint "
+                                                                          "without model_args"),
+    "empty tokenizer.model": (["--checkpoint", "{d}/meta_empty_tokenizer"], "meta_empty_tokenizer/tokenizer.model: "
+                                                                            "the file is empty"),
+    "corrupt index": (["--checkpoint", "{d}/hf_bad_index"], "hf_bad_index/model.safetensors.index.json: not valid "
+                                                            "JSON"),
+    "unknown device": (["--checkpoint", "{ckpt}", "--device", "foo"], "--device foo: unknown device: use cpu"),
+    "no such GPU": (["--checkpoint", "{ckpt}", "--device", "cuda:99"], "--device cuda:99: "),
+    "threshold above 1": (["--checkpoint", "{ckpt}", "--exit", "2", "--draft_threshold", "2"],
+                          "--draft_threshold is a probability in (0, 1], got 2.0"),
+    "threshold 0": (["--checkpoint", "{ckpt}", "--draft_threshold", "0"], "--draft_threshold is a probability"),
+    "max_seq_len 0": (["--checkpoint", "{ckpt}", "--max_seq_len", "0"], "--max_seq_len must be at least 1, got 0"),
+    "threads 0": (["--checkpoint", "{ckpt}", "--threads", "0"], "--threads must be at least 1, got 0"),
 }
 
 
@@ -166,3 +324,11 @@ def test_bad_input_in_a_subprocess_has_no_traceback(bad_files):
     r = run_cli("--checkpoint", bad_files / "truncated.pt")
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "truncated or corrupt" in r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without a usable CUDA GPU")
+def test_cuda_without_cuda_in_a_subprocess(tiny_checkpoint):
+    """--device cuda where torch has no CUDA: one line that says to use the CPU, exit code 2, no traceback."""
+    r = run_cli("--checkpoint", tiny_checkpoint, "--device", "cuda")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "no CUDA" in r.stderr and "use --device cpu" in r.stderr

@@ -132,6 +132,7 @@ def test_hf_layout_matches_transformers(tmp_path, tiny_tokenizer, tied_hf, untie
     p = model.params
     assert (p.use_scaled_rope, p.rope_scale_factor, p.rope_original_max_seq_len, p.rope_theta) == (True, 32, 64, 5e5)
     assert (p.tie_word_embeddings, p.n_kv_heads, p.max_seq_len, tok.vocab_size) == (tied, 2, 256, 600)
+    assert model.trained_context == 256  # max_position_embeddings
     assert model.layers[0].feed_forward.w1.weight.shape == (192, 64)
     ids = prompt_ids(tok)
     assert_same_logits(model, hf, ids)
@@ -145,6 +146,7 @@ def test_meta_layout_matches_transformers(tmp_path, tiny_tokenizer, tied_hf, unt
     folder = write_meta(hf, tmp_path / "meta", tiny_tokenizer.model_proto, n_shards)
     model, tok = load_model(folder)
     assert (model.params.tie_word_embeddings, model.params.vocab_size, model.params.max_seq_len) == (tied, 600, 4096)
+    assert model.trained_context == 131072  # scaled RoPE: Llama 3.1+, trained to 128K
     ids = prompt_ids(tok)
     assert_same_logits(model, hf, ids)
     assert_same_greedy(model, hf, ids, tok)
@@ -277,6 +279,7 @@ def test_meta_layout_with_tiktoken_tokenizer_and_our_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "ours.pt", model, tok)
     again, tok2 = load_model(tmp_path / "ours.pt", max_seq_len=128)
     assert tok2.kind == "tiktoken" and tok2.encode("the cat") == ids[:4] and again.params.max_seq_len == 128
+    assert again.trained_context == 8192 and model.trained_context == 8192  # as saved, not the override
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,3 +333,56 @@ def test_bad_weights_and_configs(tmp_path, tiny_tokenizer, untied_hf):
     with pytest.raises(CheckpointError, match="head_dim 32 x 4 heads != hidden_size 64"):
         load_model(odd)
     shutil.rmtree(odd)
+
+
+def test_train_output_directory_loads_model_pt_else_ckpt_pt(tmp_path, tiny_tokenizer):
+    """A train.py --out_dir folder is a model: its model.pt (the export) if there, else its ckpt.pt."""
+    torch.manual_seed(0)
+    model = ls.Transformer(ls.ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=600, multiple_of=16,
+                                        max_seq_len=64))
+    out = tmp_path / "toy"
+    save_checkpoint(out / "ckpt.pt", model, tiny_tokenizer, step=10, metadata={"file": "ckpt.pt"})
+    loaded, tok = load_model(out)
+    assert loaded.metadata == {"file": "ckpt.pt"} and tok.vocab_size == 600 and loaded.trained_context == 64
+    save_checkpoint(out / "model.pt", model, tiny_tokenizer, half=True, metadata={"file": "model.pt"})
+    loaded, _ = load_model(out, max_seq_len=128)
+    assert loaded.metadata == {"file": "model.pt"} and loaded.params.max_seq_len == 128
+    assert ls.load_model(out)[0].metadata == {"file": "model.pt"}  # layerskip.load_model("out/toy") too
+    (out / "model.pt").unlink()
+    (out / "ckpt.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"toy: not a model directory .* or model.pt / ckpt.pt \(train.py\)"):
+        load_model(out)
+
+
+def test_empty_tokenizer_corrupt_index_incomplete_checkpoint(tmp_path, tiny_tokenizer, untied_hf, tiny_checkpoint):
+    """An empty tokenizer.model, a corrupt or weightless index.json, a checkpoint with our marker but no model
+    args or an unreadable tokenizer: each a CheckpointError that names the file, never a crash later on."""
+    with pytest.raises(CheckpointError, match=r"meta/tokenizer.model: the file is empty"):
+        load_model(write_meta(untied_hf, tmp_path / "meta", b""))
+    with pytest.raises(CheckpointError, match=r"hf/tokenizer.model: the file is empty"):
+        load_model(write_hf(untied_hf, tmp_path / "hf", b"\n"))
+    with pytest.raises(CheckpointError, match="the sentencepiece model is empty"):
+        model_io.SentencePieceTokenizer(b"")
+
+    sharded = write_hf(untied_hf, tmp_path / "sharded", tiny_tokenizer.model_proto, max_shard_size="100KB")
+    index = sharded / "model.safetensors.index.json"
+    index.write_text(index.read_text()[:100])
+    with pytest.raises(CheckpointError, match=r"sharded/model.safetensors.index.json: not valid JSON"):
+        load_model(sharded)
+    index.write_text('{"metadata": {"total_size": 1}}')
+    with pytest.raises(CheckpointError, match=r"sharded/model.safetensors.index.json: no weight_map"):
+        load_model(sharded)
+    index.write_text("[]")
+    with pytest.raises(CheckpointError, match=r"sharded/model.safetensors.index.json: not a JSON object"):
+        load_model(sharded)
+
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    torch.save({k: v for k, v in ckpt.items() if k != "model_args"}, tmp_path / "no_args.pt")
+    with pytest.raises(CheckpointError, match=r"no_args.pt: a layerskip checkpoint without model_args"):
+        load_model(tmp_path / "no_args.pt")
+    torch.save(dict(ckpt, tokenizer={"kind": "sentencepiece", "model": b"\0garbage"}), tmp_path / "bad_tok.pt")
+    with pytest.raises(CheckpointError, match=r"bad_tok.pt: its tokenizer cannot be loaded \(RuntimeError"):
+        load_model(tmp_path / "bad_tok.pt")
+    torch.save(dict(ckpt, tokenizer={"kind": "sentencepiece"}), tmp_path / "no_tok.pt")
+    with pytest.raises(CheckpointError, match=r"no_tok.pt: its tokenizer cannot be loaded \(KeyError"):
+        load_model(tmp_path / "no_tok.pt")
