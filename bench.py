@@ -61,7 +61,7 @@ def _median_time(fn, repeats):
 @torch.inference_mode()
 def round_costs(model, E, d, context=128, repeats=30):
     """Median seconds of: one autoregressive step, one draft step (blocks 0..E-1 + head), and the verification of
-    k drafts for k = 1..d (blocks 0..E-1 on the last draft, E..L-1 on k+1 positions, head on k+1), after
+    k drafts for k = 0..d (blocks 0..E-1 on the last draft, E..L-1 on k+1 positions, head on k+1), after
     `context` cached positions (at most what the model's window leaves room for)."""
     L, window = model.params.n_layers, model.params.max_seq_len
     context = max(1, min(context, window - d - 1))
@@ -311,7 +311,8 @@ def main(argv=None):
     try:
         model, tok = ls.load_model(args.checkpoint)
         base = ls.load_model(args.baseline) if args.baseline else None
-        reference = ls.load_model(args.reference) if args.reference and Path(args.reference).exists() else None
+        use_reference = args.reference and (args.reference != REFERENCE or Path(REFERENCE).exists())
+        reference = ls.load_model(args.reference) if use_reference else None  # the default only if shipped
     except (CheckpointError, ValueError) as e:
         fail(str(e))
     try:
@@ -323,10 +324,14 @@ def main(argv=None):
     prompts = prompts[:args.n_prompts]
     L = model.params.n_layers
     rec = getattr(model, "metadata", {}).get("recommended", {})
-    chosen = ls.speculation_settings(rec, args.exit, args.num_speculations, args.draft_threshold)
-    E, d, th = chosen["exit_layer"] or max(1, L // 4), chosen["num_speculations"], chosen["draft_threshold"]
+    chosen = ls.speculation_settings(rec, args.exit, args.num_speculations, args.draft_threshold, n_layers=L)
+    E, d, th = chosen["exit_layer"], chosen["num_speculations"], chosen["draft_threshold"]
     if not 1 <= E <= L:
         fail(f"--exit {E} is out of range: the model has {L} layers, use 1..{L}")
+    if d < 1 or args.max_new_tokens < 1 or min(args.sweep_specs) < 1:
+        fail("--num_speculations, --sweep_specs and --max_new_tokens must be at least 1")
+    if any(t is not None and not 0 < t <= 1 for t in [th] + args.sweep_thresholds):
+        fail("draft thresholds are probabilities in (0, 1]")
     command = "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {"command": command, "machine": machine(), "exit_layer": E, "num_speculations": d,
               "draft_threshold": th, "prompts": args.prompts, "n_prompts": len(prompts),
@@ -371,8 +376,9 @@ def main(argv=None):
     if base is not None:
         variants["baseline autoregressive"] = (base[0], base[1], {})
         variants["baseline " + ss_name] = (base[0], base[1], spec)
+    reference_name = f"{Path(args.reference).stem} autoregressive" if reference is not None else None
     if reference is not None:
-        variants[f"{Path(args.reference).stem} autoregressive"] = (reference[0], reference[1], {})
+        variants[reference_name] = (reference[0], reference[1], {})
     totals, outputs = run_variants(variants, prompts, args.max_new_tokens, args.repeats)
     summary = summarize(totals, "autoregressive")
     identical = outputs[ss_name] == outputs["autoregressive"]
@@ -398,8 +404,18 @@ def main(argv=None):
     for n, s in summary.items():
         acc = f"{100 * s['acceptance']:.1f}%" if s["acceptance"] is not None else "-"
         vb = f"{s['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in s else "-"
+        same_tokenizer = reference is None or n != reference_name  # tokens of another tokenizer: compare chars/s
+        sp = f"{s['speedup']:.2f}x" if same_tokenizer else "-"
+        vb = vb if same_tokenizer else "-"
         print(f"| {n} | {s['ms_per_token']:.2f} | {s['tokens_per_s']:.1f} | {s['chars_per_s']:.0f} | {acc} | "
-              f"{s['tokens_per_round']:.2f} | {s['speedup']:.2f}x | {vb} |")
+              f"{s['tokens_per_round']:.2f} | {sp} | {vb} |")
+    if reference is not None:
+        ref = summary[reference_name]
+        print(f"\nagainst {reference_name} ({reference[0].params.n_layers} layers, another tokenizer, so compare "
+              f"text): self-speculative {ss['chars_per_s'] / ref['chars_per_s']:.2f}x its characters/s "
+              f"({ss['chars_per_s']:.0f} vs {ref['chars_per_s']:.0f}); tokens/s {ss['tokens_per_s']:.1f} vs "
+              f"{ref['tokens_per_s']:.1f}")
+        report["vs_reference_chars_per_s"] = ss["chars_per_s"] / ref["chars_per_s"]
     ee = summary[f"early_exit E={E}"]
     print(f"\ncosts (median ms): autoregressive step {1000 * costs['ar_step']:.3f}, draft step "
           f"{1000 * costs['draft_step']:.3f}, verification of k drafts (k = 0..{d}) "

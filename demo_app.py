@@ -156,9 +156,10 @@ def get_model(path: str):
         if key in _models:
             _models.move_to_end(key)
         else:
-            while len(_models) >= MAX_MODELS:  # make room first: never more than MAX_MODELS in memory
+            loaded = ls.load_model(p, device=DEVICE)  # first: a file that fails to load evicts nothing
+            while len(_models) >= MAX_MODELS:  # then make room: at most MAX_MODELS kept
                 _models.popitem(last=False)
-            _models[key] = ls.load_model(p, device=DEVICE)
+            _models[key] = loaded
         return _models[key]
 
 
@@ -166,9 +167,8 @@ def speculation(model, exit_layer=None, num_speculations=None, draft_threshold=N
     """Exit layer, drafts per round d and draft threshold: the given ones, the rest by ls.speculation_settings
     from the model's recommendation (its d and threshold only at its exit); without one, exit L//4 and d=4."""
     rec = (getattr(model, "metadata", None) or {}).get("recommended") or {}
-    if exit_layer is None:
-        exit_layer = rec.get("exit_layer") or max(1, model.params.n_layers // 4)
-    return ls.speculation_settings(rec, int(exit_layer), num_speculations, draft_threshold)
+    return ls.speculation_settings(rec, None if exit_layer is None else int(exit_layer), num_speculations,
+                                   draft_threshold, n_layers=model.params.n_layers)
 
 
 def error_html(message: str) -> str:
@@ -216,10 +216,10 @@ def exit_changed(checkpoint, exit_layer):
     """The exit-layer slider: d and threshold follow ls.speculation_settings' rule (the recommended ones only at
     the recommended exit). gr.update()s for (drafts per round, draft threshold)."""
     import gradio as gr
-    try:
-        s = speculation(get_model(checkpoint)[0], exit_layer)
-    except (ValueError, OSError):
+    loaded = _models.get(str(resolve(checkpoint).resolve())) if checkpoint and is_served(checkpoint) else None
+    if loaded is None:  # only a model already in memory: this event runs outside the one-model-job queue
         return gr.update(), gr.update()
+    s = speculation(loaded[0], exit_layer)
     return gr.update(value=s["num_speculations"]), gr.update(value=s["draft_threshold"] or 0)
 
 

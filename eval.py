@@ -34,6 +34,9 @@ def validation_documents(name):
     if name == "python":
         from data.python.prepare import val_documents
         return val_documents()
+    if name == "python-stdlib":  # the 12-layer models' corpus
+        from data.python.prepare import val_documents
+        return val_documents(stdlib_only=True)
     if name == "shakespeare":
         from data.shakespeare.prepare import split_works
         return split_works()[1]
@@ -156,7 +159,8 @@ def plot_logit_lens(model, tokenizer, prompt, max_new_tokens, path, title):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoints", nargs="+", default=SHIPPED, help="checkpoints to compare")
-    p.add_argument("--data", default="python", help="held-out text: python, shakespeare, or a .txt file")
+    p.add_argument("--data", default="python", help="held-out text: python (stdlib + torch), python-stdlib, "
+                   "shakespeare, or a .txt file")
     p.add_argument("--windows", type=int, default=64, help="validation windows per checkpoint")
     p.add_argument("--block_size", type=int, default=256, help="tokens per validation window")
     p.add_argument("--prompts", default="humaneval", help="prompt set for layers needed: humaneval, shakespeare")
@@ -187,19 +191,19 @@ def main(argv=None):
 
     names = list(models)
     L = max(m.params.n_layers for m, _ in models.values())
-    print(f"\n## Validation loss / perplexity / next-token accuracy by exit layer ({args.data}, "
+    print(f"\n## Validation loss / perplexity / next-token accuracy / top-1 agreement with the last layer by exit ({args.data}, "
           f"{results[names[0]]['tokens']:,} tokens)\n")
-    print("| exit | " + " | ".join(f"{n} loss | ppl | acc" for n in names) + " |")
-    print("|---|" + "---|---|---|" * len(names))
+    print("| exit | " + " | ".join(f"{n} loss | ppl | acc | agree" for n in names) + " |")
+    print("|---|" + "---|---|---|---|" * len(names))
     for l in range(L):
         cells = []
         for n in names:
             r = results[n]
             if l < len(r["loss"]):
                 cells.append(f"{r['loss'][l]:.3f} | {torch.tensor(r['loss'][l]).exp().item():.1f} | "
-                             f"{100 * r['accuracy'][l]:.1f}%")
+                             f"{100 * r['accuracy'][l]:.1f}% | {100 * r['agreement'][l]:.1f}%")
             else:
-                cells.append(" | | ")
+                cells.append(" | | | ")
         print(f"| {l + 1} | " + " | ".join(cells) + " |")
     print(f"\n## Layers needed per generated token ({args.prompts}, {len(prompts)} prompts, "
           f"{args.max_new_tokens} greedy tokens each)\n")

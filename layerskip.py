@@ -98,7 +98,8 @@ def rope_rotations(args: ModelArgs, device=None):
 
 def apply_rope(x, rotations):
     """Rotate interleaved channel pairs (x0,x1), (x2,x3), ... as Meta's Llama does: read each pair as the complex
-    number x0 + i x1 and multiply it by e^(i * angle), one kernel instead of eight. x: [B, T, H, D]."""
+    number x0 + i x1 and multiply it by e^(i * angle), one kernel instead of eight (Meta's code does the same;
+    torch.compile runs this one op eagerly). x: [B, T, H, D]."""
     pairs = torch.view_as_complex(at_least_fp32(x).unflatten(-1, (-1, 2)))  # [B, T, H, D/2]
     return torch.view_as_real(pairs * rotations[:, None, :]).flatten(-2).type_as(x)
 
@@ -133,7 +134,7 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(pos, k, v)  # keys and values of positions 0..pos+T-1
         S = k.shape[2]
-        if mask is None and T > 1 and S > T:  # run_blocks builds it once for all blocks
+        if mask is None and T > 1 and S > T:  # run_blocks passes it, built once for all blocks; this is for direct calls
             mask = attention_mask(T, S, q.dtype, x.device)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and S == T,
                                            enable_gqa=self.n_kv_heads != self.n_heads)
@@ -559,14 +560,16 @@ DEFAULT_NUM_SPECULATIONS = 4
 
 
 def speculation_settings(recommended: Optional[dict], exit_layer: Optional[int] = None,
-                         num_speculations: Optional[int] = None, draft_threshold: Optional[float] = None) -> dict:
+                         num_speculations: Optional[int] = None, draft_threshold: Optional[float] = None,
+                         n_layers: Optional[int] = None) -> dict:
     """Exit layer, draft length d and draft threshold for self-speculative decoding: what the caller set, the rest
     from a checkpoint's recommendation (metadata["recommended"], written by bench.py --auto). The recommended d and
     threshold were tuned at the recommended exit, so they fill in only at that exit; at another exit d defaults to
-    DEFAULT_NUM_SPECULATIONS and there is no threshold. The one rule shared by generate.py, the demo and bench.py."""
+    DEFAULT_NUM_SPECULATIONS and there is no threshold. Without an exit layer from either, n_layers // 4 if n_layers
+    is given (else None). The one rule shared by generate.py, the demo and bench.py."""
     rec = recommended or {}
     if exit_layer is None:
-        exit_layer = rec.get("exit_layer")
+        exit_layer = rec.get("exit_layer") or (max(1, n_layers // 4) if n_layers else None)
     same_exit = exit_layer is not None and exit_layer == rec.get("exit_layer")
     if num_speculations is None:
         num_speculations = rec.get("num_speculations") if same_exit else None

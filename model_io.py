@@ -556,9 +556,9 @@ def load_model(path, device="cpu", dtype=None, max_seq_len: Optional[int] = None
             return load_meta(path, device, dtype, max_seq_len)
         if (path / "config.json").exists():
             return load_hf(path, device, dtype, max_seq_len)
-        for name in ("model.pt", "ckpt.pt"):  # train.py's output: the exported model, else the last checkpoint
-            if (path / name).exists():
-                return load_model(path / name, device, dtype, max_seq_len)
+        written = [path / n for n in ("model.pt", "ckpt.pt") if (path / n).exists()]  # train.py's output
+        if written:  # the newer of the exported model and the last checkpoint (a new run into an old folder)
+            return load_model(max(written, key=lambda f: f.stat().st_mtime), device, dtype, max_seq_len)
         raise CheckpointError(f"{path}: not a model directory of a known layout: expected params.json + "
                               f"consolidated.*.pth (Meta), config.json + *.safetensors (Hugging Face) or model.pt "
                               f"/ ckpt.pt (train.py)")

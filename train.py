@@ -101,7 +101,7 @@ def parse_args(argv=None):
     g.add_argument("--curriculum", choices=ls.CURRICULA, help="which exits are trained at each step")
     g.add_argument("--rotation", type=int, help="R of the rotational curriculum: every R-th block")
     g.add_argument("--exit_always", type=int, metavar="E",
-                   help="train the exit after block E at every step, whatever the curriculum (the draft exit)")
+                   help="train exit E (after E blocks) at every step, whatever the curriculum, with its eq. 6 weight")
     g.add_argument("--final_iters", type=int,
                    help="the last this many steps use --final_e_scale (the paper finetunes with e_scale 1.0)")
     g.add_argument("--final_e_scale", type=float, help="early-exit loss scale of the final phase (default 1.0)")
@@ -226,6 +226,19 @@ def evaluate(model, data, cfg, device, autocast):
     return (totals / cfg.eval_iters).tolist()
 
 
+def same_skips_on_every_rank(digest, world, announce=False) -> bool:
+    """True if every rank's digest of its layer-dropout draws is the same (printed if announce or they differ). Every rank must draw the same layer-dropout pattern (the paper seeds every GPU alike). The weights cannot
+    show a mismatch: DDP averages gradients, so replicas agree even when each skipped other blocks."""
+    import torch.distributed as dist
+    skips = [None] * world
+    dist.all_gather_object(skips, digest.hexdigest()[:16])
+    same = len(set(skips)) == 1
+    if announce or not same:
+        print(f"layer-dropout digests by rank: {' '.join(skips)} ({'identical' if same else 'DIFFERENT'})",
+              flush=True)
+    return same
+
+
 def memory_estimate(n_params, cfg, world, fsdp):
     """Bytes per GPU: fp32 weights, gradients and AdamW moments (sharded under FSDP) plus activations."""
     states = 16 * n_params / (world if fsdp else 1)
@@ -274,8 +287,12 @@ def main(argv=None):
 
     if not 0 <= cfg.p_max <= 1:
         fail(f"--p_max {cfg.p_max}: a dropout rate must be in [0, 1]")
-    if cfg.e_scale < 0 or cfg.rotation < 1:
-        fail("--e_scale must be >= 0 and --rotation >= 1")
+    if cfg.e_scale < 0 or cfg.rotation < 1 or cfg.final_e_scale < 0:
+        fail("--e_scale and --final_e_scale must be >= 0 and --rotation >= 1")
+    if cfg.exit_always is not None and not 1 <= cfg.exit_always <= cfg.n_layers:
+        fail(f"--exit_always {cfg.exit_always} is not an exit of this model: use 1..{cfg.n_layers}")
+    if not 0 <= cfg.final_iters <= cfg.max_iters:
+        fail(f"--final_iters must be in 0..--max_iters ({cfg.max_iters}), got {cfg.final_iters}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available() and not cfg.dry_run:
         fail("--device cuda but no CUDA GPU is visible: use --device cpu")
     if ddp:
@@ -296,7 +313,8 @@ def main(argv=None):
         if cfg.vocab_size is None:
             cfg.vocab_size = tokenizer.vocab_size
         if cfg.vocab_size < tokenizer.vocab_size:
-            fail(f"--vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
+            fail(f"--vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} in {cfg.data}: "
+                 f"pass a larger one, or rebuild the data (an older build?) with its prepare.py")
 
     init = None
     if cfg.init_from and not cfg.resume:  # ours, or a Meta / Hugging Face Llama: the model shape comes from it
@@ -441,6 +459,9 @@ def main(argv=None):
             done_here += 1
             step_times.append(time.time() - t0)
             if step % cfg.log_interval == 0 or step == cfg.max_iters:
+                if ddp and not same_skips_on_every_rank(skips_digest, world):
+                    fail("the ranks drew different layer-dropout patterns: layer_dropout_mask must depend only on "
+                         "(seed, step, layer)")  # checked as the run goes, not hours later
                 dt = sorted(step_times[-50:])[len(step_times[-50:]) // 2]
                 eta = dt * (cfg.max_iters - step)
                 log(f"step {step:>6}/{cfg.max_iters} | loss {loss_sum:.4f} | lr {lr:.2e} | "
@@ -466,12 +487,7 @@ def main(argv=None):
             f" in {fmt_time(time.time() - t_start)}")
     if ddp:
         import torch.distributed as dist
-        # Every rank must have drawn the same layer-dropout pattern (the paper seeds every GPU alike). The weights
-        # cannot show a mismatch: DDP averages gradients, so replicas agree even when each skipped other blocks.
-        skips = [None] * world
-        dist.all_gather_object(skips, skips_digest.hexdigest()[:16])
-        same = len(set(skips)) == 1
-        log(f"layer-dropout digests by rank: {' '.join(skips)} ({'identical' if same else 'DIFFERENT'})")
+        same = same_skips_on_every_rank(skips_digest, world, announce=master)
         if not cfg.fsdp:  # every DDP replica must end with the same weights
             digest = hashlib.sha256()
             for p in raw_model.parameters():

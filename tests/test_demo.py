@@ -54,8 +54,10 @@ def spans(page_html):
 
 
 @pytest.fixture(autouse=True)
-def served(tiny_checkpoint):
-    """The app serves only checkpoints/*.pt and launch-given paths: the tiny one counts as launch-given."""
+def served(tiny_checkpoint, monkeypatch):
+    """The app serves only checkpoints/*.pt and launch-given paths: the tiny one counts as launch-given. Each test
+    starts from that alone, whatever earlier tests served."""
+    monkeypatch.setattr(demo_app, "_served", set())
     demo_app.serve(tiny_checkpoint)
 
 

@@ -72,8 +72,8 @@ def test_two_rank_ddp_with_layerskip_draws_the_same_skips(shakespeare, tmp_path)
 
 
 def test_rank_dependent_layer_dropout_is_caught(shakespeare, tmp_path):
-    """The check above can fail: seed the mask with the rank, and the skip digests differ and the run fails,
-    although DDP still keeps the weights identical (it averages the gradients)."""
+    """The check above can fail: seed the mask with the rank, and the skip digests differ and the run stops after
+    its first step (DDP would keep the weights identical anyway: it averages the gradients)."""
     wrapper = tmp_path / "rank_dependent.py"
     wrapper.write_text(
         "import os, sys\n"
@@ -89,7 +89,7 @@ def test_rank_dependent_layer_dropout_is_caught(shakespeare, tmp_path):
     assert proc.returncode != 0
     assert re.search(r"layer-dropout digests by rank: \w+ \w+ \(DIFFERENT\)", proc.stdout), proc.stdout[-2000:]
     assert "ranks drew different layer-dropout patterns" in proc.stderr
-    assert re.search(r"parameter digests by rank: (\w+) \1 \(identical\)", proc.stdout)  # the old check passed
+    assert len(step_losses(proc.stdout)) < 6  # stopped as soon as the draws differed, not at the end
 
 
 @pytest.mark.parametrize("extra", [[], ["--grad_accum", 2], ["--grad_accum", 2, "--fsdp"]],
