@@ -61,7 +61,8 @@ DEFAULTS = dict(data="data/shakespeare", dim=256, n_layers=12, n_heads=8, n_kv_h
                 multiple_of=32, block_size=256, tie_embeddings=False, batch_size=16, grad_accum=1,
                 max_iters=1000, lr=1e-3, min_lr_ratio=0.1, warmup_iters=100, weight_decay=0.1, beta2=0.95,
                 grad_clip=1.0, eval_interval=250, eval_iters=20, log_interval=10, p_max=0.0, e_scale=0.0,
-                curriculum="rotational", rotation=4, exit_always=None, final_iters=0, final_e_scale=1.0,
+                curriculum="rotational", rotation=4, exit_always=None, exit_always_weight=0.0, final_iters=0,
+                final_e_scale=1.0,
                 device="cpu", dtype="float32", seed=1337,
                 preset=None, init_from=None, stop_after=None)
 
@@ -102,6 +103,9 @@ def parse_args(argv=None):
     g.add_argument("--rotation", type=int, help="R of the rotational curriculum: every R-th block")
     g.add_argument("--exit_always", type=int, metavar="E",
                    help="train exit E (after E blocks) at every step, whatever the curriculum, with its eq. 6 weight")
+    g.add_argument("--exit_always_weight", type=float, metavar="W",
+                   help="...or with the fixed share W of the loss, the other exits scaled by 1 - W: the two-exit "
+                        "loss of the LayerSkip fine-tuning scripts, (e CE_E + CE_L) / (1 + e), is W = e / (1 + e)")
     g.add_argument("--final_iters", type=int,
                    help="the last this many steps use --final_e_scale (the paper finetunes with e_scale 1.0)")
     g.add_argument("--final_e_scale", type=float, help="early-exit loss scale of the final phase (default 1.0)")
@@ -200,13 +204,17 @@ def layerskip_schedule(step, cfg, from_scratch):
     if cfg.p_max > 0:
         rates = ls.layer_dropout_rates(L, cfg.p_max, step if from_scratch else None, cfg.max_iters)
     weights = None
-    final_phase = step >= cfg.max_iters - getattr(cfg, "final_iters", 0)
+    final_phase = step >= cfg.max_iters - cfg.final_iters
     e_scale = cfg.final_e_scale if final_phase else cfg.e_scale
     if e_scale > 0:
         exits = ls.early_exit_curriculum(L, step, cfg.curriculum, cfg.rotation, cfg.max_iters)
-        if getattr(cfg, "exit_always", None):
+        if cfg.exit_always:
             exits = sorted(set(exits) | {cfg.exit_always - 1})  # exit E is the output of block E-1
         weights = ls.early_exit_weights(L, e_scale, exits)
+    w = cfg.exit_always_weight
+    if cfg.exit_always and w > 0:  # a fixed share for the draft exit, the rest as eq. 6 (or the last layer) says
+        weights = {l: (1 - w) * v for l, v in (weights or {L - 1: 1.0}).items()}
+        weights[cfg.exit_always - 1] = weights.get(cfg.exit_always - 1, 0.0) + w
     return rates, weights
 
 
@@ -283,7 +291,7 @@ def main(argv=None):
         if extra:
             fail(f"--resume continues the run with its own configuration: drop --{', --'.join(sorted(extra))}")
         keep = {"resume": True, "stop_after": cfg.stop_after, "out_dir": cfg.out_dir, "cli": cfg.cli}
-        cfg = argparse.Namespace(**{**resume_state["config"], **keep})
+        cfg = argparse.Namespace(**{**DEFAULTS, **resume_state["config"], **keep})  # DEFAULTS: knobs added since
 
     if not 0 <= cfg.p_max <= 1:
         fail(f"--p_max {cfg.p_max}: a dropout rate must be in [0, 1]")
@@ -291,6 +299,8 @@ def main(argv=None):
         fail("--e_scale and --final_e_scale must be >= 0 and --rotation >= 1")
     if cfg.exit_always is not None and not 1 <= cfg.exit_always <= cfg.n_layers:
         fail(f"--exit_always {cfg.exit_always} is not an exit of this model: use 1..{cfg.n_layers}")
+    if not 0 <= cfg.exit_always_weight < 1 or (cfg.exit_always_weight > 0 and cfg.exit_always is None):
+        fail(f"--exit_always_weight must be in [0, 1) and needs --exit_always E, got {cfg.exit_always_weight}")
     if not 0 <= cfg.final_iters <= cfg.max_iters:
         fail(f"--final_iters must be in 0..--max_iters ({cfg.max_iters}), got {cfg.final_iters}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available() and not cfg.dry_run:

@@ -191,3 +191,20 @@ def test_init_from_checks_shape_and_corruption(shakespeare, tmp_path):
     out = run(TINY + ["--max_iters", 2, "--eval_interval", 2, "--init_from", tmp_path / "a/model.pt",
                       "--p_max", 0.2, "--out_dir", tmp_path / "b"]).stdout
     assert "S=1" in out  # continued training: no time schedule on the dropout rates
+
+
+def test_exit_always_and_its_weight_in_the_schedule():
+    """--exit_always E adds exit E (block E-1) to every step's exits with its eq. 6 weight; --exit_always_weight W
+    gives it a fixed share W and scales the rest by 1 - W, the fine-tuning scripts' two-exit loss
+    (e CE_E + CE_L) / (1 + e) at W = e / (1 + e)."""
+    import argparse
+    import train
+    cfg = argparse.Namespace(**{**train.DEFAULTS, "n_layers": 4, "max_iters": 10, "p_max": 0.0, "e_scale": 0.0,
+                                "exit_always": 2, "exit_always_weight": 0.5})
+    assert train.layerskip_schedule(3, cfg, True)[1] == {3: 0.5, 1: 0.5}  # e = 1: (CE_2 + CE_4) / 2
+    cfg.e_scale, cfg.exit_always_weight, cfg.rotation = 1.0, 0.0, 4
+    # step 0, R=4: exits {0, 3}; forced exit 2 is block 1: e = [0, 1, 3, 3 + 3] -> {1: 1/7, 3: 6/7}
+    assert train.layerskip_schedule(0, cfg, True)[1] == pytest.approx({0: 0.0, 1: 1 / 7, 3: 6 / 7})
+    cfg.exit_always_weight = 0.3
+    w = train.layerskip_schedule(0, cfg, True)[1]
+    assert w == pytest.approx({0: 0.0, 1: 0.3 + 0.7 / 7, 3: 0.7 * 6 / 7}) and sum(w.values()) == pytest.approx(1)
