@@ -21,7 +21,7 @@ import layerskip as ls
 from bench import encode
 from data.prepare import load_prompts
 
-SHIPPED = ["checkpoints/layerskip-python.pt", "checkpoints/baseline-python.pt"]
+SHIPPED = ["checkpoints/layerskip-python-deep.pt", "checkpoints/baseline-python-deep.pt"]
 
 
 def fail(message):

@@ -271,8 +271,8 @@ def test_unserved_checkpoints_are_refused_alike(tiny_checkpoint, tmp_path):
         assert demo_app.compare(path, VERSE) == demo_app.lens(path, VERSE) == stats
         assert list(demo_app.sweep(path, VERSE))[0][1] == stats
     assert set(demo_app._models) == loaded and "\n" not in demo_app.REFUSED
-    assert demo_app.is_served(ROOT / "checkpoints/layerskip-python.pt")  # shipped: whatever checkpoints/*.pt holds
-    assert demo_app.is_served("checkpoints/baseline-python.pt")
+    assert demo_app.is_served(ROOT / "checkpoints/layerskip-python-deep.pt")  # shipped: whatever checkpoints/*.pt holds
+    assert demo_app.is_served("checkpoints/baseline-python-deep.pt")
 
 
 def test_model_cache_keeps_the_two_most_recently_used(tiny_checkpoint, tmp_path, monkeypatch):
