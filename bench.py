@@ -49,15 +49,6 @@ def machine():
 # Costs of the pieces of a round, for the analytic speedup
 
 
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 @torch.inference_mode()
 def round_costs(model, E, d, context=128, repeats=30):
     """Median seconds of: one autoregressive step, one draft step (blocks 0..E-1 + head), and the verification of

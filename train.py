@@ -45,8 +45,8 @@ PRESETS = {
     # The deep, narrow reference models (checkpoints/): 32 blocks of width 128, so that drafting with the first
     # 8 blocks costs about a quarter of a full step. Stdlib + torch source, a 2048-piece vocabulary. The
     # baseline twin is the same command with --p_max 0 --e_scale 0. Shape and recipe: docs/pilots.md.
-    "python-deep": dict(data="data/python", dim=128, n_layers=32, n_heads=4, n_kv_heads=2, block_size=256, vocab_size=2048,
-                        batch_size=16, max_iters=1000, lr=2e-3, warmup_iters=100, eval_interval=100,
+    "python-deep": dict(data="data/python", dim=128, n_layers=32, n_heads=4, n_kv_heads=2, block_size=256,
+                        vocab_size=2048, batch_size=16, max_iters=1000, lr=2e-3, warmup_iters=100, eval_interval=100,
                         eval_iters=10, p_max=0.1, e_scale=1.0, curriculum="rotational", rotation=4,
                         tie_embeddings=True),
     # The paper's from-scratch "Llama2 1.5B" (Table 8/10): dim 2048, 16 heads, 24 layers, context 4096;
@@ -234,9 +234,10 @@ def evaluate(model, data, cfg, device, autocast):
     return (totals / cfg.eval_iters).tolist()
 
 
-def same_skips_on_every_rank(digest, world, announce=False) -> bool:
-    """True if every rank's digest of its layer-dropout draws is the same (printed if announce or they differ). Every rank must draw the same layer-dropout pattern (the paper seeds every GPU alike). The weights cannot
-    show a mismatch: DDP averages gradients, so replicas agree even when each skipped other blocks."""
+def check_same_skips(digest, world, announce=False):
+    """Every rank must draw the same layer-dropout pattern (the paper seeds every GPU alike): compare the ranks'
+    digests of their draws, print them if announce, stop the run if they differ. The weights cannot show a mismatch:
+    DDP averages gradients, so replicas agree even when each skipped other blocks."""
     import torch.distributed as dist
     skips = [None] * world
     dist.all_gather_object(skips, digest.hexdigest()[:16])
@@ -244,7 +245,9 @@ def same_skips_on_every_rank(digest, world, announce=False) -> bool:
     if announce or not same:
         print(f"layer-dropout digests by rank: {' '.join(skips)} ({'identical' if same else 'DIFFERENT'})",
               flush=True)
-    return same
+    if not same:
+        fail("the ranks drew different layer-dropout patterns: layer_dropout_mask must depend only on "
+             "(seed, step, layer)")
 
 
 def memory_estimate(n_params, cfg, world, fsdp):
@@ -469,9 +472,8 @@ def main(argv=None):
             done_here += 1
             step_times.append(time.time() - t0)
             if step % cfg.log_interval == 0 or step == cfg.max_iters:
-                if ddp and not same_skips_on_every_rank(skips_digest, world):
-                    fail("the ranks drew different layer-dropout patterns: layer_dropout_mask must depend only on "
-                         "(seed, step, layer)")  # checked as the run goes, not hours later
+                if ddp:  # checked as the run goes, not hours later
+                    check_same_skips(skips_digest, world)
                 dt = sorted(step_times[-50:])[len(step_times[-50:]) // 2]
                 eta = dt * (cfg.max_iters - step)
                 log(f"step {step:>6}/{cfg.max_iters} | loss {loss_sum:.4f} | lr {lr:.2e} | "
@@ -497,7 +499,7 @@ def main(argv=None):
             f" in {fmt_time(time.time() - t_start)}")
     if ddp:
         import torch.distributed as dist
-        same = same_skips_on_every_rank(skips_digest, world, announce=master)
+        check_same_skips(skips_digest, world, announce=master)
         if not cfg.fsdp:  # every DDP replica must end with the same weights
             digest = hashlib.sha256()
             for p in raw_model.parameters():
@@ -508,9 +510,6 @@ def main(argv=None):
                 f"({'identical' if len(set(digests)) == 1 else 'DIFFERENT: the ranks diverged'})")
         dist.barrier()
         dist.destroy_process_group()
-        if not same:
-            fail("the ranks drew different layer-dropout patterns: layer_dropout_mask must depend only on "
-                 "(seed, step, layer)")
 
 
 if __name__ == "__main__":
