@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -323,7 +324,7 @@ def main(argv=None):
         fail("--num_speculations, --sweep_specs and --max_new_tokens must be at least 1")
     if any(t is not None and not 0 < t <= 1 for t in [th] + args.sweep_thresholds):
         fail("draft thresholds are probabilities in (0, 1]")
-    command = "python bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "bench.py", *(sys.argv[1:] if argv is None else argv)])  # copy-pasteable
     report = {"command": command, "machine": machine(), "exit_layer": E, "num_speculations": d,
               "draft_threshold": th, "prompts": args.prompts, "n_prompts": len(prompts),
               "max_new_tokens": args.max_new_tokens, "repeats": args.repeats}
