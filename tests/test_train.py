@@ -28,13 +28,14 @@ def run(args, torchrun=False, check=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] \
         if torchrun else [sys.executable]
-    proc = subprocess.run(launcher + ["train.py"] + [str(a) for a in args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    def launch():
+        return subprocess.run(launcher + ["train.py"] + [str(a) for a in args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+    proc = launch()
     if torchrun and "terminate called without an active exception" in proc.stderr:
         # A rare abort of a gloo rank (SIGABRT from C++, no Python error; about 1 launch in 40 on our 2-core
         # machines) is not what these tests check: launch once more, and only once.
-        proc = subprocess.run(launcher + ["train.py"] + [str(a) for a in args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = launch()
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
