@@ -33,7 +33,7 @@ import layerskip as ls
 from model_io import token_texts
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = "checkpoints/layerskip-python.pt"  # selected at start; the menu lists every checkpoints/*.pt
+DEFAULT_CHECKPOINT = "checkpoints/layerskip-python-deep.pt"  # selected at start; the menu lists every checkpoints/*.pt
 MAX_MODELS = 2  # models kept loaded, the least recently used dropped first
 MAX_NEW_TOKENS = 512  # the slider's end (or the context window's, if shorter) and the cap for API callers
 MAX_PROMPT_CHARS = 20_000  # longer prompts are refused before tokenizing; the context window decides the rest
@@ -457,8 +457,14 @@ def lens(checkpoint, prompt, text="", exit_layer=2):
             f"more probable). Bold headers are generated tokens.</div>")
 
 
+def sweep_exits(L: int) -> list[int]:
+    """The exits the sweep times: every one; in a model of more than 16 layers the first half (a deeper draft costs
+    too much to pay off) and exit L, the sanity check."""
+    return list(range(1, L + 1)) if L <= 16 else list(range(1, L // 2 + 1)) + [L]
+
+
 def sweep(checkpoint, prompt, num_speculations=4, max_new_tokens=SWEEP_TOKENS, control=None):
-    """The exit-layer sweep, a generator: greedy self-speculative decoding at every exit layer 1..L, every run
+    """The exit-layer sweep, a generator: greedy self-speculative decoding at each exit of sweep_exits, every run
     timed next to an autoregressive run of its own, so that a busy machine slows both alike, and all exits in
     turn SWEEP_REPEATS times. An exit's speedup is the median of its pairs' ratios (AR time per token /
     self-speculative time per token). Yields (DataFrame with columns exit_layer (int), value, metric; summary
@@ -480,8 +486,7 @@ def sweep(checkpoint, prompt, num_speculations=4, max_new_tokens=SWEEP_TOKENS, c
         return ls.generate(model, ids, n, eos_id=tok.stop_ids, seed=0, **settings)
 
     timed(strategy="autoregressive")  # warm-up: first calls pay for allocations, not decoding
-    # every exit; in a deep model the first half (a deeper draft costs too much to pay) and exit L, the sanity check
-    exits = list(range(1, L + 1)) if L <= 16 else list(range(1, L // 2 + 1)) + [L]
+    exits = sweep_exits(L)
     ratios, acceptance = {E: [] for E in exits}, {}
     for r in range(SWEEP_REPEATS):
         for i, E in enumerate(exits, 1):

@@ -1,10 +1,10 @@
 """
 Generate text with a LayerSkip model: autoregressive, early-exit or self-speculative decoding.
 
-    python generate.py --exit 6                         # self-speculative: draft with blocks 0..5, verify with 6..11
-    python generate.py --exit 6 --compare               # ... and the speed-up over autoregressive decoding
-    python generate.py --exit 6 --stream                # show each round as it is decoded, rejected drafts too
-    python generate.py --strategy early_exit --exit 6   # the first 6 blocks only: faster, not the full model's text
+    python generate.py                                  # self-speculative at the setting bench.py --auto stored
+    python generate.py --exit 4 --compare               # draft with blocks 0..3, verify with 4..31; vs autoregressive
+    python generate.py --exit 8 --stream                # show each round as it is decoded, rejected drafts too
+    python generate.py --strategy early_exit --exit 4   # the first 4 blocks only: faster, not the full model's text
     python generate.py --checkpoint out/toy --prompt "ROMEO:" --temperature 0.8 --top_p 0.9   # train.py's output
     python generate.py --checkpoint DIR --exit 4 --num_speculations 6   # a Meta / Hugging Face Llama directory
 
@@ -26,7 +26,7 @@ import torch
 import layerskip as ls
 from model_io import CheckpointError, load_model, token_texts
 
-DEFAULT_CHECKPOINT = "checkpoints/layerskip-python.pt"
+DEFAULT_CHECKPOINT = "checkpoints/layerskip-python-deep.pt"  # 32 layers; it stores its best exit, d, threshold
 # the start of a HumanEval-style prompt: a signature and a docstring, the function body left to the model
 DEFAULT_PROMPT = 'def fibonacci(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -517,7 +517,7 @@ def test_browser_stop_says_so_and_the_sweep_plots_by_layer(page, demo_checkpoint
     note = page.locator("#sweep_note").inner_text()
     assert "Sanity check: exit" in note and "median" in note
     exits = page.locator("#sweep_note table tr td:first-child").all_inner_texts()
-    assert exits == [str(E) for E in range(1, L + 1)]
+    assert exits == [str(E) for E in demo_app.sweep_exits(L)]
     page.wait_for_selector("#sweep_plot canvas, #sweep_plot svg")
     page.locator("#sweep").evaluate("e => e.scrollIntoView()")  # the plot and the note at the top
     page.screenshot(path=screenshot(tmp_path, "demo_sweep.png"))
