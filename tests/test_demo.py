@@ -28,6 +28,10 @@ pytestmark = [  # gradio 6.31's queue still uses pandas options that pandas 3 de
 
 CODE = "def fibonacci(n):\n    if n < 2:"  # on the random tiny model, exit 2 drafts are both accepted and rejected
 VERSE = "ROMEO:\nBut soft"
+# the browser tests' prompt: CODE on the tiny model; for the README's screenshots ($LAYERSKIP_DEMO_CHECKPOINT, a
+# trained model) the start of a HumanEval-style function, as generate.py's default prompt
+SHOWN = ('def fibonacci(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
+         if os.environ.get("LAYERSKIP_DEMO_CHECKPOINT") else CODE)
 
 
 def expected(checkpoint, prompt, max_new_tokens, **kw):
@@ -437,7 +441,7 @@ def test_browser_shows_coloured_tokens_stats_and_lens(page, demo_checkpoint, tmp
     stats cards, and the logit lens; hiding rejected drafts hides their legend entry too. Screenshot: demo.png."""
     model, tok = demo_app.get_model(demo_checkpoint)
     s = demo_app.speculation(model)  # the app starts from the stored recommendation, or exit L//4 and d=4
-    want, g = expected(demo_checkpoint, CODE, 64, strategy="self_speculative", **s)
+    want, g = expected(demo_checkpoint, SHOWN, 64, strategy="self_speculative", **s)
     shot = screenshot(tmp_path, "demo.png")
     L, top = model.params.n_layers, min(demo_app.MAX_NEW_TOKENS, model.params.max_seq_len - 1)
     page.wait_for_selector(f"#exit_layer input[type=range][max='{L}']")
@@ -447,7 +451,7 @@ def test_browser_shows_coloured_tokens_stats_and_lens(page, demo_checkpoint, tmp
                            arg=[s["exit_layer"], s["num_speculations"]])
     box = page.locator("#go").bounding_box()
     assert box["y"] + box["height"] <= 1000  # above the fold
-    page.fill("#prompt textarea", CODE)
+    page.fill("#prompt textarea", SHOWN)
     page.click("#go")
     page.wait_for_selector("#stats .ls-status:text('done')", timeout=120_000)
     counts = {k: page.locator(f"#out .ls-tok.{k}").count() for k in ("accepted", "verifier", "rejected")}
@@ -458,7 +462,7 @@ def test_browser_shows_coloured_tokens_stats_and_lens(page, demo_checkpoint, tmp
     shown = page.locator("#out .ls-text").evaluate(
         "e => { const c = e.cloneNode(true); c.querySelectorAll('.rejected').forEach(r => r.remove());"
         " return c.textContent; }")
-    assert shown == tok.decode(tok.encode(CODE)) + want
+    assert shown == tok.decode(tok.encode(SHOWN)) + want
     stats = page.locator("#stats").inner_text()
     assert "acceptance rate" in stats and f"{g.accepted / g.drafted:.0%}" in stats and "tokens/s" in stats
     page.get_by_role("tab", name="Logit lens").click()
@@ -490,7 +494,7 @@ def test_browser_stop_says_so_and_the_sweep_plots_by_layer(page, demo_checkpoint
     model, _ = demo_app.get_model(demo_checkpoint)
     L = model.params.n_layers
     page.wait_for_selector(f"#exit_layer input[type=range][max='{L}']")
-    page.fill("#prompt textarea", CODE)
+    page.fill("#prompt textarea", SHOWN)
     render = demo_app.render_text
 
     def slowly(*args, **kwargs):  # rounds a person can see, so that Stop lands mid-way on any machine (the
