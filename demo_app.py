@@ -463,11 +463,12 @@ def sweep_exits(L: int) -> list[int]:
     return list(range(1, L + 1)) if L <= 16 else list(range(1, L // 2 + 1)) + [L]
 
 
-def sweep(checkpoint, prompt, num_speculations=4, max_new_tokens=SWEEP_TOKENS, control=None):
-    """The exit-layer sweep, a generator: greedy self-speculative decoding at each exit of sweep_exits, every run
-    timed next to an autoregressive run of its own, so that a busy machine slows both alike, and all exits in
-    turn SWEEP_REPEATS times. An exit's speedup is the median of its pairs' ratios (AR time per token /
-    self-speculative time per token). Yields (DataFrame with columns exit_layer (int), value, metric; summary
+def sweep(checkpoint, prompt, num_speculations=4, max_new_tokens=SWEEP_TOKENS, draft_threshold=None,
+          control=None):
+    """The exit-layer sweep, a generator: greedy self-speculative decoding with the controls' d and draft threshold
+    (0 or None = off) at each exit of sweep_exits, every run timed next to an autoregressive run of its own, so
+    that a busy machine slows both alike, and all exits in turn SWEEP_REPEATS times. An exit's speedup is the
+    median of its pairs' ratios (AR time per token / self-speculative time per token). Yields (DataFrame with columns exit_layer (int), value, metric; summary
     HTML) after every pair, so that the plot fills in and then settles; Stop (control["stop"]) ends it early."""
     import pandas as pd
     control = {} if control is None else control
@@ -478,6 +479,9 @@ def sweep(checkpoint, prompt, num_speculations=4, max_new_tokens=SWEEP_TOKENS, c
         ids = tok.encode(prompt)
         L, n, d = model.params.n_layers, min(int(max_new_tokens), SWEEP_TOKENS), int(num_speculations)
         ls.check_generation_args(model, ids, n, "self_speculative", L, d, 0.0, None, None)
+        threshold = float(draft_threshold or 0) or None
+        if not 0 < (threshold or 1) <= 1:
+            raise ValueError(f"the draft threshold is a probability in [0, 1] (0 = off), got {draft_threshold}")
     except (ValueError, OSError) as e:
         yield pd.DataFrame(columns=["exit_layer", "value", "metric"]), error_html(e)
         return
@@ -487,25 +491,26 @@ def sweep(checkpoint, prompt, num_speculations=4, max_new_tokens=SWEEP_TOKENS, c
 
     timed(strategy="autoregressive")  # warm-up: first calls pay for allocations, not decoding
     exits = sweep_exits(L)
+    setting = f"d={d}" + (f", draft threshold {threshold:g}" if threshold else "")
     ratios, acceptance = {E: [] for E in exits}, {}
     for r in range(SWEEP_REPEATS):
         for i, E in enumerate(exits, 1):
             ar = timed(strategy="autoregressive") if r % 2 == 0 else None  # alternate which of the pair goes first
-            ss = timed(strategy="self_speculative", exit_layer=E, num_speculations=d)
+            ss = timed(strategy="self_speculative", exit_layer=E, num_speculations=d, draft_threshold=threshold)
             ar = ar or timed(strategy="autoregressive")
             ratios[E].append(ar.time_per_token / ss.time_per_token)
             acceptance[E] = ss.acceptance_rate  # greedy: the same every time
             if control["stop"]:
-                yield sweep_results(ratios, acceptance, n, d, f"stopped: Stop pressed in pass {r + 1} of "
-                                                               f"{SWEEP_REPEATS}; the medians of what it measured")
+                yield sweep_results(ratios, acceptance, n, setting, f"stopped: Stop pressed in pass {r + 1} of "
+                                    f"{SWEEP_REPEATS}; the medians of what it measured")
                 return
             done, total = r * len(exits) + i, SWEEP_REPEATS * len(exits)
-            yield sweep_results(ratios, acceptance, n, d, f"timing… pass {r + 1} of {SWEEP_REPEATS}, exit {E} of "
-                                                         f"{L}", progress=(done, total))
-    yield sweep_results(ratios, acceptance, n, d, "done")
+            yield sweep_results(ratios, acceptance, n, setting, f"timing… pass {r + 1} of {SWEEP_REPEATS}, exit {E} "
+                                f"of {L}", progress=(done, total))
+    yield sweep_results(ratios, acceptance, n, setting, "done")
 
 
-def sweep_results(ratios, acceptance, n, d, status, progress=None):
+def sweep_results(ratios, acceptance, n, setting, status, progress=None):
     """The sweep's plot data and summary HTML from each exit's speedup ratios so far (exit -> list) and its
     acceptance rate; progress: (pairs done, pairs in all) while it runs."""
     import pandas as pd
@@ -518,7 +523,7 @@ def sweep_results(ratios, acceptance, n, d, status, progress=None):
         return f"{min(ratios[E]):.2f}–{max(ratios[E]):.2f}×"
 
     bar = f'<progress value="{progress[0]}" max="{progress[1]}"></progress> ' if progress else ""
-    note = (f"{bar}{html.escape(status)}<br>{n} greedy tokens per run, d={d}; every exit is timed {SWEEP_REPEATS} "
+    note = (f"{bar}{html.escape(status)}<br>{n} greedy tokens per run, {setting}; every exit is timed {SWEEP_REPEATS} "
             f"times, each run right after (or before) an autoregressive one, and its speedup is the median of "
             f"those ratios (autoregressive ms/token ÷ self-speculative ms/token).")
     L = max(ratios)
@@ -648,7 +653,7 @@ def build_demo(checkpoints=(DEFAULT_CHECKPOINT,)):
                                 [compare_out], api_name="compare", **model_events)
         lns = lens_btn.click(lens, [checkpoint, prompt, text, exit_layer], [lens_out], api_name="logit_lens",
                              **model_events)
-        sweep_btn.click(sweep, [checkpoint, prompt, num_spec, max_new, control], [sweep_plot, sweep_note],
+        sweep_btn.click(sweep, [checkpoint, prompt, num_spec, max_new, threshold, control], [sweep_plot, sweep_note],
                         api_name="sweep", show_progress="hidden", **model_events)
         # Generation and the sweep stop themselves after the step on screen, and say so; the rest is cancelled.
         stop_btn.click(stop, [control], None, api_visibility="private", concurrency_limit=None,

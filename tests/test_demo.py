@@ -190,18 +190,22 @@ def test_compare_lens_and_sweep(tiny_checkpoint):
 def test_sweep_pairs_every_run_with_an_autoregressive_one_and_takes_medians(tiny_checkpoint, monkeypatch):
     """The sweep times each exit next to its own autoregressive run, all exits in turn, SWEEP_REPEATS times, and
     reports the median ratio with its range: one wild run (here 10x at exit L) moves neither the speedup nor the
-    fastest exit; the E=L sanity line and the spread are shown."""
-    calls, ratio = [], {1: 0.5, 2: 1.5, 3: 1.2, 4: 1.0}
+    fastest exit; the E=L sanity line and the spread are shown. The controls' draft threshold is used at every
+    exit and named in the note; one that is not a probability is refused."""
+    calls, thresholds, ratio = [], set(), {1: 0.5, 2: 1.5, 3: 1.2, 4: 1.0}
 
     def fake_generate(model, ids, n, strategy="autoregressive", exit_layer=None, **kw):
         calls.append(exit_layer if strategy == "self_speculative" else "AR")
+        if strategy == "self_speculative":
+            thresholds.add(kw["draft_threshold"])
         seconds = 1.0 if strategy == "autoregressive" else 1.0 / ratio[exit_layer]
         if exit_layer == 4 and calls.count(4) == 2:
             seconds = 0.1  # one run caught the machine idle and the paired AR run busy
         return ls.Generation(tokens=[0] * n, seconds=seconds, rounds=n, drafted=n, accepted=n // 2)
 
     monkeypatch.setattr(ls, "generate", fake_generate)
-    *_, (df, note) = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16)
+    *_, (df, note) = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 0.3)
+    assert thresholds == {0.3} and "16 greedy tokens per run, d=4, draft threshold 0.3;" in note
     pairs = calls[1:]  # after one warm-up run: (AR, exit E) pairs, E = 1..L, the order flipped every other pass
     assert len(pairs) == 2 * 4 * demo_app.SWEEP_REPEATS
     assert pairs[:8] == ["AR", 1, "AR", 2, "AR", 3, "AR", 4] and pairs[8:16] == [1, "AR", 2, "AR", 3, "AR", 4, "AR"]
@@ -209,6 +213,11 @@ def test_sweep_pairs_every_run_with_an_autoregressive_one_and_takes_medians(tiny
     assert speedup == pytest.approx(ratio)
     assert "Fastest: exit 2, 1.50×" in note and "it measured 1.00× (runs 1.00–10.00×)" in note
     assert "far from 1×" not in note
+    thresholds.clear()
+    *_, (_, off) = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 0)  # 0 = off, as the slider says
+    assert thresholds == {None} and "d=4;" in off
+    [(df, refused)] = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 1.5)
+    assert df.empty and "the draft threshold is a probability in [0, 1] (0 = off), got 1.5" in refused
 
 
 def test_stop_ends_generation_after_the_round_on_screen_and_says_so(tiny_checkpoint):
@@ -227,7 +236,7 @@ def test_stop_ends_generation_after_the_round_on_screen_and_says_so(tiny_checkpo
     *_, (out, stats, text) = demo_app.generate(str(tiny_checkpoint), VERSE, "self_speculative", 2, 4, 0, 1, 20, 0,
                                                True, 0, control)
     assert "done" in stats and control == {"stop": False}
-    run = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, control)
+    run = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, control=control)
     next(run)
     demo_app.stop(control)
     (df, note), = list(run)
