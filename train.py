@@ -6,6 +6,7 @@ Train a Llama with the LayerSkip recipe: layer dropout (eq. 1-4) and the early-e
     python train.py --preset python --p_max 0 --e_scale 0  # its baseline twin: an ordinary Llama
     torchrun --nproc_per_node=8 train.py --preset llama1.5b --data data/mytext
     python train.py --preset llama1.5b --dry_run           # parameter count and memory, nothing allocated
+    python train.py ... --exit_always 4 --onpolicy_data data/python/onpolicy.bin   # + exit 4 on the model's own text
 
 Every LayerSkip knob off (--p_max 0 --e_scale 0) is a plain Llama training step. From scratch the layer
 dropout rates grow over training (S(t) of eq. 4); with --init_from they are constant (S = 1).
@@ -63,7 +64,7 @@ DEFAULTS = dict(data="data/shakespeare", dim=256, n_layers=12, n_heads=8, n_kv_h
                 max_iters=1000, lr=1e-3, min_lr_ratio=0.1, warmup_iters=100, weight_decay=0.1, beta2=0.95,
                 grad_clip=1.0, eval_interval=250, eval_iters=20, log_interval=10, p_max=0.0, e_scale=0.0,
                 curriculum="rotational", rotation=4, exit_always=None, exit_always_weight=0.0, final_iters=0,
-                final_e_scale=1.0,
+                final_e_scale=1.0, onpolicy_data=None, onpolicy_weight=1.0,
                 device="cpu", dtype="float32", seed=1337,
                 preset=None, init_from=None, stop_after=None)
 
@@ -110,6 +111,10 @@ def parse_args(argv=None):
     g.add_argument("--final_iters", type=int,
                    help="the last this many steps use --final_e_scale (the paper finetunes with e_scale 1.0)")
     g.add_argument("--final_e_scale", type=float, help="early-exit loss scale of the final phase (default 1.0)")
+    g.add_argument("--onpolicy_data", metavar="FILE",
+                   help="also fit exit --exit_always to the model's own greedy text in FILE (written by onpolicy.py): "
+                        "each micro-batch adds a window of it, through the first E blocks only")
+    g.add_argument("--onpolicy_weight", type=float, metavar="W", help="weight of that loss (default 1.0)")
     g = p.add_argument_group("run")
     g.add_argument("--eval_interval", type=int, help="evaluate and checkpoint every this many steps")
     g.add_argument("--eval_iters", type=int, help="validation batches per evaluation")
@@ -219,6 +224,12 @@ def layerskip_schedule(step, cfg, from_scratch):
     return rates, weights
 
 
+def exit_loss(model, x, y, exit_layer):
+    """Cross-entropy of exit E (the shared head after blocks 0..E-1) on x -> y: the blocks after E do not run."""
+    h = model.run_blocks(model.tok_embeddings(x), 0, exit_layer)
+    return torch.nn.functional.cross_entropy(model.head(h).flatten(0, 1), y.flatten(), ignore_index=-1)
+
+
 @torch.no_grad()
 def evaluate(model, data, cfg, device, autocast):
     """Mean validation loss at every exit layer (1..L), on fixed windows of the validation split."""
@@ -305,6 +316,12 @@ def main(argv=None):
         fail(f"--exit_always {cfg.exit_always} is not an exit of this model: use 1..{cfg.n_layers}")
     if not 0 <= cfg.exit_always_weight < 1 or (cfg.exit_always_weight > 0 and cfg.exit_always is None):
         fail(f"--exit_always_weight must be in [0, 1) and needs --exit_always E, got {cfg.exit_always_weight}")
+    if cfg.onpolicy_data and cfg.exit_always is None:
+        fail("--onpolicy_data trains the draft exit: name it with --exit_always E")
+    if cfg.onpolicy_weight < 0:
+        fail(f"--onpolicy_weight must be >= 0, got {cfg.onpolicy_weight}")
+    if cfg.onpolicy_data and ddp:
+        fail("--onpolicy_data runs in one process: drop torchrun, or train without it")
     if not 0 <= cfg.final_iters <= cfg.max_iters:
         fail(f"--final_iters must be in 0..--max_iters ({cfg.max_iters}), got {cfg.final_iters}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available() and not cfg.dry_run:
@@ -324,6 +341,11 @@ def main(argv=None):
     else:
         prepare_data(cfg.data, master, barrier=dist.barrier if ddp else (lambda: None))
         data, tokenizer = load_data(cfg.data)
+        if cfg.onpolicy_data:
+            if not Path(cfg.onpolicy_data).exists():
+                fail(f"--onpolicy_data {cfg.onpolicy_data}: no such file; write it with `python onpolicy.py --out "
+                     f"{cfg.onpolicy_data}`")
+            data["onpolicy"] = np.memmap(cfg.onpolicy_data, dtype=np.uint16, mode="r")
         if cfg.vocab_size is None:
             cfg.vocab_size = tokenizer.vocab_size
         if cfg.vocab_size < tokenizer.vocab_size:
@@ -447,7 +469,7 @@ def main(argv=None):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             rates, weights = layerskip_schedule(step, cfg, from_scratch)
-            loss_sum = 0.0
+            loss_sum = onpolicy_sum = 0.0
             for micro in range(cfg.grad_accum):
                 x, y = get_batch(data["train"], cfg, step, micro, rank, world, device)
                 last = micro == cfg.grad_accum - 1
@@ -457,7 +479,13 @@ def main(argv=None):
                 with sync, autocast:
                     loss, _ = model(x, y, exit_weights=weights, drop_rates=rates, seed=cfg.seed,
                                     step=step * cfg.grad_accum + micro)
-                    (loss / cfg.grad_accum).backward()
+                    total = loss
+                    if cfg.onpolicy_data:  # other windows than the real data's: micro-batch ids past grad_accum
+                        xo, yo = get_batch(data["onpolicy"], cfg, step, cfg.grad_accum + micro, rank, world, device)
+                        onpolicy = exit_loss(raw_model, xo, yo, cfg.exit_always)
+                        total = loss + cfg.onpolicy_weight * onpolicy
+                        onpolicy_sum += onpolicy.item() / cfg.grad_accum
+                    (total / cfg.grad_accum).backward()
                 loss_sum += loss.item() / cfg.grad_accum
                 skips_digest.update(raw_model.last_skips.numpy().tobytes())
             if ddp:  # log the global batch's loss, not this rank's share
@@ -477,7 +505,8 @@ def main(argv=None):
                     check_same_skips(skips_digest, world)
                 dt = sorted(step_times[-50:])[len(step_times[-50:]) // 2]
                 eta = dt * (cfg.max_iters - step)
-                log(f"step {step:>6}/{cfg.max_iters} | loss {loss_sum:.4f} | lr {lr:.2e} | "
+                onpolicy_note = f" | exit {cfg.exit_always} on-policy {onpolicy_sum:.4f}" if cfg.onpolicy_data else ""
+                log(f"step {step:>6}/{cfg.max_iters} | loss {loss_sum:.4f}{onpolicy_note} | lr {lr:.2e} | "
                     f"{tokens_per_step / dt:,.0f} tok/s | {1000 * dt:.0f} ms/step | ETA {fmt_time(eta)}", flush=True)
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
                 val_losses = evaluate(raw_model, data["val"], cfg, device, autocast)  # all ranks: FSDP gathers
