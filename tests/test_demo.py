@@ -349,11 +349,16 @@ def demo_checkpoint(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def app_url(demo_checkpoint):
-    """The demo served headless on a free local port."""
+    """The demo served headless on a free local port, on one torch thread as `python demo_app.py` serves it (with
+    two, and Chromium busy on the same two cores, the sweep's timings are not the ones a user sees)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     demo = demo_app.build_demo(demo_checkpoint)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     yield url
     demo.close()
+    torch.set_num_threads(threads)
 
 
 def test_gradio_client_streams_and_matches_generate(app_url, tiny_checkpoint):
