@@ -12,7 +12,9 @@ the next token of a greedy continuation is the last layer's argmax at that posit
 2023, calls this on-policy distillation; the LayerSkip paper does not use it).
 
 Each sample is a window of `--prefix` training tokens and `--new_tokens` greedy tokens (cut after an end of
-text), decoded in batches with the KV cache; samples are written back to back as uint16, like train.bin.
+text), decoded in batches with the KV cache; samples are written back to back as uint16, like train.bin, and
+train.py reads random windows of them as it does of train.bin: a window can hold the end of one sample and the
+human-written start of the next, as train.bin's windows can span two files.
 """
 
 import argparse

@@ -320,6 +320,8 @@ def main(argv=None):
         fail("--onpolicy_data trains the draft exit: name it with --exit_always E")
     if cfg.onpolicy_weight < 0:
         fail(f"--onpolicy_weight must be >= 0, got {cfg.onpolicy_weight}")
+    if "onpolicy_weight" in cfg.cli and not cfg.onpolicy_data:
+        fail("--onpolicy_weight weighs the loss on --onpolicy_data FILE: give the file too")
     if cfg.onpolicy_data and ddp:
         fail("--onpolicy_data runs in one process: drop torchrun, or train without it")
     if not 0 <= cfg.final_iters <= cfg.max_iters:
@@ -345,7 +347,14 @@ def main(argv=None):
             if not Path(cfg.onpolicy_data).exists():
                 fail(f"--onpolicy_data {cfg.onpolicy_data}: no such file; write it with `python onpolicy.py --out "
                      f"{cfg.onpolicy_data}`")
-            data["onpolicy"] = np.memmap(cfg.onpolicy_data, dtype=np.uint16, mode="r")
+            try:
+                data["onpolicy"] = np.memmap(cfg.onpolicy_data, dtype=np.uint16, mode="r")
+            except (OSError, ValueError) as e:  # empty, odd-sized, a folder
+                fail(f"--onpolicy_data {cfg.onpolicy_data}: not a file of uint16 tokens ({type(e).__name__}): "
+                     f"write it with `python onpolicy.py --out {cfg.onpolicy_data}`")
+            if int(data["onpolicy"].max()) >= tokenizer.vocab_size:
+                fail(f"--onpolicy_data {cfg.onpolicy_data}: holds token ids past the tokenizer of {cfg.data}: write it "
+                     f"with a model trained on {cfg.data}")
         if cfg.vocab_size is None:
             cfg.vocab_size = tokenizer.vocab_size
         if cfg.vocab_size < tokenizer.vocab_size:

@@ -354,11 +354,13 @@ def app_url(demo_checkpoint):
     import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    demo = demo_app.build_demo(demo_checkpoint)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    yield url
-    demo.close()
-    torch.set_num_threads(threads)
+    try:
+        demo = demo_app.build_demo(demo_checkpoint)
+        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+        yield url
+        demo.close()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_gradio_client_streams_and_matches_generate(app_url, tiny_checkpoint):

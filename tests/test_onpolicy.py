@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import layerskip as ls
-from test_train import TINY, run, step_losses
+from test_train import TINY, run, step_losses, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def shakespeare():
 
 def test_onpolicy_data_end_to_end(shakespeare, tmp_path):
     """onpolicy.py writes the model's continuations of training windows; train.py fits exit E to them, logs that
-    loss, and refuses the flag without --exit_always or a file."""
+    loss, moves the weights with it, and refuses bad flags and files in one line."""
     run(TINY + ["--max_iters", 2, "--eval_interval", 2, "--out_dir", tmp_path / "a"])
     ckpt, out = tmp_path / "a/model.pt", tmp_path / "on.bin"
     cmd = [sys.executable, "onpolicy.py", "--checkpoint", ckpt, "--data", "data/shakespeare", "--out", out,
@@ -58,19 +58,29 @@ def test_onpolicy_data_end_to_end(shakespeare, tmp_path):
     assert proc.returncode == 0, proc.stderr
     tokens = np.fromfile(out, dtype=np.uint16)
     assert 5 * 9 <= len(tokens) <= 5 * 20  # each sample: 8 real tokens, then 1..12 of the model's (cut at EOS)
-    model, _ = ls.load_model(ckpt)
+    model, tok = ls.load_model(ckpt)
     train_tokens = np.memmap(ROOT / "data/shakespeare/train.bin", dtype=np.uint16, mode="r")
-    assert any(np.array_equal(tokens[:8], train_tokens[i:i + 8]) for i in
-               np.flatnonzero(train_tokens[:-8] == tokens[0])[:10_000])  # a real window...
-    cont = tokens[8:20].tolist()
+    windows = np.lib.stride_tricks.sliding_window_view(train_tokens, 8)
+    assert (windows == tokens[:8]).all(1).any()  # a real window...
     expect = ls.generate(model, tokens[:8].tolist(), 12).tokens
-    assert cont == expect[:len(cont)]  # ...continued greedily (up to an EOS)
+    if tok.eos_id in expect:  # ...continued greedily, cut after an EOS
+        expect = expect[:expect.index(tok.eos_id) + 1]
+    assert tokens[8:8 + len(expect)].tolist() == expect
 
     common = TINY + ["--max_iters", 3, "--eval_interval", 3, "--init_from", ckpt, "--e_scale", 0]
     proc = run(common + ["--exit_always", 2, "--onpolicy_data", out, "--out_dir", tmp_path / "b"])
     assert "exit 2 on-policy" in proc.stdout and len(step_losses(proc.stdout)) == 3
+    run(common + ["--exit_always", 2, "--onpolicy_data", out, "--onpolicy_weight", 0, "--out_dir", tmp_path / "c"])
+    with_loss, without = weights(tmp_path / "b/ckpt.pt"), weights(tmp_path / "c/ckpt.pt")
+    changed = {k for k in with_loss if not torch.equal(with_loss[k], without[k])}
+    # the on-policy loss moved the weights (which blocks it reaches: test_exit_loss_runs_only_the_first_blocks)
+    assert {"tok_embeddings.weight", "layers.0.attention.wq.weight", "layers.1.feed_forward.w2.weight"} <= changed
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\x01")  # one byte: not uint16 tokens
     for extra, message in [([], "name it with --exit_always E"),
-                           (["--exit_always", 2, "--onpolicy_data", tmp_path / "none.bin"], "no such file")]:
+                           (["--exit_always", 2, "--onpolicy_data", tmp_path / "none.bin"], "no such file"),
+                           (["--exit_always", 2, "--onpolicy_data", bad], "not a file of uint16 tokens"),
+                           (["--onpolicy_weight", 2], "give the file too")]:
         proc = run(common + (extra or ["--onpolicy_data", out]), check=False)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
