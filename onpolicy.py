@@ -33,12 +33,10 @@ from model_io import CheckpointError, SentencePieceTokenizer
 @torch.inference_mode()
 def greedy_continuations(model, prefixes: torch.Tensor, new_tokens: int) -> torch.Tensor:
     """[B, P] token ids -> [B, new_tokens] greedy continuations by the last layer, all rows decoded together.
-    Row b equals ls.generate(model, prefixes[b], new_tokens) (autoregressive, greedy, no EOS stop)."""
+    Row b equals ls.generate(model, prefixes[b], new_tokens) (autoregressive, greedy, no EOS stop). Past the
+    context window, model.rope raises a ValueError."""
     B, P = prefixes.shape
     L = model.params.n_layers
-    if P + new_tokens > model.params.max_seq_len:
-        raise ValueError(f"a prefix of {P} and {new_tokens} new tokens pass the context window of "
-                         f"{model.params.max_seq_len}: use fewer")
     cache = ls.Cache(model, P + new_tokens, batch=B)
     h = model.run_blocks(model.tok_embeddings(prefixes), 0, L, 0, cache)
     out = [model.head(h[:, -1]).argmax(-1)]
@@ -111,17 +109,16 @@ def main(argv=None):
                         tokenizer.eos_id)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    out.tofile(tmp)
-    tmp.replace(path)  # atomic: a cut run leaves no half-written file under the final name
+    atomic_write(path, out.tofile)
     meta = dict(vars(args), tokens=int(len(out)), seconds=round(time.time() - t0, 1))
-    atomic_save_json(meta, path.with_suffix(".json"))
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
     print(f"wrote {path}: {len(out):,} tokens ({args.samples} samples) in {time.time() - t0:.0f} s")
 
 
-def atomic_save_json(obj, path):
+def atomic_write(path, write):
+    """write(tmp) beside path, then rename it over path: a cut run leaves no half-written file under that name."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    write(tmp)
     tmp.replace(path)
 
 
