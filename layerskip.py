@@ -14,8 +14,12 @@ Read it top to bottom, in the paper's order:
   6. decoding: autoregressive, early exit, and self-speculative (draft with blocks 0..E-1, verify with E..L-1)
   7. the logit lens: what every exit would predict, and how many layers a token really needs
 
-Conventions. Blocks are numbered l = 0..L-1 and x_{l+1} = x_l + f_l(x_l) is the output of block l.
-The exit layer E is a count of blocks: an exit at E runs blocks 0..E-1 and then g = output(norm(.)).
+Two numberings meet in this file, and they differ by one:
+  - block index l = 0..L-1 (the paper's eq. 1-6): x_{l+1} = x_l + f_l(x_l) is the output of block l; training
+    keys layer-dropout rates and exit-loss weights by l;
+  - exit E = 1..L (decoding, the CLI, the demo): a count of blocks, an exit at E runs blocks 0..E-1 and then the
+    shared head g = output(norm(.)).
+Exit E reads the output of block l = E - 1. Convert only with exit_of_block / block_of_exit below.
 """
 
 import math
@@ -26,6 +30,18 @@ from typing import Iterator, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+
+def exit_of_block(l: int) -> int:
+    """The exit E that reads block l's output: E = l + 1 blocks run."""
+    return l + 1
+
+
+def block_of_exit(E: int) -> int:
+    """The block l whose output exit E reads: l = E - 1."""
+    return E - 1
+
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. The model: a Llama decoder. Field and module names follow Meta's params.json and checkpoint keys, so
@@ -220,8 +236,8 @@ class Transformer(nn.Module):
         """Without targets: the last layer's logits [B, T, vocab]. With targets: (loss, {block: its exit's CE}),
         where loss = sum_l exit_weights[l] * CE(g(x_{l+1}), targets) (eq. 5; default: last layer only) and, in
         training mode, block l is skipped for a sample with probability drop_rates[l] (eq. 1), drawn from
-        (seed, step, l); train.py passes the micro-batch counter as step. The layer loop is run_blocks' loop
-        with layer dropout and the exits added."""
+        (seed, step, l): pass a counter that is unique per micro-batch as step. The layer loop is run_blocks'
+        loop with layer dropout and the exits added."""
         B, T = tokens.shape
         h = self.tok_embeddings(tokens)
         if targets is None:
@@ -229,7 +245,7 @@ class Transformer(nn.Module):
         rope = self.rope(0, T)
         exit_weights = exit_weights or {len(self.layers) - 1: 1.0}
         loss, exit_losses = 0.0, {}
-        self.last_skips = torch.zeros(len(self.layers), B, dtype=torch.bool)  # what was drawn (train.py checks it)
+        self.last_skips = torch.zeros(len(self.layers), B, dtype=torch.bool)  # what was drawn, for checks
         for l, layer in enumerate(self.layers):
             p = drop_rates[l] if (drop_rates is not None and self.training) else 0.0
             if p > 0:  # eq. 1: x_{l+1} = x_l + M(p) f_l(x_l), per sample, no 1/(1-p) rescaling
@@ -347,7 +363,9 @@ class Cache:
 # ---------------------------------------------------------------------------------------------------------
 # 5. Sampling. Greedy is an exact argmax. With temperature > 0, self-speculative decoding accepts a draft
 #    token with probability min(1, p/q) and otherwise resamples from max(p - q, 0), which makes its output
-#    follow the full model's distribution exactly (Leviathan et al. 2023, Chen et al. 2023).
+#    follow the full model's distribution exactly (Leviathan et al. 2023, Chen et al. 2023). Logits processors
+#    (a repetition penalty, no repeated n-grams) change the distribution itself; they keep decoding exact as long
+#    as drafts and verifier apply them alike, each position with the tokens before it.
 
 
 def probabilities(logits, temperature: float, top_k: Optional[int] = None, top_p: Optional[float] = None):
@@ -363,6 +381,24 @@ def probabilities(logits, temperature: float, top_k: Optional[int] = None, top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
+
+
+def process_logits(logits, context: list[int], repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0):
+    """The logits [V] of the token after `context`, through two of Hugging Face's processors (the official LayerSkip
+    generator applies them to drafts and verification alike): the repetition penalty of CTRL (a seen token's logit
+    is divided by it when positive, multiplied when negative) and no_repeat_ngram_size n (a token that would
+    complete an n-gram already in the context is banned)."""
+    if repetition_penalty != 1.0 and context:
+        seen = torch.tensor(sorted(set(context)), device=logits.device)
+        x = logits[seen]
+        logits = logits.index_copy(0, seen, torch.where(x > 0, x / repetition_penalty, x * repetition_penalty))
+    n = no_repeat_ngram_size
+    if n > 0 and len(context) >= n:
+        ctx = torch.tensor(context)
+        ngrams = ctx.unfold(0, n, 1)  # [len - n + 1, n]: every n-gram of the context
+        repeats = (ngrams[:, :-1] == ctx[len(context) - n + 1:]).all(-1)  # those that start like the context ends
+        logits = logits.index_fill(0, ngrams[repeats, -1].to(logits.device), float("-inf"))
+    return logits
 
 
 def sample(logits, temperature, top_k, top_p, rng):
@@ -395,8 +431,32 @@ def verify(drafts: list[int], draft_probs, logits, temperature, top_k, top_p, rn
     return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=rng))  # bonus token from p
 
 
+@dataclass
+class Sampler:
+    """How every next token is chosen, by drafts and verifier alike: the logits processors with the tokens before
+    it, then an argmax (temperature 0) or a draw with the seeded generator rng."""
+    temperature: float = 0.0
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    rng: Optional[torch.Generator] = None
+
+    def process(self, logits, context):
+        return process_logits(logits, context, self.repetition_penalty, self.no_repeat_ngram_size)
+
+    def sample(self, logits, context) -> tuple[int, Optional[torch.Tensor]]:
+        return sample(self.process(logits, context), self.temperature, self.top_k, self.top_p, self.rng)
+
+    def verify(self, drafts, draft_probs, logits, context) -> tuple[int, int]:
+        """verify(), with row i of the verifier's logits processed after context + drafts[:i], as the draft was."""
+        if self.repetition_penalty != 1.0 or self.no_repeat_ngram_size:
+            logits = torch.stack([self.process(row, context + drafts[:i]) for i, row in enumerate(logits)])
+        return verify(drafts, draft_probs, logits, self.temperature, self.top_k, self.top_p, self.rng)
+
+
 # ---------------------------------------------------------------------------------------------------------
-# 6. Decoding. One generator of events serves the CLI, the demo and the benchmarks; generate() drains it.
+# 6. Decoding. One generator of events serves every caller (command line, demo, benchmarks); generate() drains it.
 
 STRATEGIES = ("autoregressive", "early_exit", "self_speculative")
 
@@ -446,74 +506,82 @@ class Generation:
         return len(self.tokens) / max(self.rounds, 1)
 
 
-def check_generation_args(model, prompt_ids, max_new_tokens, strategy, exit_layer, num_speculations,
-                          temperature, top_k, top_p):
-    """Raise a ValueError that names the problem and the valid range."""
-    L, ctx = model.params.n_layers, model.params.max_seq_len
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    if strategy != "autoregressive" and (exit_layer is None or not 1 <= exit_layer <= L):
-        raise ValueError(f"exit layer {exit_layer} is out of range: this model has {L} layers, use 1..{L}")
-    if strategy == "self_speculative" and (num_speculations is None or num_speculations < 1):
-        raise ValueError(f"num_speculations must be at least 1, got {num_speculations}")
-    if len(prompt_ids) == 0:
-        raise ValueError("the prompt is empty: give at least one token")
-    if len(prompt_ids) >= ctx:
-        raise ValueError(f"the prompt has {len(prompt_ids)} tokens but the context window holds {ctx}: "
-                         f"use a prompt of at most {ctx - 1} tokens")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be 0 or more, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-
-
-@torch.inference_mode()
 def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: int,
                     strategy: str = "autoregressive", exit_layer: Optional[int] = None,
                     num_speculations: Optional[int] = None, temperature: float = 0.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None,
-                    eos_id=None, seed: Optional[int] = None,
-                    draft_threshold: Optional[float] = None) -> Iterator[Round]:
+                    eos_id=None, seed: Optional[int] = None, draft_threshold: Optional[float] = None,
+                    repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> Iterator[Round]:
     """Decode after prompt_ids, yielding one Round per model round. Stops at an EOS (which is emitted; eos_id
     is one id or several, e.g. Llama 3's <|end_of_text|> and <|eot_id|>), max_new_tokens, or the context window.
     draft_threshold: stop drafting early once the draft's own probability of its token falls below this (an
-    adaptive draft length). Greedy output does not change; sampled text does (other random draws), though the
-    distribution it is drawn from does not."""
-    check_generation_args(model, prompt_ids, max_new_tokens, strategy, exit_layer, num_speculations,
-                          temperature, top_k, top_p)
-    L = model.params.n_layers
-    stop = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
+    adaptive draft length; None or 0 = off). Greedy output does not change; sampled text does (other random
+    draws), though the distribution it is drawn from does not. Bad arguments raise a ValueError that names the
+    problem and the valid range here, at the call, before any round is decoded."""
+    L, ctx = model.params.n_layers, model.params.max_seq_len
+    checks = [
+        (strategy in STRATEGIES, f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}"),
+        (strategy == "autoregressive" or (isinstance(exit_layer, int) and 1 <= exit_layer <= L),
+         f"exit layer {exit_layer} is out of range: this model has {L} layers, use 1..{L}"),
+        (strategy != "self_speculative" or (isinstance(num_speculations, int) and num_speculations >= 1),
+         f"num_speculations must be at least 1 (a whole number), got {num_speculations}"),
+        (len(prompt_ids) > 0, "the prompt is empty: give at least one token"),
+        (len(prompt_ids) < ctx, f"the prompt has {len(prompt_ids)} tokens but the context window holds {ctx}: "
+                                f"use a prompt of at most {ctx - 1} tokens"),
+        (max_new_tokens >= 0, f"max_new_tokens must be 0 or more, got {max_new_tokens}"),
+        (math.isfinite(temperature) and temperature >= 0,
+         f"temperature must be 0 (greedy) or a finite positive number, got {temperature}"),
+        (top_k is None or top_k >= 1, f"top_k must be at least 1, got {top_k}"),
+        (top_p is None or 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
+        (draft_threshold is None or 0 <= draft_threshold <= 1,
+         f"the draft threshold is a probability in [0, 1] (0 = off), got {draft_threshold}"),
+        (math.isfinite(repetition_penalty) and repetition_penalty > 0,
+         f"repetition_penalty must be a finite positive number (1 = off), got {repetition_penalty}"),
+        (no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be 0 (off) or more, got {no_repeat_ngram_size}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
     device = model.tok_embeddings.weight.device
     rng = torch.Generator(device=device)
     if seed is not None:
         rng.manual_seed(seed)
     else:
         rng.seed()  # a fresh random seed, without touching torch's global generator
-    end = min(model.params.max_seq_len, len(prompt_ids) + max_new_tokens)  # the sequence never grows past this
-    cache = Cache(model, end)
-    seq = list(prompt_ids)
-    n_cached = 0  # positions 0..n_cached-1 hold valid keys/values in every block used
+    sampler = Sampler(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, rng)
+    stop = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
+    end = min(ctx, len(prompt_ids) + max_new_tokens)  # the sequence never grows past this
+    if strategy == "self_speculative":
+        return self_speculative_rounds(model, list(prompt_ids), end, stop, sampler, exit_layer, num_speculations,
+                                       draft_threshold or None)
+    return autoregressive_rounds(model, list(prompt_ids), end, stop, sampler, L if strategy == "autoregressive"
+                                 else exit_layer)
 
-    def tensor(ids):
-        return torch.tensor([ids], dtype=torch.long, device=device)
 
-    if strategy in ("autoregressive", "early_exit"):
-        E = L if strategy == "autoregressive" else exit_layer
-        while len(seq) < end:
-            h = model.run_blocks(model.tok_embeddings(tensor(seq[n_cached:])), 0, E, n_cached, cache)
-            n_cached = len(seq)
-            token, _ = sample(model.head(h[0, -1]), temperature, top_k, top_p, rng)
-            seq.append(token)
-            yield Round(drafted=[], accepted=0, token=token)
-            if token in stop:
-                return
-        return
+def token_tensor(ids: list[int], model: Transformer) -> torch.Tensor:
+    """[1, T] token ids on the model's device."""
+    return torch.tensor([ids], dtype=torch.long, device=model.tok_embeddings.weight.device)
 
-    E = exit_layer
+
+@torch.inference_mode()
+def autoregressive_rounds(model, seq, end, stop, sampler, E) -> Iterator[Round]:
+    """One token per round from blocks 0..E-1: E = L is plain autoregressive decoding, E < L early exit."""
+    cache, n_cached = Cache(model, end), 0  # positions 0..n_cached-1 hold valid keys/values
+    while len(seq) < end:
+        h = model.run_blocks(model.tok_embeddings(token_tensor(seq[n_cached:], model)), 0, E, n_cached, cache)
+        n_cached = len(seq)
+        token, _ = sampler.sample(model.head(h[0, -1]), seq)
+        seq.append(token)
+        yield Round(drafted=[], accepted=0, token=token)
+        if token in stop:
+            return
+
+
+@torch.inference_mode()
+def self_speculative_rounds(model, seq, end, stop, sampler, E, num_speculations, draft_threshold) -> Iterator[Round]:
+    """Draft with blocks 0..E-1, verify with blocks E..L-1 from the cached exit states, accept, roll back."""
+    L = model.params.n_layers
+    cache, n_cached = Cache(model, end), 0  # positions 0..n_cached-1 hold valid keys/values in every block
     while len(seq) < end:
         # Draft: up to d tokens with blocks 0..E-1 and the shared head. Each step writes the early blocks' KV
         # and keeps the exit state x_E of its input for verification. d shrinks so that the round can never
@@ -522,11 +590,11 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
         pos, x = n_cached, seq[n_cached:]  # x: tokens not yet seen by any block (the prompt, then one token)
         drafts, draft_probs = [], []
         for _ in range(d):
-            h = model.run_blocks(model.tok_embeddings(tensor(x)), 0, E, pos, cache)
+            h = model.run_blocks(model.tok_embeddings(token_tensor(x, model)), 0, E, pos, cache)
             cache.exit_h[:, pos:pos + len(x)] = h
             pos += len(x)
             logits = model.head(h[0, -1])
-            token, probs = sample(logits, temperature, top_k, top_p, rng)
+            token, probs = sampler.sample(logits, seq + drafts)
             drafts.append(token)
             draft_probs.append(probs)
             x = [token]
@@ -538,12 +606,12 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
                     break
         # Verify: the last draft still needs blocks 0..E-1 (its KV and exit state); then blocks E..L-1 run once
         # over every position they have not seen, starting from the cached exit states.
-        h = model.run_blocks(model.tok_embeddings(tensor(x)), 0, E, pos, cache)
+        h = model.run_blocks(model.tok_embeddings(token_tensor(x, model)), 0, E, pos, cache)
         cache.exit_h[:, pos:pos + len(x)] = h
         pos += len(x)
         h = model.run_blocks(cache.exit_h[:, n_cached:pos], E, L, n_cached, cache)
         logits = model.head(h[0, -(len(drafts) + 1):])  # the verifier's prediction after x and after each draft
-        accepted, token = verify(drafts, draft_probs, logits, temperature, top_k, top_p, rng)
+        accepted, token = sampler.verify(drafts, draft_probs, logits, seq)
         if accepted and drafts[accepted - 1] in stop:
             token = None  # an accepted EOS draft ends the text: no token after it
         event = Round(drafted=drafts, accepted=accepted, token=token)
@@ -554,29 +622,6 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
         yield event
         if event.tokens[-1] in stop:  # drafting stops at an EOS draft, so an EOS can only come last
             return
-
-
-DEFAULT_NUM_SPECULATIONS = 4
-
-
-def speculation_settings(recommended: Optional[dict], exit_layer: Optional[int] = None,
-                         num_speculations: Optional[int] = None, draft_threshold: Optional[float] = None,
-                         n_layers: Optional[int] = None) -> dict:
-    """Exit layer, draft length d and draft threshold for self-speculative decoding: what the caller set, the rest
-    from a checkpoint's recommendation (metadata["recommended"], written by bench.py --auto). The recommended d and
-    threshold were tuned at the recommended exit, so they fill in only at that exit; at another exit d defaults to
-    DEFAULT_NUM_SPECULATIONS and there is no threshold. Without an exit layer from either, n_layers // 4 if n_layers
-    is given (else None). The one rule shared by generate.py, the demo and bench.py."""
-    rec = recommended or {}
-    if exit_layer is None:
-        exit_layer = rec.get("exit_layer") or (max(1, n_layers // 4) if n_layers else None)
-    same_exit = exit_layer is not None and exit_layer == rec.get("exit_layer")
-    if num_speculations is None:
-        num_speculations = rec.get("num_speculations") if same_exit else None
-        num_speculations = num_speculations or DEFAULT_NUM_SPECULATIONS
-    if draft_threshold is None and same_exit and num_speculations == rec.get("num_speculations"):
-        draft_threshold = rec.get("draft_threshold")  # tuned together with d
-    return dict(exit_layer=exit_layer, num_speculations=num_speculations, draft_threshold=draft_threshold)
 
 
 def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, **kwargs) -> Generation:
@@ -592,9 +637,9 @@ def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, **k
 
 @dataclass
 class LogitLens:
-    top1: torch.Tensor  # [L, T] token each exit would predict at each position
+    top1: torch.Tensor  # [L, T] token exit E = row + 1 would predict at each position
     prob: torch.Tensor  # [L, T] its probability
-    layers_needed: torch.Tensor  # [T] earliest exit (a count of blocks) after which the prediction stays put
+    layers_needed: torch.Tensor  # [T] the earliest exit E from which every later exit predicts the final token
 
     @property
     def mean_layers_needed(self) -> float:
@@ -604,8 +649,7 @@ class LogitLens:
 @torch.inference_mode()
 def logit_lens(model: Transformer, token_ids: list[int]) -> LogitLens:
     """Every exit's top-1 next-token prediction and its probability at every position of token_ids."""
-    device = model.tok_embeddings.weight.device
-    h = model.tok_embeddings(torch.tensor([token_ids], device=device))
+    h = model.tok_embeddings(token_tensor(token_ids, model))
     top1, prob = [], []
     for l in range(model.params.n_layers):
         h = model.run_blocks(h, l, l + 1)
@@ -613,16 +657,7 @@ def logit_lens(model: Transformer, token_ids: list[int]) -> LogitLens:
         top1.append(t)
         prob.append(p)
     top1, prob = torch.stack(top1), torch.stack(prob)
-    # layers needed: if l is the last block whose prediction differs from the final one, the prediction settles
-    # at the exit after block l + 1, i.e. l + 2 blocks (1 block if no exit differs)
-    differs = top1 != top1[-1:]
+    # layers needed: L minus the number of exits, counted back from the last, that already predict the final token
     L = top1.shape[0]
-    last_differs = torch.where(differs, torch.arange(L, device=device)[:, None], -1).amax(dim=0)
-    return LogitLens(top1=top1.cpu(), prob=prob.cpu(), layers_needed=(last_differs + 2).cpu())
-
-
-def load_model(path, device="cpu", dtype=None, **kwargs):
-    """(model, tokenizer) from one of our checkpoints, a train.py output folder, or a Meta / Hugging Face Llama
-    directory (model_io.py)."""
-    from model_io import load_model as load
-    return load(path, device=device, dtype=dtype, **kwargs)
+    settled = (top1 == top1[-1:]).flip(0).cumprod(0).sum(0)  # exits L, L-1, ... in a row that agree with exit L
+    return LogitLens(top1=top1.cpu(), prob=prob.cpu(), layers_needed=(L - settled + 1).cpu())

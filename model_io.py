@@ -198,14 +198,15 @@ def tokenizer_from_dict(d: dict):
 # Our checkpoints
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file beside path, fsync it, then rename over path (atomic on POSIX)."""
+def atomic_write(path, write):
+    """write(f) into a temporary file beside path, fsync it, then rename it over path (atomic on POSIX): a run cut
+    at any moment leaves either the old file or the new one under that name, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -217,6 +218,11 @@ def atomic_save(obj, path):
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def atomic_save(obj, path):
+    """torch.save, atomically (atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(path, model: Transformer, tokenizer, half: bool = False, state_dict=None, **extra):
@@ -382,15 +388,17 @@ def load_meta(folder, device="cpu", dtype=None, max_seq_len=None):
         raise CheckpointError(f"{folder}: no tokenizer.model; copy the one that came with the weights here")
     tokenizer = load_tokenizer_model(folder / "tokenizer.model")
     params = read_config(folder / "params.json")
-    # Meta's params carry no context length: Llama 3 (tiktoken) was trained at 8192, Llama 2 at 4096
-    default = 8192 if tokenizer.kind == "tiktoken" else 4096
+    # Meta's params carry no context length: Llama 3 (tiktoken) was trained at 8192, Llama 2 at 4096, Llama 3.1+
+    # (scaled RoPE) at 128K; our exports say theirs in layerskip.json, with our decoding recommendation
+    ours = read_config(folder / "layerskip.json") if (folder / "layerskip.json").exists() else {}
+    default = ours.get("max_seq_len") or (8192 if tokenizer.kind == "tiktoken" else 4096)
     args = args_from_config(meta_model_args, params, folder / "params.json", tokenizer.vocab_size,
                             max_seq_len or default)
-    trained = 131072 if args.use_scaled_rope else default  # Llama 3.1+ (scaled RoPE): 128K
+    trained = ours.get("max_seq_len") or (131072 if args.use_scaled_rope else default)
     state = merge_meta_shards([read_weights(p) for p in shard_paths], args.dim)
     state.pop("rope.freqs", None)  # a buffer Meta saves and loads with strict=False; we recompute RoPE
     args.tie_word_embeddings = "output.weight" not in state  # Llama 3.2 1B/3B share the embedding
-    return finish_load(folder, args, state, tokenizer, device, dtype, trained)
+    return finish_load(folder, args, state, tokenizer, device, dtype, trained, ours.get("recommended"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -520,7 +528,7 @@ def load_hf(folder, device="cpu", dtype=None, max_seq_len=None):
     if args.tie_word_embeddings:
         state.pop("output.weight", None)  # some exports save the tied head twice
     trained = config.get("max_position_embeddings") or args.max_seq_len
-    return finish_load(folder, args, state, tokenizer, device, dtype, trained)
+    return finish_load(folder, args, state, tokenizer, device, dtype, trained, config.get("layerskip"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -533,12 +541,15 @@ def check_vocab(path, tokenizer, n_embeddings: int):
                               f"{n_embeddings}; this tokenizer belongs to another model: use the model's own")
 
 
-def finish_load(path, args: ModelArgs, state: dict, tokenizer, device, dtype, trained_context: int):
-    """Meta and HF loads end alike: vocabulary check, strict load, no training metadata."""
+def finish_load(path, args: ModelArgs, state: dict, tokenizer, device, dtype, trained_context: int,
+                recommended: Optional[dict] = None):
+    """Meta and HF loads end alike: vocabulary check, strict load, no training metadata but the decoding
+    recommendation an export of ours carries (config.json's or layerskip.json's "layerskip" / "recommended")."""
     if "tok_embeddings.weight" in state:
         check_vocab(path, tokenizer, state["tok_embeddings.weight"].shape[0])
     model = build_model({"model_args": asdict(args), "model": state}, device, dtype)
-    model.metadata, model.trained_context = {}, trained_context
+    model.metadata = {"recommended": recommended} if recommended else {}
+    model.trained_context = trained_context
     return model, tokenizer
 
 

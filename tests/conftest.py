@@ -33,3 +33,16 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(path, model, tiny_tokenizer)
     return path
+
+
+def assert_one_line_error(main, argv, capsys, match: str) -> str:
+    """main(argv) of a script stops with exit code 2 and exactly one line on stderr that contains `match` (no
+    traceback, no usage block). Returns that line. In-process, so a table of bad inputs costs milliseconds each."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, f"exit code {stop.value.code} for {argv}: {err}"
+    assert err.count("\n") == 1 and ": error: " in err, f"not one line for {argv}: {err!r}"
+    assert match in err, f"{match!r} not in {err!r}"
+    return err.strip()

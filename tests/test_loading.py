@@ -347,7 +347,7 @@ def test_train_output_directory_loads_model_pt_else_ckpt_pt(tmp_path, tiny_token
     save_checkpoint(out / "model.pt", model, tiny_tokenizer, half=True, metadata={"file": "model.pt"})
     loaded, _ = load_model(out, max_seq_len=128)
     assert loaded.metadata == {"file": "model.pt"} and loaded.params.max_seq_len == 128
-    assert ls.load_model(out)[0].metadata == {"file": "model.pt"}  # layerskip.load_model("out/toy") too
+    assert load_model(out)[0].metadata == {"file": "model.pt"}  # layerskip.load_model("out/toy") too
     (out / "model.pt").unlink()
     (out / "ckpt.pt").unlink()
     with pytest.raises(CheckpointError, match=r"toy: not a model directory .* or model.pt / ckpt.pt \(train.py\)"):

@@ -1,0 +1,231 @@
+"""
+What the scripts share, and nothing of the method. Imports flow one way:
+
+    layerskip.py  <-  model_io.py  <-  common.py  <-  train.py, generate.py, bench.py, eval.py, onpolicy.py,
+                                                      demo_app.py, export.py
+
+Here: one-line errors and flag checks, the decoding setting from a checkpoint's recommendation and the user's
+choices, prompts cut to fit the context window, text files and prompt sets read with one-line errors, one
+decoding round as pieces of text, and the machine a number was measured on.
+"""
+
+import argparse
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import torch
+
+import layerskip as ls
+from layerskip import Round
+from model_io import token_texts
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors: bad input gets one line that says what to do, exit code 2 (argparse's), and never a traceback.
+
+
+def fail(message: str) -> NoReturn:
+    """Print `script.py: error: message` on stderr and exit with code 2."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block) that point to --help."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        fail(f"{message} (see --help)")
+
+
+def int_range(low: int, high: Optional[int] = None):
+    """An argparse type: a whole number in [low, high]."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"{low}..{high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+        return value
+    return parse
+
+
+# The most torch CPU threads a --threads flag takes: a bound that does not depend on the machine, so that a
+# command parses the same everywhere, while a typo of a million threads is refused before torch tries it.
+MAX_THREADS = 1024
+
+
+def float_range(low: Optional[float] = None, high: Optional[float] = None, low_open: bool = False):
+    """An argparse type: a finite number in [low, high] ((low, high] if low_open); never NaN or infinity."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        below = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+            hi = "" if high is None else f"<= {high}"
+            span = " and ".join(s for s in (lo, hi) if s) or "finite"
+            raise argparse.ArgumentTypeError(f"must be a finite number {span}, got {text}")
+        return value
+    return parse
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The decoding setting. bench.py --auto stores the fastest exit layer E, draft length d and draft threshold in a
+# checkpoint (metadata["recommended"]); the command line, the demo and the benchmark all turn that plus the
+# user's choices into generate_stream's arguments with this one rule.
+
+DEFAULT_NUM_SPECULATIONS = 4
+
+
+def recommendation(model) -> dict:
+    """The checkpoint's stored {exit_layer, num_speculations, draft_threshold}, or {}."""
+    return (getattr(model, "metadata", None) or {}).get("recommended") or {}
+
+
+def decoding_settings(model, strategy: Optional[str] = None, exit_layer: Optional[int] = None,
+                      num_speculations: Optional[int] = None, draft_threshold: Optional[float] = None) -> dict:
+    """generate_stream's strategy, exit_layer, num_speculations and draft_threshold. What the user gave wins
+    (None = not given; a threshold of 0 = off). Without a strategy: self-speculative if an exit layer is given or
+    recommended, else autoregressive. Without an exit layer: the recommended one, else L // 4. The recommended d
+    and threshold were tuned together at the recommended exit, so they fill in only there; elsewhere d is
+    DEFAULT_NUM_SPECULATIONS and there is no threshold."""
+    rec = recommendation(model)
+    if strategy is None:
+        strategy = "self_speculative" if exit_layer is not None or rec.get("exit_layer") else "autoregressive"
+    if strategy == "autoregressive":
+        return dict(strategy=strategy)
+    if exit_layer is None:
+        exit_layer = rec.get("exit_layer") or max(1, model.params.n_layers // 4)
+    if strategy != "self_speculative":
+        return dict(strategy=strategy, exit_layer=exit_layer)
+    at_recommended = exit_layer == rec.get("exit_layer")
+    if num_speculations is None:
+        num_speculations = (rec.get("num_speculations") if at_recommended else None) or DEFAULT_NUM_SPECULATIONS
+    if draft_threshold is None and at_recommended and num_speculations == rec.get("num_speculations"):
+        draft_threshold = rec.get("draft_threshold")
+    return dict(strategy=strategy, exit_layer=exit_layer, num_speculations=num_speculations,
+                draft_threshold=draft_threshold or None)
+
+
+def crop_prompt(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """The prompt's last tokens, as many as leave room for max_new_tokens in the context window (at least one)."""
+    return prompt_ids[-max(1, model.params.max_seq_len - max_new_tokens - 1):]
+
+
+def read_text(path, flag: str) -> str:
+    """The UTF-8 text of the file a flag names; a ValueError says what is wrong (missing, a folder, not text)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; give a text file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{flag} {path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{flag} {path}: not UTF-8 text; give a text file") from None
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot be read ({e.strerror})") from None
+
+
+def prompt_set(name: str, flag: str = "--prompts") -> list[str]:
+    """Benchmark prompts: 'humaneval' (164 function headers), 'shakespeare' (held-out passages), or a UTF-8 text
+    file with one prompt per non-empty line (each given back with its newline). A ValueError names the problem."""
+    if name in ("humaneval", "shakespeare"):
+        from data.prepare import load_prompts
+        return load_prompts(name)
+    if not Path(name).exists():
+        raise ValueError(f"{flag} {name}: not humaneval, shakespeare or an existing text file (one prompt a line)")
+    prompts = [line + "\n" for line in read_text(name, flag).splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{flag} {name}: has no prompts; write one prompt a line")
+    return prompts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A round as text. Pieces keep sentencepiece's leading spaces and hold a half-decoded character back for the
+# token that completes it (model_io.token_texts); unfinished_tail gives what is still held at the end.
+
+
+def round_pieces(tokenizer, event: Round, context: list[int]) -> list[tuple[str, str]]:
+    """The text one round adds after the tokens `context`, as (text, kind) in reading order. A round with drafts
+    gives its accepted drafts, its rejected drafts (where they would have stood, for those who show them), then
+    the verifier's own token: a "correction" at the first rejected draft, a "bonus" when all were accepted.
+    A round without drafts (autoregressive, early exit) gives one "token"."""
+    a, drafted = event.accepted, event.drafted
+    if not drafted:
+        return [(text, "token") for text in token_texts(tokenizer, event.tokens, context)]
+    pieces = [(text, "accepted") for text in token_texts(tokenizer, drafted[:a], context)]
+    pieces += [(text, "rejected") for text in token_texts(tokenizer, drafted[a:], context + drafted[:a])]
+    if event.token is not None:
+        kind = "bonus" if a == len(drafted) else "correction"
+        pieces += [(text, kind) for text in token_texts(tokenizer, [event.token], context + drafted[:a])]
+    return pieces
+
+
+def unfinished_tail(tokenizer, ids: list[int], start: int = 0) -> str:
+    """The trailing incomplete character (decoded as U+FFFD) of decode(ids) past character `start`: the pieces
+    held it back for a token that, once decoding has ended, will not come."""
+    full = tokenizer.decode(ids)
+    return full[max(len(full.rstrip("\ufffd")), start):]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Timing. On a shared machine, slow spells come and go: every measurement interleaves its variants, rotating
+# which goes first, repeats the whole pass, and reports medians of ratios measured in the same pass.
+
+
+def interleaved_runs(variants: dict, prompts: list[str], max_new_tokens: int, repeats: int):
+    """Decode every prompt with every variant, `repeats` passes over the prompts, and yield (pass, prompt index,
+    variant name, Generation) after each run. variants: name -> (model, tokenizer, generate_stream kwargs); each
+    variant encodes the prompt text with its own tokenizer, cropped to fit (crop_prompt). The order of the
+    variants rotates prompt by prompt, so that none always runs first; each decodes a few tokens first (warm-up)."""
+    names = list(variants)
+    encoded = {name: [crop_prompt(model, tok.encode(p), max_new_tokens) for p in prompts]
+               for name, (model, tok, _) in variants.items()}
+    for name, (model, tok, kw) in variants.items():
+        ls.generate(model, encoded[name][0], min(4, max_new_tokens), eos_id=tok.stop_ids, seed=0, **kw)
+    for r in range(repeats):
+        for i in range(len(prompts)):
+            k = (r * len(prompts) + i) % len(names)
+            for name in names[k:] + names[:k]:
+                model, tok, kw = variants[name]
+                yield r, i, name, ls.generate(model, encoded[name][i], max_new_tokens, eos_id=tok.stop_ids,
+                                              seed=0, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Where a number was measured: printed beside every benchmark result.
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu}, {os.cpu_count()} cores"
+    return f"{dev}; torch {torch.__version__}, {torch.get_num_threads()} threads; Python {platform.python_version()}"
+
+
+def device_memory(device) -> Optional[int]:
+    """Bytes of memory on a device: a CUDA GPU's own, the machine's RAM for "cpu"; None where unknown (mps)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, OSError, ValueError):  # not a POSIX system
+            return None
+    return None
