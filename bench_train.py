@@ -7,7 +7,7 @@ recipe. Variants are interleaved step by step and reported as medians, with rati
     python bench_train.py --steps 40 --batch_size 16 --threads 2
 """
 
-import argparse
+import os
 import statistics
 import sys
 import time
@@ -15,21 +15,40 @@ import time
 import torch
 
 import layerskip as ls
-from bench import machine
+from common import ArgumentParser, device_memory, fail, int_range, machine
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--dim", type=int_range(2, 65536), default=192, help="model width")
+    p.add_argument("--n_layers", type=int_range(1, 1024), default=12, help="blocks")
+    p.add_argument("--n_heads", type=int_range(1, 1024), default=6, help="attention heads (must divide --dim)")
+    p.add_argument("--n_kv_heads", type=int_range(1, 1024), default=3, help="key/value heads (must divide --n_heads)")
+    p.add_argument("--vocab_size", type=int_range(1, 2**20), default=4096, help="vocabulary")
+    p.add_argument("--batch_size", type=int_range(1, 65536), default=8, help="sequences per step")
+    p.add_argument("--block_size", type=int_range(1, 2**20), default=256, help="tokens per sequence")
+    p.add_argument("--steps", type=int_range(1, 100_000), default=20, help="timed steps per variant")
+    p.add_argument("--threads", type=int_range(1, os.cpu_count() or 1), default=min(2, os.cpu_count() or 1),
+                   help="torch CPU threads")
+    args = p.parse_args(argv)
+    if args.dim % args.n_heads or (args.dim // args.n_heads) % 2:
+        fail(f"--dim {args.dim} / --n_heads {args.n_heads} must be a whole, even number of channels per head (RoPE)")
+    if args.n_heads % args.n_kv_heads:
+        fail(f"--n_heads {args.n_heads} is not a multiple of --n_kv_heads {args.n_kv_heads}")
+    # weights, gradients and AdamW (16 bytes a parameter), and the activations of a step (~68 bytes per token,
+    # layer and width) plus fp32 logits at every exit: more than the machine has is an error, not a swap storm
+    params = args.n_layers * 12 * args.dim ** 2 + 2 * args.vocab_size * args.dim
+    tokens = args.batch_size * args.block_size
+    need = 16 * params + tokens * (args.n_layers * args.dim * 68 + 8 * args.vocab_size * (args.n_layers + 1))
+    have = device_memory("cpu")
+    if have and need > have:
+        fail(f"this shape needs about {need / 2**30:.0f} GiB, more than this machine's {have / 2**30:.0f} GiB: use a "
+             f"smaller model, --batch_size or --block_size")
+    return args
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dim", type=int, default=192, help="model width")
-    p.add_argument("--n_layers", type=int, default=12, help="blocks")
-    p.add_argument("--n_heads", type=int, default=6, help="attention heads")
-    p.add_argument("--n_kv_heads", type=int, default=3, help="key/value heads")
-    p.add_argument("--vocab_size", type=int, default=4096, help="vocabulary")
-    p.add_argument("--batch_size", type=int, default=8, help="sequences per step")
-    p.add_argument("--block_size", type=int, default=256, help="tokens per sequence")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     margs = ls.ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,

@@ -17,8 +17,8 @@ train.py reads random windows of them as it does of train.bin: a window can hold
 human-written start of the next, as train.bin's windows can span two files.
 """
 
-import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 import layerskip as ls
-from model_io import CheckpointError, SentencePieceTokenizer
+from common import ArgumentParser, device_memory, fail, int_range
+from model_io import SentencePieceTokenizer, atomic_write, load_model
 
 
 @torch.inference_mode()
@@ -67,59 +68,90 @@ def write_samples(model, train_tokens, samples, prefix, new_tokens, batch, seed,
     return np.concatenate(chunks).astype(np.uint16)
 
 
-def fail(message):
-    print(f"onpolicy.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint", default="checkpoints/layerskip-python-deep.pt", help="the model that writes")
+    p.add_argument("--data", default="data/python", help="the training corpus whose windows start the samples")
+    p.add_argument("--out", default="data/python/onpolicy.bin",
+                   help="where the tokens go (uint16), with what made them beside it (.json)")
+    p.add_argument("--samples", type=int_range(1, 10**7), default=2048, help="number of continuations")
+    p.add_argument("--prefix", type=int_range(1, 2**20), default=64, help="training tokens before each continuation")
+    p.add_argument("--new_tokens", type=int_range(1, 2**20), default=192, help="greedy tokens per continuation")
+    p.add_argument("--batch", type=int_range(1, 65536), default=128, help="continuations decoded together")
+    p.add_argument("--seed", type=int_range(0, 2**63 - 1), default=1, help="seed of the window positions")
+    p.add_argument("--threads", type=int_range(1, os.cpu_count() or 1), help="torch CPU threads (default: torch's)")
+    return p.parse_args(argv)
+
+
+def check_out(out: Path):
+    """--out can be written: a file (not a folder) whose folder exists or can be made, and whose .json sidecar is
+    another file."""
+    if out.is_dir():
+        fail(f"--out {out} is a folder: give a file name, e.g. {out / 'onpolicy.bin'}")
+    if out.suffix == ".json":
+        fail(f"--out {out}: the tokens' description goes to the .json beside them: give a .bin name")
+    nearest = next(p for p in out.absolute().parents if p.exists())
+    if not nearest.is_dir():
+        fail(f"--out {out}: {nearest} is a file, not a folder: give another --out")
+    if not os.access(nearest, os.W_OK):
+        fail(f"--out {out}: {nearest} is not writable: give another --out")
+
+
+def load_training_tokens(data: str, tokenizer, checkpoint: str, prefix: int) -> np.ndarray:
+    """train.bin of the corpus --data, checked: prepared, tokenized as the model's, longer than one prefix."""
+    folder = Path(data)
+    train_bin, tok_file = folder / "train.bin", folder / "tokenizer.model"
+    if folder.is_file():
+        fail(f"--data {data} is a file: give the folder of a corpus written by its prepare.py")
+    build = (f"python {folder / 'prepare.py'}" if (folder / "prepare.py").is_file()
+             else f"python data/prepare.py --input ... --out_dir {data}")
+    if not (train_bin.is_file() and tok_file.is_file()):
+        fail(f"{data} is not prepared: build it with `{build}`")
+    try:
+        theirs = SentencePieceTokenizer.from_file(tok_file).model_proto
+        tokens = np.memmap(train_bin, dtype=np.uint16, mode="r")
+    except (OSError, RuntimeError, ValueError) as e:  # an empty, odd-sized or unreadable file
+        fail(f"{data} is damaged ({type(e).__name__}): rebuild it with `{build}`")
+    if getattr(tokenizer, "model_proto", None) != theirs:
+        fail(f"{checkpoint} uses another tokenizer than {data}: give the corpus it was trained on")
+    if len(tokens) <= prefix:
+        fail(f"{train_bin} has {len(tokens)} tokens, too few for a prefix of {prefix}")
+    return tokens
+
+
+def check_fits(model, args):
+    """The continuations fit the context window, and the KV cache of one batch fits the machine's memory."""
+    p = model.params
+    if args.prefix + args.new_tokens > p.max_seq_len:
+        fail(f"--prefix {args.prefix} + --new_tokens {args.new_tokens} pass the model's context window of "
+             f"{p.max_seq_len}: use fewer")
+    per_position = 2 * p.n_layers * (p.n_kv_heads or p.n_heads) * p.head_dim + p.dim  # keys, values, exit state
+    cache = args.batch * (args.prefix + args.new_tokens) * per_position * model.tok_embeddings.weight.element_size()
+    have = device_memory("cpu")
+    if have and cache > have:
+        fail(f"--batch {args.batch}: its KV cache needs {cache / 2**30:.1f} GiB, more than this machine's "
+             f"{have / 2**30:.1f} GiB: use a smaller --batch")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="checkpoints/layerskip-python-deep.pt", help="the model that writes")
-    p.add_argument("--data", default="data/python", help="the training corpus whose windows start the samples")
-    p.add_argument("--out", default="data/python/onpolicy.bin", help="where the tokens go (uint16)")
-    p.add_argument("--samples", type=int, default=2048, help="number of continuations")
-    p.add_argument("--prefix", type=int, default=64, help="training tokens before each continuation")
-    p.add_argument("--new_tokens", type=int, default=192, help="greedy tokens per continuation")
-    p.add_argument("--batch", type=int, default=128, help="continuations decoded together")
-    p.add_argument("--seed", type=int, default=1, help="seed of the window positions")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    p.error = fail
-    args = p.parse_args(argv)
-    if min(args.samples, args.prefix, args.new_tokens, args.batch) < 1:
-        fail("--samples, --prefix, --new_tokens and --batch must be at least 1")
+    args = parse_args(argv)
+    path = Path(args.out)
+    check_out(path)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model, tokenizer = ls.load_model(args.checkpoint)
-    except (CheckpointError, ValueError) as e:
-        fail(str(e))
-    if args.prefix + args.new_tokens > model.params.max_seq_len:
-        fail(f"--prefix {args.prefix} + --new_tokens {args.new_tokens} pass the model's context window of "
-             f"{model.params.max_seq_len}: use fewer")
-    train_bin, tok_file = Path(args.data) / "train.bin", Path(args.data) / "tokenizer.model"
-    if not (train_bin.exists() and tok_file.exists()):
-        fail(f"{args.data} is not prepared: build it with `python {Path(args.data) / 'prepare.py'}`")
-    if getattr(tokenizer, "model_proto", None) != SentencePieceTokenizer.from_file(tok_file).model_proto:
-        fail(f"{args.checkpoint} uses another tokenizer than {args.data}: give the corpus it was trained on")
-    tokens = np.memmap(train_bin, dtype=np.uint16, mode="r")
-    if len(tokens) <= args.prefix:
-        fail(f"{train_bin} has {len(tokens)} tokens, too few for a prefix of {args.prefix}")
+        model, tokenizer = load_model(args.checkpoint)
+    except (OSError, ValueError) as e:  # CheckpointError is a ValueError
+        fail(f"--checkpoint: {e}")
+    check_fits(model, args)
+    tokens = load_training_tokens(args.data, tokenizer, args.checkpoint, args.prefix)
     t0 = time.time()
     out = write_samples(model, tokens, args.samples, args.prefix, args.new_tokens, args.batch, args.seed,
                         tokenizer.eos_id)
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, out.tofile)
+    atomic_write(path, lambda f: f.write(out.tobytes()))  # makes the folder too
     meta = dict(vars(args), tokens=int(len(out)), seconds=round(time.time() - t0, 1))
-    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
+    atomic_write(path.with_suffix(".json"), lambda f: f.write((json.dumps(meta, indent=1) + "\n").encode()))
     print(f"wrote {path}: {len(out):,} tokens ({args.samples} samples) in {time.time() - t0:.0f} s")
-
-
-def atomic_write(path, write):
-    """write(tmp) beside path, then rename it over path: a cut run leaves no half-written file under that name."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

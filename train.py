@@ -10,24 +10,32 @@ Train a Llama with the LayerSkip recipe: layer dropout (eq. 1-4) and the early-e
 
 Every LayerSkip knob off (--p_max 0 --e_scale 0) is a plain Llama training step. From scratch the layer
 dropout rates grow over training (S(t) of eq. 4); with --init_from they are constant (S = 1).
+
+Two numberings of the exits meet here: eq. 6 weighs the output of block l (0-based, l = 0..L-1), and decoding
+counts the exit E = the number of blocks run (1..L). --exit_always and the printed losses use E; the loss
+weights use l; ls.block_of_exit / ls.exit_of_block convert.
 """
 
 import argparse
+import hashlib
 import json
 import math
-import hashlib
 import os
 import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 import layerskip as ls
-from model_io import CheckpointError, SentencePieceTokenizer, atomic_save, build_model, load_checkpoint
+from common import ArgumentParser, device_memory, fail, float_range, int_range
+from model_io import CheckpointError, SentencePieceTokenizer, build_model, load_checkpoint, load_model
 from model_io import save_checkpoint
 
 PRESETS = {
@@ -59,72 +67,80 @@ PRESETS = {
                       rotation=23, device="cuda", dtype="bfloat16"),
 }
 
+# Every setting of a run. Those without a flag (multiple_of, min_lr_ratio, weight_decay, beta2, grad_clip) are
+# Llama 2's and the paper's choices; a preset may change them.
 DEFAULTS = dict(data="data/shakespeare", dim=256, n_layers=12, n_heads=8, n_kv_heads=None, vocab_size=None,
                 multiple_of=32, block_size=256, tie_embeddings=False, batch_size=16, grad_accum=1,
                 max_iters=1000, lr=1e-3, min_lr_ratio=0.1, warmup_iters=100, weight_decay=0.1, beta2=0.95,
                 grad_clip=1.0, eval_interval=250, eval_iters=20, log_interval=10, p_max=0.0, e_scale=0.0,
                 curriculum="rotational", rotation=4, exit_always=None, exit_always_weight=0.0, final_iters=0,
                 final_e_scale=1.0, onpolicy_data=None, onpolicy_weight=1.0,
-                device="cpu", dtype="float32", seed=1337,
-                preset=None, init_from=None, stop_after=None)
+                device="cpu", dtype="float32", compile=False, fsdp=False, seed=1337, threads=None,
+                preset=None, init_from=None, resume=False, stop_after=None, force=False, dry_run=False)
+
+STEPS = 10**9  # more optimizer steps than any run takes: a larger count is a typo
+RUN_FILES = ("ckpt.pt", "model.pt", "log.jsonl")  # what a run writes into --out_dir
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Configure: flags -> a checked configuration. argparse checks each value's range; the checks below it those
+#    that depend on other flags, on files or on the machine. Nothing is created until all have passed.
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="a named configuration; any flag below overrides it")
     a("--out_dir", default=None, help="where checkpoints and the log go (default out/<preset>)")
+    a("--force", action="store_true", help="start over in an --out_dir that holds a run, replacing its files")
     a("--data", help="a folder written by a data/*/prepare.py script (train.bin, val.bin, tokenizer.model)")
     a("--init_from", help="continue training from this checkpoint (continual pretraining: S(t) = 1)")
     a("--resume", action="store_true", help="continue the run in --out_dir exactly where it stopped")
-    a("--stop_after", type=int, help="stop (with a checkpoint) after this many iterations of this invocation")
+    a("--stop_after", type=int_range(1), help="stop (with a checkpoint) after this many steps of this invocation")
     a("--dry_run", action="store_true", help="build the model on the meta device, print size and memory, exit")
+    a("--threads", type=int_range(1, os.cpu_count() or 1), help="torch CPU threads (default: torch's)")
     g = p.add_argument_group("model")
-    g.add_argument("--dim", type=int, help="model width")
-    g.add_argument("--n_layers", type=int, help="number of transformer blocks L")
-    g.add_argument("--n_heads", type=int, help="attention heads")
-    g.add_argument("--n_kv_heads", type=int, help="key/value heads (grouped-query attention)")
-    g.add_argument("--vocab_size", type=int, help="vocabulary size (default: the tokenizer's)")
-    g.add_argument("--multiple_of", type=int, help="round the SwiGLU hidden size up to a multiple of this")
-    g.add_argument("--block_size", type=int, help="training sequence length = the model's context window")
+    g.add_argument("--dim", type=int_range(1, 65536), help="model width")
+    g.add_argument("--n_layers", type=int_range(1, 1024), help="number of transformer blocks L")
+    g.add_argument("--n_heads", type=int_range(1, 1024), help="attention heads (must divide --dim)")
+    g.add_argument("--n_kv_heads", type=int_range(1, 1024), help="key/value heads (grouped-query attention)")
+    g.add_argument("--vocab_size", type=int_range(1, 2**20), help="vocabulary size (default: the tokenizer's)")
+    g.add_argument("--block_size", type=int_range(1, 2**20), help="training sequence length = the context window")
     g.add_argument("--tie_embeddings", action=argparse.BooleanOptionalAction, help="share embedding and head")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", type=int, help="sequences per micro-batch per process")
-    g.add_argument("--grad_accum", type=int, help="micro-batches per optimizer step")
-    g.add_argument("--max_iters", type=int, help="optimizer steps T of the whole run")
-    g.add_argument("--lr", type=float, help="peak learning rate (the paper doubles it with layer dropout)")
-    g.add_argument("--min_lr_ratio", type=float, help="final learning rate as a fraction of the peak")
-    g.add_argument("--warmup_iters", type=int, help="linear warm-up steps before the cosine decay")
-    g.add_argument("--weight_decay", type=float, help="AdamW weight decay on matrices")
-    g.add_argument("--beta2", type=float, help="AdamW beta2")
-    g.add_argument("--grad_clip", type=float, help="clip the gradient norm to this (0 = off)")
+    g = p.add_argument_group("optimisation (AdamW, linear warm-up, cosine decay to 10%)")
+    g.add_argument("--batch_size", type=int_range(1, 65536), help="sequences per micro-batch per process")
+    g.add_argument("--grad_accum", type=int_range(1, 65536), help="micro-batches per optimizer step")
+    g.add_argument("--max_iters", type=int_range(1, STEPS), help="optimizer steps T of the whole run")
+    g.add_argument("--lr", type=float_range(0, 1, low_open=True),
+                   help="peak learning rate (the paper doubles it with layer dropout)")
+    g.add_argument("--warmup_iters", type=int_range(0, STEPS), help="linear warm-up steps before the cosine decay")
     g = p.add_argument_group("LayerSkip")
-    g.add_argument("--p_max", type=float, help="layer dropout rate of the last block (0 = off)")
-    g.add_argument("--e_scale", type=float, help="early-exit loss scale (0 = last layer only)")
+    g.add_argument("--p_max", type=float_range(0, 1), help="layer dropout rate of the last block (0 = off)")
+    g.add_argument("--e_scale", type=float_range(0, 100), help="early-exit loss scale (0 = last layer only)")
     g.add_argument("--curriculum", choices=ls.CURRICULA, help="which exits are trained at each step")
-    g.add_argument("--rotation", type=int, help="R of the rotational curriculum: every R-th block")
-    g.add_argument("--exit_always", type=int, metavar="E",
+    g.add_argument("--rotation", type=int_range(1), help="R of the rotational curriculum: every R-th block")
+    g.add_argument("--exit_always", type=int_range(1), metavar="E",
                    help="train exit E (after E blocks) at every step, whatever the curriculum, with its eq. 6 weight")
-    g.add_argument("--exit_always_weight", type=float, metavar="W",
-                   help="...or with the fixed share W of the loss, the other exits scaled by 1 - W: the two-exit "
+    g.add_argument("--exit_always_weight", type=float_range(0, 1), metavar="W",
+                   help="...or with the fixed share W < 1 of the loss, the other exits scaled by 1 - W: the two-exit "
                         "loss of the LayerSkip fine-tuning scripts, (e CE_E + CE_L) / (1 + e), is W = e / (1 + e)")
-    g.add_argument("--final_iters", type=int,
+    g.add_argument("--final_iters", type=int_range(0, STEPS),
                    help="the last this many steps use --final_e_scale (the paper finetunes with e_scale 1.0)")
-    g.add_argument("--final_e_scale", type=float, help="early-exit loss scale of the final phase (default 1.0)")
+    g.add_argument("--final_e_scale", type=float_range(0, 100), help="early-exit loss scale of the final phase "
+                                                                     "(default 1.0)")
     g.add_argument("--onpolicy_data", metavar="FILE",
                    help="also fit exit --exit_always to the model's own greedy text in FILE (written by onpolicy.py): "
                         "each micro-batch adds a window of it, through the first E blocks only")
-    g.add_argument("--onpolicy_weight", type=float, metavar="W", help="weight of that loss (default 1.0)")
+    g.add_argument("--onpolicy_weight", type=float_range(0, 100), metavar="W", help="weight of that loss (default 1.0)")
     g = p.add_argument_group("run")
-    g.add_argument("--eval_interval", type=int, help="evaluate and checkpoint every this many steps")
-    g.add_argument("--eval_iters", type=int, help="validation batches per evaluation")
-    g.add_argument("--log_interval", type=int, help="print a progress line every this many steps")
+    g.add_argument("--eval_interval", type=int_range(1), help="evaluate and checkpoint every this many steps")
+    g.add_argument("--eval_iters", type=int_range(1, 100_000), help="validation batches per evaluation")
+    g.add_argument("--log_interval", type=int_range(1), help="print a progress line every this many steps")
     g.add_argument("--device", help="cpu, cuda, cuda:1, mps ...")
     g.add_argument("--dtype", choices=["float32", "bfloat16"], help="bfloat16 = autocast on CUDA")
     g.add_argument("--compile", action="store_true", help="torch.compile each block (skip logic stays eager)")
     g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
-    g.add_argument("--seed", type=int, help="seed of data order, initialisation and layer dropout")
-    p.error = fail  # one line, not argparse's usage block
+    g.add_argument("--seed", type=int_range(0, 2**63 - 1), help="seed of data order, initialisation and layer dropout")
     args = p.parse_args(argv)
     cfg = dict(DEFAULTS)
     cfg.update(PRESETS.get(args.preset, {}))
@@ -134,60 +150,288 @@ def parse_args(argv=None):
     return argparse.Namespace(**cfg)
 
 
-def fail(message):
-    """One line on stderr, exit code 2: what went wrong and what to do."""
-    print(f"train.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def resume_config(cfg):
+    """--resume: the stopped run's checkpoint and its own configuration (this invocation may only say where the
+    run is, when to stop and how many threads to use)."""
+    try:
+        state = load_checkpoint(Path(cfg.out_dir) / "ckpt.pt")
+    except CheckpointError as e:
+        fail(f"cannot resume: {e}")
+    extra = set(cfg.cli) - {"resume", "stop_after", "out_dir", "threads"}
+    if extra:
+        fail(f"--resume continues the run with its own configuration: drop --{', --'.join(sorted(extra))}")
+    keep = {"resume": True, "stop_after": cfg.stop_after, "out_dir": cfg.out_dir, "cli": cfg.cli,
+            "threads": cfg.threads, "force": False}
+    return argparse.Namespace(**{**DEFAULTS, **state["config"], **keep}), state  # DEFAULTS: knobs added since
+
+
+def check_flags(cfg, ranks):
+    """The checks that join two flags, or a flag and the processes."""
+    if cfg.final_iters > cfg.max_iters:
+        fail(f"--final_iters {cfg.final_iters} is more than --max_iters {cfg.max_iters}: the final phase is the "
+             f"last part of the run")
+    if cfg.exit_always_weight >= 1:
+        fail(f"--exit_always_weight must be below 1 (the other exits keep 1 - W), got {cfg.exit_always_weight}")
+    if cfg.exit_always_weight > 0 and cfg.exit_always is None:
+        fail("--exit_always_weight W is the share of one exit: name it with --exit_always E")
+    if cfg.onpolicy_data and cfg.exit_always is None:
+        fail("--onpolicy_data trains the draft exit: name it with --exit_always E")
+    if "onpolicy_weight" in cfg.cli and not cfg.onpolicy_data:
+        fail("--onpolicy_weight weighs the loss on --onpolicy_data FILE: give the file too")
+    if cfg.onpolicy_data and ranks.distributed:
+        fail("--onpolicy_data runs in one process: drop torchrun, or train without it")
+
+
+def check_device(cfg):
+    """--device names a device this machine has (a dry run allocates nothing, so it may name any)."""
+    try:
+        device = torch.device(cfg.device)
+    except (RuntimeError, ValueError):
+        fail(f"--device {cfg.device!r} is not a device: use cpu, cuda, cuda:N or mps")
+    if device.type not in ("cpu", "cuda", "mps"):
+        fail(f"--device {cfg.device}: train on cpu, cuda or mps")
+    if cfg.dry_run:
+        return
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda but no CUDA GPU is visible: use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        fail(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0 first")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        fail("--device mps but MPS is not available here: use --device cpu")
+
+
+def check_model(cfg):
+    """The model's shape (from the flags and preset, or from --init_from) and the exit trained at every step."""
+    kv = cfg.n_kv_heads or cfg.n_heads
+    if cfg.dim % cfg.n_heads:
+        fail(f"--dim {cfg.dim} is not divisible by --n_heads {cfg.n_heads}: every head gets dim / n_heads channels")
+    if (cfg.dim // cfg.n_heads) % 2:
+        fail(f"--dim {cfg.dim} / --n_heads {cfg.n_heads} = {cfg.dim // cfg.n_heads} channels per head: RoPE needs "
+             f"an even number")
+    if cfg.n_heads % kv:
+        fail(f"--n_heads {cfg.n_heads} is not a multiple of --n_kv_heads {kv}: each key/value head serves a whole "
+             f"group of query heads")
+    if cfg.exit_always is not None and cfg.exit_always > cfg.n_layers:
+        fail(f"--exit_always {cfg.exit_always} is not an exit of this model: use 1..{cfg.n_layers}")
+
+
+def onpolicy_remedy(cfg) -> str:
+    return f"write it with `python onpolicy.py --out {cfg.onpolicy_data}`"
+
+
+def check_paths(cfg):
+    """--data can be read or built, --onpolicy_data is a file of tokens, --out_dir can hold this run."""
+    folder = Path(cfg.data)
+    if folder.is_file():
+        fail(f"--data {folder} is a file: give the folder written by a data/*/prepare.py script")
+    if not data_ready(folder) and builder(folder) is None:
+        missing = next(name for name in DATA_FILES if not (folder / name).exists())
+        fail(f"{folder / missing} is missing: prepare the data with data/prepare.py --input ... --out_dir {folder}")
+    if cfg.onpolicy_data:
+        if not Path(cfg.onpolicy_data).exists():
+            fail(f"--onpolicy_data {cfg.onpolicy_data}: no such file; {onpolicy_remedy(cfg)}")
+        token_file(cfg.onpolicy_data, f"--onpolicy_data {cfg.onpolicy_data}", onpolicy_remedy(cfg))
+    out = Path(cfg.out_dir)
+    nearest = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
+    if not nearest.is_dir():
+        fail(f"--out_dir {out}: {nearest} is a file, not a folder: give another --out_dir")
+    if not os.access(nearest, os.W_OK):
+        fail(f"--out_dir {out}: {nearest} is not writable: give another --out_dir")
+    held = [name for name in RUN_FILES[:2] if (out / name).exists()]
+    if held and not (cfg.resume or cfg.force):
+        fail(f"--out_dir {out} already holds a run ({', '.join(held)}): continue it with --resume, replace it with "
+             f"--force, or give another --out_dir")
+
+
+def configure(argv, ranks):
+    """The run's configuration, every value checked, and the stopped run's state on --resume (else None)."""
+    cfg = parse_args(argv)
+    state = None
+    if cfg.resume:
+        cfg, state = resume_config(cfg)
+    if cfg.threads:  # before anything runs: loading uses the threads too
+        torch.set_num_threads(cfg.threads)
+    check_flags(cfg, ranks)
+    check_device(cfg)
+    if not cfg.dry_run:
+        check_paths(cfg)
+    return cfg, state
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Data: random windows of the token memmaps. The windows of step t are a pure function of (seed, t), so a
-# resumed run sees exactly the batches it would have seen, and all ranks together see one global batch.
+# 2. Processes. `python train.py` is one process; under torchrun every rank runs this file, and the ranks meet
+#    only in this class: it holds every use of torch.distributed.
+
+
+class Ranks:
+    """This process's place among the run's processes (rank 0 of 1 without torchrun), and what they do together."""
+
+    def __init__(self):
+        self.distributed = int(os.environ.get("RANK", -1)) != -1
+        self.rank = int(os.environ["RANK"]) if self.distributed else 0
+        self.world = int(os.environ["WORLD_SIZE"]) if self.distributed else 1
+        self.local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))  # processes on this machine
+        self.master = self.rank == 0
+
+    def log(self, *args, **kwargs):
+        """print, on rank 0 only."""
+        if self.master:
+            print(*args, **kwargs)
+
+    def start(self, device: str) -> str:
+        """Join the other ranks (NCCL on GPUs, gloo on CPU); this rank's device (its own GPU)."""
+        if not self.distributed:
+            return device
+        if torch.device(device).type == "cuda":
+            device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        return device
+
+    def barrier(self):
+        if self.distributed:
+            dist.barrier()
+
+    def mean(self, value: float, device) -> float:
+        """The mean of every rank's value."""
+        if not self.distributed:
+            return value
+        t = torch.tensor(value, device=device)  # NCCL reduces CUDA tensors only
+        dist.all_reduce(t)
+        return t.item() / self.world
+
+    def gather(self, text: str) -> list[str]:
+        """Every rank's text, in rank order."""
+        if not self.distributed:
+            return [text]
+        texts = [None] * self.world
+        dist.all_gather_object(texts, text)
+        return texts
+
+    def wrap(self, model, fsdp: bool, find_unused: bool):
+        """The model as this rank trains it: itself in one process; under torchrun sharded by FSDP2 (every block,
+        then the rest) or replicated by DDP."""
+        if not self.distributed:
+            return model
+        if fsdp:
+            from torch.distributed.fsdp import fully_shard
+            for block in model.layers:
+                fully_shard(block)
+            fully_shard(model)
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        # A block that every sample skipped in a step has no gradient: DDP must look for unused parameters.
+        return DistributedDataParallel(model, find_unused_parameters=find_unused)
+
+    def accumulate(self, model, fsdp: bool, last: bool):
+        """The context of one micro-batch's backward: gradients are reduced across ranks on the last one only."""
+        if not self.distributed:
+            return nullcontext()
+        if fsdp:
+            model.set_requires_gradient_sync(last)  # reduce-scatter once per step
+            return nullcontext()
+        return nullcontext() if last else model.no_sync()
+
+    def full_state(self, model, optimizer, fsdp: bool):
+        """The model's and the optimizer's full state dicts (under FSDP every rank helps gather them)."""
+        if not (self.distributed and fsdp):
+            return model.state_dict(), optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=full), get_optimizer_state_dict(model, optimizer, options=full)
+
+    def load_optimizer(self, model, optimizer, state, fsdp: bool):
+        """Load a full optimizer state dict (under FSDP, each rank takes its shards)."""
+        if not (self.distributed and fsdp):
+            return optimizer.load_state_dict(state)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+    def close(self):
+        if self.distributed:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Data: random windows of the token memmaps. The windows of step t are a pure function of (seed, t), so a
+#    resumed run sees exactly the batches it would have seen, and all ranks together see one global batch.
 
 
 DATA_FILES = ("train.bin", "val.bin", "tokenizer.model", "meta.json")  # meta.json is written last
 # Corpora built by another folder's script; any other folder with a prepare.py is built by that script.
 BUILDERS = {"data/python-stdlib": ["data/python/prepare.py", "--stdlib_only", "--vocab_size", "4096"]}
+ROOT = Path(__file__).resolve().parent
 
 
-def prepare_data(folder, master, barrier):
-    """Build a corpus whose folder has a prepare.py (data/python, data/shakespeare) the first time it is used:
-    rank 0 builds, the other ranks wait at the barrier. A folder without one must be prepared by hand."""
-    folder = Path(folder)
-    if all((folder / name).exists() for name in DATA_FILES):
-        return
-    root = Path(__file__).resolve().parent
-    key = folder.resolve().relative_to(root).as_posix() if folder.resolve().is_relative_to(root) else None
+def data_ready(folder: Path) -> bool:
+    return all((folder / name).exists() for name in DATA_FILES)
+
+
+def builder(folder: Path) -> Optional[list[str]]:
+    """The command that builds a corpus folder (data/python, data/shakespeare, ...), or None."""
+    key = folder.resolve().relative_to(ROOT).as_posix() if folder.resolve().is_relative_to(ROOT) else None
     own = folder.resolve() / "prepare.py"
-    command = BUILDERS.get(key) or ([str(own)] if own.exists() else None)
-    if command is None:
-        missing = next(name for name in DATA_FILES if not (folder / name).exists())
-        fail(f"{folder / missing} is missing: prepare the data with data/prepare.py --input ... --out_dir {folder}")
-    command = command + ["--out_dir", str(folder.resolve())]
-    if master:
+    return BUILDERS.get(key) or ([str(own)] if own.exists() else None)
+
+
+def prepare_data(folder, ranks):
+    """Build a corpus whose folder has a prepare.py the first time it is used: rank 0 builds, the others wait."""
+    folder = Path(folder)
+    if data_ready(folder):
+        return
+    command = builder(folder) + ["--out_dir", str(folder.resolve())]
+    if ranks.master:
         print(f"{folder} is not prepared yet: building it with `python {' '.join(command)}` (once)", flush=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.run([sys.executable] + command, env=env, cwd=root)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run([sys.executable] + command, env=env, cwd=ROOT)
         if proc.returncode != 0:
             fail(f"`python {' '.join(command)}` failed (exit {proc.returncode}); see its output above")
-    barrier()
+    ranks.barrier()
 
 
-def load_data(folder):
-    folder = Path(folder)
-    for name in DATA_FILES[:3]:
-        if not (folder / name).exists():
-            fail(f"{folder / name} is missing: prepare the data with data/prepare.py --input ... --out_dir {folder}")
-    data = {s: np.memmap(folder / f"{s}.bin", dtype=np.uint16, mode="r") for s in ("train", "val")}
-    return data, SentencePieceTokenizer.from_file(folder / "tokenizer.model")
+def token_file(path, what: str, remedy: str) -> np.ndarray:
+    """A file of uint16 token ids, memory-mapped; a one-line error if it is not one."""
+    try:
+        return np.memmap(path, dtype=np.uint16, mode="r")
+    except (OSError, ValueError) as e:  # empty, odd-sized, a folder
+        fail(f"{what}: not a file of uint16 tokens ({type(e).__name__}): {remedy}")
+
+
+def load_data(cfg, ranks, init_tokenizer=None):
+    """The token splits (and the on-policy text) and the tokenizer, checked against the model to be trained:
+    same tokenizer as --init_from, ids inside the vocabulary, at least one window of block_size + 1 tokens."""
+    prepare_data(cfg.data, ranks)
+    folder, rebuild = Path(cfg.data), f"rebuild it with its prepare.py (or data/prepare.py --out_dir {cfg.data})"
+    data = {s: token_file(folder / f"{s}.bin", str(folder / f"{s}.bin"), rebuild) for s in ("train", "val")}
+    try:
+        tokenizer = SentencePieceTokenizer.from_file(folder / "tokenizer.model")
+    except (OSError, RuntimeError, ValueError, TypeError) as e:
+        fail(f"{folder / 'tokenizer.model'}: not a sentencepiece tokenizer ({type(e).__name__}): {rebuild}")
+    if init_tokenizer is not None and getattr(init_tokenizer, "model_proto", None) != tokenizer.model_proto:
+        fail(f"--init_from {cfg.init_from} uses another tokenizer than {cfg.data}: prepare the data with the "
+             f"checkpoint's tokenizer")
+    cfg.vocab_size = cfg.vocab_size or tokenizer.vocab_size
+    if cfg.vocab_size < tokenizer.vocab_size:
+        fail(f"--vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} in {cfg.data}: "
+             f"pass a larger one, or rebuild the data (an older build?) with its prepare.py")
+    if cfg.onpolicy_data:
+        data["onpolicy"] = token_file(cfg.onpolicy_data, f"--onpolicy_data {cfg.onpolicy_data}", onpolicy_remedy(cfg))
+    for name, split in data.items():
+        where = f"--onpolicy_data {cfg.onpolicy_data}" if name == "onpolicy" else str(folder / f"{name}.bin")
+        if len(split) <= cfg.block_size + 1:
+            fail(f"{where} has {len(split)} tokens, fewer than one training window of {cfg.block_size + 1}: use a "
+                 f"smaller --block_size or more text")
+        if int(split[:2**26].max()) >= tokenizer.vocab_size:  # its first 128 MB: a wrong build shows there
+            fail(f"{where} holds token ids past the tokenizer of {cfg.data}: "
+                 + ("write it with a model trained on it" if name == "onpolicy" else rebuild))
+    return data, tokenizer
 
 
 def get_batch(data, cfg, step, micro, rank, world, device):
     g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) % 2**63)
     T = cfg.block_size
-    if len(data) <= T + 1:
-        fail(f"the data has {len(data)} tokens, fewer than one training window of {T + 1}: use a smaller "
-             f"--block_size or more text")
     starts = torch.randint(len(data) - T - 1, (cfg.batch_size * world,), generator=g)
     starts = starts[rank * cfg.batch_size:(rank + 1) * cfg.batch_size].tolist()
     x = torch.stack([torch.from_numpy(data[i:i + T].astype(np.int64)) for i in starts])
@@ -195,71 +439,38 @@ def get_batch(data, cfg, step, micro, rank, world, device):
     return x.to(device), y.to(device)
 
 
-def lr_at(step, cfg):
-    """Linear warm-up, then cosine decay that reaches min_lr_ratio * lr at step max_iters."""
-    if step < cfg.warmup_iters:
-        return cfg.lr * (step + 1) / cfg.warmup_iters
-    progress = (step - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1))))
+# ---------------------------------------------------------------------------------------------------------
+# 4. The model: new, from --init_from (whose shape wins), or the stopped run's; sized before it is allocated.
 
 
-def layerskip_schedule(step, cfg, from_scratch):
-    """This step's layer dropout rates (eq. 2-4) and early-exit weights (eq. 6 with the curriculum)."""
-    L = cfg.n_layers
-    rates = None
-    if cfg.p_max > 0:
-        rates = ls.layer_dropout_rates(L, cfg.p_max, step if from_scratch else None, cfg.max_iters)
-    weights = None
-    final_phase = step >= cfg.max_iters - cfg.final_iters
-    e_scale = cfg.final_e_scale if final_phase else cfg.e_scale
-    if e_scale > 0:
-        exits = ls.early_exit_curriculum(L, step, cfg.curriculum, cfg.rotation, cfg.max_iters)
-        if cfg.exit_always:
-            exits = sorted(set(exits) | {cfg.exit_always - 1})  # exit E is the output of block E-1
-        weights = ls.early_exit_weights(L, e_scale, exits)
-    w = cfg.exit_always_weight
-    if cfg.exit_always and w > 0:  # a fixed share for the draft exit, the rest as eq. 6 (or the last layer) says
-        weights = {l: (1 - w) * v for l, v in (weights or {L - 1: 1.0}).items()}
-        weights[cfg.exit_always - 1] = weights.get(cfg.exit_always - 1, 0.0) + w
-    return rates, weights
+def load_init(cfg):
+    """--init_from (ours, or a Meta / Hugging Face Llama): the model and its tokenizer, or (None, None). Its shape,
+    context and head replace the configuration's; a shape flag given on the command line must agree."""
+    if not cfg.init_from or cfg.resume:
+        return None, None
+    try:
+        init, init_tokenizer = load_model(cfg.init_from, dtype=torch.float32)
+    except (OSError, ValueError) as e:  # CheckpointError is a ValueError
+        fail(f"--init_from: {e}")
+    a = init.params
+    theirs = dict(dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads or a.n_heads,
+                  vocab_size=a.vocab_size)
+    clash = {k: (getattr(cfg, k), v) for k, v in theirs.items() if k in cfg.cli and getattr(cfg, k) != v}
+    if clash:
+        fail(f"--init_from {cfg.init_from} does not match the model asked for: "
+             + ", ".join(f"{k}: {a} here vs {b} in the checkpoint" for k, (a, b) in clash.items())
+             + "; drop those flags or pass matching ones")
+    for k, v in theirs.items():
+        setattr(cfg, k, v)
+    cfg.block_size = min(cfg.block_size, a.max_seq_len)  # train on windows that fit its context
+    cfg.tie_embeddings = a.tie_word_embeddings
+    return init, init_tokenizer
 
 
-def exit_loss(model, x, y, exit_layer):
-    """Cross-entropy of exit E (the shared head after blocks 0..E-1) on x -> y: the blocks after E do not run."""
-    h = model.run_blocks(model.tok_embeddings(x), 0, exit_layer)
-    return torch.nn.functional.cross_entropy(model.head(h).flatten(0, 1), y.flatten(), ignore_index=-1)
-
-
-@torch.no_grad()
-def evaluate(model, data, cfg, device, autocast):
-    """Mean validation loss at every exit layer (1..L), on fixed windows of the validation split."""
-    model.eval()
-    L = cfg.n_layers
-    every_exit = {l: 1.0 / L for l in range(L)}
-    totals = torch.zeros(L)
-    for i in range(cfg.eval_iters):
-        x, y = get_batch(data, cfg, step=-1 - i, micro=0, rank=0, world=1, device=device)
-        with autocast:
-            _, per_exit = model(x, y, exit_weights=every_exit)
-        totals += torch.tensor([per_exit[l].item() for l in range(L)])
-    model.train()
-    return (totals / cfg.eval_iters).tolist()
-
-
-def check_same_skips(digest, world, announce=False):
-    """Every rank must draw the same layer-dropout pattern (the paper seeds every GPU alike): compare the ranks'
-    digests of their draws, print them if announce, stop the run if they differ. The weights cannot show a mismatch:
-    DDP averages gradients, so replicas agree even when each skipped other blocks."""
-    import torch.distributed as dist
-    skips = [None] * world
-    dist.all_gather_object(skips, digest.hexdigest()[:16])
-    same = len(set(skips)) == 1
-    if announce or not same:
-        print(f"layer-dropout digests by rank: {' '.join(skips)} ({'identical' if same else 'DIFFERENT'})",
-              flush=True)
-    if not same:
-        fail("the ranks drew different layer-dropout patterns: layer_dropout_mask must depend only on "
-             "(seed, step, layer)")
+def model_args(cfg) -> ls.ModelArgs:
+    return ls.ModelArgs(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
+                        vocab_size=cfg.vocab_size, multiple_of=cfg.multiple_of, max_seq_len=cfg.block_size,
+                        tie_word_embeddings=bool(cfg.tie_embeddings))
 
 
 def memory_estimate(n_params, cfg, world, fsdp):
@@ -275,6 +486,40 @@ def memory_estimate(n_params, cfg, world, fsdp):
     return states, activations + logits
 
 
+def size_model(cfg, ranks, device=None) -> dict:
+    """The model's size from one block built on the meta device (nothing allocated): print it and the memory it
+    needs, and stop if that is more than the device has. Returns the sizes."""
+    with torch.device("meta"):
+        block = ls.TransformerBlock(model_args(cfg))  # the model: L blocks, the embedding, the head, a norm
+    heads = 1 if cfg.tie_embeddings else 2
+    n_params = cfg.n_layers * sum(p.numel() for p in block.parameters()) + heads * cfg.vocab_size * cfg.dim + cfg.dim
+    states, activations = memory_estimate(n_params, cfg, ranks.world, cfg.fsdp)
+    need = states + activations
+    ranks.log(f"model: {n_params / 1e6:.2f}M parameters, dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads "
+              f"({cfg.n_kv_heads or cfg.n_heads} kv), context {cfg.block_size}, vocab {cfg.vocab_size}")
+    ranks.log(f"memory per GPU (estimate): weights+grads+AdamW {fmt_bytes(states)}, activations "
+              f"{fmt_bytes(activations)}, total {fmt_bytes(need)}")
+    have = device_memory(device) if device else None
+    shared = ranks.local if torch.device(device or "cpu").type == "cpu" else 1  # the ranks on one CPU share its RAM
+    if have and need * shared > have:
+        fail(f"this run needs about {fmt_bytes(need * shared)} (estimate), more than the {fmt_bytes(have)} of "
+             f"{device}: use a smaller --batch_size or --block_size (--grad_accum keeps the tokens per step), or a "
+             f"smaller model")
+    return {"n_params": n_params, "dim": cfg.dim, "n_heads": cfg.n_heads, "n_layers": cfg.n_layers,
+            "context": cfg.block_size, "vocab_size": cfg.vocab_size,
+            "ffn_hidden": block.feed_forward.w1.out_features, "memory_bytes": int(need)}
+
+
+def new_model(cfg, init, resume_state, device):
+    """The model to train, in fp32 on this rank's device."""
+    torch.manual_seed(cfg.seed)
+    if init is not None:
+        return init.to(device).train()
+    if resume_state is not None:
+        return build_model(resume_state, device, torch.float32).train()
+    return ls.Transformer(model_args(cfg)).to(device)
+
+
 def fmt_bytes(n):
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
@@ -285,270 +530,264 @@ def fmt_time(s):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# 5. The optimizer and the schedules: learning rate, layer dropout rates and early-exit weights of step t.
+
+
+def make_optimizer(model, cfg, resume_state, ranks):
+    """AdamW, weight decay on matrices only; on --resume with the stopped run's state. Returns it and the step to
+    start from (the RNG state is the stopped run's too)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2))
+    if resume_state is None:
+        return optimizer, 0
+    ranks.load_optimizer(model, optimizer, resume_state["optimizer"], cfg.fsdp)
+    torch.set_rng_state(resume_state["rng"])
+    ranks.log(f"resumed {Path(cfg.out_dir) / 'ckpt.pt'} at step {resume_state['step']}")
+    return optimizer, resume_state["step"]
+
+
+def lr_at(step, cfg):
+    """Linear warm-up, then cosine decay that reaches min_lr_ratio * lr at step max_iters."""
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / cfg.warmup_iters
+    progress = (step - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1))))
+
+
+def layerskip_schedule(step, cfg, from_scratch):
+    """This step's layer dropout rates (eq. 2-4) and early-exit weights (eq. 6 with the curriculum), keyed by
+    block l."""
+    L = cfg.n_layers
+    rates = None
+    if cfg.p_max > 0:
+        rates = ls.layer_dropout_rates(L, cfg.p_max, step if from_scratch else None, cfg.max_iters)
+    weights = None
+    final_phase = step >= cfg.max_iters - cfg.final_iters
+    e_scale = cfg.final_e_scale if final_phase else cfg.e_scale
+    always = ls.block_of_exit(cfg.exit_always) if cfg.exit_always else None  # the block that exit E reads
+    if e_scale > 0:
+        exits = ls.early_exit_curriculum(L, step, cfg.curriculum, cfg.rotation, cfg.max_iters)
+        if always is not None:
+            exits = sorted(set(exits) | {always})
+        weights = ls.early_exit_weights(L, e_scale, exits)
+    w = cfg.exit_always_weight
+    if always is not None and w > 0:  # a fixed share for the draft exit, the rest as eq. 6 (or the last layer) says
+        weights = {l: (1 - w) * v for l, v in (weights or {L - 1: 1.0}).items()}
+        weights[always] = weights.get(always, 0.0) + w
+    return rates, weights
+
+
+def exit_loss(model, x, y, exit_layer):
+    """Cross-entropy of exit E (the shared head after blocks 0..E-1) on x -> y: the blocks after E do not run."""
+    h = model.run_blocks(model.tok_embeddings(x), 0, exit_layer)
+    return torch.nn.functional.cross_entropy(model.head(h).flatten(0, 1), y.flatten(), ignore_index=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. Training: steps, progress lines, evaluation at every exit, checkpoints.
+
+
+@dataclass
+class Run:
+    """What the training steps share."""
+    cfg: argparse.Namespace
+    ranks: Ranks
+    device: str
+    data: dict
+    tokenizer: object
+    model: torch.nn.Module  # as this rank trains it (DDP / FSDP under torchrun)
+    raw: ls.Transformer  # the model itself
+    optimizer: torch.optim.Optimizer
+    autocast: object
+
+
+def train_step(run, step, skips):
+    """One optimizer step of grad_accum micro-batches. Returns the learning rate, the loss (mean over the global
+    batch) and the on-policy loss (this rank's mean). Every layer-dropout draw goes into the digest `skips`."""
+    cfg, model, raw = run.cfg, run.model, run.raw
+    lr = lr_at(step, cfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    rates, weights = layerskip_schedule(step, cfg, from_scratch=cfg.init_from is None)
+    loss_sum = onpolicy_sum = 0.0
+    for micro in range(cfg.grad_accum):
+        x, y = get_batch(run.data["train"], cfg, step, micro, run.ranks.rank, run.ranks.world, run.device)
+        with run.ranks.accumulate(model, cfg.fsdp, last=micro == cfg.grad_accum - 1), run.autocast:
+            loss, _ = model(x, y, exit_weights=weights, drop_rates=rates, seed=cfg.seed,
+                            step=step * cfg.grad_accum + micro)
+            total = loss
+            if cfg.onpolicy_data:  # other windows than the real data's: micro-batch ids past grad_accum
+                xo, yo = get_batch(run.data["onpolicy"], cfg, step, cfg.grad_accum + micro, run.ranks.rank,
+                                   run.ranks.world, run.device)
+                onpolicy = exit_loss(raw, xo, yo, cfg.exit_always)
+                total = loss + cfg.onpolicy_weight * onpolicy
+                onpolicy_sum += onpolicy.item() / cfg.grad_accum
+            (total / cfg.grad_accum).backward()
+        loss_sum += loss.item() / cfg.grad_accum
+        skips.update(raw.last_skips.numpy().tobytes())
+    loss_sum = run.ranks.mean(loss_sum, run.device)  # the global batch's loss, not this rank's share
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return lr, loss_sum, onpolicy_sum
+
+
+@torch.no_grad()
+def evaluate(model, data, cfg, device, autocast):
+    """Mean validation loss at every block l's output (exit E = l + 1), on fixed windows of the validation split."""
+    model.eval()
+    L = cfg.n_layers
+    every_exit = {l: 1.0 / L for l in range(L)}
+    totals = torch.zeros(L)
+    for i in range(cfg.eval_iters):
+        x, y = get_batch(data, cfg, step=-1 - i, micro=0, rank=0, world=1, device=device)
+        with autocast:
+            _, per_exit = model(x, y, exit_weights=every_exit)
+        totals += torch.tensor([per_exit[l].item() for l in range(L)])
+    model.train()
+    return (totals / cfg.eval_iters).tolist()
+
+
+def check_same_skips(digest, ranks, announce=False):
+    """Every rank must draw the same layer-dropout pattern (the paper seeds every GPU alike): compare the ranks'
+    digests of their draws, print them if announce, stop the run if they differ. The weights cannot show a mismatch:
+    DDP averages gradients, so replicas agree even when each skipped other blocks."""
+    skips = ranks.gather(digest.hexdigest()[:16])
+    same = len(set(skips)) == 1
+    if announce or not same:
+        print(f"layer-dropout digests by rank: {' '.join(skips)} ({'identical' if same else 'DIFFERENT'})",
+              flush=True)
+    if not same:
+        fail("the ranks drew different layer-dropout patterns: layer_dropout_mask must depend only on "
+             "(seed, step, layer)")
+
+
+def save(run, step, val_losses, write=True):
+    """Write the full training state to ckpt.pt, atomically (rank 0 writes; under FSDP every rank first helps
+    gather it). Returns the model's full state dict."""
+    model_state, optim_state = run.ranks.full_state(run.raw, run.optimizer, run.cfg.fsdp)
+    if run.ranks.master and write:
+        save_checkpoint(Path(run.cfg.out_dir) / "ckpt.pt", run.raw, run.tokenizer, state_dict=model_state,
+                        config=vars(run.cfg), step=step, optimizer=optim_state, rng=torch.get_rng_state(),
+                        metadata={"val_loss_per_exit": val_losses} if val_losses else {})
+    return model_state
+
+
+def evaluate_and_save(run, step, t_start):
+    """Validation loss at every exit, printed and appended to log.jsonl; then a checkpoint. Returns the losses."""
+    val_losses = evaluate(run.raw, run.data["val"], run.cfg, run.device, run.autocast)  # all ranks: FSDP gathers
+    if run.ranks.master:
+        print("val loss by exit E: " + " ".join(f"{ls.exit_of_block(l)}:{v:.3f}" for l, v in enumerate(val_losses)),
+              flush=True)
+        with open(Path(run.cfg.out_dir) / "log.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "val_loss_per_exit": val_losses, "time": time.time() - t_start}) + "\n")
+    save(run, step, val_losses)
+    return val_losses
+
+
+def train(run, step, val_losses, t_start):
+    """Train from `step` to max_iters (or --stop_after steps, or Ctrl-C), with progress lines, evaluations and
+    checkpoints. Returns the step reached, the step last saved, the last validation losses and the digest of every
+    layer-dropout draw."""
+    cfg, ranks = run.cfg, run.ranks
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * ranks.world
+    ranks.log(f"training steps {step}..{cfg.max_iters} | {tokens_per_step:,} tokens per step | layer dropout "
+              f"p_max={cfg.p_max} ({'S(t) from scratch' if cfg.init_from is None else 'S=1'}) | early exit "
+              f"e_scale={cfg.e_scale} curriculum={cfg.curriculum} R={cfg.rotation}")
+    step_times, first, saved_at = [], step, step
+    skips = hashlib.sha256()  # every layer-dropout decision of this invocation: must agree across ranks
+    try:
+        while step < cfg.max_iters and (cfg.stop_after is None or step - first < cfg.stop_after):
+            t0 = time.time()
+            lr, loss, onpolicy = train_step(run, step, skips)
+            step += 1
+            step_times.append(time.time() - t0)
+            if step % cfg.log_interval == 0 or step == cfg.max_iters:
+                if ranks.distributed:  # checked as the run goes, not hours later
+                    check_same_skips(skips, ranks)
+                dt = sorted(step_times[-50:])[len(step_times[-50:]) // 2]
+                onpolicy_note = f" | exit {cfg.exit_always} on-policy {onpolicy:.4f}" if cfg.onpolicy_data else ""
+                ranks.log(f"step {step:>6}/{cfg.max_iters} | loss {loss:.4f}{onpolicy_note} | lr {lr:.2e} | "
+                          f"{tokens_per_step / dt:,.0f} tok/s | {1000 * dt:.0f} ms/step | ETA "
+                          f"{fmt_time(dt * (cfg.max_iters - step))}", flush=True)
+            if step % cfg.eval_interval == 0 or step == cfg.max_iters:
+                val_losses = evaluate_and_save(run, step, t_start)
+                saved_at = step
+    except KeyboardInterrupt:
+        ranks.log(f"\ninterrupted at step {step}: writing {Path(cfg.out_dir) / 'ckpt.pt'} (continue with --resume)")
+    return step, saved_at, val_losses, skips
+
+
+def finish(run, step, saved_at, val_losses, skips, t_start):
+    """The last checkpoint (if the last step has none yet) and, at max_iters, model.pt; under torchrun, the check
+    that every rank drew the same layer dropout and (DDP) holds the same weights."""
+    cfg, ranks = run.cfg, run.ranks
+    model_state = save(run, step, val_losses, write=saved_at != step)
+    out_dir = Path(cfg.out_dir)
+    if ranks.master and step == cfg.max_iters:
+        export = out_dir / "model.pt"  # weights only, fp16: the file to share or ship
+        save_checkpoint(export, run.raw, run.tokenizer, state_dict=model_state, half=True, config=vars(cfg),
+                        step=step, metadata={"val_loss_per_exit": val_losses} if val_losses else {})
+        print(f"done: {out_dir / 'ckpt.pt'} (full state) and {export} (fp16 weights, "
+              f"{export.stat().st_size / 2**20:.1f} MiB) in {fmt_time(time.time() - t_start)}")
+    if ranks.distributed:
+        check_same_skips(skips, ranks, announce=ranks.master)
+        if not cfg.fsdp:  # every DDP replica must end with the same weights
+            digest = hashlib.sha256()
+            for p in run.raw.parameters():
+                digest.update(p.detach().cpu().numpy().tobytes())
+            digests = ranks.gather(digest.hexdigest()[:16])
+            ranks.log(f"parameter digests by rank: {' '.join(digests)} "
+                      f"({'identical' if len(set(digests)) == 1 else 'DIFFERENT: the ranks diverged'})")
+        ranks.close()
+
+
+def open_out_dir(cfg, ranks):
+    """Create --out_dir (rank 0); --force clears the run it held, so that its files never mix with this one's."""
+    if not ranks.master:
+        return
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.force:
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The recipe: configure -> processes -> data -> model -> optimizer -> train -> finish. Every value is checked
+# before anything is created; the output folder is the first thing made.
 
 
 def main(argv=None):
-    cfg = parse_args(argv)
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    master = rank == 0
-    log = print if master else (lambda *a, **k: None)
-    out_dir = Path(cfg.out_dir)
-    ckpt_path = out_dir / "ckpt.pt"
-
-    resume_state = None
-    if cfg.resume:
-        try:
-            resume_state = load_checkpoint(ckpt_path)
-        except CheckpointError as e:
-            fail(f"cannot resume: {e}")
-        extra = set(cfg.cli) - {"resume", "stop_after", "out_dir"}
-        if extra:
-            fail(f"--resume continues the run with its own configuration: drop --{', --'.join(sorted(extra))}")
-        keep = {"resume": True, "stop_after": cfg.stop_after, "out_dir": cfg.out_dir, "cli": cfg.cli}
-        cfg = argparse.Namespace(**{**DEFAULTS, **resume_state["config"], **keep})  # DEFAULTS: knobs added since
-
-    if not 0 <= cfg.p_max <= 1:
-        fail(f"--p_max {cfg.p_max}: a dropout rate must be in [0, 1]")
-    if cfg.e_scale < 0 or cfg.rotation < 1 or cfg.final_e_scale < 0:
-        fail("--e_scale and --final_e_scale must be >= 0 and --rotation >= 1")
-    if cfg.exit_always is not None and not 1 <= cfg.exit_always <= cfg.n_layers:
-        fail(f"--exit_always {cfg.exit_always} is not an exit of this model: use 1..{cfg.n_layers}")
-    if not 0 <= cfg.exit_always_weight < 1 or (cfg.exit_always_weight > 0 and cfg.exit_always is None):
-        fail(f"--exit_always_weight must be in [0, 1) and needs --exit_always E, got {cfg.exit_always_weight}")
-    if cfg.onpolicy_data and cfg.exit_always is None:
-        fail("--onpolicy_data trains the draft exit: name it with --exit_always E")
-    if cfg.onpolicy_weight < 0:
-        fail(f"--onpolicy_weight must be >= 0, got {cfg.onpolicy_weight}")
-    if "onpolicy_weight" in cfg.cli and not cfg.onpolicy_data:
-        fail("--onpolicy_weight weighs the loss on --onpolicy_data FILE: give the file too")
-    if cfg.onpolicy_data and ddp:
-        fail("--onpolicy_data runs in one process: drop torchrun, or train without it")
-    if not 0 <= cfg.final_iters <= cfg.max_iters:
-        fail(f"--final_iters must be in 0..--max_iters ({cfg.max_iters}), got {cfg.final_iters}")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available() and not cfg.dry_run:
-        fail("--device cuda but no CUDA GPU is visible: use --device cpu")
-    if ddp:
-        import torch.distributed as dist
-        device = f"cuda:{os.environ['LOCAL_RANK']}" if cfg.device.startswith("cuda") else cfg.device
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    else:
-        device = cfg.device
-
+    ranks = Ranks()  # this process among torchrun's (or alone)
+    cfg, resume_state = configure(argv, ranks)  # 1. flags (or the stopped run's config), every value checked
+    init, init_tokenizer = load_init(cfg)  # --init_from: the checkpoint's shape wins
+    check_model(cfg)
     if cfg.dry_run:
-        tokenizer, data = None, None
         cfg.vocab_size = cfg.vocab_size or 32000
-    else:
-        prepare_data(cfg.data, master, barrier=dist.barrier if ddp else (lambda: None))
-        data, tokenizer = load_data(cfg.data)
-        if cfg.onpolicy_data:
-            if not Path(cfg.onpolicy_data).exists():
-                fail(f"--onpolicy_data {cfg.onpolicy_data}: no such file; write it with `python onpolicy.py --out "
-                     f"{cfg.onpolicy_data}`")
-            try:
-                data["onpolicy"] = np.memmap(cfg.onpolicy_data, dtype=np.uint16, mode="r")
-            except (OSError, ValueError) as e:  # empty, odd-sized, a folder
-                fail(f"--onpolicy_data {cfg.onpolicy_data}: not a file of uint16 tokens ({type(e).__name__}): "
-                     f"write it with `python onpolicy.py --out {cfg.onpolicy_data}`")
-            if int(data["onpolicy"].max()) >= tokenizer.vocab_size:
-                fail(f"--onpolicy_data {cfg.onpolicy_data}: holds token ids past the tokenizer of {cfg.data}: write it "
-                     f"with a model trained on {cfg.data}")
-        if cfg.vocab_size is None:
-            cfg.vocab_size = tokenizer.vocab_size
-        if cfg.vocab_size < tokenizer.vocab_size:
-            fail(f"--vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} in {cfg.data}: "
-                 f"pass a larger one, or rebuild the data (an older build?) with its prepare.py")
-
-    init = None
-    if cfg.init_from and not cfg.resume:  # ours, or a Meta / Hugging Face Llama: the model shape comes from it
-        try:
-            init, init_tokenizer = ls.load_model(cfg.init_from, dtype=torch.float32)
-        except (CheckpointError, ValueError) as e:
-            fail(f"--init_from: {e}")
-        a = init.params
-        theirs = dict(dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads or a.n_heads,
-                      vocab_size=a.vocab_size)
-        clash = {k: (getattr(cfg, k), v) for k, v in theirs.items() if k in cfg.cli and getattr(cfg, k) != v}
-        if clash:
-            fail(f"--init_from {cfg.init_from} does not match the model asked for: "
-                 + ", ".join(f"{k}: {a} here vs {b} in the checkpoint" for k, (a, b) in clash.items())
-                 + "; drop those flags or pass matching ones")
-        if getattr(init_tokenizer, "model_proto", None) != tokenizer.model_proto:
-            fail(f"--init_from {cfg.init_from} uses another tokenizer than {cfg.data}: prepare the data with "
-                 f"the checkpoint's tokenizer")
-        for k, v in theirs.items():
-            setattr(cfg, k, v)
-        cfg.block_size = min(cfg.block_size, a.max_seq_len)  # train on windows that fit its context
-        cfg.tie_embeddings = a.tie_word_embeddings
-
-    args = ls.ModelArgs(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads,
-                        vocab_size=cfg.vocab_size, multiple_of=cfg.multiple_of, max_seq_len=cfg.block_size,
-                        tie_word_embeddings=bool(cfg.tie_embeddings))
-    torch.manual_seed(cfg.seed)
-    if cfg.dry_run:
-        with torch.device("meta"):
-            model = ls.Transformer(args)
-    elif init is not None:
-        model = init.to(device).train()
-    elif resume_state is not None:
-        model = build_model(resume_state, device, torch.float32).train()
-    else:
-        model = ls.Transformer(args).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    states, activations = memory_estimate(n_params, cfg, world, cfg.fsdp)
-    log(f"model: {n_params / 1e6:.2f}M parameters, dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads "
-        f"({cfg.n_kv_heads or cfg.n_heads} kv), context {cfg.block_size}, vocab {cfg.vocab_size}")
-    log(f"memory per GPU (estimate): weights+grads+AdamW {fmt_bytes(states)}, activations {fmt_bytes(activations)}"
-        f", total {fmt_bytes(states + activations)}")
-    if cfg.dry_run:
-        print(json.dumps({"n_params": n_params, "dim": cfg.dim, "n_heads": cfg.n_heads, "n_layers": cfg.n_layers,
-                          "context": cfg.block_size, "vocab_size": cfg.vocab_size,
-                          "ffn_hidden": model.layers[0].feed_forward.w1.out_features,
-                          "memory_bytes": int(states + activations)}))
+        ranks.log(json.dumps(size_model(cfg, ranks)))
         return
-
-    log("config: " + json.dumps({k: v for k, v in sorted(vars(cfg).items())}))
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    device = ranks.start(cfg.device)  # 2. processes: one, or torchrun's ranks
+    data, tokenizer = load_data(cfg, ranks, init_tokenizer)  # 3. data, built on first use
+    size_model(cfg, ranks, device)  # 4. the model: does it fit?
+    model = new_model(cfg, init, resume_state, device)
+    ranks.log("config: " + json.dumps({k: v for k, v in sorted(vars(cfg).items())}))
+    open_out_dir(cfg, ranks)  # the first thing created
     if cfg.compile:
         for block in model.layers:
             block.compile()
-    raw_model = model
-    if ddp:
-        if cfg.fsdp:
-            from torch.distributed.fsdp import fully_shard
-            for block in model.layers:
-                fully_shard(block)
-            fully_shard(model)
-        else:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            # A block that every sample skipped in a step has no gradient: DDP must look for unused parameters.
-            model = DDP(model, find_unused_parameters=cfg.p_max > 0)
-
-    decay = [p for p in raw_model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in raw_model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2))
-    step = 0
-    if resume_state is not None:
-        if cfg.fsdp and ddp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-            set_optimizer_state_dict(raw_model, optimizer, resume_state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))
-        else:
-            optimizer.load_state_dict(resume_state["optimizer"])
-        step = resume_state["step"]
-        torch.set_rng_state(resume_state["rng"])
-        log(f"resumed {ckpt_path} at step {step}")
-    from_scratch = cfg.init_from is None
+    wrapped = ranks.wrap(model, cfg.fsdp, find_unused=cfg.p_max > 0)
+    optimizer, step = make_optimizer(model, cfg, resume_state, ranks)  # 5. optimizer (resumed)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
                 and str(device).startswith("cuda") else nullcontext())
-
-    def checkpoint(val_losses, write=True):
-        """Write the full training state (rank 0 writes; under FSDP every rank first helps gather it) and
-        return the model's full state dict."""
-        model_state, optim_state = raw_model.state_dict(), optimizer.state_dict()
-        if cfg.fsdp and ddp:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                                 get_optimizer_state_dict)
-            full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model_state = get_model_state_dict(raw_model, options=full)
-            optim_state = get_optimizer_state_dict(raw_model, optimizer, options=full)
-        if master and write:
-            save_checkpoint(ckpt_path, raw_model, tokenizer, state_dict=model_state, config=vars(cfg), step=step,
-                            optimizer=optim_state, rng=torch.get_rng_state(),
-                            metadata={"val_loss_per_exit": val_losses} if val_losses else {})
-        return model_state
-
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * world
-    log(f"training steps {step}..{cfg.max_iters} | {tokens_per_step:,} tokens per step | layer dropout "
-        f"p_max={cfg.p_max} ({'S(t) from scratch' if from_scratch else 'S=1'}) | early exit e_scale={cfg.e_scale}"
-        f" curriculum={cfg.curriculum} R={cfg.rotation}")
-    t_start, step_times, done_here, saved_at = time.time(), [], 0, step
-    skips_digest = hashlib.sha256()  # every layer-dropout decision of this invocation: must agree across ranks
+    run = Run(cfg, ranks, device, data, tokenizer, wrapped, model, optimizer, autocast)
     val_losses = (resume_state or {}).get("metadata", {}).get("val_loss_per_exit")
-    try:
-        while step < cfg.max_iters:
-            if cfg.stop_after is not None and done_here >= cfg.stop_after:
-                break
-            t0 = time.time()
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            rates, weights = layerskip_schedule(step, cfg, from_scratch)
-            loss_sum = onpolicy_sum = 0.0
-            for micro in range(cfg.grad_accum):
-                x, y = get_batch(data["train"], cfg, step, micro, rank, world, device)
-                last = micro == cfg.grad_accum - 1
-                if ddp and cfg.fsdp:
-                    model.set_requires_gradient_sync(last)  # reduce-scatter gradients once per step
-                sync = model.no_sync() if (ddp and not cfg.fsdp and not last) else nullcontext()
-                with sync, autocast:
-                    loss, _ = model(x, y, exit_weights=weights, drop_rates=rates, seed=cfg.seed,
-                                    step=step * cfg.grad_accum + micro)
-                    total = loss
-                    if cfg.onpolicy_data:  # other windows than the real data's: micro-batch ids past grad_accum
-                        xo, yo = get_batch(data["onpolicy"], cfg, step, cfg.grad_accum + micro, rank, world, device)
-                        onpolicy = exit_loss(raw_model, xo, yo, cfg.exit_always)
-                        total = loss + cfg.onpolicy_weight * onpolicy
-                        onpolicy_sum += onpolicy.item() / cfg.grad_accum
-                    (total / cfg.grad_accum).backward()
-                loss_sum += loss.item() / cfg.grad_accum
-                skips_digest.update(raw_model.last_skips.numpy().tobytes())
-            if ddp:  # log the global batch's loss, not this rank's share
-                import torch.distributed as dist
-                t = torch.tensor(loss_sum, device=device)  # NCCL reduces CUDA tensors only
-                dist.all_reduce(t)
-                loss_sum = t.item() / world
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            done_here += 1
-            step_times.append(time.time() - t0)
-            if step % cfg.log_interval == 0 or step == cfg.max_iters:
-                if ddp:  # checked as the run goes, not hours later
-                    check_same_skips(skips_digest, world)
-                dt = sorted(step_times[-50:])[len(step_times[-50:]) // 2]
-                eta = dt * (cfg.max_iters - step)
-                onpolicy_note = f" | exit {cfg.exit_always} on-policy {onpolicy_sum:.4f}" if cfg.onpolicy_data else ""
-                log(f"step {step:>6}/{cfg.max_iters} | loss {loss_sum:.4f}{onpolicy_note} | lr {lr:.2e} | "
-                    f"{tokens_per_step / dt:,.0f} tok/s | {1000 * dt:.0f} ms/step | ETA {fmt_time(eta)}", flush=True)
-            if step % cfg.eval_interval == 0 or step == cfg.max_iters:
-                val_losses = evaluate(raw_model, data["val"], cfg, device, autocast)  # all ranks: FSDP gathers
-                if master:
-                    log("val loss by exit: " + " ".join(f"{l + 1}:{v:.3f}" for l, v in enumerate(val_losses)),
-                        flush=True)
-                    with open(out_dir / "log.jsonl", "a") as f:
-                        f.write(json.dumps({"step": step, "val_loss_per_exit": val_losses,
-                                            "time": time.time() - t_start}) + "\n")
-                checkpoint(val_losses)
-                saved_at = step
-    except KeyboardInterrupt:
-        log(f"\ninterrupted at step {step}: writing {ckpt_path} (continue with --resume)")
-    model_state = checkpoint(val_losses, write=saved_at != step)
-    if master and step == cfg.max_iters:
-        export = out_dir / "model.pt"  # weights only, fp16: the file to share or ship
-        save_checkpoint(export, raw_model, tokenizer, state_dict=model_state, half=True, config=vars(cfg), step=step,
-                        metadata={"val_loss_per_exit": val_losses} if val_losses else {})
-        log(f"done: {ckpt_path} (full state) and {export} (fp16 weights, {export.stat().st_size / 2**20:.1f} MiB)"
-            f" in {fmt_time(time.time() - t_start)}")
-    if ddp:
-        import torch.distributed as dist
-        check_same_skips(skips_digest, world, announce=master)
-        if not cfg.fsdp:  # every DDP replica must end with the same weights
-            digest = hashlib.sha256()
-            for p in raw_model.parameters():
-                digest.update(p.detach().cpu().numpy().tobytes())
-            digests = [None] * world
-            dist.all_gather_object(digests, digest.hexdigest()[:16])
-            log(f"parameter digests by rank: {' '.join(digests)} "
-                f"({'identical' if len(set(digests)) == 1 else 'DIFFERENT: the ranks diverged'})")
-        dist.barrier()
-        dist.destroy_process_group()
+    t_start = time.time()
+    step, saved_at, val_losses, skips = train(run, step, val_losses, t_start)  # 6. train
+    finish(run, step, saved_at, val_losses, skips, t_start)  # 7. the last checkpoint, model.pt
 
 
 if __name__ == "__main__":

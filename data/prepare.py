@@ -10,8 +10,9 @@ Used two ways:
        train.bin / val.bin                 token ids, raw np.uint16, read with np.memmap
        meta.json                           vocab size, token counts, where the text came from
 
-  2. as a module, by the corpus scripts data/python/prepare.py and
-     data/shakespeare/prepare.py, and by bench/eval code (load_prompts).
+  2. as a module: tokenizer training, encoding and writing for the corpus scripts beside it,
+     the Shakespeare corpus's train/held-out split, and the benchmark prompts (load_prompts).
+     It is the bottom of the data folder: it imports none of the scripts above it.
 
 Every file (one input file = one "document") is encoded as
     [bos] tokens... [eos]
@@ -27,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
@@ -39,9 +41,25 @@ UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, -1
 
 
 def fail(message):
-    """Print a one-line error and exit with code 2 (like argparse does), no traceback."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print `script.py: error: message` on stderr and exit with code 2 (like argparse), no traceback: the line
+    common.fail prints. The data folder sits below common.py in the imports, so it has its own."""
+    print(f"{os.path.basename(sys.argv[0])}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def check_out_dir(out_dir):
+    """A folder the data can be written to: not a file, under a folder (not a file), writable."""
+    out = Path(out_dir).absolute()
+    nearest = next(p for p in [out, *out.parents] if p.exists())
+    if not nearest.is_dir():
+        fail(f"--out_dir {out_dir}: {nearest} is a file, not a folder: give another --out_dir")
+    if not os.access(nearest, os.W_OK):
+        fail(f"--out_dir {out_dir}: {nearest} is not writable: give another --out_dir")
+
+
+def check_vocab_size(vocab_size):
+    if not 260 <= vocab_size <= 65536:
+        fail(f"--vocab_size must be between 260 (256 bytes + 3 specials + 1) and 65536 (uint16 ids), got {vocab_size}")
 
 
 # -----------------------------------------------------------------------------
@@ -96,12 +114,12 @@ def train_tokenizer(texts, out_path, vocab_size=4096, max_train_chars=4_000_000,
             raise ValueError(f"vocab_size {vocab_size} is too small for this text: it needs at least "
                              f"259 (3 specials + 256 bytes) + {n_chars} (its distinct characters)") from None
         raise
-    _atomic_write_bytes(out_path, model.getvalue())
+    atomic_write_bytes(out_path, model.getvalue())
 
     # the .vocab file: one "piece<TAB>score" per line, for humans
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i)}\n" for i in range(sp.vocab_size()))
-    _atomic_write_bytes(out_path[: -len(".model")] + ".vocab", vocab.encode("utf-8"))
+    atomic_write_bytes(out_path[: -len(".model")] + ".vocab", vocab.encode("utf-8"))
     return out_path
 
 
@@ -164,7 +182,7 @@ def encode_documents(sp_model_path, documents, batch_size=64, desc="encoding"):
 # -----------------------------------------------------------------------------
 # writing
 
-def _atomic_write_bytes(path, data):
+def atomic_write_bytes(path, data):
     """Write to a temporary file next to `path`, then rename: readers never see half a file."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
@@ -188,13 +206,13 @@ def write_bins(out_dir, train_ids, val_ids, meta):
     os.makedirs(out_dir, exist_ok=True)
     for name, ids in (("train", train_ids), ("val", val_ids)):
         ids = np.asarray(ids, dtype=np.uint16)
-        _atomic_write_bytes(os.path.join(out_dir, f"{name}.bin"), ids.tobytes())
+        atomic_write_bytes(os.path.join(out_dir, f"{name}.bin"), ids.tobytes())
     meta = dict(meta)
     meta["dtype"] = "uint16"
     meta["train_tokens"] = int(len(train_ids))
     meta["val_tokens"] = int(len(val_ids))
     text = json.dumps(meta, indent=2) + "\n"
-    _atomic_write_bytes(os.path.join(out_dir, "meta.json"), text.encode("utf-8"))
+    atomic_write_bytes(os.path.join(out_dir, "meta.json"), text.encode("utf-8"))
     return meta
 
 
@@ -234,6 +252,56 @@ def load_bin(path):
 
 
 # -----------------------------------------------------------------------------
+# the Shakespeare corpus: which works are trained on and which are held out. The held-out works are also where
+# the 'shakespeare' prompts come from, so that no prompt was ever seen in training.
+
+SHAKESPEARE = os.path.join(DATA_DIR, "shakespeare", "input.txt")
+# held-out works, named by their first line in input.txt: a comedy, a tragedy, the poems
+VAL_TITLES = ("THE TEMPEST", "JULIUS CAESAR", "THE SONNETS")
+
+
+def load_works(path=SHAKESPEARE):
+    """input.txt -> list of (title, text); works are separated by a form-feed line (see make_input.py)."""
+    with open(path, encoding="utf-8") as f:
+        works = f.read().split("\f\n")
+    return [(w.split("\n", 1)[0].strip(), w) for w in works if w.strip()]
+
+
+def split_works(path=SHAKESPEARE):
+    """Return (train_texts, val_texts): the works in VAL_TITLES go to val. A ValueError if one is missing."""
+    works = load_works(path)
+    titles = {t for t, _ in works}
+    missing = [t for t in VAL_TITLES if t not in titles]
+    if missing:
+        raise ValueError(f"{path} lacks the held-out works {', '.join(missing)}: is it made by make_input.py?")
+    train = [w for t, w in works if t not in VAL_TITLES]
+    val = [w for t, w in works if t in VAL_TITLES]
+    return train, val
+
+
+def held_out_passages(n=50, min_lines=3, max_lines=6, path=SHAKESPEARE):
+    """n short speeches from the held-out works, evenly spaced, each a prompt string.
+
+    A passage is one paragraph (text between blank lines) of min_lines..max_lines
+    lines that starts with a speaker's name, e.g. 'BRUTUS.\\nNo, Cassius, no...'.
+    Stage directions ('[Exit]') are left out. Each prompt ends with a newline.
+    """
+    _, val = split_works(path)
+    candidates = []
+    for work in val:
+        for block in work.split("\n\n"):
+            lines = block.strip("\n").split("\n")
+            speaker = lines[0]
+            if (min_lines <= len(lines) <= max_lines
+                    and speaker.endswith(".") and speaker.isupper()  # 'FIRST CITIZEN.'
+                    and not any(line.lstrip().startswith("[") for line in lines)):
+                candidates.append("\n".join(lines) + "\n")
+    assert len(candidates) >= n, f"only {len(candidates)} candidate passages"
+    step = len(candidates) / n
+    return [candidates[int(i * step)] for i in range(n)]
+
+
+# -----------------------------------------------------------------------------
 # held-out prompts for benchmarks, evaluation and demos
 
 def load_prompts(name):
@@ -244,7 +312,6 @@ def load_prompts(name):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             return [json.loads(line)["prompt"] for line in f if line.strip()]
     if name == "shakespeare":
-        from data.shakespeare.prepare import held_out_passages
         return held_out_passages()
     raise ValueError(f"unknown prompt set {name!r}; choose 'humaneval' or 'shakespeare'")
 
@@ -264,15 +331,16 @@ def main(argv=None):
                         help="number of tokenizer pieces (at most; a tiny corpus may get fewer). Default 4096")
     parser.add_argument("--val_fraction", type=float, default=0.05,
                         help="fraction of tokens (taken from the last documents) held out as val.bin. Default 0.05")
+    parser.error = lambda message: fail(f"{message} (see --help)")  # one line, not argparse's usage block
     args = parser.parse_args(argv)
 
     paths = sorted(p for p in glob.glob(args.input, recursive=True) if os.path.isfile(p))
     if not paths:
         fail(f"--input {args.input!r} matches no files")
-    if not 0 <= args.val_fraction < 1:
+    if not 0 <= args.val_fraction < 1:  # NaN fails this too
         fail(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
-    if not 260 <= args.vocab_size <= 65536:
-        fail(f"--vocab_size must be between 260 (256 bytes + 3 specials + 1) and 65536, got {args.vocab_size}")
+    check_vocab_size(args.vocab_size)
+    check_out_dir(args.out_dir)
 
     documents = []
     for path in paths:
@@ -281,6 +349,8 @@ def main(argv=None):
                 text = f.read().replace("\r\n", "\n")  # normalise Windows line endings
         except UnicodeDecodeError:
             fail(f"{path} is not UTF-8 text")
+        except OSError as e:
+            fail(f"{path} cannot be read ({e.strerror})")
         if text.strip():
             documents.append(text)
     if not documents:

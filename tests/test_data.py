@@ -109,7 +109,49 @@ def test_cli_bad_input_is_one_line_error(tmp_path, make_input):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith("error: ")
+    assert result.stderr.startswith("prepare.py: error: ")
+
+
+DATA_SCRIPTS_BAD = [  # script, argv, expected text; {tmp}, {text}, {binary} and {folder} are made by the test
+    ("prepare", "--input {tmp}/*.none --out_dir {tmp}/o", "--input '{tmp}/*.none' matches no files"),
+    ("prepare", "--input {text} --out_dir {tmp}/o --vocab_size 10", "--vocab_size must be between 260"),
+    ("prepare", "--input {text} --out_dir {tmp}/o --vocab_size x", "argument --vocab_size: invalid int value: 'x'"),
+    ("prepare", "--input {text} --out_dir {tmp}/o --val_fraction nan", "--val_fraction must be in [0, 1), got nan"),
+    ("prepare", "--input {text} --out_dir {tmp}/o --val_fraction 1", "--val_fraction must be in [0, 1), got 1.0"),
+    ("prepare", "--input {text} --out_dir {text}/o", "--out_dir {text}/o: {text} is a file, not a folder"),
+    ("prepare", "--input {binary} --out_dir {tmp}/o", "{binary} is not UTF-8 text"),
+    ("prepare", "--out_dir {tmp}/o", "the following arguments are required: --input"),
+    ("shakespeare", "--vocab_size 70000 --out_dir {tmp}/o", "--vocab_size must be between 260"),
+    ("shakespeare", "--input {tmp}/none.txt --out_dir {tmp}/o", "cannot be read (No such file or directory)"),
+    ("shakespeare", "--input {folder} --out_dir {tmp}/o", "--input {folder}: cannot be read (Is a directory)"),
+    ("shakespeare", "--input {binary} --out_dir {tmp}/o", "--input {binary}: not UTF-8 text"),
+    ("shakespeare", "--input {text} --out_dir {tmp}/o", "lacks the held-out works THE TEMPEST"),
+    ("shakespeare", "--out_dir {text}/o", "{text} is a file, not a folder"),
+    ("python", "--val_percent 0 --out_dir {tmp}/o", "--val_percent must be 1..50"),
+    ("python", "--vocab_size 100 --out_dir {tmp}/o", "--vocab_size must be between 260"),
+    ("python", "--out_dir {text}/o", "{text} is a file, not a folder"),
+    ("make_input", "{tmp}/none", "no *_gut.txt files in {tmp}/none/shksprdata/texts"),
+    ("make_input", "{tmp} --out {folder}", "--out {folder} is a folder"),
+]
+
+
+@pytest.mark.parametrize("script, argv, match", DATA_SCRIPTS_BAD, ids=[f"{s} {a}" for s, a, _ in DATA_SCRIPTS_BAD])
+def test_data_scripts_bad_input_is_one_line(tmp_path, capsys, script, argv, match):
+    """Every data script: bad numbers, missing, binary or misplaced files and folders give exit 2 and one line
+    (no traceback, no usage block), and write nothing."""
+    from conftest import assert_one_line_error
+    from data import prepare
+    from data.python import prepare as python_prepare
+    from data.shakespeare import make_input, prepare as shakespeare_prepare
+    main = {"prepare": prepare.main, "shakespeare": shakespeare_prepare.main, "python": python_prepare.main,
+            "make_input": make_input.main}[script]
+    paths = {"tmp": tmp_path, "text": tmp_path / "text.txt", "binary": tmp_path / "binary.txt",
+             "folder": tmp_path / "folder"}
+    paths["binary"].write_bytes(b"\x7fELF\xff\xfe" + bytes(range(256)))
+    paths["text"].write_text("To be, or not to be\n")
+    paths["folder"].mkdir()
+    assert_one_line_error(main, argv.format(**paths).split(), capsys, match.format(**paths))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.txt", "folder", "text.txt"]
 
 
 def test_humaneval_prompts():
@@ -123,7 +165,7 @@ def test_humaneval_prompts():
 
 def test_shakespeare_prompts_are_held_out():
     """load_prompts('shakespeare') gives 50 distinct 3-6 line passages, all from validation works only."""
-    from data.shakespeare.prepare import split_works
+    from data.prepare import split_works
     prompts = load_prompts("shakespeare")
     assert len(prompts) == len(set(prompts)) == 50
     assert all(3 <= len(p.splitlines()) <= 6 and p.endswith("\n") for p in prompts)

@@ -1,5 +1,6 @@
 """Tests of on-policy data for the draft exit: onpolicy.py's batched greedy decoding and train.py's exit loss."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,9 @@ import pytest
 import torch
 
 import layerskip as ls
-from test_train import TINY, run, step_losses, weights
+from model_io import load_model
+from conftest import assert_one_line_error
+from test_train import TINY, step_losses, train_here, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_batched_greedy_continuations_equal_one_prompt_at_a_time(tiny_checkpoint):
     """All rows decoded together give, row by row, exactly ls.generate's greedy autoregressive tokens."""
     import onpolicy
-    model, _ = ls.load_model(tiny_checkpoint)
+    model, _ = load_model(tiny_checkpoint)
     prefixes = torch.randint(3, model.params.vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
     batched = onpolicy.greedy_continuations(model, prefixes, 20)
     for row, out in zip(prefixes.tolist(), batched.tolist()):
@@ -28,7 +31,7 @@ def test_exit_loss_runs_only_the_first_blocks(tiny_checkpoint):
     """train.exit_loss is exit E's cross-entropy, the number forward() reports for that exit, computed with
     blocks 0..E-1 only."""
     import train
-    model, _ = ls.load_model(tiny_checkpoint)
+    model, _ = load_model(tiny_checkpoint)
     model.eval()
     x = torch.randint(model.params.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
     y = torch.randint(model.params.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
@@ -47,18 +50,21 @@ def shakespeare():
         subprocess.run([sys.executable, "data/shakespeare/prepare.py"], cwd=ROOT, check=True, capture_output=True)
 
 
-def test_onpolicy_data_end_to_end(shakespeare, tmp_path):
-    """onpolicy.py writes the model's continuations of training windows; train.py fits exit E to them, logs that
-    loss, moves the weights with it, and refuses bad flags and files in one line."""
-    run(TINY + ["--max_iters", 2, "--eval_interval", 2, "--out_dir", tmp_path / "a"])
+def test_onpolicy_data_end_to_end(shakespeare, tmp_path, capsys):
+    """onpolicy.py writes the model's continuations of training windows (uint16, with a JSON sidecar saying what
+    made them); train.py fits exit E to them, logs that loss, and moves the weights with it. (Bad flags and files:
+    test_train_inputs.py.)"""
+    import onpolicy
+    train_here(TINY + ["--max_iters", 2, "--eval_interval", 2, "--out_dir", tmp_path / "a"], capsys)
     ckpt, out = tmp_path / "a/model.pt", tmp_path / "on.bin"
-    cmd = [sys.executable, "onpolicy.py", "--checkpoint", ckpt, "--data", "data/shakespeare", "--out", out,
-           "--samples", 5, "--prefix", 8, "--new_tokens", 12, "--batch", 2]
-    proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    onpolicy.main([str(c) for c in ["--checkpoint", ckpt, "--data", ROOT / "data/shakespeare", "--out", out,
+                                    "--samples", 5, "--prefix", 8, "--new_tokens", 12, "--batch", 2]])
     tokens = np.fromfile(out, dtype=np.uint16)
     assert 5 * 9 <= len(tokens) <= 5 * 20  # each sample: 8 real tokens, then 1..12 of the model's (cut at EOS)
-    model, tok = ls.load_model(ckpt)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert (meta["tokens"], meta["samples"], meta["checkpoint"]) == (len(tokens), 5, str(ckpt))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "on.bin", "on.json"]  # no temporary file left
+    model, tok = load_model(ckpt)
     train_tokens = np.memmap(ROOT / "data/shakespeare/train.bin", dtype=np.uint16, mode="r")
     windows = np.lib.stride_tricks.sliding_window_view(train_tokens, 8)
     assert (windows == tokens[:8]).all(1).any()  # a real window...
@@ -67,30 +73,70 @@ def test_onpolicy_data_end_to_end(shakespeare, tmp_path):
         expect = expect[:expect.index(tok.eos_id) + 1]
     assert tokens[8:8 + len(expect)].tolist() == expect
 
-    common = TINY + ["--max_iters", 3, "--eval_interval", 3, "--init_from", ckpt, "--e_scale", 0]
-    proc = run(common + ["--exit_always", 2, "--onpolicy_data", out, "--out_dir", tmp_path / "b"])
-    assert "exit 2 on-policy" in proc.stdout and len(step_losses(proc.stdout)) == 3
-    run(common + ["--exit_always", 2, "--onpolicy_data", out, "--onpolicy_weight", 0, "--out_dir", tmp_path / "c"])
+    common = TINY + ["--max_iters", 3, "--eval_interval", 3, "--init_from", ckpt, "--e_scale", 0, "--exit_always", 2,
+                     "--onpolicy_data", out]
+    log = train_here(common + ["--out_dir", tmp_path / "b"], capsys)
+    assert "exit 2 on-policy" in log and len(step_losses(log)) == 3
+    train_here(common + ["--onpolicy_weight", 0, "--out_dir", tmp_path / "c"], capsys)
     with_loss, without = weights(tmp_path / "b/ckpt.pt"), weights(tmp_path / "c/ckpt.pt")
     changed = {k for k in with_loss if not torch.equal(with_loss[k], without[k])}
     # the on-policy loss moved the weights (which blocks it reaches: test_exit_loss_runs_only_the_first_blocks)
     assert {"tok_embeddings.weight", "layers.0.attention.wq.weight", "layers.1.feed_forward.w2.weight"} <= changed
-    bad = tmp_path / "bad.bin"
-    bad.write_bytes(b"\x01")  # one byte: not uint16 tokens
-    for extra, message in [([], "name it with --exit_always E"),
-                           (["--exit_always", 2, "--onpolicy_data", tmp_path / "none.bin"], "no such file"),
-                           (["--exit_always", 2, "--onpolicy_data", bad], "not a file of uint16 tokens"),
-                           (["--onpolicy_weight", 2], "give the file too")]:
-        proc = run(common + (extra or ["--onpolicy_data", out]), check=False)
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_onpolicy_bad_input_is_one_line(shakespeare, tmp_path, tiny_checkpoint):
-    for args, message in [(["--checkpoint", tmp_path / "none.pt"], "no such file"),
-                          (["--checkpoint", tiny_checkpoint, "--data", "data/shakespeare"], "another tokenizer"),
-                          (["--checkpoint", tiny_checkpoint, "--prefix", 200, "--new_tokens", 100], "context window"),
-                          (["--samples", 0], "at least 1")]:
-        proc = subprocess.run([sys.executable, "onpolicy.py", *map(str, args), "--out", str(tmp_path / "x.bin")],
-                              cwd=ROOT, capture_output=True, text=True)
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1
+BAD = [
+    (["--checkpoint", "NONE"], "no such file"),
+    (["--checkpoint", "FOLDER"], "not a model directory of a known layout"),
+    (["--checkpoint", "BINARY"], "cannot be read as a checkpoint"),
+    (["--data", "data/shakespeare"], "another tokenizer than data/shakespeare"),
+    (["--data", "BINARY"], "--data BINARY is a file: give the folder"),
+    (["--data", "FOLDER"], "FOLDER is not prepared: build it with `python data/prepare.py --input ... --out_dir "
+                           "FOLDER`"),
+    (["--data", "DAMAGED"], "DAMAGED is damaged (ValueError): rebuild it with"),
+    (["--prefix", 200, "--new_tokens", 100], "--prefix 200 + --new_tokens 100 pass the model's context window of 256"),
+    (["--out", "FOLDER"], "--out FOLDER is a folder: give a file name"),
+    (["--out", "BINARY/x.bin"], "--out BINARY/x.bin: BINARY is a file, not a folder"),
+    (["--out", "OUT.json"], "give a .bin name"),
+    (["--samples", 0], "argument --samples: must be 1..10000000, got 0"),
+    (["--samples", -1], "argument --samples: must be 1..10000000, got -1"),
+    (["--samples", 10**12], "argument --samples: must be 1..10000000"),
+    (["--samples", "nan"], "argument --samples: expected a whole number, got 'nan'"),
+    (["--prefix", 0], "argument --prefix: must be 1..1048576, got 0"),
+    (["--new_tokens", "1.5"], "argument --new_tokens: expected a whole number"),
+    (["--batch", 0], "argument --batch: must be 1..65536, got 0"),
+    (["--batch", 10**6], "argument --batch: must be 1..65536"),
+    (["--seed", -1], "argument --seed: must be 0.."),
+    (["--threads", 0], "argument --threads: must be 1.."),
+    (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(map(str, a)) for a, _ in BAD])
+def test_onpolicy_bad_input_is_one_line(shakespeare, tmp_path, capsys, tiny_checkpoint, args, message):
+    """Missing, binary or misplaced files, a model and corpus that do not match, and out-of-range numbers (zero,
+    negative, huge, NaN): exit 2, one line that says what to do, nothing written."""
+    import onpolicy
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "binary").write_bytes(b"\x7fELF" + bytes(range(256)))
+    damaged = tmp_path / "damaged"  # the corpus's tokenizer, and an empty train.bin
+    damaged.mkdir()
+    (damaged / "tokenizer.model").write_bytes((ROOT / "data/shakespeare/tokenizer.model").read_bytes())
+    (damaged / "train.bin").write_bytes(b"")
+    names = {"NONE": tmp_path / "none.pt", "FOLDER": tmp_path / "folder", "BINARY": tmp_path / "binary",
+             "DAMAGED": damaged, "OUT": tmp_path / "out"}
+    def fill(text):
+        for key, path in names.items():
+            text = text.replace(key, str(path))
+        return text
+    argv = ["--checkpoint", tiny_checkpoint, "--data", ROOT / "data/shakespeare", "--out", tmp_path / "x.bin"]
+    argv += [fill(str(a)) for a in args]
+    assert_one_line_error(onpolicy.main, argv, capsys, fill(message))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary", "damaged", "folder"]
+
+
+def test_onpolicy_bad_input_as_a_command_has_no_traceback(tmp_path):
+    """As a command, a missing checkpoint is one line on stderr and exit 2."""
+    proc = subprocess.run([sys.executable, "onpolicy.py", "--checkpoint", str(tmp_path / "none.pt"), "--out",
+                           str(tmp_path / "x.bin")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("onpolicy.py: error: ") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no such file" in proc.stderr

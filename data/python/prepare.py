@@ -30,7 +30,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-from data.prepare import build_corpus  # noqa: E402
+from data.prepare import build_corpus, check_out_dir, check_vocab_size, fail  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_DIRS = {"test", "tests", "testing", "idle_test"}  # any folder with one of these names is skipped
@@ -62,8 +62,7 @@ def sources(stdlib_only=False):
         import importlib.util
         spec = importlib.util.find_spec("torch")
         if spec is None or not spec.submodule_search_locations:
-            raise SystemExit("error: torch is not installed, so its source cannot join the corpus: install it or "
-                             "pass --stdlib_only")
+            fail("torch is not installed, so its source cannot join the corpus: install it or pass --stdlib_only")
         roots.append(("torch", list(spec.submodule_search_locations)[0]))
     return roots
 
@@ -124,11 +123,14 @@ def build(out_dir=HERE, vocab_size=DEFAULT_VOCAB, stdlib_only=False, val_percent
     train_docs = [t for key, t in docs.items() if not is_val(key, val_percent)]
     val_docs = [t for key, t in docs.items() if is_val(key, val_percent)]
     n_bytes = sum(len(t.encode("utf-8")) for t in docs.values())
-    meta = build_corpus(out_dir, train_docs, val_docs, vocab_size, {  # the tokenizer sees train files only
-        "source": f"Python {sys.version.split()[0]} " + " + ".join(n for n, _ in roots)
-                  + " .py files, tests excluded",
-        "train_files": len(train_docs), "val_files": len(val_docs), "source_bytes": n_bytes,
-    })
+    try:
+        meta = build_corpus(out_dir, train_docs, val_docs, vocab_size, {  # the tokenizer sees train files only
+            "source": f"Python {sys.version.split()[0]} " + " + ".join(n for n, _ in roots)
+                      + " .py files, tests excluded",
+            "train_files": len(train_docs), "val_files": len(val_docs), "source_bytes": n_bytes,
+        })
+    except ValueError as e:  # a vocabulary too small for the text's characters
+        fail(str(e))
     print(f"train {meta['train_tokens']:,} tokens ({len(train_docs)} files), val {meta['val_tokens']:,} tokens "
           f"({len(val_docs)} files), {n_bytes / (meta['train_tokens'] + meta['val_tokens']):.2f} bytes/token, "
           f"{time.time() - t0:.1f}s total")
@@ -144,7 +146,12 @@ def main(argv=None):
     parser.add_argument("--val_percent", type=int, default=5,
                         help="percent of files (picked by path hash) held out as val.bin. Default 5")
     parser.add_argument("--out_dir", default=HERE, help="where to write the outputs. Default: data/python/")
+    parser.error = lambda message: fail(f"{message} (see --help)")  # one line, not argparse's usage block
     args = parser.parse_args(argv)
+    check_vocab_size(args.vocab_size)
+    if not 1 <= args.val_percent <= 50:
+        fail(f"--val_percent must be 1..50 (both splits need files), got {args.val_percent}")
+    check_out_dir(args.out_dir)
     build(args.out_dir, args.vocab_size, args.stdlib_only, args.val_percent)
 
 
