@@ -1,49 +1,69 @@
 """
-Decoding speed: autoregressive vs early exit vs self-speculative, batch 1, greedy (paper Tables 3-6, 11).
+Decoding speed: autoregressive vs early exit vs self-speculative decoding, batch 1, greedy (paper Tables 3-6, 11),
+the speedup the cost of a round's pieces predicts, and how much of the generated text loops.
 
-    python bench.py --prompts humaneval --json out.json      # the shipped models, the default exit and d
-    python bench.py --sweep                                    # exit layer x num_speculations heatmap + CSV
-    python bench.py --auto                                     # sweep, then store the fastest (E, d) in the checkpoint
-    python bench.py --memory                                   # peak memory of AR vs self-speculative decoding
+    python bench.py --prompts humaneval --json out.json      # the shipped model and its twin, the stored setting
+    python bench.py --no_repeat_ngram_size 4                 # and a second table: the same with loops suppressed
+    python bench.py --reference checkpoints/layerskip-python.pt   # and the 12-layer model's speed beside
+    python bench.py --sweep                                  # exit layer x num_speculations heatmap + CSV
+    python bench.py --auto                                   # sweep, then store the fastest (E, d) in the checkpoint
+    python bench.py --memory                                 # peak memory of AR vs self-speculative decoding
 
 Speedup is the paper's: autoregressive time per token / method time per token, against the same model's
-autoregressive decoding and against the baseline twin's. Variants are interleaved prompt by prompt, repeated,
-and reported as medians; the thread count is fixed; ratios come from the same run.
+autoregressive decoding (and its baseline twin's). Every variant is timed by common.interleaved_runs: variants
+interleaved prompt by prompt in rotating order, --repeats passes over the prompts; each pass's times are summed
+per variant, and a speedup is the median over passes of the ratio measured within one pass. The thread count is
+fixed for the whole run.
 """
 
-import argparse
 import json
+import multiprocessing
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 import layerskip as ls
-from data.prepare import load_prompts
+from common import (MAX_THREADS, ArgumentParser, crop_prompt, decoding_settings, fail, float_range, int_range,
+                    interleaved_runs, machine, prompt_set)
+from model_io import CheckpointError, atomic_save, load_checkpoint, load_model
 
 LAYERSKIP, BASELINE = "checkpoints/layerskip-python-deep.pt", "checkpoints/baseline-python-deep.pt"
-REFERENCE = "checkpoints/layerskip-python.pt"  # the first, 12-layer reference model: its AR speed is the yardstick
+TWELVE_LAYERS = "checkpoints/layerskip-python.pt"  # the first reference model, a yardstick of absolute speed
 
 
-def fail(message):
-    print(f"bench.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
+# ---------------------------------------------------------------------------------------------------------
+# Loops. A small model's greedy text often falls into a loop (`flags.flags.flags`), which is easy to draft and so
+# flatters the speedup; the report says how much of the text loops, and can measure again with loops suppressed.
 
 
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu}, {os.cpu_count()} cores"
-    return f"{dev}; torch {torch.__version__}, {torch.get_num_threads()} threads; Python {platform.python_version()}"
+def in_loops(tokens: list, max_period: int = 12, min_repeats: int = 2) -> list[bool]:
+    """For each token, whether it sits in a periodic loop: a stretch of min_repeats * p tokens, p <= max_period,
+    that is one block of p tokens said min_repeats times in a row, i.e. a stretch tokens[i .. i + min_repeats*p - 1]
+    with tokens[j] == tokens[j + p] for every j in i .. i + (min_repeats - 1)*p - 1. (With the defaults, a token
+    is in a loop if it belongs to some tokens[i .. i + 2p - 1] whose two halves are equal, p <= 12.)"""
+    if min_repeats < 2:
+        raise ValueError(f"a loop repeats at least twice, got min_repeats {min_repeats}")
+    inside = [False] * len(tokens)
+    for p in range(1, max_period + 1):
+        need, run = (min_repeats - 1) * p, 0  # equal pairs (j, j + p) in a row that make a stretch; pairs so far
+        for j in range(len(tokens) - p):
+            run = run + 1 if tokens[j] == tokens[j + p] else 0
+            if run >= need:  # the stretch from j - need + 1 to j + p
+                for k in range(j - need + 1, j + p + 1):
+                    inside[k] = True
+    return inside
+
+
+def loop_share(tokens: list, max_period: int = 12, min_repeats: int = 2) -> float:
+    """The fraction of tokens that sit in a periodic loop (see in_loops); 0.0 for no tokens."""
+    return sum(in_loops(tokens, max_period, min_repeats)) / len(tokens) if len(tokens) else 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -121,70 +141,86 @@ def predicted_from_rounds(costs, drafts_per_round: dict, tokens: int):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# End-to-end timing
+# End-to-end timing: common.interleaved_runs decodes; here each pass is summed per variant and summarised.
 
 
-def encode(model, tok, prompt, max_new_tokens):
-    """Prompt ids, cropped from the left where prompt + new tokens would not fit the context window."""
-    ids = tok.encode(prompt)
-    return ids[-max(1, model.params.max_seq_len - max_new_tokens - 1):]
+def pass_sums(runs, tokenizer) -> dict:
+    """Totals over a pass's runs (ls.Generation) of one variant, with the drafts-per-round histogram."""
+    sums = dict(seconds=0.0, tokens=0, chars=0, drafted=0, accepted=0, rounds=0, rejections=0, drafts_per_round={})
+    for g in runs:
+        sums["seconds"] += g.seconds
+        sums["tokens"] += len(g.tokens)
+        sums["chars"] += len(tokenizer.decode(g.tokens))  # tokenizers differ between models; characters do not
+        sums["drafted"] += g.drafted
+        sums["accepted"] += g.accepted
+        sums["rounds"] += g.rounds
+        for e in g.events:
+            sums["rejections"] += e.accepted < len(e.drafted)
+            sums["drafts_per_round"][len(e.drafted)] = sums["drafts_per_round"].get(len(e.drafted), 0) + 1
+    return sums
 
 
-def run_variants(variants, prompts, max_new_tokens, repeats, progress=True):
-    """Time every variant on every prompt, interleaved (the variant order rotates prompt by prompt), `repeats`
-    times. Returns {variant: [per-repeat dict(seconds, tokens, drafted, accepted, rounds)]}."""
-    for name, (model, tok, kw) in variants.items():  # warm-up
-        ls.generate(model, encode(model, tok, prompts[0], 8), 8, eos_id=tok.eos_id, **kw)
-    names = list(variants)
-    totals = {n: [dict(seconds=0.0, tokens=0, chars=0, drafted=0, accepted=0, rounds=0, rejections=0,
-                       drafts_per_round={})
-                  for _ in range(repeats)] for n in names}
-    outputs = {n: [] for n in names}
-    total_runs, done, t_start = repeats * len(prompts) * len(names), 0, time.time()
-    for r in range(repeats):
-        for i, prompt in enumerate(prompts):
-            order = names[i % len(names):] + names[:i % len(names)]
-            for n in order:
-                model, tok, kw = variants[n]
-                g = ls.generate(model, encode(model, tok, prompt, max_new_tokens), max_new_tokens,
-                                eos_id=tok.eos_id, **kw)
-                t = totals[n][r]
-                t["seconds"] += g.seconds
-                t["tokens"] += len(g.tokens)
-                t["chars"] += len(tok.decode(g.tokens))  # tokenizers differ between models; characters do not
-                t["drafted"] += g.drafted
-                t["accepted"] += g.accepted
-                t["rounds"] += g.rounds
-                for e in g.events:
-                    t["rejections"] += e.accepted < len(e.drafted)
-                    t["drafts_per_round"][len(e.drafted)] = t["drafts_per_round"].get(len(e.drafted), 0) + 1
-                if r == 0:
-                    outputs[n].append(g.tokens)
-                done += 1
-            if progress:
-                eta = (time.time() - t_start) / done * (total_runs - done)
-                print(f"\r  repeat {r + 1}/{repeats}, prompt {i + 1}/{len(prompts)}, ETA {eta:.0f} s   ",
-                      end="", file=sys.stderr, flush=True)
+def measure(variants: dict, prompts: list[str], max_new_tokens: int, repeats: int, progress: bool = True):
+    """Time every variant on every prompt (common.interleaved_runs), showing progress and an ETA on stderr.
+    Returns ({variant: [one pass_sums per pass]}, {variant: [the tokens of each prompt, first pass]})."""
+    runs = {name: [[] for _ in range(repeats)] for name in variants}
+    total, done, start = repeats * len(prompts) * len(variants), 0, time.time()
+    for r, i, name, g in interleaved_runs(variants, prompts, max_new_tokens, repeats):
+        runs[name][r].append(g)
+        done += 1
+        if progress and done % len(variants) == 0:  # after every variant has decoded the prompt
+            eta = (time.time() - start) / done * (total - done)
+            print(f"\r  pass {r + 1}/{repeats}, prompt {i + 1}/{len(prompts)}, ETA {eta:.0f} s   ", end="",
+                  file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
+    totals = {name: [pass_sums(p, variants[name][1]) for p in passes] for name, passes in runs.items()}
+    outputs = {name: [g.tokens for g in passes[0]] for name, passes in runs.items()}
     return totals, outputs
 
 
-def summarize(totals, reference):
-    """Per variant: median time per token over repeats, and the median of per-repeat speedups vs reference."""
+def summarize(totals: dict, reference, outputs: Optional[dict] = None) -> dict:
+    """Per variant: the median over passes of time per token, and the median of per-pass speedups over the
+    reference variant; acceptance, alpha, tokens per round and the share of tokens in loops from the first pass."""
+    ref = [t["seconds"] / max(t["tokens"], 1) for t in totals[reference]]
     out = {}
-    for n, reps in totals.items():
-        tpt = [t["seconds"] / max(t["tokens"], 1) for t in reps]
-        ref = [t["seconds"] / max(t["tokens"], 1) for t in totals[reference]]
-        drafted = reps[0]["drafted"]
-        out[n] = {"ms_per_token": 1000 * statistics.median(tpt), "tokens_per_s": 1 / statistics.median(tpt),
-                  "chars_per_s": statistics.median(t["chars"] / t["seconds"] for t in reps),
-                  "speedup": statistics.median(r / t for r, t in zip(ref, tpt)),
-                  "acceptance": reps[0]["accepted"] / drafted if drafted else None,
-                  "alpha": per_token_acceptance(reps[0]["accepted"], reps[0]["rejections"]) if drafted else None,
-                  "tokens_per_round": reps[0]["tokens"] / max(reps[0]["rounds"], 1),
-                  "tokens": reps[0]["tokens"]}
+    for name, passes in totals.items():
+        tpt = [t["seconds"] / max(t["tokens"], 1) for t in passes]
+        first = passes[0]
+        drafted = first["drafted"]
+        out[name] = {"ms_per_token": 1000 * statistics.median(tpt), "tokens_per_s": 1 / statistics.median(tpt),
+                     "chars_per_s": statistics.median(t["chars"] / t["seconds"] for t in passes),
+                     "speedup": statistics.median(r / t for r, t in zip(ref, tpt)),
+                     "acceptance": first["accepted"] / drafted if drafted else None,
+                     "alpha": per_token_acceptance(first["accepted"], first["rejections"]) if drafted else None,
+                     "tokens_per_round": first["tokens"] / max(first["rounds"], 1),
+                     "tokens": first["tokens"]}
+        if outputs is not None:
+            flat = [t for tokens in outputs[name] for t in tokens]
+            out[name]["in_loops"] = loop_share(flat) if flat else 0.0
     return out
+
+
+def round_analysis(passes: list[dict], costs: dict, speedup: float, alpha: float, d: int) -> dict:
+    """What the costs of a round's pieces predict for the fastest pass (the least disturbed by the machine), and
+    where the time of a round goes: its draft steps and its verification at their measured costs; the rest is the
+    decoding loop's own overhead (prefill included, sampling, bookkeeping)."""
+    r = min(passes, key=lambda t: t["seconds"])
+    predicted = predicted_from_rounds(costs, r["drafts_per_round"], r["tokens"])
+    per_round = r["seconds"] / r["rounds"]
+    drafting = r["drafted"] / r["rounds"] * costs["draft_step"]
+    verifying = sum(n * costs["verify_by_drafts"][k] for k, n in r["drafts_per_round"].items()) / r["rounds"]
+    return {"predicted_speedup": predicted, "measured_over_predicted": speedup / predicted if predicted else None,
+            "predicted_fixed_d": predicted_speedup(costs, alpha or 0.0, d), "rounds": r["rounds"],
+            "tokens": r["tokens"],
+            "drafts_per_round": {str(k): n for k, n in sorted(r["drafts_per_round"].items())},
+            "round_ms": {"total": 1000 * per_round, "drafting": 1000 * drafting, "verification": 1000 * verifying,
+                         "other": 1000 * (per_round - drafting - verifying)},
+            "drafts_in_a_round": r["drafted"] / r["rounds"]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The exit layer x draft length sweep, and --auto's stored recommendation
 
 
 def sweep(model, tok, prompts, max_new_tokens, grid, repeats):
@@ -194,11 +230,40 @@ def sweep(model, tok, prompts, max_new_tokens, grid, repeats):
     for E, d, th in grid:
         variants[(E, d, th)] = (model, tok, dict(strategy="self_speculative", exit_layer=E, num_speculations=d,
                                                   draft_threshold=th))
-    totals, _ = run_variants(variants, prompts, max_new_tokens, repeats)
+    totals, _ = measure(variants, prompts, max_new_tokens, repeats)
     summary = summarize(totals, "ar")
     return [{"exit_layer": E, "num_speculations": d, "draft_threshold": th, "speedup": summary[(E, d, th)]["speedup"],
              "acceptance": summary[(E, d, th)]["acceptance"], "ms_per_token": summary[(E, d, th)]["ms_per_token"]}
             for E, d, th in grid]
+
+
+def run_sweep(args, model, tok, prompts, exits) -> tuple[list[dict], dict]:
+    """Sweep exits x d, then the draft thresholds at the best exit with its d and 2d; write the CSV and the
+    heatmap. Returns (rows, the fastest row)."""
+    print(f"sweep: exits {exits} x d {args.sweep_specs} on {args.sweep_prompts} prompts", file=sys.stderr)
+    prompts, repeats = prompts[:args.sweep_prompts], max(1, args.repeats - 1)
+    rows = sweep(model, tok, prompts, args.max_new_tokens, [(E, d, None) for E in exits for d in args.sweep_specs],
+                 repeats)
+    best = max(rows, key=lambda r: r["speedup"])
+    E, d = best["exit_layer"], best["num_speculations"]
+    rows += sweep(model, tok, prompts, args.max_new_tokens,
+                  [(E, d_, th) for d_ in (d, 2 * d) for th in args.sweep_thresholds], repeats)
+    best = max(rows, key=lambda r: r["speedup"])
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "sweep.csv", "w") as f:
+        f.write("exit_layer,num_speculations,draft_threshold,speedup,acceptance,ms_per_token\n")
+        for r in rows:
+            f.write(f"{r['exit_layer']},{r['num_speculations']},{r['draft_threshold'] or ''},{r['speedup']:.4f},"
+                    f"{r['acceptance']:.4f},{r['ms_per_token']:.3f}\n")
+    try:
+        plot_sweep(rows, out / "sweep.png", f"{Path(args.checkpoint).name}: self-speculative speedup")
+    except ImportError:
+        print("matplotlib is not installed: no heatmap (pip install matplotlib)")
+    print(f"\nsweep best: exit {best['exit_layer']}, d {best['num_speculations']}, draft threshold "
+          f"{best['draft_threshold']}: {best['speedup']:.2f}x (acceptance {best['acceptance']:.2f}); "
+          f"{out}/sweep.csv, {out}/sweep.png")
+    return rows, best
 
 
 def plot_sweep(rows, path, title):
@@ -225,8 +290,7 @@ def plot_sweep(rows, path, title):
 
 
 def store_recommendation(path, best, prompts):
-    """Write the fastest setting into the checkpoint's metadata (atomically), for generate.py and the demo."""
-    from model_io import atomic_save, load_checkpoint
+    """Write the fastest setting into the checkpoint's metadata (atomically), where decoding_settings finds it."""
     ckpt = load_checkpoint(path)
     ckpt.setdefault("metadata", {})["recommended"] = {
         "exit_layer": best["exit_layer"], "num_speculations": best["num_speculations"],
@@ -236,212 +300,311 @@ def store_recommendation(path, best, prompts):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Peak memory: each decoder in a fresh process, so that one's peak does not hide the other's
+# Peak memory: each decoder in a fresh process, so that one's peak does not hide the other's. A spawned process
+# starts with the resource usage (ru_maxrss) of the process that started it, so the peak is read from the fresh
+# process's own memory map instead (/proc/self/status on Linux).
 
 
-def memory_probe(checkpoint, strategy, exit_layer, d, prompt, max_new_tokens):
-    import resource
-    model, tok = ls.load_model(checkpoint)
-    ids = encode(model, tok, prompt, max_new_tokens)
-    if torch.cuda.is_available():
-        model = model.cuda()
+def resident_bytes(field: str) -> int:
+    """VmHWM (peak) or VmRSS (now) of this process, from /proc/self/status; elsewhere ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
+    except (OSError, StopIteration):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def peak_memory(checkpoint, prompt, max_new_tokens, kwargs, threads) -> dict:
+    """Load the model, decode the prompt once, and return the process's peak memory (CUDA: peak allocation) and
+    how far decoding rose above the memory held once the model was loaded. Meant for a fresh process."""
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tok = load_model(checkpoint, device=device)
+    ids = crop_prompt(model, tok.encode(prompt), max_new_tokens)
+    if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    ls.generate(model, ids, max_new_tokens, strategy=strategy, exit_layer=exit_layer, num_speculations=d)
-    peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    print(json.dumps({"peak_bytes": peak}))
+        loaded = torch.cuda.memory_allocated()
+    else:
+        loaded = resident_bytes("VmRSS")
+    ls.generate(model, ids, max_new_tokens, eos_id=tok.stop_ids, seed=0, **kwargs)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else resident_bytes("VmHWM")
+    return {"peak_bytes": peak, "above_loaded_bytes": peak - loaded}
 
 
-def measure_memory(checkpoint, E, d, prompt, max_new_tokens):
+def measure_memory(checkpoint, settings: dict, prompt, max_new_tokens, threads) -> dict:
+    """{name: peak_memory(...)} for each name -> generate kwargs, each in its own fresh ('spawn') process."""
     out = {}
-    for strategy in ("autoregressive", "self_speculative"):
-        args = [sys.executable, __file__, "--_memory_probe", strategy, "--checkpoint", checkpoint,
-                "--exit", str(E), "--num_speculations", str(d), "--max_new_tokens", str(max_new_tokens)]
-        proc = subprocess.run(args, input=prompt, capture_output=True, text=True, check=True)
-        out[strategy] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
+    for name, kwargs in settings.items():
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            out[name] = pool.submit(peak_memory, str(checkpoint), prompt, max_new_tokens, kwargs, threads).result()
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The command line: parse and check everything before the first measurement, measure, then print and store.
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv):
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", default=LAYERSKIP, help="the LayerSkip model")
     p.add_argument("--baseline", default=BASELINE, help="its baseline twin ('' to skip)")
-    p.add_argument("--reference", default=REFERENCE,
-                   help="another model whose autoregressive speed is reported beside (default: the 12-layer model; "
-                        "'' to skip)")
-    p.add_argument("--prompts", default="humaneval", help="humaneval, shakespeare, or a text file: one prompt per line (a newline is added)")
-    p.add_argument("--n_prompts", type=int, default=20, help="how many prompts of the set")
-    p.add_argument("--max_new_tokens", type=int, default=64, help="tokens generated per prompt")
-    p.add_argument("--exit", "--exit_layer", dest="exit", type=int, help="exit layer (default: recommended or L/4)")
-    p.add_argument("--num_speculations", type=int, help="draft length d (default: recommended or 4)")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes over the prompts")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, fixed for the whole run (default 1: "
-                   "fastest for these small models, and steady when other processes share the cores)")
+    p.add_argument("--reference", default="", help="another model whose autoregressive speed is reported beside, "
+                   f"in characters/s (e.g. {TWELVE_LAYERS}; default: none)")
+    p.add_argument("--prompts", default="humaneval", help="humaneval, shakespeare, or a text file: one prompt per "
+                   "line (a newline is added)")
+    p.add_argument("--n_prompts", type=int_range(1), default=20, help="how many prompts of the set")
+    p.add_argument("--max_new_tokens", type=int_range(1), default=64, help="tokens generated per prompt")
+    p.add_argument("--exit", "--exit_layer", dest="exit", type=int_range(1),
+                   help="exit layer E (default: recommended or L/4)")
+    p.add_argument("--num_speculations", type=int_range(1), help="draft length d (default: recommended or 4)")
+    p.add_argument("--draft_threshold", type=float_range(0, 1), help="stop drafting below this confidence "
+                   "(default: recommended or off; 0 = off)")
+    p.add_argument("--no_repeat_ngram_size", type=int_range(0), default=0,
+                   help="with N > 0, a second table: every variant again, never repeating an n-gram of N tokens "
+                        "(loops suppressed), interleaved with the plain greedy table")
+    p.add_argument("--repetition_penalty", type=float_range(0, low_open=True), default=1.0,
+                   help="with R != 1, a second table likewise, with this repetition penalty (with "
+                        "--no_repeat_ngram_size: both in one table)")
+    p.add_argument("--repeats", type=int_range(1), default=3, help="timed passes over the prompts")
+    p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=1,
+                   help="torch CPU threads, fixed for the whole run (default 1: fastest for these small models, "
+                        "and steady when other processes share the cores)")
     p.add_argument("--sweep", action="store_true", help="also sweep exit layer x num_speculations")
-    p.add_argument("--sweep_exits", type=int, nargs="+", help="exit layers of the sweep (default 1..L/2)")
-    p.add_argument("--sweep_specs", type=int, nargs="+", default=[2, 3, 4, 6, 8], help="d values of the sweep")
-    p.add_argument("--sweep_thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7],
+    p.add_argument("--sweep_exits", type=int_range(1), nargs="+", help="exit layers of the sweep (default 1..L/2)")
+    p.add_argument("--sweep_specs", type=int_range(1), nargs="+", default=[2, 3, 4, 6, 8],
+                   help="d values of the sweep")
+    p.add_argument("--sweep_thresholds", type=float_range(0, 1, low_open=True), nargs="+", default=[0.3, 0.5, 0.7],
                    help="adaptive draft thresholds tried on the best (E, d) with d and 2d")
-    p.add_argument("--sweep_prompts", type=int, default=8, help="prompts used by the sweep")
-    p.add_argument("--draft_threshold", type=float, help="stop drafting below this confidence (default: "
-                   "recommended or off)")
-    p.add_argument("--auto", action="store_true", help="sweep and store the fastest (E, d) in the checkpoint")
+    p.add_argument("--sweep_prompts", type=int_range(1), default=8, help="prompts used by the sweep")
+    p.add_argument("--auto", action="store_true", help="sweep and store the fastest (E, d, threshold) in the "
+                   "checkpoint (the sweep decodes plain greedy)")
     p.add_argument("--memory", action="store_true", help="measure peak memory of AR vs self-speculative")
     p.add_argument("--out_dir", default="docs", help="where the sweep heatmap and CSV go")
     p.add_argument("--json", help="write every number to this JSON file")
-    p.add_argument("--_memory_probe", help=argparse.SUPPRESS)
-    p.error = fail
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from model_io import CheckpointError
-    if args._memory_probe:
-        return memory_probe(args.checkpoint, args._memory_probe, args.exit, args.num_speculations,
-                            sys.stdin.read(), args.max_new_tokens)
+    return p.parse_args(argv)
+
+
+def load_inputs(args) -> tuple[dict, list[str]]:
+    """The models by role (checkpoint, and baseline / reference when given) and the prompts; one-line errors."""
     try:
-        model, tok = ls.load_model(args.checkpoint)
-        base = ls.load_model(args.baseline) if args.baseline else None
-        use_reference = args.reference and (args.reference != REFERENCE or Path(REFERENCE).exists())
-        reference = ls.load_model(args.reference) if use_reference else None  # the default only if shipped
-    except (CheckpointError, ValueError) as e:
+        models = {"checkpoint": load_model(args.checkpoint)}
+        if args.baseline:
+            models["baseline"] = load_model(args.baseline)
+        if args.reference:
+            models["reference"] = load_model(args.reference)
+        prompts = prompt_set(args.prompts)[:args.n_prompts]
+    except ValueError as e:  # CheckpointError is one
         fail(str(e))
-    try:
-        prompts = load_prompts(args.prompts)
-    except ValueError:
-        if not Path(args.prompts).exists():
-            fail(f"--prompts {args.prompts}: not humaneval, shakespeare or an existing file")
-        prompts = [line + "\n" for line in Path(args.prompts).read_text().splitlines() if line.strip()]
-    prompts = prompts[:args.n_prompts]
+    return models, prompts
+
+
+def check_settings(args, models: dict, setting: dict, processors: dict):
+    """Refuse, before anything is measured, every value that would fail later: out-of-range exits or draft
+    lengths (generate_stream checks its arguments at the call), no room in a context window, unwritable outputs."""
+    model = models["checkpoint"][0]
     L = model.params.n_layers
-    rec = getattr(model, "metadata", {}).get("recommended", {})
-    chosen = ls.speculation_settings(rec, args.exit, args.num_speculations, args.draft_threshold, n_layers=L)
-    E, d, th = chosen["exit_layer"], chosen["num_speculations"], chosen["draft_threshold"]
-    if not 1 <= E <= L:
-        fail(f"--exit {E} is out of range: the model has {L} layers, use 1..{L}")
-    if d < 1 or args.max_new_tokens < 1 or min(args.sweep_specs) < 1:
-        fail("--num_speculations, --sweep_specs and --max_new_tokens must be at least 1")
-    if any(t is not None and not 0 < t <= 1 for t in [th] + args.sweep_thresholds):
-        fail("draft thresholds are probabilities in (0, 1]")
-    command = shlex.join(["python", "bench.py", *(sys.argv[1:] if argv is None else argv)])  # copy-pasteable
-    report = {"command": command, "machine": machine(), "exit_layer": E, "num_speculations": d,
-              "draft_threshold": th, "prompts": args.prompts, "n_prompts": len(prompts),
-              "max_new_tokens": args.max_new_tokens, "repeats": args.repeats}
-    print(f"# bench: {report['command']}\n# machine: {report['machine']}")
-
-    if args.sweep or args.auto:
-        exits = args.sweep_exits or list(range(1, max(2, L // 2) + 1))
-        print(f"sweep: exits {exits} x d {args.sweep_specs} on {args.sweep_prompts} prompts", file=sys.stderr)
-        sweep_prompts, reps = prompts[:args.sweep_prompts], max(1, args.repeats - 1)
-        rows = sweep(model, tok, sweep_prompts, args.max_new_tokens,
-                     [(E_, d_, None) for E_ in exits for d_ in args.sweep_specs], reps)
-        best = max(rows, key=lambda r: r["speedup"])
-        bE, bd = best["exit_layer"], best["num_speculations"]
-        rows += sweep(model, tok, sweep_prompts, args.max_new_tokens,
-                      [(bE, d_, th) for d_ in (bd, 2 * bd) for th in args.sweep_thresholds], reps)
-        best = max(rows, key=lambda r: r["speedup"])
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "sweep.csv", "w") as f:
-            f.write("exit_layer,num_speculations,draft_threshold,speedup,acceptance,ms_per_token\n")
-            for r in rows:
-                f.write(f"{r['exit_layer']},{r['num_speculations']},{r['draft_threshold'] or ''},{r['speedup']:.4f},"
-                        f"{r['acceptance']:.4f},{r['ms_per_token']:.3f}\n")
+    for role, (m, _) in models.items():
+        which = "" if role == "checkpoint" else f"--{role} {getattr(args, role)}: "
         try:
-            plot_sweep(rows, out / "sweep.png", f"{Path(args.checkpoint).name}: self-speculative speedup")
-        except ImportError:
-            print("matplotlib is not installed: no heatmap (pip install matplotlib)")
-        print(f"\nsweep best: exit {best['exit_layer']}, d {best['num_speculations']}, draft threshold "
-              f"{best['draft_threshold']}: {best['speedup']:.2f}x "
-              f"(acceptance {best['acceptance']:.2f}); {out}/sweep.csv, {out}/sweep.png")
-        report["sweep"] = rows
-        if args.auto:  # measure the winner below; store it only once every measurement has succeeded
-            E, d, th = best["exit_layer"], best["num_speculations"], best["draft_threshold"]
-            report.update(exit_layer=E, num_speculations=d, draft_threshold=th)
+            ls.generate_stream(m, [0], 1, **({} if role == "reference" else setting), **processors)
+        except ValueError as e:
+            fail(f"{which}{e}")
+        if args.max_new_tokens >= m.params.max_seq_len:
+            fail(f"{which}--max_new_tokens {args.max_new_tokens} leaves no room for a prompt in a context window of "
+                 f"{m.params.max_seq_len} tokens: use at most {m.params.max_seq_len - 1}")
+    window = model.params.max_seq_len
+    if setting["num_speculations"] + 2 > window:
+        fail(f"a round of {setting['num_speculations']} drafts does not fit the context window of {window} tokens: "
+             f"use --num_speculations {window - 2} or less")
+    if (args.sweep or args.auto) and 2 * max(args.sweep_specs) + 2 > window:
+        fail(f"the sweep tries d and 2d, and a round of {2 * max(args.sweep_specs)} drafts does not fit the context "
+             f"window of {window} tokens: use --sweep_specs of {(window - 2) // 2} or less")
+    if (args.sweep or args.auto) and max(args.sweep_exits or [1]) > L:
+        fail(f"--sweep_exits {max(args.sweep_exits)} is out of range: the model has {L} layers, use 1..{L}")
+    if (args.sweep or args.auto) and Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        fail(f"--out_dir {args.out_dir}: is a file; give a folder for the sweep's CSV and heatmap")
+    if args.json and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
+        fail(f"--json {args.json}: give a file path in an existing folder")
+    if args.auto and not (Path(args.checkpoint).is_file() and os.access(args.checkpoint, os.W_OK)):
+        fail(f"--auto stores its recommendation in --checkpoint {args.checkpoint}: give a writable checkpoint file")
 
-    spec = dict(strategy="self_speculative", exit_layer=E, num_speculations=d, draft_threshold=th)
-    ss_name = f"self_speculative E={E} d={d}" + (f" threshold {th}" if th else "")
+
+def self_speculative_name(setting: dict) -> str:
+    th = setting["draft_threshold"]
+    return (f"self_speculative E={setting['exit_layer']} d={setting['num_speculations']}"
+            + (f" threshold {th}" if th else ""))
+
+
+def table_variants(models: dict, setting: dict, processors: dict, reference_name: str) -> dict:
+    """One table's variants, name -> (model, tokenizer, generate kwargs), every one with the same processors."""
+    model, tok = models["checkpoint"]
+    E, ss = setting["exit_layer"], self_speculative_name(setting)
     variants = {"autoregressive": (model, tok, {}),
                 f"early_exit E={E}": (model, tok, dict(strategy="early_exit", exit_layer=E)),
-                ss_name: (model, tok, spec)}
-    if base is not None:
-        variants["baseline autoregressive"] = (base[0], base[1], {})
-        variants["baseline " + ss_name] = (base[0], base[1], spec)
-    reference_name = f"{Path(args.reference).stem} autoregressive" if reference is not None else None
-    if reference is not None:
-        variants[reference_name] = (reference[0], reference[1], {})
-    totals, outputs = run_variants(variants, prompts, args.max_new_tokens, args.repeats)
-    summary = summarize(totals, "autoregressive")
-    identical = outputs[ss_name] == outputs["autoregressive"]
-    if base is not None:
+                ss: (model, tok, setting)}
+    if "baseline" in models:
+        variants["baseline autoregressive"] = (*models["baseline"], {})
+        variants["baseline " + ss] = (*models["baseline"], setting)
+    if "reference" in models:
+        variants[reference_name] = (*models["reference"], {})
+    return {name: (m, t, {**kw, **processors}) for name, (m, t, kw) in variants.items()}
+
+
+def table_results(totals, outputs, costs, setting) -> dict:
+    """One table's summary and analysis: speedups vs its own autoregressive run (and the baseline's), the round
+    prediction, loops, and whether self-speculative greedy output equals autoregressive output."""
+    summary = summarize(totals, "autoregressive", outputs)
+    if "baseline autoregressive" in summary:
         vs_base = summarize(totals, "baseline autoregressive")
         for n in summary:
             summary[n]["speedup_vs_baseline"] = vs_base[n]["speedup"]
-    costs = round_costs(model, E, d)
-    ss = summary[ss_name]
-    reps = totals[ss_name]
-    r = min(reps, key=lambda t: t["seconds"])  # the fastest repeat: the least disturbed by the machine
-    predicted = predicted_from_rounds(costs, r["drafts_per_round"], r["tokens"])
-    report.update(summary=summary, costs_ms={k: (1000 * v if isinstance(v, float) else [1000 * x for x in v])
-                                             for k, v in costs.items()},
-                  predicted_speedup=predicted, measured_over_predicted=ss["speedup"] / predicted,
-                  predicted_fixed_d=predicted_speedup(costs, ss["alpha"], d), greedy_outputs_identical=identical)
+    ss = self_speculative_name(setting)
+    ar_outputs = outputs["autoregressive"]
+    return {"summary": summary,
+            **round_analysis(totals[ss], costs, summary[ss]["speedup"], summary[ss]["alpha"],
+                             setting["num_speculations"]),
+            "loop_share": summary["autoregressive"]["in_loops"],
+            "prompts_with_loops": sum(loop_share(tokens) > 0 for tokens in ar_outputs),
+            "greedy_outputs_identical": outputs[ss] == ar_outputs}
 
-    print(f"\n## Decoding speed ({len(prompts)} {args.prompts} prompts, {args.max_new_tokens} new tokens, greedy, "
-          f"batch 1, median of {args.repeats})\n")
-    print("| variant | ms/token | tokens/s | chars/s | acceptance | tokens/round | speedup vs AR | "
+
+def print_table(title: str, results: dict, reference_name: str):
+    print(f"\n## {title}\n")
+    print("| variant | ms/token | tokens/s | chars/s | acceptance | tokens/round | in loops | speedup vs AR | "
           "speedup vs baseline AR |")
-    print("|---|---|---|---|---|---|---|---|")
-    for n, s in summary.items():
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, s in results["summary"].items():
         acc = f"{100 * s['acceptance']:.1f}%" if s["acceptance"] is not None else "-"
-        vb = f"{s['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in s else "-"
-        same_tokenizer = reference is None or n != reference_name  # tokens of another tokenizer: compare chars/s
+        same_tokenizer = n != reference_name  # tokens of another tokenizer: compare chars/s
         sp = f"{s['speedup']:.2f}x" if same_tokenizer else "-"
-        vb = vb if same_tokenizer else "-"
+        vb = f"{s['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in s and same_tokenizer else "-"
         print(f"| {n} | {s['ms_per_token']:.2f} | {s['tokens_per_s']:.1f} | {s['chars_per_s']:.0f} | {acc} | "
-              f"{s['tokens_per_round']:.2f} | {sp} | {vb} |")
-    if reference is not None:
-        ref = summary[reference_name]
-        print(f"\nagainst {reference_name} ({reference[0].params.n_layers} layers, another tokenizer, so compare "
-              f"text): self-speculative {ss['chars_per_s'] / ref['chars_per_s']:.2f}x its characters/s "
-              f"({ss['chars_per_s']:.0f} vs {ref['chars_per_s']:.0f}); tokens/s {ss['tokens_per_s']:.1f} vs "
-              f"{ref['tokens_per_s']:.1f}")
-        report["vs_reference_chars_per_s"] = ss["chars_per_s"] / ref["chars_per_s"]
+              f"{s['tokens_per_round']:.2f} | {100 * s['in_loops']:.1f}% | {sp} | {vb} |")
+
+
+def print_analysis(results: dict, setting: dict, L: int, n_prompts: int):
+    """The prediction against the measurement, where a round's time goes, early exit's target and the checks."""
+    summary, E, d = results["summary"], setting["exit_layer"], setting["num_speculations"]
+    ss = summary[self_speculative_name(setting)]
+    predicted, rm = results["predicted_speedup"], results["round_ms"]
+    print(f"predicted speedup from the costs and the run's rounds ({results['rounds']} rounds, {results['tokens']} "
+          f"tokens): {predicted:.2f}x; measured {ss['speedup']:.2f}x = "
+          f"{100 * (results['measured_over_predicted'] or 0):.0f}% of predicted")
+    print(f"per-token acceptance alpha {ss['alpha'] or 0:.3f} (drafts accepted / drafts judged); for a fixed d = {d} "
+          f"it predicts {results['predicted_fixed_d']:.2f}x")
+    print(f"a round ({results['drafts_in_a_round']:.2f} drafts, {ss['tokens_per_round']:.2f} tokens) takes "
+          f"{rm['total']:.2f} ms: drafting {100 * rm['drafting'] / rm['total']:.0f}%, verification "
+          f"{100 * rm['verification'] / rm['total']:.0f}%, the rest (prefill, sampling, loop) "
+          f"{100 * rm['other'] / rm['total']:.0f}%")
     ee = summary[f"early_exit E={E}"]
+    print(f"early exit E={E}: {ee['tokens_per_s'] / summary['autoregressive']['tokens_per_s']:.2f}x AR tokens/s "
+          f"(target 0.8 x L/E = {0.8 * L / E:.2f}x)")
+    print(f"loops: {100 * results['loop_share']:.1f}% of the autoregressive tokens sit in a periodic loop (a period "
+          f"of at most 12 tokens said twice in a row); {results['prompts_with_loops']} of {n_prompts} prompts loop")
+    print(f"self-speculative greedy output identical to autoregressive: {results['greedy_outputs_identical']}")
+
+
+def print_costs(costs: dict, d: int):
     print(f"\ncosts (median ms): autoregressive step {1000 * costs['ar_step']:.3f}, draft step "
           f"{1000 * costs['draft_step']:.3f}, verification of k drafts (k = 0..{d}) "
           + " ".join(f"{1000 * v:.3f}" for v in costs["verify_by_drafts"]))
-    print(f"predicted speedup from these costs and the run's rounds ({r['rounds']} rounds, {r['tokens']} tokens): "
-          f"{predicted:.2f}x; measured {ss['speedup']:.2f}x = {100 * ss['speedup'] / predicted:.0f}% of predicted")
-    print(f"per-token acceptance alpha {ss['alpha']:.3f} (drafts accepted / drafts judged); for a fixed d = {d} it "
-          f"predicts {report['predicted_fixed_d']:.2f}x")
-    # Where the time of a round goes: its draft steps and its verification at their measured costs; the rest is
-    # per-round overhead of the decoding loop (prefill included, sampling, bookkeeping).
-    per_round = r["seconds"] / r["rounds"]
-    drafting = r["drafted"] / r["rounds"] * costs["draft_step"]
-    verifying = sum(n * costs["verify_by_drafts"][k] for k, n in r["drafts_per_round"].items()) / r["rounds"]
-    other = per_round - drafting - verifying
-    report["round_ms"] = {"total": 1000 * per_round, "drafting": 1000 * drafting,
-                          "verification": 1000 * verifying, "other": 1000 * other}
-    print(f"a round ({r['drafted'] / r['rounds']:.2f} drafts, {r['tokens'] / r['rounds']:.2f} tokens) takes "
-          f"{1000 * per_round:.2f} ms: drafting {100 * drafting / per_round:.0f}%, verification "
-          f"{100 * verifying / per_round:.0f}%, the rest (prefill, sampling, loop) {100 * other / per_round:.0f}%")
-    print(f"early exit E={E}: {ee['tokens_per_s'] / summary['autoregressive']['tokens_per_s']:.2f}x AR tokens/s "
-          f"(target 0.8 x L/E = {0.8 * L / E:.2f}x)")
-    print(f"self-speculative greedy output identical to autoregressive: {identical}")
+
+
+def print_reference(results: dict, setting: dict, reference_name: str, n_layers: int) -> float:
+    """Self-speculative decoding against the reference model's autoregressive decoding, in characters/s."""
+    ss, ref = results["summary"][self_speculative_name(setting)], results["summary"][reference_name]
+    print(f"\nagainst {reference_name} ({n_layers} layers, another tokenizer, so compare text): self-speculative "
+          f"{ss['chars_per_s'] / ref['chars_per_s']:.2f}x its characters/s ({ss['chars_per_s']:.0f} vs "
+          f"{ref['chars_per_s']:.0f}); tokens/s {ss['tokens_per_s']:.1f} vs {ref['tokens_per_s']:.1f}")
+    return ss["chars_per_s"] / ref["chars_per_s"]
+
+
+def print_memory(mem: dict):
+    a, s = mem["autoregressive"], mem["self_speculative"]
+    print(f"peak memory: autoregressive {a['peak_bytes'] / 2**20:.1f} MiB, self-speculative "
+          f"{s['peak_bytes'] / 2**20:.1f} MiB ({100 * (s['peak_bytes'] / a['peak_bytes'] - 1):+.1f}%); decoding "
+          f"above the loaded model: {a['above_loaded_bytes'] / 2**20:.1f} vs {s['above_loaded_bytes'] / 2**20:.1f} MiB")
+
+
+def run_tables(args, models, setting, tables: dict, prompts, report: dict):
+    """Measure every table's variants in one interleaved run, then print each table with its analysis; the plain
+    greedy table's numbers go to the top of the report, a table with logits processors under "with_processors"."""
+    model = models["checkpoint"][0]
+    reference_name = f"{Path(args.reference).stem} autoregressive"
+    variants = {(table, name): v for table, processors in tables.items()
+                for name, v in table_variants(models, setting, processors, reference_name).items()}
+    totals, outputs = measure(variants, prompts, args.max_new_tokens, args.repeats)
+    costs = round_costs(model, setting["exit_layer"], setting["num_speculations"])
+    report["costs_ms"] = {k: (1000 * v if isinstance(v, float) else [1000 * x for x in v]) for k, v in costs.items()}
+    for table, processors in tables.items():
+        names = [name for t, name in variants if t == table]
+        results = table_results({n: totals[(table, n)] for n in names}, {n: outputs[(table, n)] for n in names},
+                                costs, setting)
+        print_table(f"Decoding speed ({len(prompts)} {args.prompts} prompts, {args.max_new_tokens} new tokens, "
+                    f"{table}, batch 1, median of {args.repeats})", results, reference_name)
+        if "reference" in models:
+            results["vs_reference_chars_per_s"] = print_reference(results, setting, reference_name,
+                                                                  models["reference"][0].params.n_layers)
+        if processors:
+            print()
+            report["with_processors"] = {"processors": processors, **results}
+        else:
+            print_costs(costs, setting["num_speculations"])
+            report.update(results)
+        print_analysis(results, setting, model.params.n_layers, len(prompts))
+    if "with_processors" in report:
+        ss, processed = self_speculative_name(setting), report["with_processors"]
+        print(f"\nself-speculative speedup: {report['summary'][ss]['speedup']:.2f}x plain greedy "
+              f"({100 * report['loop_share']:.0f}% of autoregressive tokens in loops), "
+              f"{processed['summary'][ss]['speedup']:.2f}x with "
+              f"{', '.join(f'{k} {v}' for k, v in processed['processors'].items())} "
+              f"({100 * processed['loop_share']:.0f}% in loops)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models, prompts = load_inputs(args)
+    model, tok = models["checkpoint"]
+    setting = decoding_settings(model, "self_speculative", args.exit, args.num_speculations, args.draft_threshold)
+    processors = {}
+    if args.repetition_penalty != 1.0:
+        processors["repetition_penalty"] = args.repetition_penalty
+    if args.no_repeat_ngram_size:
+        processors["no_repeat_ngram_size"] = args.no_repeat_ngram_size
+    check_settings(args, models, setting, processors)
+    command = shlex.join(["python", "bench.py", *(sys.argv[1:] if argv is None else argv)])  # copy-pasteable
+    report = {"command": command, "machine": machine(), "exit_layer": setting["exit_layer"],
+              "num_speculations": setting["num_speculations"], "draft_threshold": setting["draft_threshold"],
+              "prompts": args.prompts, "n_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+              "repeats": args.repeats}
+    print(f"# bench: {report['command']}\n# machine: {report['machine']}")
+
+    if args.sweep or args.auto:
+        exits = args.sweep_exits or list(range(1, max(2, model.params.n_layers // 2) + 1))
+        report["sweep"], best = run_sweep(args, model, tok, prompts, exits)
+        if args.auto:  # measure the winner below; store it only once every measurement has succeeded
+            setting.update(exit_layer=best["exit_layer"], num_speculations=best["num_speculations"],
+                           draft_threshold=best["draft_threshold"])
+            report.update(exit_layer=setting["exit_layer"], num_speculations=setting["num_speculations"],
+                          draft_threshold=setting["draft_threshold"])
+    tables = {"greedy": {}}
+    if processors:
+        tables["greedy, " + ", ".join(f"{k} {v}" for k, v in processors.items())] = processors
+    run_tables(args, models, setting, tables, prompts, report)
+
     if args.memory:
-        mem = measure_memory(args.checkpoint, E, d, prompts[0], args.max_new_tokens)
-        report["peak_memory_bytes"] = mem
-        a, s = mem["autoregressive"], mem["self_speculative"]
-        print(f"peak memory: autoregressive {a / 2**20:.1f} MiB, self-speculative {s / 2**20:.1f} MiB "
-              f"({100 * (s / a - 1):+.1f}%)")
+        report["peak_memory"] = measure_memory(args.checkpoint, {"autoregressive": {}, "self_speculative": setting},
+                                               prompts[0], args.max_new_tokens, args.threads)
+        print_memory(report["peak_memory"])
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
         print(f"wrote {args.json}")
     if args.auto:
         store_recommendation(args.checkpoint, best, args.prompts)
-        print(f"stored exit {E}, d {d}, threshold {th} in {args.checkpoint}")
+        print(f"stored exit {setting['exit_layer']}, d {setting['num_speculations']}, threshold "
+              f"{setting['draft_threshold']} in {args.checkpoint}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Table 1), the "layers needed" per generated token (paper Fig. 2), and a logit-le
 Tables are printed as markdown; plots (matplotlib, optional) go to --out_dir.
 """
 
-import argparse
 import json
 import sys
 import time
@@ -18,19 +17,15 @@ import torch
 import torch.nn.functional as F
 
 import layerskip as ls
-from bench import encode
-from data.prepare import load_prompts
+from common import MAX_THREADS, ArgumentParser, crop_prompt, fail, int_range, prompt_set, read_text
+from model_io import load_model
 
 SHIPPED = ["checkpoints/layerskip-python-deep.pt", "checkpoints/baseline-python-deep.pt"]
 
 
-def fail(message):
-    print(f"eval.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def validation_documents(name):
-    """The held-out documents of a corpus as text, so that any checkpoint can encode them with its own tokenizer."""
+    """The held-out documents of a corpus (python, python-stdlib, shakespeare) or a text file, as text, so that any
+    checkpoint can encode them with its own tokenizer. A ValueError names a file that cannot be read."""
     if name == "python":
         from data.python.prepare import val_documents
         return val_documents()
@@ -40,22 +35,25 @@ def validation_documents(name):
     if name == "shakespeare":
         from data.shakespeare.prepare import split_works
         return split_works()[1]
-    path = Path(name)
-    if not path.exists():
-        fail(f"--data {name}: not 'python', 'shakespeare' or an existing text file")
-    return [path.read_text()]
+    if not Path(name).exists():
+        raise ValueError(f"--data {name}: not python, python-stdlib, shakespeare or an existing text file")
+    return [read_text(name, "--data")]
 
 
 @torch.inference_mode()
 def per_exit_metrics(model, tokenizer, documents, n_windows, block_size):
     """Mean loss, top-1 accuracy and top-1 agreement with the last layer (what greedy self-speculative decoding
-    accepts, teacher-forced) of every exit, over n_windows consecutive windows of the encoded documents."""
+    accepts, teacher-forced) of every exit, over n_windows consecutive windows of the encoded documents (a
+    ValueError if they do not fill one window)."""
     ids = []
     for doc in documents:
         ids += tokenizer.encode(doc) + [tokenizer.eos_id]
         if len(ids) > n_windows * (block_size + 1):
             break
     n_windows = min(n_windows, len(ids) // (block_size + 1))
+    if n_windows == 0:
+        raise ValueError(f"the held-out text is {len(ids)} tokens long, less than one window of {block_size + 1}: "
+                         f"give more text or a smaller --block_size")
     data = torch.tensor(ids[:n_windows * (block_size + 1)]).view(n_windows, block_size + 1)
     L = model.params.n_layers
     loss, correct, agree = (torch.zeros(L, dtype=torch.float64) for _ in range(3))
@@ -80,8 +78,8 @@ def layers_needed(model, tokenizer, prompts, max_new_tokens):
     """Layers needed by each greedily generated token (the paper's 23.45-of-32 measurement)."""
     needed = []
     for prompt in prompts:
-        ids = encode(model, tokenizer, prompt, max_new_tokens)
-        out = ls.generate(model, ids, max_new_tokens, eos_id=tokenizer.eos_id).tokens
+        ids = crop_prompt(model, tokenizer.encode(prompt), max_new_tokens)
+        out = ls.generate(model, ids, max_new_tokens, eos_id=tokenizer.stop_ids).tokens
         lens = ls.logit_lens(model, ids + out)
         needed += lens.layers_needed[len(ids) - 1:len(ids) - 1 + len(out)].tolist()  # positions that predicted `out`
     return needed
@@ -131,8 +129,8 @@ def plot_logit_lens(model, tokenizer, prompt, max_new_tokens, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from model_io import token_texts
-    ids = encode(model, tokenizer, prompt, max_new_tokens)
-    out = ls.generate(model, ids, max_new_tokens, eos_id=tokenizer.eos_id).tokens
+    ids = crop_prompt(model, tokenizer.encode(prompt), max_new_tokens)
+    out = ls.generate(model, ids, max_new_tokens, eos_id=tokenizer.stop_ids).tokens
     lens = ls.logit_lens(model, ids + out)
     cols = slice(len(ids) - 1, len(ids) - 1 + len(out))
     top1, agree = lens.top1[:, cols], (lens.top1[:, cols] == lens.top1[-1:, cols])
@@ -144,9 +142,9 @@ def plot_logit_lens(model, tokenizer, prompt, max_new_tokens, path, title):
             text = tokenizer.decode([int(top1[l, t])]).replace("\n", "↵") or "·"
             ax.text(t, l, text[:6], ha="center", va="center", fontsize=6.5, family="monospace")
     needed = lens.layers_needed[cols]
-    for t in range(T):  # a bar under the first exit whose prediction no longer changes
-        ax.hlines(int(needed[t]) - 1.5, t - 0.5, t + 0.5, colors="black", linewidth=2.5)
-    ax.set_yticks(range(L), [str(l + 1) for l in range(L)])
+    for t in range(T):  # a bar under the row (block l) of the first exit whose prediction no longer changes
+        ax.hlines(ls.block_of_exit(int(needed[t])) - 0.5, t - 0.5, t + 0.5, colors="black", linewidth=2.5)
+    ax.set_yticks(range(L), [str(ls.exit_of_block(l)) for l in range(L)])
     ax.set_xticks(range(T), [p.replace("\n", "↵")[:6] for p in token_texts(tokenizer, out, ids)], rotation=90,
                   fontsize=7, family="monospace")
     ax.set(ylabel="exit layer", title=f"{title}: top-1 prediction per exit (green = same as last layer; "
@@ -156,43 +154,55 @@ def plot_logit_lens(model, tokenizer, prompt, max_new_tokens, path, title):
     plt.close(fig)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv):
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoints", nargs="+", default=SHIPPED, help="checkpoints to compare")
     p.add_argument("--data", default="python", help="held-out text: python (stdlib + torch), python-stdlib, "
                    "shakespeare, or a .txt file")
-    p.add_argument("--windows", type=int, default=64, help="validation windows per checkpoint")
-    p.add_argument("--block_size", type=int, default=256, help="tokens per validation window")
-    p.add_argument("--prompts", default="humaneval", help="prompt set for layers needed: humaneval, shakespeare")
-    p.add_argument("--n_prompts", type=int, default=20, help="prompts used for the layers-needed distribution")
-    p.add_argument("--max_new_tokens", type=int, default=48, help="tokens generated per prompt")
+    p.add_argument("--windows", type=int_range(1), default=64, help="validation windows per checkpoint")
+    p.add_argument("--block_size", type=int_range(1), default=256, help="tokens per validation window (at most "
+                   "what a model's context window holds)")
+    p.add_argument("--prompts", default="humaneval", help="prompts for layers needed: humaneval, shakespeare, or a "
+                   "text file, one prompt per line")
+    p.add_argument("--n_prompts", type=int_range(1), default=20, help="prompts used for the layers-needed "
+                   "distribution")
+    p.add_argument("--max_new_tokens", type=int_range(1), default=48, help="tokens generated per prompt")
     p.add_argument("--out_dir", default="docs", help="where the PNG plots go")
     p.add_argument("--json", help="also write all numbers to this JSON file")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.error = fail
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from model_io import CheckpointError
-    models = {}
-    for path in args.checkpoints:
-        try:
-            name = Path(path).stem if Path(path).stem not in ("ckpt", "model") else Path(path).parent.name
-            models[name] = ls.load_model(path)
-        except (CheckpointError, ValueError) as e:
-            fail(str(e))
-    documents = validation_documents(args.data)
-    prompts = load_prompts(args.prompts)[:args.n_prompts]
-    t0 = time.time()
-    results, needed = {}, {}
-    for name, (model, tok) in models.items():
-        results[name] = per_exit_metrics(model, tok, documents, args.windows,
-                                         min(args.block_size, model.params.max_seq_len - 1))
-        needed[name] = layers_needed(model, tok, prompts, args.max_new_tokens)
+    p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=2,
+                   help="torch CPU threads")
+    return p.parse_args(argv)
 
+
+def load_inputs(args) -> tuple[dict, list[str], list[str]]:
+    """{name: (model, tokenizer)}, the held-out documents and the prompts; every problem is a one-line error."""
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        fail(f"--out_dir {args.out_dir}: is a file; give a folder for the plots")
+    if args.json and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
+        fail(f"--json {args.json}: give a file path in an existing folder")
+    models = {}
+    try:
+        for path in args.checkpoints:
+            name = Path(path).stem if Path(path).stem not in ("ckpt", "model") else Path(path).parent.name
+            if name in models:
+                raise ValueError(f"--checkpoints: two are named {name}; give each checkpoint its own file name")
+            models[name] = load_model(path)
+            window = models[name][0].params.max_seq_len
+            if args.max_new_tokens >= window:
+                raise ValueError(f"--max_new_tokens {args.max_new_tokens} leaves no room for a prompt in {path}'s "
+                                 f"context window of {window} tokens: use at most {window - 1}")
+        documents = validation_documents(args.data)
+        prompts = prompt_set(args.prompts)[:args.n_prompts]
+    except ValueError as e:  # CheckpointError is one
+        fail(str(e))
+    return models, documents, prompts
+
+
+def print_tables(args, models: dict, results: dict, needed: dict, n_prompts: int):
     names = list(models)
     L = max(m.params.n_layers for m, _ in models.values())
-    print(f"\n## Validation loss / perplexity / next-token accuracy / top-1 agreement with the last layer by exit ({args.data}, "
-          f"{results[names[0]]['tokens']:,} tokens)\n")
+    print(f"\n## Validation loss / perplexity / next-token accuracy / top-1 agreement with the last layer by exit "
+          f"({args.data}, {results[names[0]]['tokens']:,} tokens)\n")
     print("| exit | " + " | ".join(f"{n} loss | ppl | acc | agree" for n in names) + " |")
     print("|---|" + "---|---|---|---|" * len(names))
     for l in range(L):
@@ -204,29 +214,47 @@ def main(argv=None):
                              f"{100 * r['accuracy'][l]:.1f}% | {100 * r['agreement'][l]:.1f}%")
             else:
                 cells.append(" | | | ")
-        print(f"| {l + 1} | " + " | ".join(cells) + " |")
-    print(f"\n## Layers needed per generated token ({args.prompts}, {len(prompts)} prompts, "
+        print(f"| {ls.exit_of_block(l)} | " + " | ".join(cells) + " |")
+    print(f"\n## Layers needed per generated token ({args.prompts}, {n_prompts} prompts, "
           f"{args.max_new_tokens} greedy tokens each)\n")
     print("| model | mean layers needed | of L | tokens |")
     print("|---|---|---|---|")
     for n in names:
         v = needed[n]
         print(f"| {n} | {sum(v) / len(v):.2f} | {models[n][0].params.n_layers} | {len(v)} |")
-    print(f"\n(eval took {time.time() - t0:.0f} s; command: python eval.py "
-          f"{' '.join(sys.argv[1:] if argv is None else argv)})")
 
+
+def write_plots(models: dict, results: dict, needed: dict, prompt: str, out: Path):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         print("matplotlib is not installed: no plots (pip install matplotlib)")
-    else:
-        out = Path(args.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        plot_exits(results, out / "eval_exits.png")
-        plot_layers_needed(needed, {n: m.params.n_layers for n, (m, _) in models.items()}, out / "layers_needed.png")
-        for n, (model, tok) in models.items():
-            plot_logit_lens(model, tok, prompts[0], 24, out / f"logit_lens_{n}.png", n)
-        print(f"plots: {out}/eval_exits.png, {out}/layers_needed.png, {out}/logit_lens_*.png")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    plot_exits(results, out / "eval_exits.png")
+    plot_layers_needed(needed, {n: m.params.n_layers for n, (m, _) in models.items()}, out / "layers_needed.png")
+    for n, (model, tok) in models.items():
+        plot_logit_lens(model, tok, prompt, 24, out / f"logit_lens_{n}.png", n)
+    print(f"plots: {out}/eval_exits.png, {out}/layers_needed.png, {out}/logit_lens_*.png")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models, documents, prompts = load_inputs(args)
+    t0 = time.time()
+    results, needed = {}, {}
+    for name, (model, tok) in models.items():
+        try:
+            results[name] = per_exit_metrics(model, tok, documents, args.windows,
+                                             min(args.block_size, model.params.max_seq_len - 1))
+        except ValueError as e:
+            fail(str(e))
+        needed[name] = layers_needed(model, tok, prompts, args.max_new_tokens)
+    print_tables(args, models, results, needed, len(prompts))
+    print(f"\n(eval took {time.time() - t0:.0f} s; command: python eval.py "
+          f"{' '.join(sys.argv[1:] if argv is None else argv)})")
+    write_plots(models, results, needed, prompts[0], Path(args.out_dir))
     if args.json:
         Path(args.json).write_text(json.dumps({"per_exit": results, "layers_needed": needed}, indent=1))
 

@@ -1,14 +1,40 @@
-"""Tests of bench.py and eval.py: the analytic speedup formula, the sweep/auto selection, the reports."""
+"""Tests of bench.py and eval.py: the analytic speedup formula, loops, the sweep/auto selection, the reports, and
+one-line errors for bad input."""
 
 import csv
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
+from conftest import ROOT, assert_one_line_error
 
 import bench
 import eval as evaluate
 import layerskip as ls
+from common import crop_prompt, prompt_set
+from model_io import load_model
+
+
+def test_loop_share_of_literal_sequences():
+    """A token is in a loop when it lies in a stretch whose block of p <= 12 tokens is said twice in a row
+    (min_repeats 2); a block said once, a near miss, or a period over max_period is not a loop."""
+    assert bench.loop_share([]) == 0.0
+    assert bench.loop_share([1, 2, 3, 4, 5]) == 0.0
+    assert bench.loop_share([7, 7]) == 1.0  # period 1, twice
+    assert bench.loop_share([1, 2, 3, 1, 2, 3]) == 1.0  # period 3, twice
+    assert bench.loop_share([9, 1, 2, 3, 1, 2, 3, 8]) == 6 / 8  # the tokens around the loop are not in it
+    assert bench.loop_share([1, 2, 1, 2, 1]) == 1.0  # 1212 and 2121 overlap
+    assert bench.loop_share([5, 1, 2, 3, 1, 2, 4]) == 0.0  # 1 2 3 1 2 4: the block breaks off before repeating
+    assert bench.loop_share([1, 2, 1, 3]) == 0.0
+    assert bench.in_loops([4, 1, 1, 5, 6, 5, 6]) == [False, True, True, True, True, True, True]
+    thirteen = list(range(13)) * 2
+    assert bench.loop_share(thirteen) == 0.0 and bench.loop_share(thirteen, max_period=13) == 1.0
+    assert bench.loop_share([1, 2, 1, 2], min_repeats=3) == 0.0
+    assert bench.loop_share([0, 1, 2, 1, 2, 1, 2], min_repeats=3) == 6 / 7
+    with pytest.raises(ValueError):
+        bench.in_loops([1, 1], min_repeats=1)
 
 
 def test_predicted_speedup_formula():
@@ -26,6 +52,17 @@ def test_prediction_from_rounds_counts_the_rounds_that_happened():
     costs = {"ar_step": 1.0, "draft_step": 0.25, "verify_by_drafts": [0.9, 1.0, 1.1, 1.2]}
     assert bench.predicted_from_rounds(costs, {3: 2, 1: 1}, 9) == pytest.approx(9 / 5.15)
     assert bench.per_token_acceptance(accepted=6, rejections=2) == 0.75
+
+
+def test_round_analysis_of_a_run_without_drafts():
+    """A run whose rounds drafted nothing (every draft stopped by the threshold, or one-token runs) is priced as
+    verifications of 0 drafts, 3 rounds for 3 tokens: AR 1.0 / verify(0) 0.9 -> 1/0.9; with alpha None the
+    fixed-d formula gets alpha 0: 1 token per round of d = 2 draft steps and a verification, 1 / 1.7."""
+    costs = {"ar_step": 1.0, "draft_step": 0.25, "verify_pass": 1.2, "verify_by_drafts": [0.9, 1.0, 1.2]}
+    passes = [dict(seconds=3.0, tokens=3, rounds=3, drafted=0, drafts_per_round={0: 3})]
+    r = bench.round_analysis(passes, costs, speedup=1.0, alpha=None, d=2)
+    assert r["predicted_speedup"] == pytest.approx(1 / 0.9) and r["measured_over_predicted"] == pytest.approx(0.9)
+    assert r["predicted_fixed_d"] == pytest.approx(1 / 1.7) and r["round_ms"]["drafting"] == 0.0
 
 
 def test_per_token_alpha_not_the_acceptance_rate_feeds_the_fixed_d_formula():
@@ -82,17 +119,18 @@ def test_sweep_auto_stores_the_fastest_setting(tiny_checkpoint, tmp_path, capsys
     ckpt = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint, ckpt)
     bench.main(["--checkpoint", str(ckpt), "--baseline", "", "--auto", "--sweep_exits", "1", "3",
-                "--sweep_specs", "1", "2", "--sweep_thresholds", "0.5", "--n_prompts", "2", "--sweep_prompts", "1", "--max_new_tokens", "6",
-                "--repeats", "1", "--threads", "1", "--out_dir", str(tmp_path), "--json", str(tmp_path / "r.json")])
+                "--sweep_specs", "1", "2", "--sweep_thresholds", "0.5", "--n_prompts", "2", "--sweep_prompts", "1",
+                "--max_new_tokens", "6", "--repeats", "1", "--threads", "1", "--out_dir", str(tmp_path),
+                "--json", str(tmp_path / "r.json")])
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     grid = [r for r in rows if r["draft_threshold"] == ""]
     assert {(r["exit_layer"], r["num_speculations"]) for r in grid} == {("1", "1"), ("1", "2"), ("3", "1"), ("3", "2")}
     first = max(grid, key=lambda r: float(r["speedup"]))  # then thresholds on its E with d and 2d
     adaptive = [r for r in rows if r["draft_threshold"] == "0.5"]
-    assert {(r["exit_layer"], int(r["num_speculations"])) for r in adaptive} == {
-        (first["exit_layer"], int(first["num_speculations"])), (first["exit_layer"], 2 * int(first["num_speculations"]))}
+    E, d = first["exit_layer"], int(first["num_speculations"])
+    assert {(r["exit_layer"], int(r["num_speculations"])) for r in adaptive} == {(E, d), (E, 2 * d)}
     best = max(rows, key=lambda r: float(r["speedup"]))
-    model, _ = ls.load_model(ckpt)
+    model, _ = load_model(ckpt)
     rec = model.metadata["recommended"]
     assert (rec["exit_layer"], rec["num_speculations"]) == (int(best["exit_layer"]), int(best["num_speculations"]))
     assert rec["draft_threshold"] == (float(best["draft_threshold"]) if best["draft_threshold"] else None)
@@ -100,6 +138,9 @@ def test_sweep_auto_stores_the_fastest_setting(tiny_checkpoint, tmp_path, capsys
     assert report["exit_layer"] == rec["exit_layer"] and report["greedy_outputs_identical"] is True
     assert report["predicted_speedup"] > 0 and report["measured_over_predicted"] > 0
     assert set(report["costs_ms"]) == {"ar_step", "draft_step", "verify_pass", "verify_by_drafts"}
+    th = rec["draft_threshold"]
+    ss = f"self_speculative E={rec['exit_layer']} d={rec['num_speculations']}" + (f" threshold {th}" if th else "")
+    assert set(report["summary"]) == {"autoregressive", f"early_exit E={rec['exit_layer']}", ss}  # no yardstick
     assert "| autoregressive |" in capsys.readouterr().out
 
 
@@ -121,7 +162,7 @@ def test_last_exit_loss_is_the_models_own(tiny_checkpoint):
     """per_exit_metrics' last exit equals the full model's forward loss and accuracy on the same windows."""
     import torch
     import torch.nn.functional as F
-    model, tok = ls.load_model(tiny_checkpoint)
+    model, tok = load_model(tiny_checkpoint)
     docs = evaluate.validation_documents("shakespeare")[:1]
     r = evaluate.per_exit_metrics(model, tok, docs, 3, 32)
     ids = torch.tensor(tok.encode(docs[0])[:3 * 33]).view(3, 33)
@@ -130,3 +171,161 @@ def test_last_exit_loss_is_the_models_own(tiny_checkpoint):
     assert r["loss"][-1] == pytest.approx(F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item(), rel=1e-5)
     assert r["accuracy"][-1] == pytest.approx((logits.argmax(-1) == ids[:, 1:]).float().mean().item())
     assert r["loss"][0] != pytest.approx(r["loss"][-1])  # a different exit gives a different number
+
+
+def test_bench_prints_a_second_table_with_loops_suppressed(tiny_checkpoint, tmp_path, capsys):
+    """--no_repeat_ngram_size prints the plain greedy table and a second one in which every variant (the baseline's
+    too) decodes with the processor; each table's loop share equals loop_share of that decoding done directly, the
+    processor removes this random model's loops, and greedy self-speculative output equals autoregressive in both."""
+    bench.main(["--checkpoint", str(tiny_checkpoint), "--baseline", str(tiny_checkpoint), "--prompts", "shakespeare",
+                "--n_prompts", "1", "--max_new_tokens", "40", "--repeats", "1", "--no_repeat_ngram_size", "2",
+                "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert out.count("| autoregressive |") == 2 and "greedy, no_repeat_ngram_size 2, batch 1" in out
+    assert out.count("self-speculative greedy output identical to autoregressive: True") == 2
+    report = json.loads((tmp_path / "r.json").read_text())
+    processed = report["with_processors"]
+    assert processed["processors"] == {"no_repeat_ngram_size": 2}
+    assert report["greedy_outputs_identical"] is True and processed["greedy_outputs_identical"] is True
+
+    model, tok = load_model(tiny_checkpoint)
+    prompts = [crop_prompt(model, tok.encode(p), 40) for p in prompt_set("shakespeare")[:1]]
+
+    def share(**kw):
+        outs = [ls.generate(model, ids, 40, eos_id=tok.stop_ids, seed=0, **kw).tokens for ids in prompts]
+        return bench.loop_share([t for o in outs for t in o]), outs
+
+    plain, _ = share()
+    suppressed, outs = share(no_repeat_ngram_size=2)
+    assert all(len(set(zip(o, o[1:]))) == len(o) - 1 for o in outs)  # no 2-gram twice
+    assert plain > 0.4 and suppressed < plain  # an untrained model repeats itself; the processor stops it
+    assert report["loop_share"] == pytest.approx(plain) and processed["loop_share"] == pytest.approx(suppressed)
+    assert processed["summary"]["baseline autoregressive"]["in_loops"] == pytest.approx(suppressed)
+    setting = dict(strategy="self_speculative", exit_layer=1, num_speculations=4, draft_threshold=None)
+    both = {"checkpoint": (model, tok), "baseline": (model, tok), "reference": (model, tok)}
+    variants = bench.table_variants(both, setting, {"no_repeat_ngram_size": 2}, "reference autoregressive")
+    assert len(variants) == 6 and all(kw["no_repeat_ngram_size"] == 2 for _, _, kw in variants.values())
+
+
+def test_peak_memory_is_the_fresh_process_own(tiny_checkpoint):
+    """--memory decodes in a spawned process and reads that process's own peak: a 512 MiB buffer held here (which
+    ru_maxrss would have passed on to the child) does not show up in it; decoding adds to the loaded model."""
+    ballast = bytearray(2**29)
+    ballast[::4096] = b"\1" * len(ballast[::4096])  # touch every page, so that it is resident
+    here = bench.resident_bytes("VmRSS")
+    mem = bench.measure_memory(tiny_checkpoint, {"autoregressive": {}}, "To be", 8, 1)["autoregressive"]
+    assert here > 2**29 and mem["peak_bytes"] < here - 2**28
+    assert 0 <= mem["above_loaded_bytes"] < mem["peak_bytes"]
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    """A folder, a binary file, an empty file, and a train.py-style output folder holding the tiny checkpoint."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "binary.pt").write_bytes(bytes(range(256)))
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "short.txt").write_text("To be\n")
+    return tmp_path
+
+
+BENCH_BAD = [  # (argv after --checkpoint CKPT --baseline '', what the one line says)
+    (["--max_new_tokens", "0"], "--max_new_tokens: must be at least 1, got 0"),
+    (["--max_new_tokens", "-5"], "--max_new_tokens: must be at least 1"),
+    (["--max_new_tokens", "ten"], "--max_new_tokens: expected a whole number"),
+    (["--max_new_tokens", "2.5"], "--max_new_tokens: expected a whole number"),
+    (["--max_new_tokens", "1000000000"], "--max_new_tokens 1000000000 leaves no room for a prompt"),
+    (["--n_prompts", "0"], "--n_prompts"),
+    (["--repeats", "-1"], "--repeats"),
+    (["--threads", "0"], "--threads"),
+    (["--threads", "100000"], "--threads"),
+    (["--exit", "0"], "--exit"),
+    (["--exit", "99"], "exit layer 99 is out of range: this model has 4 layers"),
+    (["--num_speculations", "0"], "--num_speculations"),
+    (["--num_speculations", "1000000"], "a round of 1000000 drafts does not fit"),
+    (["--draft_threshold", "nan"], "--draft_threshold: must be a finite number"),
+    (["--draft_threshold", "inf"], "--draft_threshold: must be a finite number"),
+    (["--draft_threshold", "1.5"], "--draft_threshold"),
+    (["--draft_threshold", "-0.1"], "--draft_threshold"),
+    (["--repetition_penalty", "0"], "--repetition_penalty"),
+    (["--repetition_penalty", "nan"], "--repetition_penalty"),
+    (["--repetition_penalty", "-inf"], "--repetition_penalty"),
+    (["--no_repeat_ngram_size", "-1"], "--no_repeat_ngram_size"),
+    (["--no_repeat_ngram_size", "three"], "--no_repeat_ngram_size"),
+    (["--sweep", "--sweep_specs", "0"], "--sweep_specs"),
+    (["--sweep", "--sweep_specs", "200"], "the sweep tries d and 2d"),
+    (["--sweep", "--sweep_exits", "9"], "--sweep_exits 9 is out of range"),
+    (["--sweep", "--sweep_thresholds", "0"], "--sweep_thresholds"),
+    (["--sweep", "--sweep_thresholds", "nan"], "--sweep_thresholds"),
+    (["--sweep", "--sweep_prompts", "0"], "--sweep_prompts"),
+    (["--sweep", "--out_dir", "{tmp}/a_file"], "--out_dir"),
+    (["--prompts", "nosuchset"], "--prompts nosuchset: not humaneval, shakespeare or an existing text file"),
+    (["--prompts", "{tmp}/folder"], "is a folder"),
+    (["--prompts", "{tmp}/binary.pt"], "not UTF-8 text"),
+    (["--prompts", "{tmp}/empty.txt"], "has no prompts"),
+    (["--json", "{tmp}/no/such/folder/r.json"], "--json"),
+    (["--json", "{tmp}/folder"], "--json"),
+    (["--reference", "{tmp}/missing.pt"], "no such file"),
+    (["--baseline", "{tmp}/binary.pt"], "cannot be read as a checkpoint"),
+    (["--unknown_flag"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.parametrize("argv, match", BENCH_BAD)
+def test_bench_refuses_bad_input_in_one_line(tiny_checkpoint, bad_files, capsys, argv, match):
+    """Each bad value stops bench.py before it measures anything, with exit code 2 and one line naming it."""
+    argv = [a.replace("{tmp}", str(bad_files)) for a in argv]
+    assert_one_line_error(bench.main, ["--checkpoint", tiny_checkpoint, "--baseline", "", *argv], capsys, match)
+
+
+@pytest.mark.parametrize("checkpoint, match", [
+    ("missing.pt", "no such file"), ("folder", "not a model directory"), ("binary.pt", "cannot be read")])
+def test_bench_and_eval_refuse_bad_checkpoints(bad_files, capsys, checkpoint, match):
+    """A missing, folder or binary checkpoint is a one-line error in both scripts."""
+    path = bad_files / checkpoint
+    assert_one_line_error(bench.main, ["--checkpoint", path, "--baseline", ""], capsys, match)
+    assert_one_line_error(evaluate.main, ["--checkpoints", path], capsys, match)
+
+
+def test_bench_auto_needs_a_checkpoint_file(tiny_checkpoint, bad_files, capsys):
+    """--auto writes its recommendation into --checkpoint, so a train.py output folder (which loads) is refused."""
+    shutil.copy(tiny_checkpoint, bad_files / "folder" / "model.pt")
+    assert_one_line_error(bench.main, ["--checkpoint", bad_files / "folder", "--baseline", "", "--auto"], capsys,
+                          "give a writable checkpoint file")
+
+
+EVAL_BAD = [  # (argv after --checkpoints CKPT --data SHORT_TEXT, what the one line says)
+    (["--windows", "0"], "--windows"),
+    (["--windows", "nan"], "--windows: expected a whole number"),
+    (["--block_size", "-1"], "--block_size"),
+    (["--n_prompts", "0"], "--n_prompts"),
+    (["--max_new_tokens", "0"], "--max_new_tokens"),
+    (["--max_new_tokens", "1000000000"], "leaves no room for a prompt"),
+    (["--threads", "0"], "--threads"),
+    (["--threads", "1e9"], "--threads"),
+    (["--data", "nosuchcorpus"], "--data nosuchcorpus: not python, python-stdlib, shakespeare"),
+    (["--data", "{tmp}/folder"], "is a folder"),
+    (["--data", "{tmp}/binary.pt"], "not UTF-8 text"),
+    (["--block_size", "32"], "less than one window of 33"),  # "To be" is a few tokens
+    (["--prompts", "nosuchset"], "--prompts nosuchset"),
+    (["--prompts", "{tmp}/binary.pt"], "not UTF-8 text"),
+    (["--json", "{tmp}/no/such/folder/e.json"], "--json"),
+    (["--out_dir", "{tmp}/a_file"], "--out_dir"),
+    (["--checkpoints", "{ckpt}", "{ckpt}"], "two are named tiny"),
+]
+
+
+@pytest.mark.parametrize("argv, match", EVAL_BAD)
+def test_eval_refuses_bad_input_in_one_line(tiny_checkpoint, bad_files, capsys, argv, match):
+    """Each bad value stops eval.py with exit code 2 and one line naming it."""
+    argv = [a.replace("{tmp}", str(bad_files)).replace("{ckpt}", str(tiny_checkpoint)) for a in argv]
+    assert_one_line_error(evaluate.main, ["--checkpoints", tiny_checkpoint, "--data", bad_files / "short.txt",
+                                          *argv], capsys, match)
+
+
+def test_bench_bad_input_has_no_traceback(tmp_path):
+    """Run as a program, bench.py answers a missing checkpoint with one line and exit code 2."""
+    proc = subprocess.run([sys.executable, "bench.py", "--checkpoint", str(tmp_path / "missing.pt")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "bench.py: error: " in proc.stderr and "no such file" in proc.stderr
