@@ -1,0 +1,299 @@
+"""Tests that need a CUDA GPU: training (float32, bfloat16, torch.compile, DDP and FSDP2 over NCCL under torchrun,
+exact resume), decoding (self-speculative greedy output equals autoregressive), bench.py and the transformers export,
+all on the GPU. Without CUDA they are skipped, and the summary names them: run scripts/gpu_check.sh on a GPU machine.
+
+The commands they run are module-level lists; tests at the end, which always run, check that train.py, generate.py
+and bench.py accept every one of them and that scripts/gpu_check.sh lists its steps, so that a GPU session does not
+find out about a renamed flag."""
+
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # also run as a script: python tests/test_cuda.py bench ...
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import layerskip as ls  # noqa: E402
+from model_io import load_model  # noqa: E402
+
+DEEP, TWELVE = "checkpoints/layerskip-python-deep.pt", "checkpoints/layerskip-python.pt"
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs CUDA: run scripts/gpu_check.sh on a GPU machine")
+
+# The tiny toy model of tests/test_train.py, on the GPU.
+TINY = ["--preset", "toy", "--dim", "32", "--n_layers", "4", "--n_heads", "4", "--n_kv_heads", "2",
+        "--block_size", "32", "--eval_iters", "2", "--log_interval", "1", "--device", "cuda"]
+LAYERSKIP = TINY + ["--max_iters", "10", "--eval_interval", "10", "--p_max", "0.2", "--e_scale", "0.5"]
+TRAIN = {  # name: train.py flags (each run adds --out_dir); "torchrun" ones run under torchrun, 1 process, NCCL
+    "float32": LAYERSKIP,
+    "bfloat16": LAYERSKIP + ["--dtype", "bfloat16"],
+    "compile": LAYERSKIP + ["--compile"],
+    "torchrun-ddp": TINY + ["--max_iters", "6", "--eval_interval", "6", "--batch_size", "8", "--p_max", "0.5",
+                            "--e_scale", "0.5"],
+    "torchrun-fsdp": TINY + ["--max_iters", "6", "--eval_interval", "6", "--batch_size", "8", "--p_max", "0",
+                             "--e_scale", "0.5", "--grad_accum", "2", "--fsdp"],
+    "resume": TINY + ["--max_iters", "8", "--eval_interval", "4", "--p_max", "0.3", "--e_scale", "0.5"],
+}
+GENERATE = {  # name: generate.py flags
+    "32-layer": ["--device", "cuda", "--dtype", "float32", "--compare", "--max_new_tokens", "64"],
+    "12-layer": ["--checkpoint", TWELVE, "--device", "cuda", "--dtype", "float32", "--compare",
+                 "--max_new_tokens", "64"],
+}
+BENCH = ["--checkpoint", DEEP, "--baseline", "", "--reference", "", "--prompts", "humaneval", "--n_prompts", "2",
+         "--max_new_tokens", "16", "--repeats", "1"]
+
+
+def run(args, torchrun=False, env=None, timeout=300):
+    """python (or torchrun with one process) ARGS in the repository root; output captured."""
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+                                   if torchrun else [])
+    proc = subprocess.run(launcher + [str(a) for a in args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    return proc
+
+
+def step_losses(stdout):
+    return [float(m) for m in re.findall(r"^step +\d+/\d+ \| loss ([\d.]+)", stdout, re.M)]
+
+
+def train(name, out_dir, extra=(), **kw):
+    return step_losses(run(["train.py", *TRAIN[name], "--out_dir", out_dir, *extra], **kw).stdout)
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    """The shipped Shakespeare text, tokenized (about a second; the bins are not committed)."""
+    if not (ROOT / "data/shakespeare/train.bin").exists():
+        run(["data/shakespeare/prepare.py"])
+    return ROOT / "data/shakespeare"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training on the GPU
+
+
+@pytest.fixture(scope="module")
+def float32_run(shakespeare, tmp_path_factory):
+    """(step losses, output folder) of the float32 toy run on the GPU, shared by the tests that compare with it."""
+    out = tmp_path_factory.mktemp("fp32")
+    return train("float32", out), out
+
+
+@needs_cuda
+def test_train_float32_and_bfloat16_on_cuda(float32_run, tmp_path):
+    """The toy recipe (layer dropout + early-exit loss) trains on CUDA in float32 and under bfloat16 autocast: the
+    loss falls, the first step's loss agrees within 1% (same weights, same batch), model.pt decodes on the GPU."""
+    fp32, out = float32_run
+    bf16 = train("bfloat16", tmp_path / "bf16")
+    assert len(fp32) == len(bf16) == 10
+    assert bf16[0] == pytest.approx(fp32[0], rel=0.01)
+    assert fp32[-1] < fp32[0] and bf16[-1] < bf16[0]
+    model, tok = load_model(out / "model.pt", device="cuda")
+    assert len(ls.generate(model, tok.encode("ROMEO:"), 8).tokens) == 8
+
+
+@needs_cuda
+def test_train_compile_on_cuda(float32_run, tmp_path):
+    """--compile (each block through torch.compile, the skip logic eager) trains on CUDA and logs the eager losses
+    within 2e-3."""
+    compiled = train("compile", tmp_path / "compiled", timeout=400)
+    assert compiled == pytest.approx(float32_run[0], abs=2e-3)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["torchrun-ddp", "torchrun-fsdp"])
+def test_torchrun_nccl_equals_one_process(shakespeare, tmp_path, name):
+    """torchrun, one process on the GPU over NCCL, with DDP (layer dropout on: unused parameters) and with FSDP2
+    (gradient accumulation): the same losses as a plain single-process run of the same global batch."""
+    distributed = train(name, tmp_path / "dist", torchrun=True)
+    flags = [a for a in TRAIN[name] if a != "--fsdp"]
+    single = step_losses(run(["train.py", *flags, "--out_dir", tmp_path / "one"]).stdout)
+    assert len(distributed) == len(single) == 6
+    assert distributed == pytest.approx(single, abs=2e-3)
+    assert (tmp_path / "dist/model.pt").exists()
+
+
+DETERMINISTIC = """
+import sys
+sys.path.insert(0, {root!r})
+import torch
+torch.use_deterministic_algorithms(True, warn_only=True)  # a warning names any kernel that is not
+for backend in ("flash", "mem_efficient", "cudnn"):  # the math attention kernel: no atomics in its backward
+    getattr(torch.backends.cuda, f"enable_{{backend}}_sdp", lambda on: None)(False)
+import train
+train.main()
+"""
+
+
+@needs_cuda
+def test_resume_is_exact_on_cuda(shakespeare, tmp_path):
+    """As on the CPU (tests/test_train.py): N steps straight == N/2 steps, stop, --resume for the rest, bit for bit,
+    with layer dropout and the early-exit loss on. CUDA's atomics would make even two straight runs differ in the
+    last bits, so both runs use deterministic kernels (torch.use_deterministic_algorithms, math attention)."""
+    wrapper = tmp_path / "deterministic_train.py"
+    wrapper.write_text(DETERMINISTIC.format(root=str(ROOT)))
+    env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    run([wrapper, *TRAIN["resume"], "--out_dir", tmp_path / "straight"], env=env)
+    run([wrapper, *TRAIN["resume"], "--out_dir", tmp_path / "split", "--stop_after", "4"], env=env)
+    proc = run([wrapper, "--resume", "--out_dir", tmp_path / "split"], env=env)
+    assert "resumed" in proc.stdout
+    a = torch.load(tmp_path / "straight/ckpt.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split/ckpt.pt", weights_only=True)["model"]
+    differ = {k: (a[k] - b[k]).abs().max().item() for k in a if not torch.equal(a[k], b[k])}
+    warned = sorted(set(re.findall(r"UserWarning: (.{0,120})", proc.stderr)))
+    assert a.keys() == b.keys() and not differ, (differ, warned)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding, the benchmark and the transformers export on the GPU
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", list(GENERATE))
+def test_generate_compare_on_cuda_is_identical(name):
+    """generate.py --device cuda --compare in float32: self-speculative greedy text equals autoregressive."""
+    out = run(["generate.py", *GENERATE[name]]).stdout
+    assert "outputs identical" in out, out[-1500:]
+
+
+@needs_cuda
+def test_self_speculative_equals_autoregressive_on_cuda():
+    """layerskip.generate on a CUDA float32 model: greedy self-speculative tokens equal autoregressive ones at
+    several exits and draft lengths, with and without a draft threshold, on three HumanEval prompts."""
+    from data.prepare import load_prompts
+    model, tok = load_model(ROOT / DEEP, device="cuda", dtype=torch.float32)
+    for prompt in load_prompts("humaneval")[:3]:
+        ids = tok.encode(prompt)
+        ar = ls.generate(model, ids, 48, eos_id=tok.stop_ids).tokens
+        for E, d, th in ((1, 3, None), (4, 3, 0.3), (8, 6, None), (16, 2, None)):
+            ss = ls.generate(model, ids, 48, strategy="self_speculative", exit_layer=E, num_speculations=d,
+                             draft_threshold=th, eos_id=tok.stop_ids)
+            assert ss.tokens == ar, (E, d, th)
+
+
+def bench_on_cuda(argv):
+    """bench.main(argv) with its models on the GPU: with --device cuda if bench.py has that flag, else by pointing
+    its loader at cuda. Says where each model was loaded."""
+    import bench
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown), contextlib.suppress(SystemExit):
+        bench.main(["--help"])
+    has_device = "--device" in shown.getvalue()
+    owner = bench if hasattr(bench, "load_model") else ls
+    load = owner.load_model
+
+    def load_on_cuda(path, **kw):
+        if not has_device:
+            kw.setdefault("device", "cuda")
+        model, tok = load(path, **kw)
+        print(f"bench: {path} loaded on {model.tok_embeddings.weight.device}", flush=True)
+        return model, tok
+    owner.load_model = load_on_cuda
+    bench.main((["--device", "cuda"] if has_device else []) + list(argv))
+
+
+@needs_cuda
+def test_bench_on_cuda(tmp_path):
+    """bench.py decodes the shipped 32-layer model on the GPU (a tiny setting: 2 prompts, 16 tokens, 1 pass) and
+    writes its JSON report, which names the GPU."""
+    out = run(["tests/test_cuda.py", "bench", *BENCH, "--json", tmp_path / "bench.json"]).stdout
+    assert f"{DEEP} loaded on cuda" in out, out[-1500:]
+    assert torch.cuda.get_device_name() in json.loads((tmp_path / "bench.json").read_text())["machine"]
+
+
+@needs_cuda
+def test_transformers_export_on_cuda(tmp_path):
+    """The Hugging Face export of the 32-layer model runs in transformers on the GPU: our logits within 1e-4, and
+    generate(assistant_early_exit=E) at the stored exit returns our greedy tokens."""
+    transformers = pytest.importorskip("transformers")
+    import export
+    out = export.export(ROOT / DEEP, tmp_path / "hf", "hf")
+    model, tok = load_model(ROOT / DEEP, device="cuda", dtype=torch.float32)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).to("cuda").eval()
+    ids = tok.encode('def fibonacci(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n')
+    x = torch.tensor([ids], device="cuda")
+    with torch.no_grad():
+        assert (hf(x).logits[0] - model(x)[0]).abs().max().item() < 1e-4
+        theirs = hf.generate(x, do_sample=False, max_new_tokens=32, pad_token_id=tok.eos_id,
+                             assistant_early_exit=hf.config.layerskip["exit_layer"])
+    assert theirs[0, len(ids):].tolist() == ls.generate(model, ids, 32, eos_id=tok.eos_id).tokens
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Always run: the GPU commands parse, and gpu_check.sh lists its steps
+
+
+@pytest.mark.parametrize("name", list(TRAIN))
+def test_train_accepts_the_gpu_commands(name):
+    """train.parse_args accepts each training command the GPU tests run, and keeps --device cuda."""
+    import train
+    cfg = train.parse_args(TRAIN[name] + ["--out_dir", "out/gpu-check"])
+    assert cfg.device == "cuda" and cfg.n_layers == 4 and cfg.fsdp == ("--fsdp" in TRAIN[name])
+    assert cfg.compile == ("--compile" in TRAIN[name]) and cfg.dtype == ("bfloat16" if name == "bfloat16"
+                                                                          else "float32")
+
+
+@pytest.mark.parametrize("name", list(GENERATE))
+def test_generate_accepts_the_gpu_commands(name):
+    """generate.parse_args accepts each generate.py command the GPU tests run."""
+    import generate
+    args = generate.parse_args(GENERATE[name])
+    assert args.device == "cuda" and args.compare and args.dtype == "float32"
+
+
+def gpu_check(*args):
+    return subprocess.run(["bash", "scripts/gpu_check.sh", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def listed_bench_command() -> list:
+    """The bench.py flags of gpu_check.sh's bench step, as its --list prints them."""
+    line = next(l for l in gpu_check("--list").stdout.splitlines() if "tests/test_cuda.py bench" in l)
+    return shlex.split(line.split("tests/test_cuda.py bench", 1)[1].split("  (")[0].replace("OUT_FOLDER", "out"))
+
+
+@pytest.mark.parametrize("where", ["tests", "gpu_check.sh"])
+def test_bench_accepts_the_gpu_commands(where):
+    """bench.py's parser accepts the benchmark commands of the GPU tests and of gpu_check.sh's bench step
+    (bench.parse_args where it has one, else its --help names every flag)."""
+    import bench
+    argv = BENCH if where == "tests" else listed_bench_command()
+    assert "--checkpoint" in argv and "--max_new_tokens" in argv
+    if hasattr(bench, "parse_args"):
+        args = bench.parse_args(argv)
+        assert args.checkpoint == DEEP and args.reference == ""
+        return
+    shown = subprocess.run([sys.executable, "bench.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert all(flag in shown for flag in argv if flag.startswith("--"))
+
+
+def test_gpu_check_lists_its_steps():
+    """scripts/gpu_check.sh --list prints every step with its command and time limit, runs none of them (it writes
+    nothing), and the limits add up to at most 8 minutes; without an OUT_FOLDER it is a one-line usage error."""
+    before = sorted(p.name for p in ROOT.iterdir())
+    listed = gpu_check("--list")
+    assert listed.returncode == 0, listed.stderr
+    for step in ("env", "deps", "tests", "bench"):
+        assert re.search(rf"^\d+\. {step}: ", listed.stdout, re.M), listed.stdout
+    assert "-m pytest -q -rs tests/test_cuda.py" in listed.stdout
+    assert sum(int(s) for s in re.findall(r"\(at most (\d+) s\)", listed.stdout)) <= 480
+    assert sorted(p.name for p in ROOT.iterdir()) == before
+    usage = gpu_check()
+    assert usage.returncode == 2 and usage.stderr.count("\n") == 1 and "usage" in usage.stderr
+    assert subprocess.run(["bash", "-n", "scripts/gpu_check.sh"], cwd=ROOT).returncode == 0
+
+
+if __name__ == "__main__":  # scripts/gpu_check.sh's bench step: python tests/test_cuda.py bench [bench.py flags]
+    if sys.argv[1:2] != ["bench"]:
+        sys.exit("usage: python tests/test_cuda.py bench [bench.py flags]")
+    bench_on_cuda(sys.argv[2:])

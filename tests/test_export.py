@@ -1,0 +1,405 @@
+"""Tests of export.py: Hugging Face and Meta exports give our logits, token ids and greedy text in transformers, read
+back bit for bit, and every bad export is a one-line error that leaves nothing behind."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers must never try the network here
+
+import export  # noqa: E402
+import layerskip as ls  # noqa: E402
+import model_io  # noqa: E402
+from model_io import SentencePieceTokenizer, load_checkpoint, load_model, save_checkpoint  # noqa: E402
+
+transformers = pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEEP, TWELVE = ROOT / "checkpoints/layerskip-python-deep.pt", ROOT / "checkpoints/layerskip-python.pt"
+PROMPT = 'def fibonacci(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
+TEXTS = [PROMPT, "class A:\n\tdef f(self):\n\t\treturn {'k': [1, 2]}  # two  spaces\n\n\n",
+         "    indented\n        deeper\n", "  leading and trailing  ", "unicode: naïve café, 漢字, emoji 🙂 ✓ →",
+         "a </s> b <s> c", "", "\r\n\r\n", "x"]
+
+
+def tiny_model(tokenizer, seed, **kw):
+    """A random 3-layer model whose weights are large enough (std ~0.2) that greedy choices are far from ties, and
+    whose norm weights are not all ones (so that a swapped norm would show)."""
+    torch.manual_seed(seed)
+    args = ls.ModelArgs(**{**dict(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=tokenizer.vocab_size,
+                                  max_seq_len=128), **kw})
+    model = ls.Transformer(args)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(p * 10 if p.dim() == 2 else 1 + 0.2 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """The two shipped models (fp16, stored recommendations) and two tiny fp32 ones that use the 32-layer model's
+    tokenizer: tied with Llama 3.1's scaled RoPE and a recommendation, untied with plain RoPE and none."""
+    tok = model_io.tokenizer_from_dict(load_checkpoint(DEEP)["tokenizer"])
+    folder = tmp_path_factory.mktemp("ckpts")
+    rope = dict(rope_theta=500000.0, use_scaled_rope=True, rope_scale_factor=32.0, rope_original_max_seq_len=64)
+    save_checkpoint(folder / "tied.pt", tiny_model(tok, 1, tie_word_embeddings=True, **rope), tok,
+                    metadata={"recommended": {"exit_layer": 2, "num_speculations": 3, "draft_threshold": 0.3}})
+    save_checkpoint(folder / "untied.pt", tiny_model(tok, 2, n_kv_heads=4, multiple_of=48), tok)
+    return {"deep": DEEP, "12-layer": TWELVE, "tiny-tied-llama3-rope": folder / "tied.pt",
+            "tiny-untied": folder / "untied.pt"}
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoints, tmp_path_factory):
+    """exported(name, fmt): the folder export.export wrote for that checkpoint (each written once per module)."""
+    root, done = tmp_path_factory.mktemp("exports"), {}
+
+    def get(name, fmt="hf"):
+        if (name, fmt) not in done:
+            done[name, fmt] = export.export(checkpoints[name], root / f"{name}-{fmt}", fmt)
+        return done[name, fmt]
+    return get
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoints, exported):
+    """loaded(name): (our model, our tokenizer, transformers' model, transformers' tokenizer), float32."""
+    done = {}
+
+    def get(name):
+        if name not in done:
+            model, tok = load_model(checkpoints[name], dtype=torch.float32)
+            out = exported(name, "hf")
+            hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+            done[name] = model, tok, hf, transformers.AutoTokenizer.from_pretrained(out)
+        return done[name]
+    return get
+
+
+NAMES = ["deep", "12-layer", "tiny-tied-llama3-rope", "tiny-untied"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hugging Face: transformers reproduces our model
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hf_export_gives_our_logits(loaded, name):
+    """AutoModelForCausalLM.from_pretrained(export, float32), offline, gives our float32 logits within 1e-4 max abs
+    on a code prompt (q/k rows permuted right, tied or untied head, plain or Llama 3.1 RoPE)."""
+    model, tok, hf, _ = loaded(name)
+    ids = torch.tensor([tok.encode(PROMPT + "    if n < 2:\n        return n\n")])
+    with torch.no_grad():
+        ours, theirs = model(ids)[0], hf(ids).logits[0]
+    assert theirs.shape == ours.shape
+    assert (theirs - ours).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["deep", "12-layer"])
+def test_hf_tokenizer_gives_our_ids(loaded, name):
+    """AutoTokenizer.from_pretrained(export) gives our ids (BOS first, no EOS) on code with indentation, tabs,
+    newlines, runs of spaces, unicode, special-token text and the empty string, and decodes them to our text."""
+    _, tok, _, ht = loaded(name)
+    assert type(ht).__name__ in ("LlamaTokenizer", "LlamaTokenizerFast")
+    for text in TEXTS:
+        ids = ht(text)["input_ids"]
+        assert ids == tok.encode(text), text
+        assert ht.decode(ids, skip_special_tokens=True) == tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hf_greedy_generate_gives_our_tokens(loaded, name):
+    """model.generate(do_sample=False) continues a prompt with exactly our autoregressive greedy tokens."""
+    model, tok, hf, ht = loaded(name)
+    ids = tok.encode(PROMPT)
+    ours = ls.generate(model, ids, 24, strategy="autoregressive", eos_id=tok.eos_id).tokens
+    with torch.no_grad():
+        theirs = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=24, pad_token_id=tok.eos_id)
+    assert theirs[0, len(ids):].tolist() == ours
+
+
+@pytest.mark.parametrize("name", ["deep", "12-layer", "tiny-tied-llama3-rope"])
+def test_hf_assistant_early_exit_gives_our_tokens(loaded, name):
+    """transformers' self-speculative decoding, generate(assistant_early_exit=E) with E the exit stored in config.json's
+    "layerskip" field, runs and returns the same greedy tokens as our autoregressive decoding."""
+    model, tok, hf, _ = loaded(name)
+    E = hf.config.layerskip["exit_layer"]
+    assert E == model.metadata["recommended"]["exit_layer"]
+    ids = tok.encode(PROMPT)
+    ours = ls.generate(model, ids, 24, strategy="autoregressive", eos_id=tok.eos_id).tokens
+    with torch.no_grad():
+        theirs = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=24, assistant_early_exit=E,
+                             pad_token_id=tok.eos_id)
+    assert theirs[0, len(ids):].tolist() == ours
+
+
+def test_hf_config_and_files(checkpoints, exported):
+    """config.json holds our shape, RoPE (Llama 3.1 scaling too), FFN size, context, ids and the stored recommendation,
+    generation_config.json its draft length and threshold; a tied head is saved once; the tokenizer files say
+    LlamaTokenizer with BOS and without EOS."""
+    from safetensors import safe_open
+    deep = json.loads((exported("deep") / "config.json").read_text())
+    model, tok = load_model(DEEP)
+    assert deep["layerskip"] == {"exit_layer": 4, "num_speculations": 3, "draft_threshold": 0.3}
+    assert (deep["num_hidden_layers"], deep["hidden_size"], deep["num_attention_heads"],
+            deep["num_key_value_heads"], deep["intermediate_size"]) == (32, 128, 4, 2, 352)
+    assert deep["max_position_embeddings"] == model.params.max_seq_len == 256
+    assert (deep["bos_token_id"], deep["eos_token_id"], deep["tie_word_embeddings"]) == (1, 2, True)
+    assert deep["rope_scaling"] is None and deep["rope_theta"] == 10000.0
+    tied = json.loads((exported("tiny-tied-llama3-rope") / "config.json").read_text())
+    assert tied["rope_scaling"] == {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    untied = json.loads((exported("tiny-untied") / "config.json").read_text())
+    assert "layerskip" not in untied and untied["intermediate_size"] == 192  # 170 rounded up to a multiple of 48
+    for name, has_head in (("deep", False), ("tiny-untied", True)):
+        with safe_open(exported(name) / "model.safetensors", "pt") as f:
+            assert ("lm_head.weight" in f.keys()) == has_head
+    tc = json.loads((exported("deep") / "tokenizer_config.json").read_text())
+    assert (tc["tokenizer_class"], tc["add_bos_token"], tc["add_eos_token"]) == ("LlamaTokenizer", True, False)
+    assert json.loads((exported("deep") / "generation_config.json").read_text()) == {
+        "bos_token_id": 1, "eos_token_id": 2, "do_sample": False, "num_assistant_tokens": 3,
+        "assistant_confidence_threshold": 0.3}  # the stored d and threshold, for generate(assistant_early_exit=E)
+    assert "num_assistant_tokens" not in json.loads((exported("tiny-untied") / "generation_config.json").read_text())
+    assert sorted(p.name for p in exported("deep").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
+        "tokenizer.model", "tokenizer_config.json"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Both layouts read back bit for bit
+
+
+def stored_weights(path) -> dict:
+    """The weights as the checkpoint stores them, with a tied head spelled out as model_io builds it."""
+    ckpt = load_checkpoint(path)
+    state = dict(ckpt["model"])
+    if ckpt["model_args"]["tie_word_embeddings"]:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    return state
+
+
+@pytest.mark.parametrize("fmt", ["hf", "meta"])
+@pytest.mark.parametrize("name", NAMES)
+def test_export_reads_back_bit_for_bit(checkpoints, exported, name, fmt):
+    """model_io.load_model(export) has every weight of the checkpoint bit for bit once cast back to the stored dtype
+    (exports are float32: fp16 widens exactly), the same shape, RoPE and tie, and the same logits."""
+    stored = stored_weights(checkpoints[name])
+    back, back_tok = load_model(exported(name, fmt))
+    state = back.state_dict()
+    assert state.keys() == stored.keys()
+    for k, v in stored.items():
+        assert state[k].dtype == torch.float32 and torch.equal(state[k].to(v.dtype), v), k
+    ours, tok = load_model(checkpoints[name])
+    a, b = ours.params, back.params
+    same = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "norm_eps", "rope_theta", "use_scaled_rope",
+            "tie_word_embeddings") + (("rope_scale_factor", "rope_original_max_seq_len") if a.use_scaled_rope else ())
+    assert {k: getattr(b, k) for k in same} == {k: getattr(a, k) for k in same}
+    assert back_tok.encode(PROMPT) == tok.encode(PROMPT)
+    # the decoding recommendation and the trained context come back too: generate.py decodes an export as it
+    # decodes the checkpoint
+    setting = ("exit_layer", "num_speculations", "draft_threshold")
+    assert {k: v for k, v in (back.metadata.get("recommended") or {}).items()} == \
+        {k: v for k, v in (ours.metadata.get("recommended") or {}).items() if k in setting}
+    assert back.trained_context == ours.trained_context and a.max_seq_len == b.max_seq_len
+    ids = torch.tensor([tok.encode(PROMPT)])
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), ours(ids), atol=1e-5, rtol=0)
+
+
+def test_float16_export_keeps_the_stored_bits(tmp_path):
+    """--dtype float16 writes the shipped fp16 weights as they are stored: no cast needed to compare."""
+    from safetensors.torch import load_file
+    export.main([str(DEEP), str(tmp_path / "hf"), "--format", "hf", "--dtype", "float16"])
+    export.main([str(DEEP), str(tmp_path / "meta"), "--format", "meta", "--dtype", "float16"])
+    stored = stored_weights(DEEP)
+    assert all(v.dtype == torch.float16 for v in load_file(tmp_path / "hf/model.safetensors").values())
+    meta = torch.load(tmp_path / "meta/consolidated.00.pth", weights_only=True)
+    assert meta.keys() == stored.keys() - {"output.weight"}  # tied: Meta's layout has no output.weight
+    assert all(torch.equal(meta[k], stored[k]) for k in meta)
+    assert json.loads((tmp_path / "hf/config.json").read_text())["torch_dtype"] == "float16"
+
+
+def test_meta_params_invert_model_io():
+    """params.json uses Meta's names and model_io.meta_model_args reads it back to the same ModelArgs."""
+    model, tok = load_model(DEEP)
+    params = export.meta_params(model)
+    assert params == {"dim": 128, "n_layers": 32, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 2048,
+                      "multiple_of": 32, "ffn_dim_multiplier": None, "norm_eps": 1e-05, "rope_theta": 10000.0}
+    args = model_io.meta_model_args(params, tok.vocab_size, model.params.max_seq_len)
+    assert args == ls.ModelArgs(**{**vars(model.params), "tie_word_embeddings": False})  # load_meta infers the tie
+
+
+def test_sentencepiece_settings_are_read_from_the_model_file():
+    """export.spm_settings reads our tokenizers' settings (BPE, byte fallback, identity, no dummy prefix, spaces
+    kept) and each piece's type as sentencepiece itself reports it."""
+    for path in (DEEP, TWELVE):
+        tok = model_io.tokenizer_from_dict(load_checkpoint(path)["tokenizer"])
+        s = export.spm_settings(tok.model_proto)
+        assert {k: v for k, v in s.items() if k != "types"} == {
+            "bpe": True, "byte_fallback": True, "charsmap": False, "add_dummy_prefix": False,
+            "remove_extra_whitespaces": False, "escape_whitespaces": True}
+        sp = tok.sp
+        kinds = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1
+                 for i in range(sp.vocab_size())]
+        assert s["types"] == kinds
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenizers that cannot go everywhere
+
+
+def default_sentencepiece():
+    """A sentencepiece BPE model with sentencepiece's defaults (NFKC, dummy prefix, extra spaces removed)."""
+    import sentencepiece as spm
+    text = (ROOT / "data/shakespeare/input.txt").read_text()[:60_000]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([text[i:i + 2000] for i in range(0, len(text), 2000)]),
+                                   model_writer=buf, model_type="bpe", vocab_size=400, byte_fallback=True,
+                                   hard_vocab_limit=False, minloglevel=2)
+    return SentencePieceTokenizer(buf.getvalue())
+
+
+def run_main(argv, capsys):
+    """export.main(argv) -> (exit code, stderr); 0 if it returned."""
+    try:
+        export.main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_unfaithful_sentencepiece_is_refused_for_hf_but_goes_to_meta(tmp_path, capsys):
+    """A sentencepiece model that transformers' LlamaTokenizer would split differently (dummy prefix, NFKC, removed
+    spaces) is a one-line error for --format hf; --format meta copies it and reads back."""
+    tok = default_sentencepiece()
+    save_checkpoint(tmp_path / "m.pt", tiny_model(tok, 3), tok)
+    code, err = run_main([tmp_path / "m.pt", tmp_path / "hf", "--format", "hf"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "dummy prefix" in err and "remove_extra_whitespaces" in err
+    assert not (tmp_path / "hf").exists() and leftovers(tmp_path) == []
+    assert run_main([tmp_path / "m.pt", tmp_path / "meta", "--format", "meta"], capsys)[0] == 0
+    _, back = load_model(tmp_path / "meta")
+    assert back.model_proto == tok.model_proto
+
+
+def test_tiktoken_tokenizer_goes_to_meta_not_hf(tmp_path, capsys):
+    """A tiktoken (Llama 3) tokenizer: --format hf is a one-line error naming it; --format meta writes its ranks as
+    tokenizer.model, which reads back with the same ids."""
+    pytest.importorskip("tiktoken")
+    import base64
+    ranks = "".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))
+    tok = model_io.TiktokenTokenizer(ranks)
+    save_checkpoint(tmp_path / "m.pt", tiny_model(tok, 4), tok)
+    code, err = run_main([tmp_path / "m.pt", tmp_path / "hf", "--format", "hf"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "tiktoken tokenizer" in err and "--format meta" in err
+    assert run_main([tmp_path / "m.pt", tmp_path / "meta", "--format", "meta"], capsys)[0] == 0
+    _, back = load_model(tmp_path / "meta")
+    assert back.kind == "tiktoken" and back.encode("héllo\n") == tok.encode("héllo\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad exports: one line, exit 2, nothing left behind
+
+
+def leftovers(folder):
+    """Hidden temporary or set-aside folders an export may have left beside its OUT_DIR."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith(".") and ("tmp-" in p.name or
+                                                                                        "old-" in p.name))
+
+
+def unrepresentable(tmp_path, **shape):
+    tok = model_io.tokenizer_from_dict(load_checkpoint(DEEP)["tokenizer"])
+    model = ls.Transformer(ls.ModelArgs(vocab_size=tok.vocab_size, n_layers=2, max_seq_len=32, **shape))
+    save_checkpoint(tmp_path / "odd.pt", model, tok)
+    return tmp_path / "odd.pt"
+
+
+def corrupt(t):
+    (t / "bad.pt").write_bytes(b"not a checkpoint")
+    return t / "bad.pt", t / "out"
+
+
+def out_is_a_file(t):
+    (t / "out").write_text("x")
+    return DEEP, t / "out"
+
+
+def out_not_empty(t):
+    (t / "out").mkdir()
+    (t / "out/keep.txt").write_text("x")
+    return DEEP, t / "out"
+
+
+def out_not_an_export(t):
+    (t / "out/run1").mkdir(parents=True)
+    (t / "out/config.json").write_text("{}")
+    return DEEP, t / "out"
+
+
+BAD = {  # case: (make(tmp_path) -> (checkpoint, OUT_DIR), words the error must say, more flags)
+    "missing checkpoint": (lambda t: (t / "no.pt", t / "out"), "no such file", []),
+    "corrupt checkpoint": (corrupt, "cannot be read", []),
+    "OUT_DIR is a file": (out_is_a_file, "is a file", ["--force"]),
+    "OUT_DIR not empty": (out_not_empty, "--force", []),
+    "--force on a folder not an export": (out_not_an_export, "not an earlier export", ["--force"]),
+    "OUT_DIR holds the checkpoint": (lambda t: (DEEP, ROOT / "checkpoints"), "holds the checkpoint", ["--force"]),
+    "KV heads do not divide heads": (lambda t: (unrepresentable(t, dim=64, n_heads=4, n_kv_heads=3), t / "out"),
+                                     "not a multiple of n_kv_heads", []),
+    "odd head_dim": (lambda t: (unrepresentable(t, dim=36, n_heads=4), t / "out"), "head_dim 9 is odd", []),
+}
+
+
+@pytest.mark.parametrize("fmt", ["hf", "meta"])
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_export_is_one_line_and_leaves_nothing(tmp_path, capsys, case, fmt):
+    """A missing or corrupt checkpoint, an OUT_DIR that is a file, is not empty (no --force), is not an earlier export
+    (--force) or holds the checkpoint, and a model Llama cannot represent: exit 2, one line on stderr naming the
+    problem, no traceback, no temporary folder, and whatever was at OUT_DIR is untouched."""
+    make, message, flags = BAD[case]
+    checkpoint, out = make(tmp_path)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.is_dir() else out.exists()
+    code, err = run_main([checkpoint, out, "--format", fmt, *flags], capsys)
+    assert code == 2 and err.startswith("export.py: error:") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert leftovers(out.parent) == []
+    after = sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.is_dir() else out.exists()
+    assert after == before
+
+
+def test_failure_midway_keeps_the_previous_export(tmp_path, capsys, monkeypatch):
+    """An error while writing (here: the weights) with --force leaves the previous OUT_DIR exactly as it was and no
+    temporary folder; then --force replaces it with a complete export and removes the set-aside old one."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # an earlier export, as far as --force can tell
+    (out / "old.txt").write_text("previous export")
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as m:
+        m.setattr(export, "hf_state_dict", disk_full)
+        code, err = run_main([DEEP, out, "--format", "hf", "--force"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "No space left" in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "old.txt"] and leftovers(tmp_path) == []
+    assert run_main([DEEP, out, "--format", "hf", "--force"], capsys)[0] == 0
+    assert not (out / "old.txt").exists() and (out / "model.safetensors").exists() and leftovers(tmp_path) == []
+
+
+def test_command_line(checkpoints, tmp_path, capsys):
+    """`python export.py CKPT OUT --format meta` writes the export and says so; an unknown format or a missing
+    --format is one line, exit 2 (no argparse usage block)."""
+    for argv in ([DEEP, tmp_path / "x", "--format", "gguf"], [DEEP, tmp_path / "x"]):
+        code, err = run_main(argv, capsys)
+        assert code == 2 and err.count("\n") == 1 and ("invalid choice" in err or "--format" in err), err
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ok = subprocess.run([sys.executable, "export.py", str(checkpoints["tiny-untied"]), str(tmp_path / "m"), "--format",
+                         "meta"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "wrote" in ok.stdout, ok.stderr
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["consolidated.00.pth", "params.json",
+                                                                    "tokenizer.model"]
