@@ -53,8 +53,8 @@ PRESETS = {
                    p_max=0.1, e_scale=0.5, curriculum="rotational", rotation=4, tie_embeddings=True),
     # The deep, narrow reference models (checkpoints/): 32 blocks of width 128, so that drafting with the first
     # 4 blocks costs about 0.15 of a full step. Stdlib + torch source, a 2048-piece vocabulary. The baseline twin
-    # is the same command with --p_max 0 --e_scale 0. Shape and recipe: docs/pilots.md; the fine-tuning phases
-    # that followed: README, Train.
+    # is the same command with --p_max 0 --e_scale 0. Shape and recipe: experiments/pilots.md; the fine-tuning phases
+    # that followed: recipes/python-deep.sh.
     "python-deep": dict(data="data/python", dim=128, n_layers=32, n_heads=4, n_kv_heads=2, block_size=256,
                         vocab_size=2048, batch_size=16, max_iters=1000, lr=2e-3, warmup_iters=100, eval_interval=100,
                         eval_iters=10, p_max=0.1, e_scale=1.0, curriculum="rotational", rotation=4,
