@@ -161,7 +161,8 @@ def round_pieces(tokenizer, event: Round, context: list[int]) -> list[tuple[str,
     """The text one round adds after the tokens `context`, as (text, kind) in reading order. A round with drafts
     gives its accepted drafts, its rejected drafts (where they would have stood, for those who show them), then
     the verifier's own token: a "correction" at the first rejected draft, a "bonus" when all were accepted.
-    A round without drafts (autoregressive, early exit) gives one "token"."""
+    A round without drafts gives one "token": every autoregressive and early-exit round, and a self-speculative
+    round at the end of the budget that had no room to draft (its token is then a bonus, for whoever knows)."""
     a, drafted = event.accepted, event.drafted
     if not drafted:
         return [(text, "token") for text in token_texts(tokenizer, event.tokens, context)]

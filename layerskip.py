@@ -370,7 +370,8 @@ class Cache:
 
 def probabilities(logits, temperature: float, top_k: Optional[int] = None, top_p: Optional[float] = None):
     """Softmax of logits [..., V] after temperature, top-k and top-p (nucleus) filtering."""
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature  # the top logit is 0: no overflow at small T
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -535,8 +536,8 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
         (top_p is None or 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
         (draft_threshold is None or 0 <= draft_threshold <= 1,
          f"the draft threshold is a probability in [0, 1] (0 = off), got {draft_threshold}"),
-        (math.isfinite(repetition_penalty) and repetition_penalty > 0,
-         f"repetition_penalty must be a finite positive number (1 = off), got {repetition_penalty}"),
+        (0.01 <= repetition_penalty <= 100,
+         f"repetition_penalty must be in [0.01, 100] (1 = off; CTRL used 1.2), got {repetition_penalty}"),
         (no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be 0 (off) or more, got {no_repeat_ngram_size}"),
     ]
     for ok, message in checks:

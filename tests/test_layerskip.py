@@ -465,7 +465,8 @@ def test_generate_stream_checks_at_the_call():
     """generate_stream raises at the call, before any round is asked for, so callers can rely on it to check."""
     model = tiny_model(n_layers=4)
     for kwargs in (dict(strategy="early_exit", exit_layer=9), dict(temperature=float("nan")),
-                   dict(draft_threshold=1.5), dict(repetition_penalty=0.0), dict(no_repeat_ngram_size=-1)):
+                   dict(draft_threshold=1.5), dict(repetition_penalty=0.0), dict(repetition_penalty=1e-300),
+                   dict(repetition_penalty=float("nan")), dict(no_repeat_ngram_size=-1)):
         with pytest.raises(ValueError):
             ls.generate_stream(model, [1, 2], 5, **kwargs)  # never iterated
 
@@ -566,3 +567,13 @@ def test_exit_and_block_numbering():
         h = model.run_blocks(model.tok_embeddings(x), 0, ls.exit_of_block(l))
         expected = F.cross_entropy(model.head(h).flatten(0, 1), y.flatten())
         torch.testing.assert_close(ce, expected.detach())
+
+
+def test_sampling_at_a_tiny_temperature_is_greedy():
+    """Temperature 1e-40 would overflow logits / T; subtracting the top logit first keeps it the argmax, no NaN."""
+    model = tiny_model(n_layers=3)
+    greedy = ls.generate(model, [1, 2, 3], 10).tokens
+    for strategy in ("autoregressive", "self_speculative"):
+        out = ls.generate(model, [1, 2, 3], 10, strategy=strategy, exit_layer=1, num_speculations=3,
+                          temperature=1e-40, seed=0)
+        assert out.tokens == greedy
