@@ -5,22 +5,26 @@ Watch self-speculative decoding happen: a Gradio app over layerskip.generate_str
     python demo_app.py --checkpoint out/toy/model.pt     # serve this checkpoint too (repeat for several)
     python demo_app.py --host 0.0.0.0 --port 8080        # serve on the network (--share: a gradio.live link)
 
-Every round of decoding is drawn as it happens: the drafts the early exit got right (green), the verifier's
-own token, a correction or a bonus (blue), and, if asked, the drafts it rejected (struck through, red).
-Beside it: live statistics, a side-by-side timing against plain autoregressive decoding, the logit lens of
-the paper's Fig. 2a, and acceptance rate and speedup against the exit layer.
+Every round of decoding is drawn as it happens: the drafts the early exit got right (green), the verifier's own
+token, a correction (blue) or a bonus token (violet), and, if asked, the drafts it rejected (struck through, red).
+Beside it: live statistics, a timed comparison with plain autoregressive decoding, the logit lens of the paper's
+Fig. 2a, and acceptance rate and speedup against the exit layer. A repetition penalty and no-repeat n-grams (the
+logits processors, drafts and verifier alike) curb the loops a small model falls into.
 
 The app serves the shipped checkpoints (checkpoints/*.pt) and the ones given with --checkpoint, nothing else:
 its page and API are public, and a path typed there must not probe the server's files or fill its memory
 (--allow_any_checkpoint lifts this on a trusted machine). At most MAX_MODELS models stay loaded.
 
-The event functions below are plain functions of plain values (strings, numbers) so that tests and scripts
-can call them directly; build_demo() only wires them to widgets. The generation event is also an API
-endpoint: gradio_client.Client(url).submit(checkpoint, prompt, ..., api_name="/generate").
+The event functions below are plain functions of plain values (strings, numbers) so that tests and scripts can
+call them directly; build_demo() only wires them to widgets. They take the widgets' values as sent (Gradio's own
+range checks are off: they clamp or fail with a traceback in the server log) and check each against its
+control's range, so that a bad value is refused with its reason and never run as another. The generation event
+is also an API endpoint: gradio_client.Client(url).submit(checkpoint, prompt, ..., api_name="/generate").
 """
 
-import argparse
 import html
+import math
+import os
 import re
 import statistics
 import sys
@@ -28,18 +32,24 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 
 import layerskip as ls
-from model_io import token_texts
+from common import ArgumentParser, decoding_settings, int_range, interleaved_runs, round_pieces, unfinished_tail
+from model_io import load_model, token_texts
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = "checkpoints/layerskip-python-deep.pt"  # selected at start; the menu lists every checkpoints/*.pt
 MAX_MODELS = 2  # models kept loaded, the least recently used dropped first
-MAX_NEW_TOKENS = 512  # the slider's end (or the context window's, if shorter) and the cap for API callers
+MAX_NEW_TOKENS = 512  # the most tokens one generation may ask for (the context window may allow fewer)
 MAX_PROMPT_CHARS = 20_000  # longer prompts are refused before tokenizing; the context window decides the rest
 SWEEP_TOKENS = 32  # the exit-layer sweep decodes at most this many tokens per run
-SWEEP_REPEATS = 5  # ... and times every exit this many times, each run paired with an autoregressive one
+SWEEP_REPEATS = 5  # ... and times every exit this many times, interleaved with autoregressive runs
 LENS_COLUMNS = 48  # the logit lens shows the last this-many positions
+# The controls' ranges. Below MIN_TEMPERATURE and MIN_REPETITION_PENALTY, float32 logits divided by them overflow.
+MAX_SPECULATIONS, MAX_SEED, MAX_NGRAM = 16, 2 ** 32 - 1, 32
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 2.0
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
 DEVICE = "cpu"  # set by --device
 ALLOW_ANY = False  # set by --allow_any_checkpoint: load any path load_model reads, not only the served ones
 REFUSED = ("this checkpoint is not served here: choose a model from the menu (whoever runs the demo can add "
@@ -47,39 +57,62 @@ REFUSED = ("this checkpoint is not served here: choose a model from the menu (wh
 
 # Token kinds, the colours they are drawn in, and what the legend says about them.
 KINDS = {
-    "accepted": ("#b7ebb9", "accepted draft: the first E layers' guess, confirmed by the verifier"),
-    "verifier": ("#b9d3fb", "verifier token: the full model's correction or bonus token"),
-    "rejected": ("#f9c4c4", "rejected draft: struck through, not part of the text"),
+    "accepted": ("#b7ebb9", "accepted draft: the first E layers' guess, confirmed"),
+    "correction": ("#b9d3fb", "correction: the full model's token for the first rejected draft"),
+    "bonus": ("#dcc7f7", "bonus token: the full model's next token, every draft accepted"),
+    "rejected": ("#f9c4c4", "rejected draft: struck through, not in the text"),
     "early_exit": ("#fde2a3", "early-exit token: the first E layers alone, never verified"),
     "full": ("#b9d3fb", "full-model token: all layers, one per round"),
 }
-LEGEND = {"self_speculative": ["accepted", "verifier", "rejected"], "early_exit": ["early_exit"],
+LEGEND = {"self_speculative": ["accepted", "correction", "bonus", "rejected"], "early_exit": ["early_exit"],
           "autoregressive": ["full"]}
+# common.round_pieces calls a round without drafts a "token": drawn as what it is under each strategy (in
+# self-speculative decoding, the verifier's token of a round left no room to draft: a bonus after zero drafts)
+TOKEN_KIND = {"autoregressive": "full", "early_exit": "early_exit", "self_speculative": "bonus"}
 
 # The output is HTML we build ourselves: highlighted spans inline (no gaps inside words, unlike
 # gr.HighlightedText), whitespace and newlines kept, monospace so that code prompts keep their indentation.
+# The page is a grid: on a wide screen the prompt and the settings on the left, the output and the tabs on the
+# right; below 960 px one column with the output right under the prompt, so that it shows without scrolling.
 CSS = """
+#main { display: grid !important; gap: 10px 18px; align-items: start;
+  grid-template-columns: minmax(300px, 2fr) minmax(0, 3fr); grid-template-rows: auto auto 1fr;
+  grid-template-areas: "prompt out" "settings out" "settings tabs"; }
+#col_prompt { grid-area: prompt; } #col_out { grid-area: out; }
+#col_settings { grid-area: settings; } #col_tabs { grid-area: tabs; }
+#main > div { min-width: 0 !important; width: auto !important; }
+#error:not(:has(.ls-error)) { display: none; }
+#main .column { gap: 10px; }
+#ls-css { display: none !important; }
+.ls-head { font-size: 15px; line-height: 1.5; } .ls-head > b:first-child { font-size: 19px; margin-right: 6px; }
+@media (max-width: 960px) { #prompt textarea { max-height: 7.6em !important; } }
+@media (max-width: 960px) {
+  #main { grid-template-columns: minmax(0, 1fr); grid-template-rows: auto;
+    grid-template-areas: "prompt" "out" "settings" "tabs"; }
+}
 .ls-out { font-family: ui-monospace, 'SFMono-Regular', Menlo, Consolas, 'DejaVu Sans Mono', monospace;
   font-size: 14px; line-height: 1.55; }
 .ls-text { white-space: pre-wrap; word-break: break-word; padding: 12px 14px; border-radius: 8px;
   border: 1px solid var(--border-color-primary, #ddd); background: var(--background-fill-secondary, #fafafa);
-  min-height: 8em; max-height: 34em; overflow-y: auto; color: var(--body-text-color, #222); }
+  min-height: 8em; max-height: min(34em, 62vh); overflow-y: auto; color: var(--body-text-color, #222); }
 .ls-text .prompt { color: var(--body-text-color-subdued, #777); }
 .ls-tok { border-radius: 3px; color: #111; }
 .ls-tok.rejected { text-decoration: line-through; text-decoration-thickness: 2px; color: #8a1c1c; }
 .ls-out.hide-rejected .ls-tok.rejected, .ls-out.hide-rejected .key.rejected { display: none; }
-.ls-legend { display: flex; flex-wrap: wrap; gap: 6px 14px; margin: 2px 0 8px; font-size: 12.5px;
+.ls-legend { display: flex; flex-wrap: wrap; gap: 4px 14px; margin: 2px 0 6px; font-size: 12.5px;
   font-family: var(--font, sans-serif); }
 .ls-legend .sw { display: inline-block; padding: 0 6px; border-radius: 3px; margin-right: 5px; color: #111;
   font-family: ui-monospace, monospace; }
 .ls-legend .key.rejected .sw { text-decoration: line-through; color: #8a1c1c; }
-.ls-stats { display: flex; flex-wrap: wrap; gap: 8px; }
-.ls-stats .card { flex: 1 1 100px; padding: 8px 10px; border-radius: 8px;
+.ls-stats { display: flex; flex-wrap: wrap; gap: 6px; }
+.ls-stats .card { flex: 1 1 90px; padding: 5px 10px; border-radius: 8px;
   border: 1px solid var(--border-color-primary, #ddd); background: var(--background-fill-secondary, #fafafa); }
-.ls-stats .v { font-size: 20px; font-weight: 600; font-variant-numeric: tabular-nums; }
+.ls-stats .v { font-size: 18px; font-weight: 600; font-variant-numeric: tabular-nums; }
 .ls-stats .k { font-size: 12px; color: var(--body-text-color-subdued, #666); }
-.ls-status { margin: 6px 0 0; font-size: 13px; color: var(--body-text-color-subdued, #666); }
-.ls-error { padding: 10px 12px; border-radius: 8px; background: #fdecec; color: #8a1c1c;
+.ls-status { margin: 4px 0 0; font-size: 13px; color: var(--body-text-color-subdued, #666); }
+.ls-status details summary { cursor: pointer; } .ls-status .nowrap { white-space: nowrap; }
+.ls-status svg { display: block; margin-top: 4px; }
+.ls-error { padding: 8px 12px; border-radius: 8px; background: #fdecec; color: #8a1c1c;
   border: 1px solid #f3b7b7; font-size: 14px; }
 .ls-table { border-collapse: collapse; font-size: 14px; margin: 0 !important; }
 .ls-table td, .ls-table th { padding: 5px 12px !important; border: none !important; text-align: right;
@@ -156,44 +189,136 @@ def get_model(path: str):
         if key in _models:
             _models.move_to_end(key)
         else:
-            loaded = ls.load_model(p, device=DEVICE)  # first: a file that fails to load evicts nothing
+            loaded = load_model(p, device=DEVICE)  # first: a file that fails to load evicts nothing
             while len(_models) >= MAX_MODELS:  # then make room: at most MAX_MODELS kept
                 _models.popitem(last=False)
             _models[key] = loaded
         return _models[key]
 
 
-def speculation(model, exit_layer=None, num_speculations=None, draft_threshold=None) -> dict:
-    """Exit layer, drafts per round d and draft threshold: the given ones, the rest by ls.speculation_settings
-    from the model's recommendation (its d and threshold only at its exit); without one, exit L//4 and d=4."""
-    rec = (getattr(model, "metadata", None) or {}).get("recommended") or {}
-    return ls.speculation_settings(rec, None if exit_layer is None else int(exit_layer), num_speculations,
-                                   draft_threshold, n_layers=model.params.n_layers)
+# ---------------------------------------------------------------------------------------------------------
+# The controls' values: checked against their ranges, then turned into generate_stream's arguments.
 
 
-def error_html(message: str) -> str:
+def number(value, name: str, low, high, whole: bool = False, low_open: bool = False):
+    """A control's value as a finite number in [low, high] ((low, high] if low_open), an int if whole; else a
+    ValueError that names the control and its range. An API caller can send anything: text, None, 1e308."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        x = math.nan
+    above_low = low < x if low_open else low <= x
+    if not (math.isfinite(x) and above_low and x <= high and (not whole or x == int(x))):
+        span = f"{low}..{high}" if whole else f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be {'a whole number' if whole else 'a number'} in {span}, got {value!r}")
+    return int(x) if whole else x
+
+
+def check_prompt(prompt):
+    """The checks the library cannot make (it sees token ids, not text); ValueError names the problem."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("the prompt is empty: type some text or pick an example")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt has {len(prompt):,} characters; the demo takes at most {MAX_PROMPT_CHARS:,}")
+
+
+def read_max_new_tokens(value) -> int:
+    return number(value, "max new tokens", 1, MAX_NEW_TOKENS, whole=True)
+
+
+def read_settings(model, strategy, exit_layer=None, num_speculations=None, draft_threshold=None, temperature=0.0,
+                  top_p=1.0, seed=0, repetition_penalty=1.0, no_repeat_ngram_size=0) -> dict:
+    """generate_stream's keyword arguments from the controls' values, each checked against its control's range
+    (number). What is None comes from common.decoding_settings: the model's recommendation, else exit L // 4 and
+    d = 4; a draft threshold of 0 is off. generate_stream checks the rest (the strategy's name, the prompt's
+    length) at the call."""
+    L = model.params.n_layers
+
+    def given(value, *rule, **kw):
+        return None if value is None else number(value, *rule, **kw)
+
+    dec = decoding_settings(model, strategy, given(exit_layer, "exit layer E", 1, L, whole=True),
+                            given(num_speculations, "drafts per round d", 1, MAX_SPECULATIONS, whole=True),
+                            given(draft_threshold, "the draft threshold (0 = off)", 0, 1))
+    t = number(temperature, "temperature (0 = greedy)", 0, MAX_TEMPERATURE)
+    if 0 < t < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature!r}")
+    return dict(dec, temperature=t, top_p=number(top_p, "top-p", 0, 1, low_open=True),
+                seed=number(seed, "seed", 0, MAX_SEED, whole=True),
+                repetition_penalty=number(repetition_penalty, "repetition penalty (1 = off)", MIN_REPETITION_PENALTY,
+                                          MAX_REPETITION_PENALTY),
+                no_repeat_ngram_size=number(no_repeat_ngram_size, "no-repeat n-gram size (0 = off)", 0, MAX_NGRAM,
+                                            whole=True))
+
+
+def processors_text(settings: dict) -> str:
+    """The logits processors that are on, in words ("" if none)."""
+    words = ([f"repetition penalty {settings['repetition_penalty']:g}"] if settings["repetition_penalty"] != 1 else [])
+    words += [f"no repeated {settings['no_repeat_ngram_size']}-grams"] if settings["no_repeat_ngram_size"] else []
+    return ", ".join(words)
+
+
+def error_html(message) -> str:
     return f'<div class="ls-error">{html.escape(str(message))}</div>'
 
 
+def unchanged():
+    """An output left as it is on screen (gr.update() with nothing to update)."""
+    import gradio as gr
+    return gr.update()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model panel and the controls that follow the model.
+
+
+def loss_plot(losses: list[float], mark=None) -> str:
+    """The validation loss of every exit as a small SVG line plot (exit 1 on the left, exit L on the right), exit
+    `mark` (the recommended one) as an orange dot."""
+    W, H, left, bottom = 300, 84, 34, 14
+    lo, hi = min(losses), max(losses)
+
+    def xy(E, v):
+        x = left + (W - left - 6) * (E - 1) / max(len(losses) - 1, 1)
+        return x, 4 + (H - bottom - 8) * (hi - v) / ((hi - lo) or 1)
+
+    points = [xy(E, v) for E, v in enumerate(losses, 1)]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{3.5 if E == mark else 1.8}" fill="'
+                   f'{"#e8590c" if E == mark else "#4c6ef5"}"><title>exit {E}: {v:.3f}</title></circle>'
+                   for E, ((x, y), v) in enumerate(zip(points, losses), 1))
+    text = 'font-size="10" fill="currentColor"'
+    labels = (f'<text x="{left - 4}" y="10" text-anchor="end" {text}>{hi:.2f}</text>'
+              f'<text x="{left - 4}" y="{H - bottom}" text-anchor="end" {text}>{lo:.2f}</text>'
+              f'<text x="{left}" y="{H - 1}" {text}>exit 1</text>'
+              f'<text x="{W - 6}" y="{H - 1}" text-anchor="end" {text}>exit {len(losses)}</text>')
+    return (f'<svg width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="validation loss by exit">'
+            f'<polyline points="{line}" fill="none" stroke="#4c6ef5" stroke-width="1.2"/>{dots}{labels}</svg>')
+
+
 def describe(checkpoint, model, tok) -> str:
-    """A one-paragraph description of the checkpoint (HTML)."""
+    """The checkpoint in two lines (HTML): its size and recommended setting; folded away, its shape and the
+    validation loss of every exit as a small plot."""
     p = model.params
     n_params = sum(t.numel() for t in model.parameters())
-    text = (f"<b>{html.escape(resolve(checkpoint).name)}</b>: {p.n_layers} layers, dim {p.dim}, "
-            f"{n_params / 1e6:.1f} M parameters, vocabulary {tok.vocab_size}, context {p.max_seq_len} tokens")
     meta = getattr(model, "metadata", None) or {}
-    if meta.get("val_loss_per_exit"):  # what train.py measured: how good each exit is on its own
-        text += "<br>validation loss by exit: " + " ".join(
-            f"{i + 1}:{v:.2f}" for i, v in enumerate(meta["val_loss_per_exit"]))
     rec = meta.get("recommended") or {}
-    if rec.get("exit_layer"):
-        text += (f"<br>recommended (bench.py --auto): exit {rec['exit_layer']}, d={rec.get('num_speculations')}"
-                 + (f", threshold {rec['draft_threshold']}" if rec.get("draft_threshold") else ""))
+    text = f"<b>{html.escape(resolve(checkpoint).name)}</b>: {p.n_layers} layers, {n_params / 1e6:.1f} M parameters"
+    if rec.get("exit_layer"):  # what bench.py --auto found fastest
+        text += (f' · <span class="nowrap">recommended: exit {rec["exit_layer"]}, d={rec.get("num_speculations")}'
+                 + (f", threshold {rec['draft_threshold']}" if rec.get("draft_threshold") else "") + "</span>")
+    shape = f"dim {p.dim}, vocabulary {tok.vocab_size}, context {p.max_seq_len}"
+    losses = meta.get("val_loss_per_exit")
+    if losses:  # what train.py measured: how good each exit is on its own
+        text += (f"<details><summary>{shape}; validation loss by exit</summary>"
+                 f"{loss_plot(losses, rec.get('exit_layer'))}</details>")
+    else:
+        text += f"<br>{shape}"
     return f'<div class="ls-status">{text}</div>'
 
 
 def switch_model(checkpoint, loaded=None, max_new_tokens=64):
-    """The model menu and Load: select `checkpoint` and reset the controls to its settings (speculation()).
+    """The model menu and Load: select `checkpoint` and reset the controls to its settings (decoding_settings).
     Returns gr.update()s for (menu, last good model, description, exit layer, drafts per round, draft threshold,
     max new tokens). If it cannot be loaded, the menu goes back to `loaded`, the last good model, with the error."""
     import gradio as gr
@@ -204,22 +329,31 @@ def switch_model(checkpoint, loaded=None, max_new_tokens=64):
         still = f" Still using {loaded}." if loaded else ""
         return (gr.update(value=loaded) if loaded else keep), loaded, error_html(f"{e}{still}"), keep, keep, keep, keep
     checkpoint = str(checkpoint).strip()
-    s = speculation(model)
-    top = min(MAX_NEW_TOKENS, model.params.max_seq_len - 1)  # the prompt takes at least one position
+    s = decoding_settings(model, "self_speculative")
+    L, top = model.params.n_layers, min(MAX_NEW_TOKENS, model.params.max_seq_len - 1)  # the prompt takes one
+    try:
+        new = min(read_max_new_tokens(max_new_tokens), top)
+    except ValueError:  # the box holds a bad value: the model's default replaces it
+        new = min(64, top)
     return (gr.update(value=checkpoint), checkpoint, describe(checkpoint, model, tok),
-            gr.update(maximum=model.params.n_layers, value=s["exit_layer"]),
+            gr.update(maximum=L, value=s["exit_layer"], label=f"exit layer E (1–{L})"),
             gr.update(value=s["num_speculations"]), gr.update(value=s["draft_threshold"] or 0),
-            gr.update(maximum=top, value=min(int(max_new_tokens or 64), top)))
+            gr.update(maximum=top, value=new))
 
 
 def exit_changed(checkpoint, exit_layer):
-    """The exit-layer slider: d and threshold follow ls.speculation_settings' rule (the recommended ones only at
-    the recommended exit). gr.update()s for (drafts per round, draft threshold)."""
+    """The exit-layer box: d and threshold follow common.decoding_settings' rule (the recommended ones only at the
+    recommended exit). gr.update()s for (drafts per round, draft threshold); none while the box holds no exit of
+    this model (Generate says why)."""
     import gradio as gr
     loaded = _models.get(str(resolve(checkpoint).resolve())) if checkpoint and is_served(checkpoint) else None
-    if loaded is None:  # only a model already in memory: this event runs outside the one-model-job queue
+    try:  # only a model already in memory: this event runs outside the one-model-job queue
+        E = number(exit_layer, "exit layer E", 1, loaded[0].params.n_layers, whole=True) if loaded else None
+    except ValueError:
+        E = None
+    if E is None:
         return gr.update(), gr.update()
-    s = speculation(loaded[0], exit_layer)
+    s = decoding_settings(loaded[0], "self_speculative", E)
     return gr.update(value=s["num_speculations"]), gr.update(value=s["draft_threshold"] or 0)
 
 
@@ -227,57 +361,43 @@ def exit_changed(checkpoint, exit_layer):
 # Generation: one pass over layerskip.generate_stream, turned into coloured pieces of text.
 
 
-def check_inputs(prompt, max_new_tokens):
-    """The checks the library cannot make (it sees token ids, not text); ValueError names the problem."""
-    if prompt is None or not str(prompt).strip():
-        raise ValueError("the prompt is empty: type some text or pick an example")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"the prompt has {len(prompt):,} characters; the demo takes at most {MAX_PROMPT_CHARS:,}")
-    if max_new_tokens is None or not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
-        raise ValueError(f"max new tokens must be between 1 and {MAX_NEW_TOKENS}, got {max_new_tokens}")
-
-
-def decode_pieces(model, tokenizer, prompt_ids, max_new_tokens, strategy="self_speculative", exit_layer=None,
-                  num_speculations=None, temperature=0.0, top_p=None, seed=0, draft_threshold=None):
-    """Run generate_stream and yield, after every round, (pieces, text, stats): pieces is the list of
-    (text, kind, round) so far in reading order, kind one of KINDS; text is the decoded continuation, which
-    "".join of the non-rejected pieces equals exactly once decoding ends (token_texts holds a half-decoded
-    character back for the token that completes it)."""
-    stream = ls.generate_stream(model, prompt_ids, max_new_tokens, strategy=strategy, exit_layer=exit_layer,
-                                num_speculations=num_speculations, temperature=temperature, top_p=top_p,
-                                eos_id=tokenizer.stop_ids, seed=seed, draft_threshold=draft_threshold)
+def decode_pieces(model, tokenizer, prompt_ids, max_new_tokens, **settings):
+    """Start generate_stream (which checks its arguments here, at the call: a ValueError names the problem) and
+    return a generator of (pieces, text, stats) after every round: pieces is the list of (text, kind, round) so
+    far in reading order, kind one of KINDS; text is the decoded continuation, which "".join of the non-rejected
+    pieces equals exactly once decoding ends."""
+    stream = ls.generate_stream(model, prompt_ids, max_new_tokens, eos_id=tokenizer.stop_ids, **settings)
     end = min(model.params.max_seq_len, len(prompt_ids) + max_new_tokens)  # where generate_stream stops
+    return rounds_as_pieces(stream, tokenizer, prompt_ids, end, TOKEN_KIND.get(settings.get("strategy")))
+
+
+def rounds_as_pieces(stream, tokenizer, prompt_ids, end: int, token_kind: str):
+    """decode_pieces' generator: common.round_pieces for every round, with a round without drafts drawn as
+    token_kind, the model's time (not our HTML's) in stats["seconds"]."""
     context, pieces, start = list(prompt_ids), [], len(tokenizer.decode(prompt_ids))
     stats = dict(tokens=0, rounds=0, drafted=0, accepted=0, corrections=0, bonus=0, seconds=0.0, eos=False)
     while True:
-        t0 = time.perf_counter()  # time the model only, not our HTML
+        t0 = time.perf_counter()
         event = next(stream, None)
         stats["seconds"] += time.perf_counter() - t0
         if event is None:
             return
         r = stats["rounds"] = stats["rounds"] + 1
-        a, drafted = event.accepted, event.drafted
-        if strategy == "self_speculative":
-            pieces += [(t, "accepted", r) for t in token_texts(tokenizer, drafted[:a], context)]
-            # rejected drafts go where they would have been, just before the verifier's correction
-            pieces += [(t, "rejected", r) for t in token_texts(tokenizer, drafted[a:], context + drafted[:a])]
-            if event.token is not None:
-                pieces += [(t, "verifier", r) for t in token_texts(tokenizer, [event.token], context + drafted[:a])]
-                stats["bonus" if a == len(drafted) else "corrections"] += 1
-        else:
-            kind = "full" if strategy == "autoregressive" else "early_exit"
-            pieces += [(t, kind, r) for t in token_texts(tokenizer, event.tokens, context)]
+        new = [(text, token_kind if kind == "token" else kind, r) for text, kind in round_pieces(tokenizer, event,
+                                                                                                  context)]
+        stats["corrections"] += sum(kind == "correction" for _, kind, _ in new)
+        stats["bonus"] += sum(kind == "bonus" for _, kind, _ in new)
+        pieces += new
         context += event.tokens
         stats["tokens"] += len(event.tokens)
-        stats["drafted"] += len(drafted)
-        stats["accepted"] += a
+        stats["drafted"] += len(event.drafted)
+        stats["accepted"] += event.accepted
         stats["eos"] = bool(tokenizer.stop_ids & set(event.tokens))
-        full = tokenizer.decode(context)
-        held = full[max(len(full.rstrip("\ufffd")), start):]  # an unfinished character: the last round shows it
-        if held and (stats["eos"] or len(context) >= end):
+        held = unfinished_tail(tokenizer, context, start)
+        if held and (stats["eos"] or len(context) >= end):  # the last round: nothing will complete the character
             i = max(i for i, (_, kind, _) in enumerate(pieces) if kind != "rejected")
             pieces[i] = (pieces[i][0] + held, *pieces[i][1:])
-        yield list(pieces), full[start:], dict(stats)
+        yield list(pieces), tokenizer.decode(context)[start:], dict(stats)
 
 
 def render_text(prompt_text, pieces, strategy, show_rejected=True) -> str:
@@ -309,50 +429,53 @@ def render_stats(stats, strategy, status="") -> str:
     return f'<div class="ls-stats">{body}</div><div class="ls-status">{html.escape(status)}</div>'
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def generate(checkpoint, prompt, strategy="self_speculative", exit_layer=None, num_speculations=None,
              temperature=0.0, top_p=1.0, max_new_tokens=64, seed=0, show_rejected=True, draft_threshold=None,
-             control=None):
-    """The Generate button: yields (text HTML, stats HTML, plain continuation) after every round. Exit layer,
-    d and threshold left None come from speculation(); 0 turns the threshold off. control is the session's
-    dict that Stop sets control["stop"] in: decoding then ends after the round on screen and says so.
-    Bad input never raises: it yields an error message in the stats panel instead."""
+             repetition_penalty=1.0, no_repeat_ngram_size=0, control=None):
+    """The Generate button: yields (text HTML, stats HTML, plain continuation, error HTML) after every round.
+    Exit layer, d and threshold left None come from common.decoding_settings; 0 turns the threshold off. control
+    is the session's dict that Stop sets control["stop"] in: decoding then ends after the round on screen and
+    says so. Bad input never raises and runs nothing: one frame leaves the text and the statistics as they were
+    and puts the reason in the error place."""
     control = {} if control is None else control
     control["stop"] = False
     try:
-        check_inputs(prompt, max_new_tokens)
+        check_prompt(prompt)
         model, tok = get_model(checkpoint)
+        max_new_tokens = read_max_new_tokens(max_new_tokens)
+        settings = read_settings(model, strategy, exit_layer, num_speculations, draft_threshold, temperature, top_p,
+                                 seed, repetition_penalty, no_repeat_ngram_size)
         prompt_ids = tok.encode(prompt)
-        spec = speculation(model, None if exit_layer is None else int(exit_layer),
-                           None if num_speculations is None else int(num_speculations), draft_threshold)
-        if not 0 <= float(spec["draft_threshold"] or 0) <= 1:
-            raise ValueError(f"the draft threshold is a probability in [0, 1] (0 = off), got {draft_threshold}")
-        max_new_tokens = int(max_new_tokens)
-        ls.check_generation_args(model, prompt_ids, max_new_tokens, strategy, spec["exit_layer"],
-                                 spec["num_speculations"], float(temperature), None, float(top_p))  # before any frame
-        prompt_text = tok.decode(prompt_ids)  # what the model sees; the pieces continue exactly this text
-        pieces, text, stats = [], "", dict(tokens=0, rounds=0, drafted=0, accepted=0, corrections=0, bonus=0,
-                                           seconds=0.0, eos=False)
-        yield render_text(prompt_text, [], strategy, show_rejected), render_stats(stats, strategy, "generating…"), ""
-        for pieces, text, stats in decode_pieces(model, tok, prompt_ids, max_new_tokens, strategy,
-                                                 spec["exit_layer"], spec["num_speculations"], float(temperature),
-                                                 float(top_p), int(seed), spec["draft_threshold"] or None):
-            yield (render_text(prompt_text, pieces, strategy, show_rejected),
-                   render_stats(stats, strategy, f"generating… round {stats['rounds']}"), text)
-            if control["stop"]:  # checked before decoding the next round: the frame on screen is the last
-                break
-        if control["stop"]:
-            reason = f"stopped: Stop pressed after {stats['tokens']} new tokens ({stats['rounds']} rounds)"
-        else:
-            reason = "done: " + ("stopped at the end-of-text token" if stats["eos"] else
-                                 "stopped at the context window"
-                                 if len(prompt_ids) + stats["tokens"] >= model.params.max_seq_len
-                                 else f"stopped after {max_new_tokens} new tokens")
-        extra = (f"; {stats['corrections']} corrections, {stats['bonus']} bonus tokens"
-                 if strategy == "self_speculative" else "")
-        yield (render_text(prompt_text, pieces, strategy, show_rejected),
-               render_stats(stats, strategy, f"{reason}{extra}"), text)
+        rounds = decode_pieces(model, tok, prompt_ids, max_new_tokens, **settings)  # checks the rest, here
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError; so are generate_stream's checks
-        yield "", error_html(e), ""
+        yield unchanged(), unchanged(), unchanged(), error_html(e)
+        return
+    strategy, show_rejected = settings["strategy"], bool(show_rejected)
+    prompt_text = tok.decode(prompt_ids)  # what the model sees; the pieces continue exactly this text
+    pieces, text, stats = [], "", dict(tokens=0, rounds=0, drafted=0, accepted=0, corrections=0, bonus=0,
+                                       seconds=0.0, eos=False)
+    yield render_text(prompt_text, [], strategy, show_rejected), render_stats(stats, strategy, "generating…"), "", ""
+    for pieces, text, stats in rounds:
+        yield (render_text(prompt_text, pieces, strategy, show_rejected),
+               render_stats(stats, strategy, f"generating… round {stats['rounds']}"), text, "")
+        if control["stop"]:  # checked before decoding the next round: the frame on screen is the last
+            break
+    if control["stop"]:
+        reason = f"stopped: Stop pressed after {stats['tokens']} new tokens ({plural(stats['rounds'], 'round')})"
+    else:
+        reason = "done: " + ("stopped at the end-of-text token" if stats["eos"] else
+                             "stopped at the context window"
+                             if len(prompt_ids) + stats["tokens"] >= model.params.max_seq_len
+                             else f"stopped after {max_new_tokens} new tokens")
+    extra = (f"; {plural(stats['corrections'], 'correction')}, {plural(stats['bonus'], 'bonus token')}"
+             if strategy == "self_speculative" else "")
+    extra += f"; {processors_text(settings)}" if processors_text(settings) else ""
+    yield (render_text(prompt_text, pieces, strategy, show_rejected), render_stats(stats, strategy, reason + extra),
+           text, "")
 
 
 def stop(control):
@@ -364,22 +487,26 @@ def stop(control):
 # Compare, logit lens, exit-layer sweep.
 
 
-def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, max_new_tokens=64, draft_threshold=None):
-    """Greedy autoregressive vs greedy self-speculative on the same prompt: an HTML table with time per
-    token, the speedup (AR time per token / self-speculative time per token), and whether outputs match."""
+def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, max_new_tokens=64, draft_threshold=None,
+            repetition_penalty=1.0, no_repeat_ngram_size=0):
+    """Greedy autoregressive vs greedy self-speculative on the same prompt, with the same logits processors: an
+    HTML table with time per token, the speedup (AR time per token / self-speculative time per token), and
+    whether the outputs match."""
     try:
-        check_inputs(prompt, max_new_tokens)
+        check_prompt(prompt)
         model, tok = get_model(checkpoint)
+        n = read_max_new_tokens(max_new_tokens)
+        spec = read_settings(model, "self_speculative", exit_layer, num_speculations, draft_threshold,
+                             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
         ids = tok.encode(prompt)
-        spec = speculation(model, exit_layer, None if num_speculations is None else int(num_speculations),
-                           draft_threshold)
-        spec["draft_threshold"] = spec["draft_threshold"] or None  # 0 = off
-        kw = dict(eos_id=tok.stop_ids, seed=0)
-        ls.generate(model, ids, 2, **kw)  # warm-up: first calls pay for allocations, not decoding
-        ar = ls.generate(model, ids, int(max_new_tokens), strategy="autoregressive", **kw)
-        ss = ls.generate(model, ids, int(max_new_tokens), strategy="self_speculative", **spec, **kw)
+        ls.generate_stream(model, ids, n, **spec)  # checks every argument at the call, before any timing
     except (ValueError, OSError) as e:
         return error_html(e)
+    processors = dict(repetition_penalty=spec["repetition_penalty"], no_repeat_ngram_size=spec["no_repeat_ngram_size"])
+    kw = dict(eos_id=tok.stop_ids, seed=0)
+    ls.generate(model, ids, 2, **kw)  # warm-up: first calls pay for allocations, not decoding
+    ar = ls.generate(model, ids, n, strategy="autoregressive", **processors, **kw)
+    ss = ls.generate(model, ids, n, **(spec | kw))
     speedup = ar.time_per_token / ss.time_per_token
     if ar.tokens == ss.tokens:
         match = f"✓ identical ({len(ar.tokens)} tokens)"
@@ -393,8 +520,9 @@ def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, max_new_
              f"{ss.acceptance_rate:.0%}", f"{ss.tokens_per_round:.2f}")]
     body = "".join(f"<tr><td>{html.escape(name)}</td><td>{len(g.tokens)}</td><td>{1000 * g.time_per_token:.2f}</td>"
                    f"<td>{g.tokens_per_s:.1f}</td><td>{acc}</td><td>{tpr}</td></tr>" for name, g, acc, tpr in rows)
+    both = f'<div class="ls-status">both with {processors_text(spec)}</div>' if processors_text(spec) else ""
     return (f'<table class="ls-table"><tr><th>greedy decoding</th><th>tokens</th><th>ms/token</th>'
-            f"<th>tokens/s</th><th>acceptance</th><th>tokens/round</th></tr>{body}</table>"
+            f"<th>tokens/s</th><th>acceptance</th><th>tokens/round</th></tr>{body}</table>{both}"
             f'<div class="ls-stats" style="margin-top:10px"><div class="card"><div class="v">{speedup:.2f}×</div>'
             f'<div class="k">speedup (AR ms/token ÷ self-speculative ms/token)</div></div>'
             f'<div class="card"><div class="v">{match}</div><div class="k">greedy outputs</div></div></div>')
@@ -409,17 +537,17 @@ def lens(checkpoint, prompt, text="", exit_layer=2):
     """The logit lens (paper Fig. 2a) over prompt + text: every exit's top-1 next token at the last
     LENS_COLUMNS positions, green where it already equals the last layer's, the chosen exit outlined."""
     try:
-        if prompt is None or not str(prompt).strip():
+        if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty: generate something first")
         model, tok = get_model(checkpoint)
+        E = number(exit_layer, "exit layer E", 1, model.params.n_layers, whole=True)
         prompt_ids = tok.encode(prompt)
-        ids = tok.encode(tok.decode(prompt_ids) + (text or ""))
+        ids = tok.encode(tok.decode(prompt_ids) + (text if isinstance(text, str) else ""))
         ids = ids[:model.params.max_seq_len]
         result = ls.logit_lens(model, ids)
     except (ValueError, OSError) as e:
         return error_html(e)
     L, T = result.top1.shape
-    E = int(exit_layer) if exit_layer else 0
     cols = range(max(0, T - LENS_COLUMNS), T)
     piece_cache = {}
 
@@ -432,20 +560,21 @@ def lens(checkpoint, prompt, text="", exit_layer=2):
     head = "".join(f'<th class="{"gen" if t >= len(prompt_ids) else ""}" title="position {t}">'
                    f"{html.escape(visible(inputs[t])[:8])}</th>" for t in cols)
     rows = []
-    for l in range(L):
+    for exit_ in range(1, L + 1):  # row exit_ of the lens: the output of block ls.block_of_exit(exit_)
+        l = ls.block_of_exit(exit_)
         cells = []
         for t in cols:
             tok_id, p = int(result.top1[l, t]), float(result.prob[l, t])
             agree = tok_id == int(result.top1[-1, t])
             bg = f"rgba(47, 158, 68, {0.15 + 0.75 * p:.2f})" if agree else f"rgba(134, 142, 150, {0.08 + 0.4 * p:.2f})"
             s = visible(piece(tok_id, ids[t]))
-            cells.append(f'<td style="background:{bg}" title="exit {l + 1}: {html.escape(repr(s))} p={p:.2f}">'
+            cells.append(f'<td style="background:{bg}" title="exit {exit_}: {html.escape(repr(s))} p={p:.2f}">'
                          f"{html.escape(s[:8])}</td>")
-        label = f"exit {l + 1}" + (" ◀ E" if l + 1 == E else "") + (" (last)" if l == L - 1 else "")
-        row_class = "exit" if l + 1 == E else ""
-        rows.append(f'<tr class="{row_class}"><td class="row-label">{label}</td>{"".join(cells)}</tr>')
+        label = f"exit {exit_}" + (" ◀ E" if exit_ == E else "") + (" (last)" if exit_ == L else "")
+        rows.append(f'<tr class="{"exit" if exit_ == E else ""}"><td class="row-label">{label}</td>'
+                    f'{"".join(cells)}</tr>')
     needed = "".join(f"<td>{int(result.layers_needed[t])}</td>" for t in cols)
-    agree_e = (result.top1[E - 1] == result.top1[-1]).float().mean().item() if 1 <= E <= L else float("nan")
+    agree_e = (result.top1[ls.block_of_exit(E)] == result.top1[-1]).float().mean().item()
     summary = (f'<div class="ls-stats"><div class="card"><div class="v">{result.mean_layers_needed:.2f} / {L}</div>'
                f'<div class="k">average layers needed (every position)</div></div>'
                f'<div class="card"><div class="v">{agree_e:.0%}</div><div class="k">positions where exit {E} '
@@ -464,90 +593,97 @@ def sweep_exits(L: int) -> list[int]:
 
 
 def sweep(checkpoint, prompt, num_speculations=4, max_new_tokens=SWEEP_TOKENS, draft_threshold=None,
-          control=None):
-    """The exit-layer sweep, a generator: greedy self-speculative decoding with the controls' d and draft threshold
-    (0 or None = off) at each exit of sweep_exits, every run timed next to an autoregressive run of its own, so
-    that a busy machine slows both alike, and all exits in turn SWEEP_REPEATS times. An exit's speedup is the
-    median of its pairs' ratios (AR time per token / self-speculative time per token). Yields (DataFrame with columns exit_layer (int), value, metric; summary
-    HTML) after every pair, so that the plot fills in and then settles; Stop (control["stop"]) ends it early."""
-    import pandas as pd
+          repetition_penalty=1.0, no_repeat_ngram_size=0, control=None):
+    """The exit-layer sweep, a generator: greedy self-speculative decoding with the controls' d, draft threshold
+    (0 or None = off) and logits processors at each exit of sweep_exits, timed as bench.py times
+    (common.interleaved_runs): every exit and autoregressive decoding in one pass, their order rotating, the pass
+    repeated SWEEP_REPEATS times. An exit's speedup is the median over passes of AR time per token / its time per
+    token in the same pass. Yields (acceptance plot, speedup plot, summary HTML) after every run, so that the plots
+    fill in and then settle; Stop (control["stop"]) ends it early."""
     control = {} if control is None else control
     control["stop"] = False
     try:
-        check_inputs(prompt, max_new_tokens)
+        check_prompt(prompt)
         model, tok = get_model(checkpoint)
-        ids = tok.encode(prompt)
-        L, n, d = model.params.n_layers, min(int(max_new_tokens), SWEEP_TOKENS), int(num_speculations)
-        ls.check_generation_args(model, ids, n, "self_speculative", L, d, 0.0, None, None)
-        threshold = float(draft_threshold or 0) or None
-        if not 0 < (threshold or 1) <= 1:
-            raise ValueError(f"the draft threshold is a probability in [0, 1] (0 = off), got {draft_threshold}")
+        L, n = model.params.n_layers, min(read_max_new_tokens(max_new_tokens), SWEEP_TOKENS)
+        spec = read_settings(model, "self_speculative", L, num_speculations, draft_threshold,
+                             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+        ls.generate_stream(model, tok.encode(prompt), n, **spec)  # checks every argument at the call
     except (ValueError, OSError) as e:
-        yield pd.DataFrame(columns=["exit_layer", "value", "metric"]), error_html(e)
+        yield unchanged(), unchanged(), error_html(e)
         return
-
-    def timed(**settings):
-        return ls.generate(model, ids, n, eos_id=tok.stop_ids, seed=0, **settings)
-
-    timed(strategy="autoregressive")  # warm-up: first calls pay for allocations, not decoding
+    processors = dict(repetition_penalty=spec["repetition_penalty"], no_repeat_ngram_size=spec["no_repeat_ngram_size"])
+    drafting = dict(strategy="self_speculative", num_speculations=spec["num_speculations"],
+                    draft_threshold=spec["draft_threshold"], **processors)
     exits = sweep_exits(L)
-    setting = f"d={d}" + (f", draft threshold {threshold:g}" if threshold else "")
-    ratios, acceptance = {E: [] for E in exits}, {}
-    for r in range(SWEEP_REPEATS):
-        for i, E in enumerate(exits, 1):
-            ar = timed(strategy="autoregressive") if r % 2 == 0 else None  # alternate which of the pair goes first
-            ss = timed(strategy="self_speculative", exit_layer=E, num_speculations=d, draft_threshold=threshold)
-            ar = ar or timed(strategy="autoregressive")
-            ratios[E].append(ar.time_per_token / ss.time_per_token)
-            acceptance[E] = ss.acceptance_rate  # greedy: the same every time
-            if control["stop"]:
-                yield sweep_results(ratios, acceptance, n, setting, f"stopped: Stop pressed in pass {r + 1} of "
-                                    f"{SWEEP_REPEATS}; the medians of what it measured")
-                return
-            done, total = r * len(exits) + i, SWEEP_REPEATS * len(exits)
-            yield sweep_results(ratios, acceptance, n, setting, f"timing… pass {r + 1} of {SWEEP_REPEATS}, exit {E} "
-                                f"of {L}", progress=(done, total))
-    yield sweep_results(ratios, acceptance, n, setting, "done")
+    variants = {"AR": (model, tok, dict(strategy="autoregressive", **processors))}
+    variants |= {E: (model, tok, dict(drafting, exit_layer=E)) for E in exits}
+    setting = ", ".join(w for w in (f"d={spec['num_speculations']}", spec["draft_threshold"] and
+                                    f"draft threshold {spec['draft_threshold']:g}", processors_text(spec)) if w)
+    ar_time, times, acceptance = {}, {E: {} for E in exits}, {}  # pass -> ms/token; exit -> pass -> ms/token
+
+    def results(status, progress=None):
+        ratios = {E: [ar_time[r] / t for r, t in times[E].items() if r in ar_time] for E in exits}
+        return sweep_results(ratios, acceptance, L, n, setting, status, progress)
+
+    runs, total = interleaved_runs(variants, [prompt], n, SWEEP_REPEATS), SWEEP_REPEATS * len(variants)
+    for done, (r, _, name, g) in enumerate(runs, 1):
+        if name == "AR":
+            ar_time[r] = g.time_per_token
+        else:
+            times[name][r], acceptance[name] = g.time_per_token, g.acceptance_rate  # greedy: the same every pass
+        yield results(f"timing… pass {r + 1} of {SWEEP_REPEATS}, " + ("autoregressive" if name == "AR" else
+                                                                      f"exit {name} of {L}"), progress=(done, total))
+        if control["stop"]:  # checked before the next run: the frame on screen is the last measured
+            runs.close()
+            yield results(f"stopped: Stop pressed in pass {r + 1} of {SWEEP_REPEATS}; the medians of what it measured")
+            return
+    yield results("done")
 
 
-def sweep_results(ratios, acceptance, n, setting, status, progress=None):
-    """The sweep's plot data and summary HTML from each exit's speedup ratios so far (exit -> list) and its
-    acceptance rate; progress: (pairs done, pairs in all) while it runs."""
+def sweep_results(ratios, acceptance, L, n, setting, status, progress=None):
+    """The sweep's two plots (acceptance and speedup by exit, measured exits only, x from 1 to L) and summary HTML
+    from each exit's per-pass speedup ratios so far (exit -> list) and its acceptance rate; progress: (runs done,
+    runs in all) while it runs."""
+    import gradio as gr
     import pandas as pd
-    measured = sorted(E for E in ratios if ratios[E])
+    measured = [E for E in ratios if ratios[E]]
     speedup = {E: statistics.median(ratios[E]) for E in measured}
-    df = pd.DataFrame([dict(exit_layer=E, value=acceptance[E], metric="acceptance rate") for E in measured]
-                      + [dict(exit_layer=E, value=speedup[E], metric="speedup") for E in measured])
+    acc = pd.DataFrame({"exit_layer": sorted(acceptance), "acceptance": [acceptance[E] for E in sorted(acceptance)]},
+                       columns=["exit_layer", "acceptance"]).astype({"exit_layer": int})
+    fast = pd.DataFrame({"exit_layer": measured, "speedup": [speedup[E] for E in measured]},
+                        columns=["exit_layer", "speedup"]).astype({"exit_layer": int})
 
     def spread(E):
         return f"{min(ratios[E]):.2f}–{max(ratios[E]):.2f}×"
 
     bar = f'<progress value="{progress[0]}" max="{progress[1]}"></progress> ' if progress else ""
-    note = (f"{bar}{html.escape(status)}<br>{n} greedy tokens per run, {setting}; every exit is timed {SWEEP_REPEATS} "
-            f"times, each run right after (or before) an autoregressive one, and its speedup is the median of "
-            f"those ratios (autoregressive ms/token ÷ self-speculative ms/token).")
-    L = max(ratios)
+    note = (f"{bar}{html.escape(status)}<br>{n} greedy tokens per run, {html.escape(setting)}; every exit and "
+            f"autoregressive decoding run once per pass, in rotating order, {SWEEP_REPEATS} passes; an exit's "
+            f"speedup is the median over passes of autoregressive ms/token ÷ its ms/token in the same pass.")
     if speedup and progress is None:
         best = max(speedup, key=speedup.get)
-        note += (f"<br><b>Fastest: exit {best}, {speedup[best]:.2f}×</b> (its runs: {spread(best)})."
+        note += (f"<br><b>Fastest: exit {best}, {speedup[best]:.2f}×</b> (passes: {spread(best)})."
                  if speedup[best] > 1 else f"<br><b>No exit beat autoregressive decoding</b> (best: exit {best}, "
                                            f"{speedup[best]:.2f}×).")
         if L in speedup:  # the noise check: the full model drafting for itself can be no faster
             note += (f"<br>Sanity check: exit {L} = L drafts with the whole model, so it can be no faster than "
-                     f"autoregressive decoding; it measured {speedup[L]:.2f}× (runs {spread(L)})."
+                     f"autoregressive decoding; it measured {speedup[L]:.2f}× (passes {spread(L)})."
                      + ("" if 0.8 <= speedup[L] <= 1.1 else " That is far from 1×: this machine is too busy for "
                         "these timings, and differences of that size mean nothing."))
         note += " Too early an exit drafts badly; too late a one costs nearly a full pass per draft."
     rows = "".join(f"<tr><td>{E}</td><td>{acceptance[E]:.0%}</td><td>{speedup[E]:.2f}×</td><td>{spread(E)}</td>"
                    f"<td>{len(ratios[E])}</td></tr>" for E in measured)
     table = (f'<table class="ls-table ls-sweep"><tr><th>exit</th><th>acceptance</th><th>speedup (median)</th>'
-             f"<th>slowest–fastest run</th><th>runs</th></tr>{rows}</table>") if measured else ""
-    return df, f'<div class="ls-status">{note}</div>{table}'
+             f"<th>slowest–fastest pass</th><th>passes</th></tr>{rows}</table>") if measured else ""
+    x_lim = [0, L + 0.5]  # the axis ends at the last exit, measured or not (+ 0.5: its dot is not cut in half)
+    top = 1.1 * max([1.5, *speedup.values()])
+    return (gr.update(value=acc, x_lim=x_lim), gr.update(value=fast, x_lim=x_lim, y_lim=[0, top]),
+            f'<div class="ls-status">{note}</div>{table}')
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The UI
-
 
 def example_prompts() -> list[str]:
     """A few short HumanEval problems (without their leading blank lines) and Shakespeare passages."""
@@ -564,6 +700,8 @@ def menu(checkpoints) -> list[tuple[str, str]]:
     return items + [(str(c), str(c)) for c in checkpoints if resolve(c).resolve() not in known]
 
 
+
+
 def build_demo(checkpoints=(DEFAULT_CHECKPOINT,)):
     """The Blocks app, serving checkpoints/*.pt and `checkpoints` (a path or several, the first selected at
     start; see serve()); loads no weights until the first event."""
@@ -575,98 +713,135 @@ def build_demo(checkpoints=(DEFAULT_CHECKPOINT,)):
     first = resolve(checkpoints[0]).resolve()
     selected = next((path for _, path in choices if resolve(path).resolve() == first), checkpoints[0])
     with gr.Blocks(title="LayerSkip: self-speculative decoding") as demo:
-        gr.HTML(f"<style>{CSS}</style>", padding=False)  # launch(css=...) would need every caller to pass it
-        gr.Markdown("## LayerSkip: self-speculative decoding, live\n"
-                    "The first **E** layers draft a few tokens, the remaining layers check them all in one pass "
-                    "and add a token of their own. Greedy output equals the full model's, token for token.")
-        control = gr.State({})  # per session: Stop sets control["stop"], the running generation or sweep reads it
-        loaded = gr.State(None)  # per session: the last model that loaded, where a failed switch goes back to
-        with gr.Row():
-            with gr.Column(scale=2, min_width=320):
-                checkpoint = gr.Dropdown(choices, value=selected, label="model", allow_custom_value=True,
-                                         elem_id="model")
-                if ALLOW_ANY:
-                    with gr.Row():
-                        path = gr.Textbox(label="or a checkpoint path", placeholder="out/toy/model.pt", scale=3)
-                        load = gr.Button("Load", scale=1, min_width=60)
-                info = gr.HTML(elem_id="info")
-                prompt = gr.Textbox(label="prompt", lines=6, max_lines=20, elem_id="prompt",
-                                    placeholder="def fibonacci(n):")
-                with gr.Row():
-                    go = gr.Button("Generate", variant="primary", elem_id="go")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                strategy = gr.Radio(list(ls.STRATEGIES), value="self_speculative", label="strategy")
-                with gr.Row():
-                    exit_layer = gr.Slider(1, 32, value=2, step=1, label="exit layer E", elem_id="exit_layer")
-                    num_spec = gr.Slider(1, 16, value=4, step=1, label="drafts per round d", elem_id="num_spec")
-                with gr.Row():
-                    threshold = gr.Slider(0, 1, value=0, step=0.05, label="draft threshold (0 = off)",
-                                          elem_id="threshold")
-                    max_new = gr.Slider(1, MAX_NEW_TOKENS, value=64, step=1, label="max new tokens", elem_id="max_new")
-                with gr.Row():
-                    temperature = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)")
-                    top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p")
-                with gr.Row():
-                    seed = gr.Number(0, precision=0, label="seed", min_width=80)
-                    show_rejected = gr.Checkbox(True, label="show rejected drafts (struck through)",
-                                                elem_id="show_rejected")
-                gr.Examples(example_prompts(), inputs=[prompt], label="examples: HumanEval and Shakespeare")
-            with gr.Column(scale=3, min_width=420):
-                stats = gr.HTML(render_stats(dict(tokens=0, rounds=0, drafted=0, accepted=0, seconds=0.0),
-                                             "self_speculative", "press Generate"), elem_id="stats")
-                out = gr.HTML(render_text("", [], "self_speculative"), elem_id="out")
-                with gr.Accordion("plain text", open=False):
-                    text = gr.Textbox(label="generated continuation", lines=4, buttons=["copy"], elem_id="text")
-                with gr.Tab("Compare with autoregressive"):
-                    compare_btn = gr.Button("Run both (greedy)", elem_id="compare")
-                    compare_out = gr.HTML(elem_id="compare_out")
-                with gr.Tab("Logit lens"):
-                    lens_btn = gr.Button("Show the logit lens of the text", elem_id="lens")
-                    lens_out = gr.HTML(elem_id="lens_out")
-                with gr.Tab("Exit-layer sweep"):
-                    sweep_btn = gr.Button(f"Sweep exit layers ({SWEEP_REPEATS} × {SWEEP_TOKENS} tokens each)",
-                                          elem_id="sweep")
-                    sweep_plot = gr.LinePlot(x="exit_layer", y="value", color="metric", label="exit-layer sweep",
-                                             x_title="exit layer E", y_title="acceptance rate / speedup ×",
-                                             x_axis_format="d", sort="x", elem_id="sweep_plot")
-                    sweep_note = gr.HTML(elem_id="sweep_note")
-
-        model_events = dict(concurrency_id="model")  # one queue for everything that runs the model
-        model_outputs = [checkpoint, loaded, info, exit_layer, num_spec, threshold, max_new]
-        checkpoint.input(switch_model, [checkpoint, loaded, max_new], model_outputs, api_name="model_info",
-                         **model_events)
-        if ALLOW_ANY:
-            load.click(switch_model, [path, loaded, max_new], model_outputs, api_visibility="private", **model_events)
-        demo.load(switch_model, [checkpoint, loaded, max_new], model_outputs, api_visibility="private",
-                  **model_events)
-        exit_layer.input(exit_changed, [checkpoint, exit_layer], [num_spec, threshold], api_visibility="private",
-                         concurrency_limit=None)  # no model run: it need not wait for one
-        gen_inputs = [checkpoint, prompt, strategy, exit_layer, num_spec, temperature, top_p, max_new, seed,
-                      show_rejected, threshold, control]
-        gen = go.click(generate, gen_inputs, [out, stats, text], api_name="generate", show_progress="hidden",
-                       **model_events)
-        lens_after = gen.then(lens, [checkpoint, prompt, text, exit_layer], [lens_out], api_visibility="private",
-                              show_progress="hidden", **model_events)
-        prompt.submit(generate, gen_inputs, [out, stats, text], api_visibility="private", show_progress="hidden",
-                      **model_events)
-        cmp = compare_btn.click(compare, [checkpoint, prompt, exit_layer, num_spec, max_new, threshold],
-                                [compare_out], api_name="compare", **model_events)
-        lns = lens_btn.click(lens, [checkpoint, prompt, text, exit_layer], [lens_out], api_name="logit_lens",
-                             **model_events)
-        sweep_btn.click(sweep, [checkpoint, prompt, num_spec, max_new, threshold, control], [sweep_plot, sweep_note],
-                        api_name="sweep", show_progress="hidden", **model_events)
-        # Generation and the sweep stop themselves after the step on screen, and say so; the rest is cancelled.
-        stop_btn.click(stop, [control], None, api_visibility="private", concurrency_limit=None,
-                       cancels=[lens_after, cmp, lns])
-        # Hiding rejected drafts (and their legend entry) is pure CSS: no need to decode again.
-        show_rejected.change(None, [show_rejected], None, js="(v) => { document.querySelectorAll('#out .ls-out')"
-                             ".forEach(e => e.classList.toggle('hide-rejected', !v)); }")
+        gr.HTML(f"<style>{CSS}</style>", elem_id="ls-css")  # launch(css=...) would need every caller to pass it
+        gr.HTML('<div class="ls-head"><b>LayerSkip: self-speculative decoding, live.</b> The first <b>E</b> '
+                "layers draft, the rest check the drafts in one pass: greedy output equals the full "
+                "model's.</div>", padding=False)
+        ui = SimpleNamespace(control=gr.State({}),  # per session: Stop sets control["stop"], runs read it
+                             loaded=gr.State(None))  # per session: the last model that loaded, for a failed switch
+        with gr.Row(elem_id="main"):  # a grid (CSS): the prompt, the output, the settings, the tabs
+            prompt_and_output(ui, choices, selected, example_prompts())
+            settings_and_tabs(ui)
+        wire(demo, ui)
     demo.queue(max_size=16, default_concurrency_limit=1)
     return demo
 
 
+def prompt_and_output(ui, choices, selected, examples):
+    """The model menu, the prompt (the first example in it) and the buttons; the error place, the statistics and
+    the output: into ui."""
+    import gradio as gr
+    with gr.Column(elem_id="col_prompt"):
+        ui.checkpoint = gr.Dropdown(choices, value=selected, label="model", show_label=False, container=False,
+                                    allow_custom_value=True, elem_id="model")
+        if ALLOW_ANY:
+            with gr.Row():
+                ui.path = gr.Textbox(label="or a checkpoint path", placeholder="out/toy/model.pt", scale=3)
+                ui.load = gr.Button("Load", scale=1, min_width=60)
+        ui.info = gr.HTML(elem_id="info", padding=False)
+        ui.prompt = gr.Textbox(examples[0], label="prompt", lines=4, max_lines=6, elem_id="prompt")
+        with gr.Row():
+            ui.go = gr.Button("Generate", variant="primary", elem_id="go")
+            ui.stop = gr.Button("Stop", variant="stop", elem_id="stop")
+    with gr.Column(elem_id="col_out"):
+        ui.error = gr.HTML(elem_id="error", padding=False)  # bad input: said here, the output stays as it was
+        ui.stats = gr.HTML(render_stats(dict(tokens=0, rounds=0, drafted=0, accepted=0, seconds=0.0),
+                                        "self_speculative", "press Generate"), elem_id="stats", padding=False)
+        ui.out = gr.HTML(render_text("", [], "self_speculative"), elem_id="out", padding=False)
+        with gr.Accordion("plain text", open=False):
+            ui.text = gr.Textbox(label="generated continuation", lines=4, buttons=["copy"], elem_id="text")
+    ui.examples = examples
+
+
+def settings_and_tabs(ui):
+    """The decoding settings (number boxes: Gradio's sliders clamp what is typed), the logits processors, the
+    examples; the tabs of compare, logit lens and sweep: into ui."""
+    import gradio as gr
+
+    def box(value, label, elem_id, low, high, whole=False, scale=1):
+        return gr.Number(value, label=label, minimum=low, maximum=high, step=1 if whole else 0.05,
+                         precision=0 if whole else None, elem_id=elem_id, min_width=100, scale=scale)
+
+    with gr.Column(elem_id="col_settings"):
+        ui.strategy = gr.Radio(list(ls.STRATEGIES), value="self_speculative", label="strategy", elem_id="strategy")
+        with gr.Row():
+            ui.exit_layer = box(2, "exit layer E", "exit_layer", 1, 32, whole=True)
+            ui.num_spec = box(4, "drafts per round d", "num_spec", 1, MAX_SPECULATIONS, whole=True)
+            ui.threshold = box(0, "draft threshold (0 = off)", "threshold", 0, 1)
+        with gr.Row(equal_height=True):
+            ui.max_new = box(64, "max new tokens", "max_new", 1, MAX_NEW_TOKENS, whole=True)
+            ui.show_rejected = gr.Checkbox(True, label="show rejected drafts (struck through)", elem_id="show_rejected",
+                                           scale=2)
+        with gr.Row():
+            ui.temperature = box(0, "temperature (0 = greedy)", "temperature", 0, MAX_TEMPERATURE, scale=2)
+            ui.top_p = box(1, "top-p", "top_p", 0.05, 1)
+            ui.seed = box(0, "seed", "seed", 0, MAX_SEED, whole=True)
+        with gr.Accordion("logits processors: curb loops (drafts and verifier alike)", open=False,
+                          elem_id="processors"):
+            with gr.Row():
+                ui.repetition = box(1.0, "repetition penalty (1 = off)", "repetition_penalty",
+                                    MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY)
+                ui.ngram = box(0, "no-repeat n-gram size (0 = off)", "no_repeat_ngram_size", 0, MAX_NGRAM, whole=True)
+        gr.Examples(ui.examples, inputs=[ui.prompt], label="examples: HumanEval and Shakespeare")
+    with gr.Column(elem_id="col_tabs"):
+        with gr.Tab("Compare with autoregressive"):
+            ui.compare = gr.Button("Run both (greedy)", elem_id="compare")
+            ui.compare_out = gr.HTML(elem_id="compare_out")
+        with gr.Tab("Logit lens"):
+            ui.lens = gr.Button("Show the logit lens of the text", elem_id="lens")
+            ui.lens_out = gr.HTML(elem_id="lens_out")
+        with gr.Tab("Exit-layer sweep"):
+            ui.sweep = gr.Button(f"Sweep exit layers ({SWEEP_REPEATS} passes × {SWEEP_TOKENS} tokens)",
+                                 elem_id="sweep")
+            with gr.Row():  # measured exits only, as dots: a line would invent the exits between them
+                plot = dict(x="exit_layer", x_title="exit layer E", x_axis_format="d", height=220, min_width=200)
+                ui.acceptance_plot = gr.ScatterPlot(y="acceptance", y_title="acceptance rate", y_lim=[0, 1.08],
+                                                    label="acceptance rate by exit", elem_id="acceptance_plot", **plot)
+                ui.speedup_plot = gr.ScatterPlot(y="speedup", y_title="speedup ×",
+                                                 label="speedup by exit", elem_id="speedup_plot", **plot)
+            ui.sweep_note = gr.HTML(elem_id="sweep_note")
+
+
+def wire(demo, ui):
+    """The events. The event functions check every value themselves (preprocess=False): Gradio's own checks
+    would clamp a number or fail with a traceback in the server log, and never say which control is wrong."""
+    model_events = dict(concurrency_id="model", preprocess=False)  # one queue for everything that runs the model
+    model_outputs = [ui.checkpoint, ui.loaded, ui.info, ui.exit_layer, ui.num_spec, ui.threshold, ui.max_new]
+    ui.checkpoint.input(switch_model, [ui.checkpoint, ui.loaded, ui.max_new], model_outputs, api_name="model_info",
+                        **model_events)
+    if ALLOW_ANY:
+        ui.load.click(switch_model, [ui.path, ui.loaded, ui.max_new], model_outputs, api_visibility="private",
+                      **model_events)
+    demo.load(switch_model, [ui.checkpoint, ui.loaded, ui.max_new], model_outputs, api_visibility="private",
+              **model_events)
+    ui.exit_layer.input(exit_changed, [ui.checkpoint, ui.exit_layer], [ui.num_spec, ui.threshold],
+                        api_visibility="private", concurrency_limit=None, preprocess=False)  # runs no model
+    processors = [ui.repetition, ui.ngram]
+    gen_inputs = [ui.checkpoint, ui.prompt, ui.strategy, ui.exit_layer, ui.num_spec, ui.temperature, ui.top_p,
+                  ui.max_new, ui.seed, ui.show_rejected, ui.threshold, *processors, ui.control]
+    gen_outputs = [ui.out, ui.stats, ui.text, ui.error]
+    gen = ui.go.click(generate, gen_inputs, gen_outputs, api_name="generate", show_progress="hidden", **model_events)
+    lens_inputs = [ui.checkpoint, ui.prompt, ui.text, ui.exit_layer]
+    lens_after = gen.then(lens, lens_inputs, [ui.lens_out], api_visibility="private", show_progress="hidden",
+                          **model_events)
+    ui.prompt.submit(generate, gen_inputs, gen_outputs, api_visibility="private", show_progress="hidden",
+                     **model_events)
+    cmp = ui.compare.click(compare, [ui.checkpoint, ui.prompt, ui.exit_layer, ui.num_spec, ui.max_new, ui.threshold,
+                                     *processors], [ui.compare_out], api_name="compare", **model_events)
+    lns = ui.lens.click(lens, lens_inputs, [ui.lens_out], api_name="logit_lens", **model_events)
+    ui.sweep.click(sweep, [ui.checkpoint, ui.prompt, ui.num_spec, ui.max_new, ui.threshold, *processors, ui.control],
+                   [ui.acceptance_plot, ui.speedup_plot, ui.sweep_note], api_name="sweep", show_progress="hidden",
+                   **model_events)
+    # Generation and the sweep stop themselves after the step on screen, and say so; the rest is cancelled.
+    ui.stop.click(stop, [ui.control], None, api_visibility="private", concurrency_limit=None,
+                  cancels=[lens_after, cmp, lns])
+    # Hiding rejected drafts (and their legend entry) is pure CSS: no need to decode again.
+    ui.show_rejected.change(None, [ui.show_rejected], None, js="(v) => { document.querySelectorAll('#out .ls-out')"
+                            ".forEach(e => e.classList.toggle('hide-rejected', !v)); }")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Serve the LayerSkip demo: self-speculative decoding, live.")
+    parser = ArgumentParser(description="Serve the LayerSkip demo: self-speculative decoding, live.")
     parser.add_argument("--checkpoint", action="append",
                         help=f"a checkpoint to serve besides checkpoints/*.pt, any path load_model reads; repeat for "
                              f"several, the first is selected at start (default {DEFAULT_CHECKPOINT})")
@@ -674,16 +849,14 @@ def main(argv=None):
                         help="let the page and its API load any path on this machine: only where every caller is "
                              "trusted (they can tell which files exist)")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 for the network")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    parser.add_argument("--port", type=int_range(1, 65535), default=7860, help="port to serve on (default 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--device", default="cpu", help="torch device for the models, e.g. cpu or cuda")
-    parser.add_argument("--threads", type=int,
+    parser.add_argument("--threads", type=int_range(1, os.cpu_count() or 1),
                         help="torch CPU threads (default on CPU: 1; with another process busy, 2 made decoding "
                              "15-50x slower)")
     args = parser.parse_args(argv)
     args.checkpoint = args.checkpoint or [DEFAULT_CHECKPOINT]
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
     print(f"config: {vars(args)}")
     global DEVICE, ALLOW_ANY
     DEVICE, ALLOW_ANY = args.device, args.allow_any_checkpoint

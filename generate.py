@@ -5,18 +5,27 @@ Generate text with a LayerSkip model: autoregressive, early-exit or self-specula
     python generate.py --exit 4 --compare               # draft with blocks 0..3, verify with 4..31; vs autoregressive
     python generate.py --exit 8 --stream                # show each round as it is decoded, rejected drafts too
     python generate.py --strategy early_exit --exit 4   # the first 4 blocks only: faster, not the full model's text
+    python generate.py --no_repeat_ngram_size 4         # never repeat a 4-gram (drafts and verifier alike)
     python generate.py --checkpoint out/toy --prompt "ROMEO:" --temperature 0.8 --top_p 0.9   # train.py's output
     python generate.py --checkpoint DIR --exit 4 --num_speculations 6   # a Meta / Hugging Face Llama directory
 
 Without --strategy: self_speculative if --exit is given, else the checkpoint's recommended exit layer if bench.py
-stored one, else autoregressive. The recommended speculation count and draft threshold were tuned at the
-recommended exit and apply only there: at any other exit the count is 4 and there is no threshold, unless given.
+stored one, else autoregressive; --strategy early_exit or self_speculative without any exit layer drafts with
+the first L // 4 blocks. The recommended speculation count and draft threshold were tuned at the recommended
+exit and apply only there: at any other exit the count is 4 and there is no threshold, unless given. A flag
+that would do nothing (--exit with autoregressive decoding, --top_p when greedy, ...) is refused, not ignored.
+--repetition_penalty and --no_repeat_ngram_size change the distribution for drafts and verifier alike, so
+greedy self-speculative output still equals autoregressive output.
+
 The summary says why decoding stopped: max_new_tokens, a stop token or the context window. On a terminal the
-text is coloured: green for drafts the verifier accepted, cyan for the verifier's own tokens, and with --stream
-the rejected drafts appear struck through. Piped output is plain text. On CPU, --threads defaults to 1.
+text is coloured: green for drafts the verifier accepted, cyan for the verifier's corrections, magenta for its
+bonus tokens, and with --stream the rejected drafts appear struck through. Piped output is plain text. On CPU,
+--threads defaults to 1.
 """
 
 import argparse
+import itertools
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,62 +33,85 @@ from pathlib import Path
 import torch
 
 import layerskip as ls
-from model_io import CheckpointError, load_model, token_texts
+from common import (DEFAULT_NUM_SPECULATIONS, ArgumentParser, decoding_settings, fail, float_range, int_range,
+                    round_pieces, unfinished_tail)
+from model_io import CheckpointError, load_model
 
 DEFAULT_CHECKPOINT = "checkpoints/layerskip-python-deep.pt"  # 32 layers; it stores its best exit, d, threshold
 # the start of a HumanEval-style prompt: a signature and a docstring, the function body left to the model
 DEFAULT_PROMPT = 'def fibonacci(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Below these, dividing float32 logits by the temperature or the penalty overflows to inf and sampling breaks.
+MIN_TEMPERATURE, MIN_REPETITION_PENALTY = 1e-3, 1e-2
+MAX_CONTEXT = 2 ** 20  # --max_seq_len: RoPE tables past a million positions would fill memory, not help
 
-# ANSI styles for the three roles a token can play in self-speculative decoding
-ACCEPTED, VERIFIER, REJECTED, RESET = "\033[32m", "\033[36m", "\033[2;9;31m", "\033[0m"
+# ANSI styles for the roles a token plays in self-speculative decoding (round_pieces' kinds); "token", a round
+# without drafts, stays plain
+ACCEPTED, CORRECTION, BONUS, REJECTED, RESET = "\033[32m", "\033[36m", "\033[35m", "\033[2;9;31m", "\033[0m"
+STYLES = {"accepted": ACCEPTED, "correction": CORRECTION, "bonus": BONUS, "rejected": REJECTED}
+LEGEND = {"accepted": "accepted draft", "correction": "correction", "bonus": "bonus token",
+          "rejected": "rejected draft"}
 
 
-def fail(message):
-    """One line on stderr, exit code 2: what went wrong and what to do."""
-    print(f"generate.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def temperature(text: str) -> float:
+    """An argparse type: 0 (greedy) or a finite temperature of at least MIN_TEMPERATURE."""
+    value = float_range(0)(text)
+    if 0 < value < MIN_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"use 0 for greedy decoding or at least {MIN_TEMPERATURE}, got {text}")
+    return value
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                    help="our checkpoint (train.py) or a Meta / Hugging Face Llama directory (default: %(default)s)")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", help="text to continue (default: a Python function header)")
-    prompt.add_argument("--prompt_file", help="read the prompt from this file")
+    prompt.add_argument("--prompt_file", help="read the prompt from this text file (UTF-8)")
     p.add_argument("--strategy", choices=ls.STRATEGIES,
                    help="decoding strategy (default: self_speculative with --exit or a recommended exit, "
                         "else autoregressive)")
-    p.add_argument("--exit", "--exit_layer", dest="exit_layer", type=int,
+    p.add_argument("--exit", "--exit_layer", dest="exit_layer", type=int_range(1),
                    help="exit layer E: the draft (or the early-exit model) runs blocks 0..E-1 (default: the "
-                        "checkpoint's recommended one)")
-    p.add_argument("--num_speculations", type=int,
+                        "checkpoint's recommended one, else L // 4)")
+    p.add_argument("--num_speculations", type=int_range(1),
                    help="tokens drafted per self-speculative round (default: the checkpoint's recommended one "
-                        "if E is its recommended exit layer, else %d)" % ls.DEFAULT_NUM_SPECULATIONS)
-    p.add_argument("--draft_threshold", type=float,
-                   help="stop drafting early when the draft's confidence falls below this, in (0, 1] (default: "
-                        "the recommended one if E and the speculation count are the recommended ones, else off)")
-    p.add_argument("--max_new_tokens", type=int, default=128, help="tokens to generate at most (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top_k", type=int, help="sample only among the k most likely tokens")
-    p.add_argument("--top_p", type=float, help="sample only from the smallest set of tokens with this probability")
-    p.add_argument("--seed", type=int, help="seed of the sampler (default: random, printed)")
+                        "if E is its recommended exit layer, else %d)" % DEFAULT_NUM_SPECULATIONS)
+    p.add_argument("--draft_threshold", type=float_range(0, 1),
+                   help="stop drafting early when the draft's confidence falls below this, in [0, 1], 0 = off "
+                        "(default: the recommended one if E and the speculation count are the recommended ones, "
+                        "else off)")
+    p.add_argument("--max_new_tokens", type=int_range(0), default=128,
+                   help="tokens to generate at most (default: %(default)s)")
+    p.add_argument("--temperature", type=temperature, default=0.0,
+                   help=f"0 = greedy (default); at least {MIN_TEMPERATURE} samples")
+    p.add_argument("--top_k", type=int_range(1), help="sample only among the k most likely tokens")
+    p.add_argument("--top_p", type=float_range(0, 1, low_open=True),
+                   help="sample only from the smallest set of tokens with this probability, in (0, 1]")
+    p.add_argument("--repetition_penalty", type=float_range(MIN_REPETITION_PENALTY), default=1.0,
+                   help="divide the logit of every token already in the text by this (multiply if negative), "
+                        "as CTRL and Hugging Face do; 1 = off (default), 1.1-1.3 curbs loops")
+    p.add_argument("--no_repeat_ngram_size", type=int_range(0), default=0,
+                   help="never emit a token that would repeat an n-gram of the text; 0 = off (default)")
+    p.add_argument("--seed", type=int_range(0, 2 ** 64 - 1), help="seed of the sampler (default: random, printed)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda, cuda:1, ... (default: %(default)s)")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--threads", type=int_range(1, os.cpu_count() or 1),
                    help="torch CPU threads (default on CPU: 1, fastest for small models and on a machine whose "
                         "other cores are busy; more can help a large model on idle cores)")
     p.add_argument("--dtype", choices=sorted(DTYPES),
                    help="weights and compute dtype (default: as stored; float16 runs as float32 on CPU)")
-    p.add_argument("--max_seq_len", type=int,
+    p.add_argument("--max_seq_len", type=int_range(1, MAX_CONTEXT),
                    help="context window to allocate (default: the checkpoint's; Llama 2 4096, Llama 3 8192); "
                         "past the context it was trained with, text degrades")
     p.add_argument("--compare", action="store_true",
                    help="also decode autoregressively and print the speed-up and whether the outputs match")
     p.add_argument("--stream", action="store_true",
                    help="print each round as it is decoded (on a terminal, rejected drafts struck through)")
-    p.error = fail  # one line, not argparse's usage block
     return p.parse_args(argv)
 
 
@@ -103,36 +135,62 @@ def check_device(name: str):
                          f"({type(e).__name__}): use --device cpu") from None
 
 
-def check_args(args):
-    """Flags that are wrong whatever the checkpoint: a ValueError before anything is loaded."""
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    if args.draft_threshold is not None and not 0 < args.draft_threshold <= 1:
-        raise ValueError(f"--draft_threshold is a probability in (0, 1], got {args.draft_threshold}")
-    if args.max_seq_len is not None and args.max_seq_len < 1:
-        raise ValueError(f"--max_seq_len must be at least 1, got {args.max_seq_len}; leave it out to use the "
-                         f"checkpoint's context window")
-    check_device(args.device)
+def read_prompt(args) -> str:
+    """The prompt text: --prompt, --prompt_file (UTF-8 text) or the default; a ValueError if it is empty."""
+    if args.prompt_file is None:
+        prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
+        if not prompt.strip():
+            raise ValueError("--prompt is empty: give some text to continue (or leave the flag out for the "
+                             "default prompt)")
+        return prompt
+    path = Path(args.prompt_file)
+    if path.is_dir():
+        raise ValueError(f"--prompt_file {path} is a folder: give a text file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read --prompt_file {path} ({e.strerror}): give an existing text file") from None
+    try:
+        prompt = data.decode("utf-8")
+        binary = "\x00" in prompt  # valid UTF-8 can still be an executable, an image, ...
+    except UnicodeDecodeError:
+        binary = True
+    if binary:
+        raise ValueError(f"--prompt_file {path} is not a text file (binary or not UTF-8): give a UTF-8 text file")
+    if not prompt.strip():
+        raise ValueError(f"--prompt_file {path} is empty: give a file with some text to continue")
+    return prompt
 
 
-def resolve_decoding(args, model) -> dict:
-    """Strategy, exit layer, speculation count and draft threshold: the flags, then the checkpoint's
-    recommendation (metadata["recommended"], written by bench.py --auto) by ls.speculation_settings' rule (its d
-    and threshold only at its exit layer), then autoregressive decoding."""
-    recommended = (getattr(model, "metadata", None) or {}).get("recommended") or {}
-    strategy = args.strategy
-    if strategy is None:
-        has_exit = args.exit_layer is not None or recommended.get("exit_layer") is not None
-        strategy = "self_speculative" if has_exit else "autoregressive"
-    spec = ls.speculation_settings(recommended, args.exit_layer, args.num_speculations, args.draft_threshold)
-    if strategy != "autoregressive" and spec["exit_layer"] is None:
-        raise ValueError(f"--strategy {strategy} needs an exit layer: add --exit E with E in "
-                         f"1..{model.params.n_layers}")
-    if strategy == "autoregressive":
-        return dict(strategy=strategy)
-    if strategy == "early_exit":
-        return dict(strategy=strategy, exit_layer=spec["exit_layer"])
-    return dict(strategy=strategy, **spec)
+def check_flags_apply(args, dec: dict, n_layers: int):
+    """A flag that the resolved decoding would ignore is a ValueError that says what to do, not silence."""
+    strategy = dec["strategy"]
+    if strategy == "autoregressive" and not args.strategy:  # no --exit, and the checkpoint recommends none
+        for flag in ("num_speculations", "draft_threshold", "compare"):
+            if getattr(args, flag) not in (None, False):
+                raise ValueError(f"--{flag} needs an exit layer to draft with, and this checkpoint stores no "
+                                 f"recommended one: add --exit E (1..{n_layers})")
+    if args.exit_layer is not None and strategy == "autoregressive":
+        raise ValueError(f"--exit has no effect with --strategy autoregressive, which runs all {n_layers} layers: "
+                         f"drop --exit, or use --strategy self_speculative or early_exit")
+    for flag in ("num_speculations", "draft_threshold"):
+        if getattr(args, flag) is not None and strategy != "self_speculative":
+            raise ValueError(f"--{flag} applies to self_speculative decoding only, not to --strategy {strategy}: "
+                             f"drop --{flag}")
+    if args.compare and strategy == "autoregressive":
+        raise ValueError("--compare times a strategy against autoregressive decoding: with --strategy "
+                         "autoregressive there is nothing to compare; drop --compare or use --strategy "
+                         "self_speculative or early_exit")
+    for flag in ("top_k", "top_p"):
+        if getattr(args, flag) is not None and args.temperature == 0:
+            raise ValueError(f"--{flag} applies to sampling only, and --temperature 0 is greedy: add --temperature "
+                             f"T (e.g. 0.8) or drop --{flag}")
+
+
+def sampling(args) -> dict:
+    """generate_stream's sampling and logits-processor arguments from the flags."""
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
 
 
 def describe(dec: dict, args, n_layers: int) -> str:
@@ -140,7 +198,7 @@ def describe(dec: dict, args, n_layers: int) -> str:
     if "exit_layer" in dec:
         words.append(f"exit layer {dec['exit_layer']} of {n_layers}")
     if "num_speculations" in dec:
-        words.append(f"{dec['num_speculations']} speculations")
+        words.append(plural(dec["num_speculations"], "speculation"))
     if dec.get("draft_threshold"):
         words.append(f"drafting stops below confidence {dec['draft_threshold']}")
     if args.temperature == 0:
@@ -150,46 +208,50 @@ def describe(dec: dict, args, n_layers: int) -> str:
         words += [f"{name} {value}" for name, value in (("top_k", args.top_k), ("top_p", args.top_p))
                   if value is not None]
         words.append(f"seed {args.seed}")
+    if args.repetition_penalty != 1.0:
+        words.append(f"repetition penalty {args.repetition_penalty}")
+    if args.no_repeat_ngram_size:
+        words.append(f"no repeated {args.no_repeat_ngram_size}-grams")
     return ", ".join(words)
 
 
-def round_text(event: ls.Round, seq: list, tokenizer, colour: bool, show_rejected: bool) -> str:
-    """The text one round adds after the tokens seq: its accepted drafts, its rejected drafts (if shown; struck
-    through), then the verifier's token. Colours only when asked, and only for self-speculative rounds."""
-    def paint(text, style):
-        return f"{style}{text}{RESET}" if colour and text and event.drafted else text
-
-    accepted, rejected = event.drafted[:event.accepted], event.drafted[event.accepted:]
-    out = paint("".join(token_texts(tokenizer, accepted, seq)), ACCEPTED)
-    if show_rejected and rejected:
-        out += paint("".join(token_texts(tokenizer, rejected, seq + accepted)), REJECTED)
-    if event.token is not None:
-        out += paint(token_texts(tokenizer, [event.token], seq + accepted)[0], VERIFIER)
+def round_text(pieces: list[tuple[str, str]], colour: bool, show_rejected: bool) -> str:
+    """One round's (text, kind) pieces (common.round_pieces) as printed: rejected drafts only if shown, each run of
+    one kind in its colour (STYLES) when asked; rounds without drafts stay plain."""
+    out = ""
+    for kind, run in itertools.groupby((p for p in pieces if show_rejected or p[1] != "rejected"), key=lambda p: p[1]):
+        text = "".join(t for t, _ in run)
+        out += f"{STYLES[kind]}{text}{RESET}" if colour and text and kind in STYLES else text
     return out
 
 
-def decode(model, tokenizer, prompt_ids, args, dec, stream: bool, colour: bool) -> ls.Generation:
-    """Run one strategy and print its text: round by round while decoding (stream), or all at once after."""
-    kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, eos_id=tokenizer.stop_ids, seed=args.seed, **dec)
-    seq = list(prompt_ids)
-    if stream:  # consume the generator ourselves; the time then includes printing, as the reader sees it
-        events, start = [], time.perf_counter()
-        for event in ls.generate_stream(model, prompt_ids, **kwargs):
-            print(round_text(event, seq, tokenizer, colour, show_rejected=colour), end="", flush=True)
-            seq += event.tokens
+def decode(stream, tokenizer, prompt_ids, live: bool, colour: bool, drafting: bool) -> ls.Generation:
+    """Consume generate_stream's rounds and print their text: as each is decoded (live; the time then includes
+    printing, as the reader sees it, and rejected drafts show on a terminal), or all at once after. drafting:
+    self-speculative decoding, where a round without drafts (no room left to draft) ends on a bonus token."""
+    context = list(prompt_ids)
+
+    def show(event):
+        pieces = [(t, "bonus" if drafting and kind == "token" else kind)
+                  for t, kind in round_pieces(tokenizer, event, context)]
+        print(round_text(pieces, colour, show_rejected=live and colour), end="", flush=live)
+        context.extend(event.tokens)
+
+    start = time.perf_counter()
+    if live:
+        events = []
+        for event in stream:
+            show(event)
             events.append(event)
-        g = ls.Generation.from_events(events, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
     else:
-        g = ls.generate(model, prompt_ids, **kwargs)
-        for event in g.events:
-            print(round_text(event, seq, tokenizer, colour, show_rejected=False), end="")
-            seq += event.tokens
-    # token_texts holds back a trailing incomplete character (U+FFFD) for the token that would complete it;
-    # at the end of the text nothing will: print it as it is
-    full = tokenizer.decode(seq)
-    print(full[len(full.rstrip("\ufffd")):], flush=True)
-    return g
+        events = list(stream)
+        seconds = time.perf_counter() - start
+        for event in events:
+            show(event)
+    # a half-decoded character the pieces held back for a token that, decoding over, will not come
+    print(unfinished_tail(tokenizer, context, len(tokenizer.decode(prompt_ids))), flush=True)
+    return ls.Generation.from_events(events, seconds)
 
 
 def stop_reason(g: ls.Generation, n_prompt: int, max_new_tokens: int, context: int, stop_ids) -> str:
@@ -204,8 +266,8 @@ def stop_reason(g: ls.Generation, n_prompt: int, max_new_tokens: int, context: i
 def summary(g: ls.Generation, dec: dict, stopped: str) -> str:
     drafted = dec["strategy"] == "self_speculative" and g.drafted  # n/a when nothing was drafted
     rate = f"acceptance rate {g.acceptance_rate:.0%}" if drafted else "acceptance rate n/a"
-    return (f"{len(g.tokens)} tokens in {g.seconds:.2f} s: {g.tokens_per_s:.1f} tokens/s | {rate} | "
-            f"{g.tokens_per_round:.2f} tokens per round ({g.rounds} rounds) | stopped at {stopped}")
+    return (f"{plural(len(g.tokens), 'token')} in {g.seconds:.2f} s: {g.tokens_per_s:.1f} tokens/s | {rate} | "
+            f"{g.tokens_per_round:.2f} tokens per round ({plural(g.rounds, 'round')}) | stopped at {stopped}")
 
 
 def compare_verdict(ar_tokens: list, tokens: list, temperature: float, dtype: torch.dtype) -> str:
@@ -222,32 +284,9 @@ def compare_verdict(ar_tokens: list, tokens: list, temperature: float, dtype: to
     return verdict
 
 
-def run(args):
-    check_args(args)
-    if args.checkpoint == DEFAULT_CHECKPOINT and not Path(DEFAULT_CHECKPOINT).exists():
-        raise CheckpointError(f"{DEFAULT_CHECKPOINT} does not exist yet: pass --checkpoint PATH, e.g. "
-                              f"out/toy after `python train.py --preset toy --out_dir out/toy`")
-    if args.prompt_file:
-        try:
-            prompt = Path(args.prompt_file).read_text()
-        except OSError as e:
-            raise ValueError(f"cannot read --prompt_file {args.prompt_file} ({e.strerror}): give an existing "
-                             f"text file") from None
-    else:
-        prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
-    if args.seed is None:
-        args.seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    threads = args.threads or (1 if torch.device(args.device).type == "cpu" else None)
-    if threads:  # before loading: loading uses the threads too
-        torch.set_num_threads(threads)
-    model, tokenizer = load_model(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype),
-                                  max_seq_len=args.max_seq_len)
+def print_header(args, model, tokenizer, dec, prompt_ids, colour: bool):
+    """The checkpoint, the decoding setting and where it runs; the colour legend on a terminal."""
     p = model.params
-    dec = resolve_decoding(args, model)
-    prompt_ids = tokenizer.encode(prompt)
-    # bad exit layers, prompts longer than the context, ...: stop before printing anything
-    ls.check_generation_args(model, prompt_ids, args.max_new_tokens, dec["strategy"], dec.get("exit_layer"),
-                             dec.get("num_speculations"), args.temperature, args.top_k, args.top_p)
     trained = getattr(model, "trained_context", None)
     if args.max_seq_len and trained and args.max_seq_len > trained:
         print(f"generate.py: warning: --max_seq_len {args.max_seq_len} is past the {trained} tokens of context "
@@ -257,35 +296,61 @@ def run(args):
           f"{p.max_seq_len}, {tokenizer.kind} tokenizer of {tokenizer.vocab_size} tokens")
     room = p.max_seq_len - len(prompt_ids)
     fits = f" ({room} fit the context window of {p.max_seq_len})" if room < args.max_new_tokens else ""
-    dtype = model.tok_embeddings.weight.dtype
-    where = f"{args.device} {str(dtype)[6:]}"
+    where = f"{args.device} {str(model.tok_embeddings.weight.dtype)[6:]}"
     if torch.device(args.device).type == "cpu":
-        n = torch.get_num_threads()
-        where += f", {n} thread{'s' if n > 1 else ''}"
-    print(f"decoding: {describe(dec, args, p.n_layers)} | prompt {len(prompt_ids)} tokens, up to "
+        where += f", {plural(torch.get_num_threads(), 'thread')}"
+    print(f"decoding: {describe(dec, args, p.n_layers)} | prompt {plural(len(prompt_ids), 'token')}, up to "
           f"{args.max_new_tokens} new{fits} | {where}")
-    colour = sys.stdout.isatty()
     if colour and dec["strategy"] == "self_speculative":
-        legend = f"{ACCEPTED}accepted draft{RESET} {VERIFIER}verifier's token{RESET}"
-        print("colours: " + legend + (f" {REJECTED}rejected draft{RESET}" if args.stream else ""))
+        shown = [k for k in STYLES if k != "rejected" or args.stream]
+        print("colours: " + " ".join(f"{STYLES[k]}{LEGEND[k]}{RESET}" for k in shown))
+
+
+def print_comparison(model, tokenizer, prompt_ids, args, dec, g: ls.Generation):
+    """--compare: decode autoregressively with the same sampling, stop ids and processors; speedup and verdict."""
+    ar = ls.generate(model, prompt_ids, args.max_new_tokens, eos_id=tokenizer.stop_ids, **sampling(args))
+    print(f"autoregressive: {plural(len(ar.tokens), 'token')} in {ar.seconds:.2f} s: {ar.tokens_per_s:.1f} tokens/s")
+    verdict = compare_verdict(ar.tokens, g.tokens, args.temperature, model.tok_embeddings.weight.dtype)
+    if ar.tokens and g.tokens:
+        print(f"speedup {ar.time_per_token / g.time_per_token:.2f}x ({1000 * ar.time_per_token:.1f} ms/token "
+              f"autoregressive, {1000 * g.time_per_token:.1f} ms/token {dec['strategy']}) | {verdict}")
+    else:
+        print(f"speedup n/a (no tokens generated) | {verdict}")
+
+
+def run(args):
+    check_device(args.device)
+    if args.checkpoint == DEFAULT_CHECKPOINT and not Path(DEFAULT_CHECKPOINT).exists():
+        raise CheckpointError(f"{DEFAULT_CHECKPOINT} does not exist yet: pass --checkpoint PATH, e.g. "
+                              f"out/toy after `python train.py --preset toy --out_dir out/toy`")
+    prompt = read_prompt(args)
+    if args.seed is None:
+        args.seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    threads = args.threads or (1 if torch.device(args.device).type == "cpu" else None)
+    if threads:  # before loading: loading uses the threads too
+        torch.set_num_threads(threads)
+    model, tokenizer = load_model(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype),
+                                  max_seq_len=args.max_seq_len)
+    dec = decoding_settings(model, args.strategy, args.exit_layer, args.num_speculations, args.draft_threshold)
+    check_flags_apply(args, dec, model.params.n_layers)
+    prompt_ids = tokenizer.encode(prompt)
+    # generate_stream checks every argument at the call (exit layer, a prompt too long for the context, ...):
+    # bad input stops here, before anything is printed
+    stream = ls.generate_stream(model, prompt_ids, args.max_new_tokens, eos_id=tokenizer.stop_ids, **dec,
+                                **sampling(args))
+    colour = sys.stdout.isatty()
+    print_header(args, model, tokenizer, dec, prompt_ids, colour)
     if args.compare:  # warm up both strategies (allocator, kernels) so that neither pays first-call costs
         for warm in (dec, dict(strategy="autoregressive")):
             ls.generate(model, prompt_ids, min(8, args.max_new_tokens), eos_id=tokenizer.stop_ids, seed=0, **warm)
     print("-" * 80)
     print(prompt, end="")
-    g = decode(model, tokenizer, prompt_ids, args, dec, args.stream, colour)
+    g = decode(stream, tokenizer, prompt_ids, args.stream, colour, dec["strategy"] == "self_speculative")
     print("-" * 80)
-    print(summary(g, dec, stop_reason(g, len(prompt_ids), args.max_new_tokens, p.max_seq_len, tokenizer.stop_ids)))
+    print(summary(g, dec, stop_reason(g, len(prompt_ids), args.max_new_tokens, model.params.max_seq_len,
+                                      tokenizer.stop_ids)))
     if args.compare:  # the same stop ids as the strategy above: otherwise the two could stop at different places
-        ar = ls.generate(model, prompt_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, eos_id=tokenizer.stop_ids, seed=args.seed)
-        print(f"autoregressive: {len(ar.tokens)} tokens in {ar.seconds:.2f} s: {ar.tokens_per_s:.1f} tokens/s")
-        verdict = compare_verdict(ar.tokens, g.tokens, args.temperature, dtype)
-        if ar.tokens and g.tokens:
-            print(f"speedup {ar.time_per_token / g.time_per_token:.2f}x ({1000 * ar.time_per_token:.1f} ms/token "
-                  f"autoregressive, {1000 * g.time_per_token:.1f} ms/token {dec['strategy']}) | {verdict}")
-        else:
-            print(f"speedup n/a (no tokens generated) | {verdict}")
+        print_comparison(model, tokenizer, prompt_ids, args, dec, g)
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import html
 import threading
 import time
 from html import unescape
@@ -16,6 +17,7 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry attempts from the test machine
 
 import layerskip as ls  # noqa: E402
+from model_io import load_model  # noqa: E402
 from conftest import ROOT  # noqa: E402
 
 gr = pytest.importorskip("gradio")  # the demo's dependencies are optional (requirements-demo.txt)
@@ -29,9 +31,8 @@ pytestmark = [  # gradio 6.31's queue still uses pandas options that pandas 3 de
 CODE = "def fibonacci(n):\n    if n < 2:"  # on the random tiny model, exit 2 drafts are both accepted and rejected
 VERSE = "ROMEO:\nBut soft"
 # the browser tests' prompt: CODE on the tiny model; for the README's screenshots ($LAYERSKIP_DEMO_CHECKPOINT, a
-# trained model) the start of a HumanEval-style function, as generate.py's default prompt
-SHOWN = ('def fibonacci(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
-         if os.environ.get("LAYERSKIP_DEMO_CHECKPOINT") else CODE)
+# trained model) the first example, a HumanEval problem: what the app shows on its first Generate
+SHOWN = demo_app.example_prompts()[0] if os.environ.get("LAYERSKIP_DEMO_CHECKPOINT") else CODE
 
 
 def expected(checkpoint, prompt, max_new_tokens, **kw):
@@ -52,6 +53,9 @@ def generate_py(checkpoint, prompt, *flags):
     return text[len(prompt):-1]
 
 
+KIND_COLOURS = {kind: colour for kind, (colour, _) in demo_app.KINDS.items()}
+
+
 def spans(page_html):
     """(kind, text) of every token span in the output HTML."""
     return [(k, unescape(t)) for k, t in re.findall(r'<span class="ls-tok (\w+)"[^>]*>(.*?)</span>', page_html, re.S)]
@@ -67,12 +71,14 @@ def served(tiny_checkpoint, monkeypatch):
 
 @pytest.fixture(scope="module")
 def recommended_checkpoint(tiny_checkpoint, tmp_path_factory):
-    """The tiny model with a stored recommendation (what bench.py --auto writes): exit 3, d=2, threshold 0.3."""
+    """The tiny model with a stored recommendation (what bench.py --auto writes): exit 3, d=2, threshold 0.3; and
+    the validation loss of each exit (what train.py writes)."""
     from model_io import save_checkpoint
-    model, tok = ls.load_model(tiny_checkpoint)
+    model, tok = load_model(tiny_checkpoint)
     path = tmp_path_factory.mktemp("rec") / "recommended.pt"
     save_checkpoint(path, model, tok, metadata=dict(recommended=dict(exit_layer=3, num_speculations=2,
-                                                                     draft_threshold=0.3)))
+                                                                     draft_threshold=0.3),
+                                                    val_loss_per_exit=[4.0, 3.5, 3.2, 3.0]))
     return path
 
 
@@ -81,8 +87,9 @@ def recommended_checkpoint(tiny_checkpoint, tmp_path_factory):
 
 
 def test_pieces_stream_round_by_round_and_rebuild_the_generated_text(tiny_checkpoint):
-    """Each event extends the last by one round, kinds run accepted* rejected* verifier within a round, the
-    counts equal generate()'s statistics, and the non-rejected pieces join to generate()'s decoded text."""
+    """Each event extends the last by one round, kinds run accepted* rejected* then one correction (a draft was
+    rejected) or bonus (all accepted) within a round, the counts equal generate()'s statistics, and the
+    non-rejected pieces join to generate()'s decoded text."""
     model, tok = demo_app.get_model(str(tiny_checkpoint))
     ids = tok.encode(CODE)
     settings = dict(strategy="self_speculative", exit_layer=2, num_speculations=4)
@@ -90,20 +97,27 @@ def test_pieces_stream_round_by_round_and_rebuild_the_generated_text(tiny_checkp
     events = list(demo_app.decode_pieces(model, tok, ids, 48, **settings))
     assert len(events) == g.rounds
     previous = []
-    for r, (pieces, text, stats) in enumerate(events, start=1):
+    for r, ((pieces, text, stats), event) in enumerate(zip(events, g.events), start=1):
         assert pieces[:len(previous)] == previous and stats["rounds"] == r
         new = [kind for _, kind, rnd in pieces[len(previous):]]
         assert {rnd for _, _, rnd in pieces[len(previous):]} == {r}
-        assert new == sorted(new, key=["accepted", "rejected", "verifier"].index)  # drafts first, the verdict last
-        assert new.count("verifier") <= 1
+        verdict = "bonus" if event.accepted == len(event.drafted) else "correction"
+        assert new == ["accepted"] * event.accepted + ["rejected"] * (len(event.drafted) - event.accepted) + \
+            [verdict] * (event.token is not None)  # drafts first, the verifier's token last
         previous = pieces
     pieces, text, stats = events[-1]
     kinds = [kind for _, kind, _ in pieces]
     assert kinds.count("accepted") == g.accepted > 0
     assert kinds.count("rejected") == g.drafted - g.accepted > 0
-    assert kinds.count("verifier") == sum(e.token is not None for e in g.events)
+    corrections = sum(e.token is not None and e.accepted < len(e.drafted) for e in g.events)
+    assert kinds.count("correction") == stats["corrections"] == corrections > 0
+    assert kinds.count("bonus") == stats["bonus"] == sum(e.token is not None for e in g.events) - corrections > 0
     assert text == want == "".join(t for t, kind, _ in pieces if kind != "rejected")
     assert stats["tokens"] == len(g.tokens) == 48
+    assert KIND_COLOURS["correction"] != KIND_COLOURS["bonus"]  # told apart on screen, and in the legend:
+    legend = demo_app.render_text("", [], "self_speculative")
+    assert [k for k in re.findall(r'<span class="key (\w+)">', legend)] == ["accepted", "correction", "bonus",
+                                                                            "rejected"]
 
 
 @pytest.mark.parametrize("settings", [
@@ -119,7 +133,8 @@ def test_generate_event_streams_html_and_ends_on_generates_text(tiny_checkpoint,
     updates = list(demo_app.generate(str(tiny_checkpoint), VERSE, kw["strategy"], kw["exit_layer"],
                                      kw["num_speculations"], kw["temperature"], kw["top_p"], 24, kw["seed"], True))
     assert len(updates) == g.rounds + 2  # an empty frame, one per round, the final one
-    out, stats, text = updates[-1]
+    assert {error for *_, error in updates} == {""}  # no error: the error place stays empty (hidden)
+    out, stats, text, _ = updates[-1]
     assert text == want
     assert "done" in stats and ">24<" in stats
     kinds = {k for k, _ in spans(out)}
@@ -130,7 +145,7 @@ def test_output_is_contiguous_escaped_text(tiny_checkpoint):
     """The HTML is the escaped prompt followed by one span per piece: stripping the tags and rejected spans
     gives back exactly prompt + continuation, with '<' and newlines intact."""
     prompt = "if a < b:\n    return"
-    *_, (out, stats, text) = demo_app.generate(str(tiny_checkpoint), prompt, "self_speculative", 2, 4, 0, 1, 32)
+    *_, (out, stats, text, _) = demo_app.generate(str(tiny_checkpoint), prompt, "self_speculative", 2, 4, 0, 1, 32)
     model, tok = demo_app.get_model(str(tiny_checkpoint))
     text_div = out.split('<div class="ls-text">')[1]
     body = re.sub(r'<span class="ls-tok rejected"[^>]*>.*?</span>', "", text_div, flags=re.S)
@@ -138,124 +153,206 @@ def test_output_is_contiguous_escaped_text(tiny_checkpoint):
     assert "if a &lt; b:\n    return" in out and "white-space: pre-wrap" in demo_app.CSS
 
 
-def test_bad_inputs_become_messages(tiny_checkpoint, tmp_path):
-    """Empty or over-long prompts, out-of-range numbers, missing or corrupt checkpoints yield one error
-    message each and never raise."""
+BAD_CONTROLS = {  # what the one message says: generate()'s arguments after checkpoint and prompt
+    "exit layer E must be a whole number in 1..4, got 999": ("self_speculative", 999),
+    "exit layer E must be a whole number in 1..4, got 9": ("early_exit", 9),
+    "exit layer E must be a whole number in 1..4, got 0": ("self_speculative", 0),
+    "exit layer E must be a whole number in 1..4, got 2.5": ("self_speculative", 2.5),
+    "exit layer E must be a whole number in 1..4, got 'two'": ("self_speculative", "two"),
+    "drafts per round d must be a whole number in 1..16, got 0": ("self_speculative", 2, 0),
+    "drafts per round d must be a whole number in 1..16, got 1000": ("self_speculative", 2, 1000),
+    "temperature (0 = greedy) must be a number in [0, 2], got nan": ("self_speculative", 2, 4, float("nan")),
+    "temperature (0 = greedy) must be a number in [0, 2], got inf": ("self_speculative", 2, 4, float("inf")),
+    "temperature (0 = greedy) must be a number in [0, 2], got -0.5": ("self_speculative", 2, 4, -0.5),
+    "temperature must be 0 (greedy) or at least 0.01, got 1e-40": ("self_speculative", 2, 4, 1e-40),
+    "top-p must be a number in (0, 1], got 0": ("self_speculative", 2, 4, 0.8, 0),
+    "max new tokens must be a whole number in 1..512, got 0": ("self_speculative", 2, 4, 0, 1, 0),
+    "max new tokens must be a whole number in 1..512, got 513": ("self_speculative", 2, 4, 0, 1, 513),
+    "max new tokens must be a whole number in 1..512, got 100000": ("self_speculative", 2, 4, 0, 1, 100000),
+    "max new tokens must be a whole number in 1..512, got None": ("self_speculative", 2, 4, 0, 1, None),
+    "seed must be a whole number in 0..4294967295, got -1": ("self_speculative", 2, 4, 0, 1, 32, -1),
+    "seed must be a whole number in 0..4294967295, got 1e+21": ("self_speculative", 2, 4, 0, 1, 32, 1e21),
+    "the draft threshold (0 = off) must be a number in [0, 1], got 1.5": ("self_speculative", 2, 4, 0, 1, 32, 0,
+                                                                           True, 1.5),
+    "repetition penalty (1 = off) must be a number in [0.01, 10], got 0": ("self_speculative", 2, 4, 0, 1, 32, 0,
+                                                                            True, 0, 0),
+    "repetition penalty (1 = off) must be a number in [0.01, 10], got nan": ("self_speculative", 2, 4, 0, 1, 32,
+                                                                              0, True, 0, float("nan")),
+    "no-repeat n-gram size (0 = off) must be a whole number in 0..32, got -1": ("self_speculative", 2, 4, 0, 1, 32,
+                                                                                 0, True, 0, 1.0, -1),
+    "unknown strategy 'beam': choose one of autoregressive, early_exit, self_speculative": ("beam",),
+    "unknown strategy 7": (7,),
+}
+
+
+def test_bad_inputs_become_messages_and_run_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    """Empty or over-long prompts, every control out of its range (NaN, infinity, zero, negative, huge, text,
+    None), an unknown strategy, missing or corrupt checkpoints: one frame each, which leaves the text, the
+    statistics and the plain text as they are on screen and says why in the error place; nothing is decoded
+    (not with a clamped value either) and nothing raises."""
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
     demo_app.serve(corrupt, tmp_path / "missing.pt")  # as if given at launch: then their errors may say more
     ck = str(tiny_checkpoint)
-    cases = {
+    cases = {message: (ck, VERSE, *controls) for message, controls in BAD_CONTROLS.items()}
+    cases |= {
         "the prompt is empty": (ck, "   "),
+        "the prompt is empty: type some text or pick an example": (ck, None),
         "at most 20,000": (ck, "x" * 20_001),
         "context window holds 256": (ck, "to be or not " * 200),
-        "between 1 and 512": (ck, VERSE, "self_speculative", 2, 4, 0, 1, 513),
-        "this model has 4 layers, use 1..4": (ck, VERSE, "self_speculative", 9),
-        "num_speculations must be at least 1": (ck, VERSE, "self_speculative", 2, 0),
-        "unknown strategy": (ck, VERSE, "beam"),
         "no such file": (str(tmp_path / "missing.pt"), VERSE),
         "truncated or corrupt": (str(corrupt), VERSE),
         "no checkpoint chosen": ("", VERSE),
-        "draft threshold is a probability": (ck, VERSE, "self_speculative", 2, 4, 0, 1, 32, 0, True, 1.5),
     }
+    blocks_run = []
+    real_run_blocks = ls.Transformer.run_blocks
+    monkeypatch.setattr(ls.Transformer, "run_blocks", lambda *a, **k: blocks_run.append(1) or
+                        real_run_blocks(*a, **k))
+    unchanged = {"__type__": "update"}
     for message, args in cases.items():
         updates = list(demo_app.generate(*args))
-        assert len(updates) == 1 and 'class="ls-error"' in updates[0][1] and message in updates[0][1], message
+        assert len(updates) == 1 and updates[0][:3] == (unchanged,) * 3, message
+        error = updates[0][3]
+        assert error.startswith('<div class="ls-error">') and html.escape(message) in error, (message, error)
+    assert blocks_run == []  # not one block of the model ran
     assert "no checkpoint chosen" in demo_app.compare("", VERSE) and "ls-error" in demo_app.lens(ck, "")
-    [(df, note)] = demo_app.sweep(str(corrupt), VERSE)
-    assert df.empty and "corrupt" in note
+    assert "max new tokens must be a whole number in 1..512, got 0" in demo_app.compare(ck, VERSE, 2, 4, 0)
+    assert "exit layer E must be a whole number in 1..4, got 99" in demo_app.compare(ck, VERSE, 99)
+    assert "exit layer E must be a whole number in 1..4, got &#x27;x&#x27;" in demo_app.lens(ck, VERSE, "", "x")
+    [(acceptance, speedup, note)] = demo_app.sweep(str(corrupt), VERSE)
+    assert acceptance == speedup == unchanged and "corrupt" in note
+    [(_, _, note)] = demo_app.sweep(ck, VERSE, 0)
+    assert "drafts per round d must be a whole number in 1..16, got 0" in note
 
 
 def test_compare_lens_and_sweep(tiny_checkpoint):
     """Compare shows both timings, the speedup and identical greedy outputs; the lens has one row per exit
-    with the chosen one marked; the sweep gives acceptance and speedup for exits 1..L."""
+    with the chosen one marked; the sweep gives acceptance and speedup for exits 1..L, updating after every run,
+    as two plots of measured exits only whose x-axis ends at exit L."""
     ck = str(tiny_checkpoint)
     table = demo_app.compare(ck, VERSE, 2, 4, 32)
     assert "✓ identical (32 tokens)" in table and "speedup" in table and "ms/token" in table
+    assert "both with" not in table  # no logits processor on
     lens = demo_app.lens(ck, VERSE, " and the", 3)
     assert len(re.findall(r'<td class="row-label">exit \d', lens)) == 4 and "exit 3 ◀ E" in lens
     assert "average layers needed" in lens
-    *progress, (df, note) = demo_app.sweep(ck, VERSE, 4, 16)
-    assert len(progress) == demo_app.SWEEP_REPEATS * 4  # one update per timed pair: the plot fills in as it runs
-    assert "<progress" in progress[0][1] and "pass 1 of" in progress[0][1] and list(progress[0][0].exit_layer) == [1, 1]
-    assert df.exit_layer.dtype.kind == "i" and list(df.exit_layer.unique()) == [1, 2, 3, 4] and len(df) == 8
-    acc = df[df.metric == "acceptance rate"].value
-    assert acc.between(0, 1).all() and acc.iloc[-1] == 1.0  # exit L drafts with the full model: all accepted
+    *progress, (acceptance, speedup, note) = demo_app.sweep(ck, VERSE, 4, 16)
+    assert len(progress) == demo_app.SWEEP_REPEATS * 5  # one update per run (AR and exits 1..4): the plots fill in
+    assert "<progress" in progress[0][2] and "pass 1 of" in progress[0][2]
+    first_pass = [p[1]["value"] for p in progress[:5]]  # speedups need AR and the exit in the same pass
+    assert [len(df) for df in first_pass][-1] == 4 and len(first_pass[0]) == 0
+    assert acceptance["x_lim"] == speedup["x_lim"] == [0, 4.5]  # the axis ends at exit L = 4
+    acc, fast = acceptance["value"], speedup["value"]
+    assert acc.exit_layer.dtype.kind == "i" and list(acc.exit_layer) == list(fast.exit_layer) == [1, 2, 3, 4]
+    assert acc.acceptance.between(0, 1).all() and acc.acceptance.iloc[-1] == 1.0  # exit L: the full model drafts
+    assert (fast.speedup > 0).all() and speedup["y_lim"][0] == 0
     assert ("Fastest: exit" in note or "No exit beat" in note) and "Sanity check: exit 4" in note
     rows = re.findall(r"<tr><td>(\d+)</td><td>[\d.]+%</td><td>[\d.]+×</td><td>[\d.]+–[\d.]+×</td><td>(\d+)</td>",
                       note)
-    assert rows == [(str(E), str(demo_app.SWEEP_REPEATS)) for E in (1, 2, 3, 4)]  # each exit: median, range, runs
+    assert rows == [(str(E), str(demo_app.SWEEP_REPEATS)) for E in (1, 2, 3, 4)]  # each exit: median, range, passes
 
 
-def test_sweep_pairs_every_run_with_an_autoregressive_one_and_takes_medians(tiny_checkpoint, monkeypatch):
-    """The sweep times each exit next to its own autoregressive run, all exits in turn, SWEEP_REPEATS times, and
-    reports the median ratio with its range: one wild run (here 10x at exit L) moves neither the speedup nor the
-    fastest exit; the E=L sanity line and the spread are shown. The controls' draft threshold is used at every
-    exit and named in the note; one that is not a probability is refused."""
-    calls, thresholds, ratio = [], set(), {1: 0.5, 2: 1.5, 3: 1.2, 4: 1.0}
+def test_sweep_interleaves_its_runs_and_takes_medians_of_per_pass_ratios(tiny_checkpoint, monkeypatch):
+    """The sweep times as the benchmark does (common.interleaved_runs): one warm-up per variant, then every pass
+    runs autoregressive decoding and each exit once, the order rotating by one each pass; an exit's speedup is
+    the median over passes of the AR time / its time in the same pass, so one wild run (here 10x at exit L in
+    pass 2) moves neither the speedup nor the fastest exit; the E=L sanity line shows the spread. The controls'
+    d, draft threshold and logits processors reach every run (the processors the autoregressive ones too) and
+    are named in the note; a threshold that is not a probability is refused."""
+    calls, ratio = [], {1: 0.5, 2: 1.5, 3: 1.2, 4: 1.0}
 
     def fake_generate(model, ids, n, strategy="autoregressive", exit_layer=None, **kw):
-        calls.append(exit_layer if strategy == "self_speculative" else "AR")
-        if strategy == "self_speculative":
-            thresholds.add(kw["draft_threshold"])
+        calls.append((exit_layer if strategy == "self_speculative" else "AR", kw))
         seconds = 1.0 if strategy == "autoregressive" else 1.0 / ratio[exit_layer]
-        if exit_layer == 4 and calls.count(4) == 2:
-            seconds = 0.1  # one run caught the machine idle and the paired AR run busy
+        if exit_layer == 4 and sum(c == 4 for c, _ in calls) == 3:
+            seconds = 0.1  # one run caught the machine idle and its pass's AR run busy
         return ls.Generation(tokens=[0] * n, seconds=seconds, rounds=n, drafted=n, accepted=n // 2)
 
     monkeypatch.setattr(ls, "generate", fake_generate)
-    *_, (df, note) = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 0.3)
-    assert thresholds == {0.3} and "16 greedy tokens per run, d=4, draft threshold 0.3;" in note
-    pairs = calls[1:]  # after one warm-up run: (AR, exit E) pairs, E = 1..L, the order flipped every other pass
-    assert len(pairs) == 2 * 4 * demo_app.SWEEP_REPEATS
-    assert pairs[:8] == ["AR", 1, "AR", 2, "AR", 3, "AR", 4] and pairs[8:16] == [1, "AR", 2, "AR", 3, "AR", 4, "AR"]
-    speedup = dict(zip(df[df.metric == "speedup"].exit_layer, df[df.metric == "speedup"].value))
-    assert speedup == pytest.approx(ratio)
-    assert "Fastest: exit 2, 1.50×" in note and "it measured 1.00× (runs 1.00–10.00×)" in note
+    *_, (acceptance, speedup, note) = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 0.3, 1.2, 3)
+    order = [c for c, _ in calls]
+    assert order[:5] == ["AR", 1, 2, 3, 4]  # warm-ups
+    passes = [order[5 + 5 * r:10 + 5 * r] for r in range(demo_app.SWEEP_REPEATS)]
+    assert passes[:3] == [["AR", 1, 2, 3, 4], [1, 2, 3, 4, "AR"], [2, 3, 4, "AR", 1]]
+    assert len(order) == 5 * (demo_app.SWEEP_REPEATS + 1)
+    drafting = [kw for c, kw in calls[5:] if c != "AR"]
+    assert {(kw["num_speculations"], kw["draft_threshold"]) for kw in drafting} == {(4, 0.3)}
+    assert {(kw["repetition_penalty"], kw["no_repeat_ngram_size"]) for _, kw in calls[5:]} == {(1.2, 3)}
+    fast = speedup["value"]
+    assert dict(zip(fast.exit_layer, fast.speedup)) == pytest.approx(ratio)
+    assert "Fastest: exit 2, 1.50×" in note and "it measured 1.00× (passes 1.00–10.00×)" in note
     assert "far from 1×" not in note
-    thresholds.clear()
-    *_, (_, off) = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 0)  # 0 = off, as the slider says
-    assert thresholds == {None} and "d=4;" in off
-    [(df, refused)] = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 1.5)
-    assert df.empty and "the draft threshold is a probability in [0, 1] (0 = off), got 1.5" in refused
+    assert "16 greedy tokens per run, d=4, draft threshold 0.3, repetition penalty 1.2, no repeated 3-grams;" in note
+    calls.clear()
+    *_, (_, _, off) = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 0)  # 0 = off, as the box says
+    assert {kw["draft_threshold"] for c, kw in calls if c != "AR"} == {None} and "d=4;" in off
+    [(unchanged, _, refused)] = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 1.5)
+    assert unchanged == {"__type__": "update"}
+    assert "the draft threshold (0 = off) must be a number in [0, 1], got 1.5" in refused
+
+
+def test_logits_processors_reach_generation_and_compare_and_keep_greedy_outputs_equal(tiny_checkpoint):
+    """The repetition penalty and no-repeat n-grams of the demo's controls reach generation (the text equals
+    layerskip.generate's with them, and differs from the plain greedy text) and compare, where greedy
+    self-speculative output stays identical to autoregressive output with each processor on."""
+    ck = str(tiny_checkpoint)
+    plain, _ = expected(tiny_checkpoint, VERSE, 40, strategy="autoregressive")
+    for processor in (dict(repetition_penalty=1.5), dict(no_repeat_ngram_size=2)):
+        args = (processor.get("repetition_penalty", 1.0), processor.get("no_repeat_ngram_size", 0))
+        want, _ = expected(tiny_checkpoint, VERSE, 40, strategy="autoregressive", **processor)
+        *_, (_, stats, text, _) = demo_app.generate(ck, VERSE, "self_speculative", 2, 3, 0, 1, 40, 0, True, 0, *args)
+        assert text == want != plain, processor
+        assert ("repetition penalty 1.5" if args[0] != 1 else "no repeated 2-grams") in stats
+        table = demo_app.compare(ck, VERSE, 2, 3, 40, 0, *args)
+        assert "✓ identical (40 tokens)" in table and "both with " in table, processor
 
 
 def test_stop_ends_generation_after_the_round_on_screen_and_says_so(tiny_checkpoint):
     """Stop (control["stop"]) ends decoding after the round being shown; the last frame keeps that text and
     says it stopped, after how many tokens. A new run clears the request."""
     control = {}
-    run = demo_app.generate(str(tiny_checkpoint), VERSE, "self_speculative", 2, 4, 0, 1, 200, 0, True, 0, control)
+    run = demo_app.generate(str(tiny_checkpoint), VERSE, "self_speculative", 2, 4, 0, 1, 200, 0, True, 0,
+                            control=control)
     frames = [next(run) for _ in range(4)]  # the empty frame and three rounds
     demo_app.stop(control)
     rest = list(run)
     assert len(rest) == 1
-    (out, stats, text), shown = rest[0], frames[-1]
+    (out, stats, text, error), shown = rest[0], frames[-1]
     tokens = int(re.search(r'<div class="v">(\d+)</div><div class="k">tokens</div>', shown[1]).group(1))
-    assert 3 <= tokens < 200 and text == shown[2] and out == shown[0]
+    assert 3 <= tokens < 200 and text == shown[2] and out == shown[0] and error == ""
     assert f"stopped: Stop pressed after {tokens} new tokens (3 rounds)" in stats and "generating" not in stats
-    *_, (out, stats, text) = demo_app.generate(str(tiny_checkpoint), VERSE, "self_speculative", 2, 4, 0, 1, 20, 0,
-                                               True, 0, control)
+    *_, (out, stats, text, _) = demo_app.generate(str(tiny_checkpoint), VERSE, "self_speculative", 2, 4, 0, 1, 20, 0,
+                                                  True, 0, control=control)
     assert "done" in stats and control == {"stop": False}
     run = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, control=control)
-    next(run)
+    for _ in range(3):  # the first pass: autoregressive, exit 1, exit 2
+        next(run)
     demo_app.stop(control)
-    (df, note), = list(run)
-    assert "stopped: Stop pressed in pass 1" in note and list(df[df.metric == "speedup"].exit_layer) == [1, 2]
+    (acceptance, speedup, note), = list(run)
+    assert "stopped: Stop pressed in pass 1" in note and list(speedup["value"].exit_layer) == [1, 2]
 
 
 def test_switching_model_resets_its_settings_and_a_failed_one_keeps_the_last(tiny_checkpoint, recommended_checkpoint,
                                                                             tmp_path):
-    """Selecting a model sets exit, d, threshold to its recommendation (ls.speculation_settings) or exit L//4 and
-    d=4, fits the exit and max-new-tokens sliders to it; a checkpoint that fails leaves the last good one
-    selected (so Generate uses it) with one error line. Moving the exit applies the rule: the recommended d and
-    threshold only at the recommended exit."""
+    """Selecting a model sets exit, d, threshold to its recommendation (common.decoding_settings) or exit L//4 and
+    d=4, fits the exit and max-new-tokens boxes to it (the exit's label says its range) and describes it in two
+    lines, the per-exit validation losses folded away as a plot of L points; a checkpoint that fails leaves the
+    last good one selected (so Generate uses it) with one error line. Moving the exit applies the rule: the
+    recommended d and threshold only at the recommended exit; an exit the model lacks changes nothing."""
     demo_app.serve(recommended_checkpoint)
     menu, loaded, info, exit_layer, d, threshold, max_new = demo_app.switch_model(str(recommended_checkpoint), None, 64)
     assert loaded == menu["value"] == str(recommended_checkpoint) and "4 layers" in info
     assert (exit_layer["value"], exit_layer["maximum"], d["value"], threshold["value"]) == (3, 4, 2, 0.3)
+    assert exit_layer["label"] == "exit layer E (1–4)"
     assert (max_new["maximum"], max_new["value"]) == (255, 64)  # a 256-token context, not 512
+    folded = re.fullmatch(r'<div class="ls-status">(.*)<details><summary>(.*)</summary>(<svg .*</svg>)</details></div>',
+                          info)
+    assert folded and folded[1].count("<br>") == 0 and "recommended: exit 3, d=2, threshold 0.3" in folded[1]
+    assert folded[3].count("<circle") == 4 and "exit 2: 3.500" in folded[3] and "3.50" not in folded[1] + folded[2]
     assert demo_app.exit_changed(loaded, 2) == ({"__type__": "update", "value": 4}, {"__type__": "update", "value": 0})
     assert [u["value"] for u in demo_app.exit_changed(loaded, 3)] == [2, 0.3]
+    for bad in (999, 0, 2.5, "x", None):
+        assert demo_app.exit_changed(loaded, bad) == ({"__type__": "update"}, {"__type__": "update"})
 
     _, loaded, _, exit_layer, d, threshold, max_new = demo_app.switch_model(str(tiny_checkpoint), loaded, 500)
     assert (exit_layer["value"], d["value"], threshold["value"], max_new["value"]) == (1, 4, 0, 255)  # L//4, d=4
@@ -279,10 +376,10 @@ def test_unserved_checkpoints_are_refused_alike(tiny_checkpoint, tmp_path):
              "../" * 8 + "etc/hostname", "a\x00b"]
     loaded = set(demo_app._models)
     for path in paths:
-        [(out, stats, text)] = demo_app.generate(path, VERSE)
-        assert stats == demo_app.error_html(demo_app.REFUSED), path
-        assert demo_app.compare(path, VERSE) == demo_app.lens(path, VERSE) == stats
-        assert list(demo_app.sweep(path, VERSE))[0][1] == stats
+        [(out, stats, text, error)] = demo_app.generate(path, VERSE)
+        assert error == demo_app.error_html(demo_app.REFUSED), path
+        assert demo_app.compare(path, VERSE) == demo_app.lens(path, VERSE) == error
+        assert list(demo_app.sweep(path, VERSE))[0][2] == error
     assert set(demo_app._models) == loaded and "\n" not in demo_app.REFUSED
     assert demo_app.is_served(ROOT / "checkpoints/layerskip-python-deep.pt")  # shipped: whatever checkpoints/*.pt holds
     assert demo_app.is_served("checkpoints/baseline-python-deep.pt")
@@ -331,10 +428,25 @@ def test_examples_legend_and_flags(tiny_checkpoint, tmp_path, monkeypatch):
         assert torch.get_num_threads() == 1 and launched[-1]["server_name"] == "127.0.0.1"
         assert demo_app.is_served(tiny_checkpoint) and demo_app.is_served(other)
         assert not demo_app.is_served(tmp_path / "third.pt")
-        demo_app.main(["--allow_any_checkpoint", "--threads", "2"])
-        assert demo_app.ALLOW_ANY and demo_app.is_served(tmp_path / "third.pt") and torch.get_num_threads() == 2
+        n = min(2, os.cpu_count() or 1)  # --threads takes at most the cores there are
+        demo_app.main(["--allow_any_checkpoint", "--threads", str(n)])
+        assert demo_app.ALLOW_ANY and demo_app.is_served(tmp_path / "third.pt") and torch.get_num_threads() == n
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "0"], "argument --port: must be 1..65535, got 0"),
+    (["--port", "http"], "argument --port: expected a whole number, got 'http'"),
+    (["--threads", "0"], "argument --threads: must be 1.."),
+    (["--threads", str(10 ** 9)], "argument --threads: must be 1.."),
+    (["--chekpoint", "x.pt"], "unrecognized arguments: --chekpoint x.pt"),
+])
+def test_bad_flags_are_one_line_errors(argv, message, capsys, monkeypatch):
+    """demo_app.py's bad flags: exit code 2 and one line naming the flag and its range, and no server started."""
+    from conftest import assert_one_line_error
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: pytest.fail("launched"))
+    assert_one_line_error(demo_app.main, argv, capsys, message)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -405,12 +517,43 @@ def test_api_refuses_unserved_paths_without_telling_whether_they_exist(app_url, 
     client = Client(app_url, verbose=False)
     answers = set()
     for path in (str(copy), str(tmp_path / "missing.pt"), "/etc/passwd", str(ROOT / "README.md")):
-        out, stats, text = client.predict(path, VERSE, "self_speculative", 2, 4, 0.0, 1.0, 8, 0, True, 0,
-                                          api_name="/generate")
-        info = client.predict(path, 64, api_name="/model_info")[1]  # (menu, description, sliders...)
-        answers |= {stats, info}
+        out, stats, text, error = client.predict(path, VERSE, "self_speculative", 2, 4, 0.0, 1.0, 8, 0, True, 0,
+                                                 api_name="/generate")
+        info = client.predict(path, 64, api_name="/model_info")[1]  # (menu, description, number boxes...)
+        answers |= {error, info}
     assert answers == {demo_app.error_html(demo_app.REFUSED)}
     assert str(copy.resolve()) not in demo_app._models
+
+
+def test_api_calls_with_bad_values_get_a_clear_error_and_no_traceback(app_url, tiny_checkpoint, capfd):
+    """Over HTTP, /generate with a bogus strategy, max_new_tokens 100000, exit 999 or text for a number answers
+    with one error (the last output) that names the value and its range, and leaves the other outputs alone;
+    /compare and /sweep too; the server prints no traceback for any of it. The API takes the logits processors
+    after the draft threshold (the order is the README's)."""
+    from gradio_client import Client
+    client = Client(app_url, verbose=False)
+    names = [p["parameter_name"] for p in client.view_api(return_format="dict")["named_endpoints"]["/generate"]
+             ["parameters"]]
+    assert names == ["checkpoint", "prompt", "strategy", "exit_layer", "num_speculations", "temperature", "top_p",
+                     "max_new_tokens", "seed", "show_rejected", "draft_threshold", "repetition_penalty",
+                     "no_repeat_ngram_size"]
+    ck, ok = str(tiny_checkpoint), ["self_speculative", 2, 4, 0.0, 1.0, 8, 0, True, 0, 1.0, 0]
+    cases = {"unknown strategy 'beam'": {0: "beam"}, "max new tokens must be a whole number in 1..512, got 100000":
+             {5: 100000}, "exit layer E must be a whole number in 1..4, got 999": {1: 999},
+             "temperature (0 = greedy) must be a number in [0, 2], got 'hot'": {3: "hot"},
+             "no-repeat n-gram size (0 = off) must be a whole number in 0..32, got -2": {10: -2}}
+    capfd.readouterr()
+    for message, change in cases.items():
+        args = [change.get(i, v) for i, v in enumerate(ok)]
+        job = client.submit(ck, VERSE, *args, api_name="/generate")
+        [(out, stats, text, error)] = list(job)
+        assert html.escape(message) in error, (message, error)
+        assert all(o["__type__"] == "update" and "value" not in o for o in (out, stats, text))  # left as they are
+    assert "exit layer E must be a whole number in 1..4, got 999" in client.predict(
+        ck, VERSE, 999, 4, 8, 0, 1.0, 0, api_name="/compare")
+    *_, note = client.predict(ck, VERSE, 4, 8, 0, 0.0, 0, api_name="/sweep")
+    assert "repetition penalty (1 = off) must be a number in [0.01, 10], got 0.0" in note
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def browser_or_fail():
@@ -429,8 +572,8 @@ def browser_or_fail():
 
 
 @pytest.fixture
-def page(app_url):
-    """A 1400x1000 Chromium page (Debian's, through Playwright) on the served app."""
+def browser():
+    """Debian's Chromium through Playwright, headless."""
     chromium = browser_or_fail()
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
@@ -438,12 +581,24 @@ def page(app_url):
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(120_000)  # a loaded CI machine is slow; the test waits, it does not time
-            page.goto(app_url)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def open_page(browser, url, width, height=800):
+    """A page of width x height (a laptop's 800 px high) on the served app, its model loaded."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(120_000)  # a loaded CI machine is slow; the test waits, it does not time
+    page.goto(url)
+    page.wait_for_selector("#info b")  # the model's description: it has loaded and set the controls
+    return page
+
+
+def in_view(page, selector, height=800):
+    """How many pixels of the element show in a viewport `height` high, at the page's top (no scrolling)."""
+    box = page.locator(selector).bounding_box()
+    return min(box["y"] + box["height"], height) - max(box["y"], 0)
 
 
 def screenshot(tmp_path, name):
@@ -451,65 +606,131 @@ def screenshot(tmp_path, name):
     return os.path.join(os.environ.get("LAYERSKIP_SCREENSHOTS") or tmp_path, name)
 
 
-def test_browser_shows_coloured_tokens_stats_and_lens(page, demo_checkpoint, tmp_path):
-    """In Chromium: the model's settings fill the controls, Generate sits above the fold; type a prompt, press
-    Generate, and see accepted, verifier and struck-through rejected tokens reading as the generated text, the
-    stats cards, and the logit lens; hiding rejected drafts hides their legend entry too. Screenshot: demo.png."""
-    model, tok = demo_app.get_model(demo_checkpoint)
-    s = demo_app.speculation(model)  # the app starts from the stored recommendation, or exit L//4 and d=4
-    want, g = expected(demo_checkpoint, SHOWN, 64, strategy="self_speculative", **s)
-    shot = screenshot(tmp_path, "demo.png")
-    L, top = model.params.n_layers, min(demo_app.MAX_NEW_TOKENS, model.params.max_seq_len - 1)
-    page.wait_for_selector(f"#exit_layer input[type=range][max='{L}']")
-    page.wait_for_selector(f"#max_new input[type=range][max='{top}']")  # the context window bounds it
-    page.wait_for_function("([e, d]) => document.querySelector('#exit_layer input[type=number]').value == e"
-                           " && document.querySelector('#num_spec input[type=number]').value == d",
-                           arg=[s["exit_layer"], s["num_speculations"]])
-    box = page.locator("#go").bounding_box()
-    assert box["y"] + box["height"] <= 1000  # above the fold
-    page.fill("#prompt textarea", SHOWN)
-    page.click("#go")
-    page.wait_for_selector("#stats .ls-status:text('done')", timeout=120_000)
-    counts = {k: page.locator(f"#out .ls-tok.{k}").count() for k in ("accepted", "verifier", "rejected")}
-    assert counts == {"accepted": g.accepted, "verifier": g.rounds, "rejected": g.drafted - g.accepted}
-    assert min(counts.values()) > 0
-    assert page.locator("#out .ls-tok.rejected").first.evaluate(
-        "e => getComputedStyle(e).textDecorationLine") == "line-through"
-    shown = page.locator("#out .ls-text").evaluate(
+def shown_text(page):
+    """The text the output shows without its struck-through rejected drafts: the prompt and the continuation."""
+    return page.locator("#out .ls-text").evaluate(
         "e => { const c = e.cloneNode(true); c.querySelectorAll('.rejected').forEach(r => r.remove());"
         " return c.textContent; }")
-    assert shown == tok.decode(tok.encode(SHOWN)) + want
+
+
+def click_generate(page):
+    """Press Generate and wait for this run's "done" (the last run's is wiped first)."""
+    page.evaluate("() => { document.querySelector('#stats .ls-status').textContent = ''; }")
+    page.click("#go")
+    page.wait_for_selector("#stats .ls-status:text('done')")
+
+
+def number_box(page, elem_id):
+    return page.locator(f"#{elem_id} input[type=number]")
+
+
+def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens(browser, app_url, demo_checkpoint,
+                                                                                 tmp_path):
+    """In Chromium at 1280 x 800: the prompt box holds the first example, so the first click on Generate works;
+    the model's settings fill the number boxes; Generate and the output show without scrolling. Then the README's
+    prompt: accepted drafts, corrections and bonus tokens (each in its own colour, each in the legend) and struck-
+    through rejected drafts read as the generated text, the stats cards, the logit lens; hiding rejected drafts
+    hides their legend entry too. Screenshot: demo.png. Another model from the menu brings its own settings."""
+    page = open_page(browser, app_url, 1280)
+    model, tok = demo_app.get_model(demo_checkpoint)
+    s = demo_app.decoding_settings(model, "self_speculative")  # the stored recommendation, or exit L//4 and d=4
+    L, top = model.params.n_layers, min(demo_app.MAX_NEW_TOKENS, model.params.max_seq_len - 1)
+    page.wait_for_selector(f"#exit_layer input[type=number][max='{L}']")
+    page.wait_for_selector(f"#max_new input[type=number][max='{top}']")  # the context window bounds it
+    assert [number_box(page, c).input_value() for c in ("exit_layer", "num_spec", "threshold")] == \
+        [str(s["exit_layer"]), str(s["num_speculations"]), str(s["draft_threshold"] or 0)]
+    first = demo_app.example_prompts()[0]
+    assert page.locator("#prompt textarea").input_value() == first
+    click_generate(page)  # nothing typed: the example runs
+    assert shown_text(page) == tok.decode(tok.encode(first)) + expected(demo_checkpoint, first, 64, **s)[0]
+    assert in_view(page, "#go") == page.locator("#go").bounding_box()["height"]  # all of it, above the fold
+    assert in_view(page, "#out .ls-text") >= 300 and page.locator("#error .ls-error").count() == 0
+
+    want, g = expected(demo_checkpoint, SHOWN, 64, **s)
+    page.fill("#prompt textarea", SHOWN)
+    click_generate(page)
+    counts = {k: page.locator(f"#out .ls-tok.{k}").count() for k in ("accepted", "correction", "bonus", "rejected")}
+    corrections = sum(e.token is not None and e.accepted < len(e.drafted) for e in g.events)
+    assert counts == {"accepted": g.accepted, "correction": corrections, "bonus": g.rounds - corrections,
+                      "rejected": g.drafted - g.accepted}
+    assert min(counts.values()) > 0
+    colour = {k: page.locator(f"#out .ls-tok.{k}").first.evaluate("e => getComputedStyle(e).backgroundColor")
+              for k in counts}
+    legend = {k: page.locator(f"#out .key.{k} .sw").evaluate("e => getComputedStyle(e).backgroundColor")
+              for k in counts}
+    assert colour == legend and len(set(colour.values())) == 4  # four kinds, four colours, as the legend says
+    assert page.locator("#out .ls-tok.rejected").first.evaluate(
+        "e => getComputedStyle(e).textDecorationLine") == "line-through"
+    assert shown_text(page) == tok.decode(tok.encode(SHOWN)) + want
     stats = page.locator("#stats").inner_text()
     assert "acceptance rate" in stats and f"{g.accepted / g.drafted:.0%}" in stats and "tokens/s" in stats
+    assert f"{corrections} correction" in stats and f"{g.rounds - corrections} bonus token" in stats
+    page.screenshot(path=screenshot(tmp_path, "demo.png"))  # what a laptop shows, without scrolling
     page.get_by_role("tab", name="Logit lens").click()
-    page.wait_for_selector("#lens_out tr.exit")  # filled in after generation, chosen exit marked
-    page.screenshot(path=shot, full_page=True)
+    page.wait_for_selector("#lens_out tr.exit")  # filled in after generation, the chosen exit marked
     assert page.locator("#out .key.rejected").is_visible()
     page.locator("label:has-text('show rejected drafts')").click()  # hide them: pure CSS, no new run
     page.wait_for_function("() => getComputedStyle(document.querySelector('#out .ls-tok.rejected'))"
                            ".display === 'none'")
     assert page.locator("#out .key.rejected").is_hidden() and page.locator("#out .key.accepted").is_visible()
-    assert os.path.getsize(shot) > 20_000
 
     label, other = next((label, path) for label, path in demo_app.menu([demo_checkpoint])  # another model: its
                         if demo_app.resolve(path).resolve() != demo_app.resolve(demo_checkpoint).resolve())  # settings
     model, _ = demo_app.get_model(other)
-    s = demo_app.speculation(model)
+    s = demo_app.decoding_settings(model, "self_speculative")
     page.click("#model input")
     page.get_by_role("option", name=label).click()
     page.wait_for_selector(f"#info :text('{Path(other).name}')")
-    page.wait_for_selector(f"#exit_layer input[type=range][max='{model.params.n_layers}']")
-    assert [page.locator(f"#{c} input[type=number]").input_value() for c in ("exit_layer", "num_spec", "threshold")] \
-        == [str(s["exit_layer"]), str(s["num_speculations"]), str(s["draft_threshold"] or 0)]
+    page.wait_for_selector(f"#exit_layer input[type=number][max='{model.params.n_layers}']")
+    assert [number_box(page, c).input_value() for c in ("exit_layer", "num_spec", "threshold")] == \
+        [str(s["exit_layer"]), str(s["num_speculations"]), str(s["draft_threshold"] or 0)]
 
 
-def test_browser_stop_says_so_and_the_sweep_plots_by_layer(page, demo_checkpoint, tmp_path, monkeypatch):
-    """In Chromium: Stop during a generation leaves the text on screen and says it stopped after that many tokens
-    (screenshot demo_stopped.png); the exit-layer sweep shows its progress, then medians per exit in layer
-    order with their range and the E=L sanity line (screenshot demo_sweep.png)."""
+def test_browser_at_820_px_shows_the_output_and_refuses_bad_numbers_in_their_own_place(browser, app_url,
+                                                                                        demo_checkpoint, tmp_path,
+                                                                                        capfd):
+    """In Chromium at 820 x 800 (one column): the prompt, the buttons and the start of the output show without
+    scrolling (screenshot demo_820.png). Exit 999 or max new tokens 0 typed in: Generate says why in the error
+    place, the box still shows what was typed (nothing clamped), nothing runs, and the text, the statistics and
+    the legend stay as they were; a good value again clears the error. No traceback in the server log."""
+    page = open_page(browser, app_url, 820)
     model, _ = demo_app.get_model(demo_checkpoint)
     L = model.params.n_layers
-    page.wait_for_selector(f"#exit_layer input[type=range][max='{L}']")
+    page.fill("#prompt textarea", SHOWN)
+    click_generate(page)
+    areas = page.locator("#main").evaluate("e => getComputedStyle(e).gridTemplateAreas")
+    assert areas == '"prompt" "out" "settings" "tabs"'  # one column, the output right under the prompt
+    assert in_view(page, "#go") == page.locator("#go").bounding_box()["height"]
+    assert in_view(page, "#out .ls-text") >= 150  # the output's first lines, without scrolling
+    page.screenshot(path=screenshot(tmp_path, "demo_820.png"))
+
+    capfd.readouterr()
+    before = {sel: page.locator(sel).inner_html() for sel in ("#out", "#stats")}
+    for box, value, message in (("exit_layer", "999", f"exit layer E must be a whole number in 1..{L}, got 999"),
+                                ("max_new", "0", "max new tokens must be a whole number in 1..512, got 0")):
+        good = number_box(page, box).input_value()
+        number_box(page, box).fill(value)
+        page.click("#go")
+        page.wait_for_selector(f"#error .ls-error:text('{message}')")
+        assert number_box(page, box).input_value() == value  # as typed: not clamped to the range
+        assert {sel: page.locator(sel).inner_html() for sel in before} == before  # text, cards, legend: unchanged
+        page.screenshot(path=tmp_path / f"error_{box}.png")
+        number_box(page, box).fill(good)
+    click_generate(page)
+    assert page.locator("#error .ls-error").count() == 0 and page.locator("#error").is_hidden()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, app_url, demo_checkpoint, tmp_path,
+                                                           monkeypatch):
+    """In Chromium at 1280 x 800: Stop during a generation leaves the text on screen and says it stopped after
+    that many tokens (screenshot demo_stopped.png); the exit-layer sweep shows its progress, then medians per
+    exit in layer order with their range and the E=L sanity line, and plots acceptance and speedup on two plots
+    (screenshot demo_sweep.png)."""
+    page = open_page(browser, app_url, 1280)
+    model, _ = demo_app.get_model(demo_checkpoint)
+    L = model.params.n_layers
+    page.wait_for_selector(f"#exit_layer input[type=number][max='{L}']")
     page.fill("#prompt textarea", SHOWN)
     render = demo_app.render_text
 
@@ -527,7 +748,8 @@ def test_browser_stop_says_so_and_the_sweep_plots_by_layer(page, demo_checkpoint
     status = page.locator("#stats .ls-status").inner_text()
     tokens = int(page.locator("#stats .card .v").first.inner_text())
     assert re.fullmatch(rf"stopped: Stop pressed after {tokens} new tokens \(\d+ rounds\).*", status), status
-    assert 0 < tokens < 64 and page.locator("#out .ls-tok.accepted, #out .ls-tok.verifier").count() == tokens
+    assert 0 < tokens < 64
+    assert page.locator("#out .ls-tok.accepted, #out .ls-tok.correction, #out .ls-tok.bonus").count() == tokens
     page.screenshot(path=screenshot(tmp_path, "demo_stopped.png"))
 
     page.get_by_role("tab", name="Exit-layer sweep").click()
@@ -538,6 +760,7 @@ def test_browser_stop_says_so_and_the_sweep_plots_by_layer(page, demo_checkpoint
     assert "Sanity check: exit" in note and "median" in note
     exits = page.locator("#sweep_note table tr td:first-child").all_inner_texts()
     assert exits == [str(E) for E in demo_app.sweep_exits(L)]
-    page.wait_for_selector("#sweep_plot canvas, #sweep_plot svg")
-    page.locator("#sweep").evaluate("e => e.scrollIntoView()")  # the plot and the note at the top
+    for plot in ("#acceptance_plot", "#speedup_plot"):
+        page.wait_for_selector(f"{plot} canvas, {plot} svg")
+    page.locator("#sweep").evaluate("e => e.scrollIntoView()")  # the plots and the note at the top
     page.screenshot(path=screenshot(tmp_path, "demo_sweep.png"))
