@@ -167,7 +167,7 @@ def parse_args(argv):
     p.add_argument("--n_prompts", type=int_range(1), default=20, help="prompts used for the layers-needed "
                    "distribution")
     p.add_argument("--max_new_tokens", type=int_range(1), default=48, help="tokens generated per prompt")
-    p.add_argument("--out_dir", default="docs", help="where the PNG plots go")
+    p.add_argument("--out_dir", default="docs/results", help="where the PNG plots go")
     p.add_argument("--json", help="also write all numbers to this JSON file")
     p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=2,
                    help="torch CPU threads")

@@ -410,10 +410,12 @@ def sample(logits, temperature, top_k, top_p, rng):
     return int(torch.multinomial(probs, 1, generator=rng)), probs
 
 
-def verify(drafts: list[int], draft_probs, logits, temperature, top_k, top_p, rng) -> tuple[int, int]:
+def verify(drafts: list[int], draft_probs, logits, temperature=0.0, top_k=None, top_p=None,
+           rng=None) -> tuple[int, int]:
     """Compare d drafted tokens with the verifier's logits [d+1, V] (one row per draft plus one after the last).
     Returns (number accepted, the verifier's own next token): a correction at the first rejected draft,
-    or a bonus token when all d were accepted. Every round thus yields at least one token."""
+    or a bonus token when all d were accepted. Every round thus yields at least one token. Greedy (temperature
+    0) needs neither the drafts' distributions nor rng: verify(drafts, None, logits)."""
     if temperature == 0:  # greedy: accept the longest prefix on which draft and verifier agree
         target = logits.argmax(-1).tolist()
         n = 0
@@ -649,7 +651,8 @@ class LogitLens:
 
 @torch.inference_mode()
 def logit_lens(model: Transformer, token_ids: list[int]) -> LogitLens:
-    """Every exit's top-1 next-token prediction and its probability at every position of token_ids."""
+    """Every exit's top-1 next-token prediction and its probability at every position of token_ids. Position t
+    predicts token t + 1: for the generated tokens of ids = prompt + new, read columns len(prompt) - 1 .. -2."""
     h = model.tok_embeddings(token_tensor(token_ids, model))
     top1, prob = [], []
     for l in range(model.params.n_layers):

@@ -351,6 +351,16 @@ def test_cache_reuse_every_block_processes_the_same_positions():
     assert out.rounds < 30  # several tokens per round: drafts really were accepted
 
 
+def chi_square(counts, expected_p):
+    """Pearson's statistic of counts against N * expected_p over the cells expecting more than 5, and the 0.1%
+    critical value for its degrees of freedom (the next tabulated df up, so the bound errs on the lenient side)."""
+    e = counts.sum() * expected_p
+    keep = e > 5
+    stat = (((counts[keep] - e[keep]) ** 2) / e[keep]).sum().item()
+    critical = {20: 45.31, 25: 52.62, 30: 59.70, 35: 66.62}
+    return stat, critical[min(k for k in critical if k >= int(keep.sum()) - 1)]
+
+
 def test_speculative_sampling_preserves_the_distribution():
     """With temperature > 0 the first two self-speculative tokens follow the full model's distribution:
     chi-square over 4,000 seeded runs stays under the 0.1% critical value, while the draft's own
@@ -377,18 +387,9 @@ def test_speculative_sampling_preserves_the_distribution():
                           temperature=T, seed=s).tokens
         counts[out[0] * V + out[1]] += 1
 
-    def chi2(expected_p):
-        e = N * expected_p
-        keep = e > 5
-        return (((counts[keep] - e[keep]) ** 2) / e[keep]).sum().item(), int(keep.sum())
-
-    stat, cells = chi2(p_full)
-    critical = {k: c for k, c in ((20, 45.31), (25, 52.62), (30, 59.70), (35, 66.62))}
-    df = cells - 1
-    bound = critical[min(k for k in critical if k >= df)]
-    assert stat < bound, (stat, df)
-    stat_draft, _ = chi2(p_draft)
-    assert stat_draft > 10 * bound
+    stat, bound = chi_square(counts, p_full)
+    assert stat < bound, (stat, bound)
+    assert chi_square(counts, p_draft)[0] > 10 * bound
 
 
 def test_top_k_top_p_filtering():
@@ -543,16 +544,9 @@ def test_speculative_sampling_keeps_the_distribution_under_a_repetition_penalty(
                           temperature=1.0, seed=s, repetition_penalty=penalty).tokens
         counts[out[0] * V + out[1]] += 1
 
-    def chi2(expected_p):
-        e = N * expected_p
-        keep = e > 5
-        return (((counts[keep] - e[keep]) ** 2) / e[keep]).sum().item(), int(keep.sum())
-
-    stat, cells = chi2(p_pen)
-    critical = {20: 45.31, 25: 52.62, 30: 59.70, 35: 66.62}
-    bound = critical[min(k for k in critical if k >= cells - 1)]
-    assert stat < bound, (stat, cells)
-    assert chi2(p_plain)[0] > 5 * bound
+    stat, bound = chi_square(counts, p_pen)
+    assert stat < bound, (stat, bound)
+    assert chi_square(counts, p_plain)[0] > 5 * bound
 
 
 def test_exit_and_block_numbering():
