@@ -8,12 +8,13 @@ the speedup the cost of a round's pieces predicts, and how much of the generated
     python bench.py --sweep                                  # exit layer x num_speculations heatmap + CSV
     python bench.py --auto                                   # sweep, then store the fastest (E, d) in the checkpoint
     python bench.py --memory                                 # peak memory of AR vs self-speculative decoding
+    python bench.py --peers                                  # and transformers' decoding of the same weights
 
 Speedup is the paper's: autoregressive time per token / method time per token, against the same model's
 autoregressive decoding (and its baseline twin's). Every variant is timed by common.interleaved_runs: variants
 interleaved prompt by prompt in rotating order, --repeats passes over the prompts; each pass's times are summed
 per variant, and a speedup is the median over passes of the ratio measured within one pass. The thread count is
-fixed for the whole run.
+fixed for the whole run. --peers adds Hugging Face transformers' decoding of the same weights to the same run.
 """
 
 import json
@@ -21,7 +22,9 @@ import multiprocessing
 import os
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -193,7 +196,7 @@ def summarize(totals: dict, reference, outputs: Optional[dict] = None) -> dict:
                      "speedup": statistics.median(r / t for r, t in zip(ref, tpt)),
                      "acceptance": first["accepted"] / drafted if drafted else None,
                      "alpha": per_token_acceptance(first["accepted"], first["rejections"]) if drafted else None,
-                     "tokens_per_round": first["tokens"] / max(first["rounds"], 1),
+                     "tokens_per_round": first["tokens"] / first["rounds"] if first["rounds"] else None,
                      "tokens": first["tokens"]}
         if outputs is not None:
             flat = [t for tokens in outputs[name] for t in tokens]
@@ -217,6 +220,114 @@ def round_analysis(passes: list[dict], costs: dict, speedup: float, alpha: float
             "round_ms": {"total": 1000 * per_round, "drafting": 1000 * drafting, "verification": 1000 * verifying,
                          "other": 1000 * (per_round - drafting - verifying)},
             "drafts_in_a_round": r["drafted"] / r["rounds"]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Peers: Hugging Face transformers decoding the same weights, greedy, in the same interleaved run. export.py
+# writes the Hugging Face folder (run as a program: a script does not import another); transformers loads it.
+
+PEER_AR = "transformers autoregressive"
+ASSISTANT_SETTINGS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+
+
+def peer_early_exit_name(E: int) -> str:
+    return f"transformers assistant_early_exit={E}"
+
+
+def check_peers_installed():
+    """transformers is optional: only --peers needs it, and 4.47 or newer for generate(assistant_early_exit=E)."""
+    try:
+        import transformers
+    except ImportError:
+        fail("--peers times Hugging Face transformers on the same weights, and it is not installed: "
+             "pip install transformers")
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    if (major, minor) < (4, 47):
+        fail(f"--peers needs transformers 4.47 or newer for assistant_early_exit, found {transformers.__version__}: "
+             f"pip install -U transformers")
+
+
+def load_peer(checkpoint, folder):
+    """transformers' LlamaForCausalLM on the checkpoint's weights, float32, exported into `folder` by export.py.
+    A failed export is a one-line error, before anything is timed."""
+    import transformers
+    out = Path(folder) / "hf"
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("export.py")), str(checkpoint), str(out),
+                           "--format", "hf"], capture_output=True, text=True)
+    if proc.returncode:
+        why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        fail(f"--peers converts --checkpoint {checkpoint} for transformers, and that failed: {why}")
+    # transformers' own notices would break into the table: a progress bar while it loads, and a deprecation
+    # warning that its assistant_early_exit path raises inside generate (from its own call, not ours)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    dtype = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"  # 4.x's name
+    return transformers.AutoModelForCausalLM.from_pretrained(out, **{dtype: torch.float32}).eval()
+
+
+def peer_setting(hf) -> dict:
+    """The draft length, its schedule and the confidence threshold generate(assistant_early_exit=E) will use: the
+    export's generation_config.json (our stored d and threshold), else transformers' defaults, which transformers 5
+    fills in at generate time (4.x has them in GenerationConfig itself)."""
+    import transformers
+    gc = hf.generation_config
+    defaults = gc._get_default_generation_params() if hasattr(gc, "_get_default_generation_params") else {}
+    unset = [key for key in ASSISTANT_SETTINGS if getattr(gc, key, None) is None]
+    return {"transformers": transformers.__version__,
+            **{key: defaults.get(key) if key in unset else getattr(gc, key) for key in ASSISTANT_SETTINGS},
+            "transformers_defaults": unset}
+
+
+def peer_decode(hf, stop_ids, **generate_kwargs):
+    """A decode function for common.interleaved_runs: transformers' greedy generate on our token ids, stopping at
+    our stop ids, as an ls.Generation of the new tokens up to and including the first stop id. It reports no
+    rounds or drafts, so its acceptance is unknown."""
+    stops = sorted(stop_ids)
+
+    def decode(ids, max_new_tokens):
+        x = torch.tensor([ids])
+        start = time.perf_counter()
+        out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=max_new_tokens,
+                          eos_token_id=stops, pad_token_id=stops[0], **generate_kwargs)
+        seconds = time.perf_counter() - start
+        tokens = out[0, len(ids):].tolist()
+        end = next((k + 1 for k, t in enumerate(tokens) if t in stop_ids), len(tokens))
+        return ls.Generation(tokens=tokens[:end], seconds=seconds, rounds=0, drafted=0, accepted=0)
+    return decode
+
+
+def peer_variants(hf, model, tok, exit_layer: int, processors: dict) -> dict:
+    """transformers' autoregressive and early-exit self-speculative decoding, at our exit and with our logits
+    processors (the same two, under the same names); encoded and cropped with our model and tokenizer."""
+    return {PEER_AR: (model, tok, {"decode": peer_decode(hf, tok.stop_ids, **processors)}),
+            peer_early_exit_name(exit_layer): (model, tok, {"decode": peer_decode(
+                hf, tok.stop_ids, assistant_early_exit=exit_layer, **processors)})}
+
+
+def peer_results(totals: dict, outputs: dict, setting: dict) -> dict:
+    """Ours against transformers' on the same weights (medians over passes of ratios within a pass), and whether
+    each of its greedy outputs equals our autoregressive output, token for token."""
+    ee, ss = peer_early_exit_name(setting["exit_layer"]), self_speculative_name(setting)
+    vs_their_ar, vs_their_ee = summarize(totals, PEER_AR), summarize(totals, ee)
+    return {"identical": {n: outputs[n] == outputs["autoregressive"] for n in (PEER_AR, ee)},
+            "self_speculative_over_theirs": vs_their_ee[ss]["speedup"],
+            "autoregressive_over_theirs": vs_their_ar["autoregressive"]["speedup"],
+            "their_speedup": vs_their_ar[ee]["speedup"]}
+
+
+def print_peers(results: dict, setting: dict, peer: dict):
+    """transformers' setting, the equality checks and the ratios of tokens/s, under a table with peer rows."""
+    ee, r = peer_early_exit_name(setting["exit_layer"]), results["peers"]
+    used = ", ".join(f"{k} {peer[k]}" + (" (transformers' default)" if k in peer["transformers_defaults"] else "")
+                     for k in ASSISTANT_SETTINGS)
+    print(f"transformers {peer['transformers']} on the same weights (export.py --format hf, float32); its "
+          f"assistant_early_exit={setting['exit_layer']} drafts with {used}")
+    print("greedy output identical to our autoregressive output, token for token: "
+          + ", ".join(f"{n} {same}" for n, same in r["identical"].items()))
+    print(f"our self-speculative tokens/s = {r['self_speculative_over_theirs']:.2f} x transformers "
+          f"assistant_early_exit's; our autoregressive = {r['autoregressive_over_theirs']:.2f} x transformers "
+          f"autoregressive; transformers' own speedup {r['their_speedup']:.2f}x, ours "
+          f"{results['summary'][self_speculative_name(setting)]['speedup']:.2f}x")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -380,6 +491,9 @@ def parse_args(argv):
     p.add_argument("--auto", action="store_true", help="sweep and store the fastest (E, d, threshold) in the "
                    "checkpoint (the sweep decodes plain greedy)")
     p.add_argument("--memory", action="store_true", help="measure peak memory of AR vs self-speculative")
+    p.add_argument("--peers", action="store_true", help="add Hugging Face transformers' autoregressive and "
+                   "assistant_early_exit decoding of the same weights (converted with export.py) to every table, "
+                   "interleaved with ours, and check that their greedy output equals ours (needs transformers)")
     p.add_argument("--out_dir", default="docs", help="where the sweep heatmap and CSV go")
     p.add_argument("--json", help="write every number to this JSON file")
     return p.parse_args(argv)
@@ -428,6 +542,8 @@ def check_settings(args, models: dict, setting: dict, processors: dict):
         fail(f"--json {args.json}: give a file path in an existing folder")
     if args.auto and not (Path(args.checkpoint).is_file() and os.access(args.checkpoint, os.W_OK)):
         fail(f"--auto stores its recommendation in --checkpoint {args.checkpoint}: give a writable checkpoint file")
+    if args.peers:
+        check_peers_installed()
 
 
 def self_speculative_name(setting: dict) -> str:
@@ -436,8 +552,9 @@ def self_speculative_name(setting: dict) -> str:
             + (f" threshold {th}" if th else ""))
 
 
-def table_variants(models: dict, setting: dict, processors: dict, reference_name: str) -> dict:
-    """One table's variants, name -> (model, tokenizer, generate kwargs), every one with the same processors."""
+def table_variants(models: dict, setting: dict, processors: dict, reference_name: str, peer=None) -> dict:
+    """One table's variants, name -> (model, tokenizer, generate kwargs), every one with the same processors; with
+    a transformers model (peer), its two rows too."""
     model, tok = models["checkpoint"]
     E, ss = setting["exit_layer"], self_speculative_name(setting)
     variants = {"autoregressive": (model, tok, {}),
@@ -448,12 +565,16 @@ def table_variants(models: dict, setting: dict, processors: dict, reference_name
         variants["baseline " + ss] = (*models["baseline"], setting)
     if "reference" in models:
         variants[reference_name] = (*models["reference"], {})
-    return {name: (m, t, {**kw, **processors}) for name, (m, t, kw) in variants.items()}
+    variants = {name: (m, t, {**kw, **processors}) for name, (m, t, kw) in variants.items()}
+    if peer is not None:
+        variants |= peer_variants(peer, model, tok, E, processors)
+    return variants
 
 
 def table_results(totals, outputs, costs, setting) -> dict:
     """One table's summary and analysis: speedups vs its own autoregressive run (and the baseline's), the round
-    prediction, loops, and whether self-speculative greedy output equals autoregressive output."""
+    prediction, loops, whether self-speculative greedy output equals autoregressive output, and (with peer rows)
+    ours against transformers'."""
     summary = summarize(totals, "autoregressive", outputs)
     if "baseline autoregressive" in summary:
         vs_base = summarize(totals, "baseline autoregressive")
@@ -466,7 +587,8 @@ def table_results(totals, outputs, costs, setting) -> dict:
                              setting["num_speculations"]),
             "loop_share": summary["autoregressive"]["in_loops"],
             "prompts_with_loops": sum(loop_share(tokens) > 0 for tokens in ar_outputs),
-            "greedy_outputs_identical": outputs[ss] == ar_outputs}
+            "greedy_outputs_identical": outputs[ss] == ar_outputs,
+            **({"peers": peer_results(totals, outputs, setting)} if PEER_AR in totals else {})}
 
 
 def print_table(title: str, results: dict, reference_name: str):
@@ -476,11 +598,12 @@ def print_table(title: str, results: dict, reference_name: str):
     print("|---|---|---|---|---|---|---|---|---|")
     for n, s in results["summary"].items():
         acc = f"{100 * s['acceptance']:.1f}%" if s["acceptance"] is not None else "-"
+        per_round = f"{s['tokens_per_round']:.2f}" if s["tokens_per_round"] is not None else "-"
         same_tokenizer = n != reference_name  # tokens of another tokenizer: compare chars/s
         sp = f"{s['speedup']:.2f}x" if same_tokenizer else "-"
         vb = f"{s['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in s and same_tokenizer else "-"
         print(f"| {n} | {s['ms_per_token']:.2f} | {s['tokens_per_s']:.1f} | {s['chars_per_s']:.0f} | {acc} | "
-              f"{s['tokens_per_round']:.2f} | {100 * s['in_loops']:.1f}% | {sp} | {vb} |")
+              f"{per_round} | {100 * s['in_loops']:.1f}% | {sp} | {vb} |")
 
 
 def print_analysis(results: dict, setting: dict, L: int, n_prompts: int):
@@ -527,13 +650,14 @@ def print_memory(mem: dict):
           f"above the loaded model: {a['above_loaded_bytes'] / 2**20:.1f} vs {s['above_loaded_bytes'] / 2**20:.1f} MiB")
 
 
-def run_tables(args, models, setting, tables: dict, prompts, report: dict):
+def run_tables(args, models, setting, tables: dict, prompts, report: dict, peer=None):
     """Measure every table's variants in one interleaved run, then print each table with its analysis; the plain
-    greedy table's numbers go to the top of the report, a table with logits processors under "with_processors"."""
+    greedy table's numbers go to the top of the report, a table with logits processors under "with_processors".
+    peer: transformers' model of the same weights, whose rows join every table."""
     model = models["checkpoint"][0]
     reference_name = f"{Path(args.reference).stem} autoregressive"
     variants = {(table, name): v for table, processors in tables.items()
-                for name, v in table_variants(models, setting, processors, reference_name).items()}
+                for name, v in table_variants(models, setting, processors, reference_name, peer).items()}
     totals, outputs = measure(variants, prompts, args.max_new_tokens, args.repeats)
     costs = round_costs(model, setting["exit_layer"], setting["num_speculations"])
     report["costs_ms"] = {k: (1000 * v if isinstance(v, float) else [1000 * x for x in v]) for k, v in costs.items()}
@@ -553,6 +677,8 @@ def run_tables(args, models, setting, tables: dict, prompts, report: dict):
             print_costs(costs, setting["num_speculations"])
             report.update(results)
         print_analysis(results, setting, model.params.n_layers, len(prompts))
+        if "peers" in results:
+            print_peers(results, setting, report["peer_setting"])
     if "with_processors" in report:
         ss, processed = self_speculative_name(setting), report["with_processors"]
         print(f"\nself-speculative speedup: {report['summary'][ss]['speedup']:.2f}x plain greedy "
@@ -580,7 +706,16 @@ def main(argv=None):
               "prompts": args.prompts, "n_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
               "repeats": args.repeats}
     print(f"# bench: {report['command']}\n# machine: {report['machine']}")
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as folder:  # the export lives as long as its model
+        peer = load_peer(args.checkpoint, folder) if args.peers else None  # first: a failed export times nothing
+        if peer is not None:
+            report["peer_setting"] = peer_setting(peer)
+        measure_and_report(args, models, setting, processors, prompts, report, peer)
 
+
+def measure_and_report(args, models, setting, processors, prompts, report, peer=None):
+    """The sweep (--sweep, --auto), the speed tables, peak memory; then the JSON, and --auto's recommendation."""
+    model, tok = models["checkpoint"]
     if args.sweep or args.auto:
         exits = args.sweep_exits or list(range(1, max(2, model.params.n_layers // 2) + 1))
         report["sweep"], best = run_sweep(args, model, tok, prompts, exits)
@@ -592,7 +727,7 @@ def main(argv=None):
     tables = {"greedy": {}}
     if processors:
         tables["greedy, " + ", ".join(f"{k} {v}" for k, v in processors.items())] = processors
-    run_tables(args, models, setting, tables, prompts, report)
+    run_tables(args, models, setting, tables, prompts, report, peer)
 
     if args.memory:
         report["peak_memory"] = measure_memory(args.checkpoint, {"autoregressive": {}, "self_speculative": setting},

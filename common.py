@@ -189,20 +189,27 @@ def unfinished_tail(tokenizer, ids: list[int], start: int = 0) -> str:
 def interleaved_runs(variants: dict, prompts: list[str], max_new_tokens: int, repeats: int):
     """Decode every prompt with every variant, `repeats` passes over the prompts, and yield (pass, prompt index,
     variant name, Generation) after each run. variants: name -> (model, tokenizer, generate_stream kwargs); each
-    variant encodes the prompt text with its own tokenizer, cropped to fit (crop_prompt). The order of the
-    variants rotates prompt by prompt, so that none always runs first; each decodes a few tokens first (warm-up)."""
+    variant encodes the prompt text with its own tokenizer, cropped to fit (crop_prompt). A variant whose kwargs
+    hold "decode" runs that instead of ls.generate: decode(prompt_ids, max_new_tokens) -> Generation (another
+    library's generate, say). The order of the variants rotates prompt by prompt, so that none always runs first;
+    each decodes a few tokens first (warm-up)."""
     names = list(variants)
     encoded = {name: [crop_prompt(model, tok.encode(p), max_new_tokens) for p in prompts]
                for name, (model, tok, _) in variants.items()}
-    for name, (model, tok, kw) in variants.items():
-        ls.generate(model, encoded[name][0], min(4, max_new_tokens), eos_id=tok.stop_ids, seed=0, **kw)
+
+    def run(name, ids, n):
+        model, tok, kw = variants[name]
+        if "decode" in kw:
+            return kw["decode"](ids, n)
+        return ls.generate(model, ids, n, eos_id=tok.stop_ids, seed=0, **kw)
+
+    for name in names:
+        run(name, encoded[name][0], min(4, max_new_tokens))
     for r in range(repeats):
         for i in range(len(prompts)):
             k = (r * len(prompts) + i) % len(names)
             for name in names[k:] + names[:k]:
-                model, tok, kw = variants[name]
-                yield r, i, name, ls.generate(model, encoded[name][i], max_new_tokens, eos_id=tok.stop_ids,
-                                              seed=0, **kw)
+                yield r, i, name, run(name, encoded[name][i], max_new_tokens)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -329,3 +329,91 @@ def test_bench_bad_input_has_no_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "bench.py: error: " in proc.stderr and "no such file" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --peers: transformers on the same weights, in the same interleaved run
+
+
+def test_peers_rows_decode_our_greedy_tokens_in_the_same_run(tiny_checkpoint, tmp_path, capsys):
+    """--peers converts the checkpoint with export.py and adds transformers' autoregressive and
+    assistant_early_exit=E rows (E the stored exit) to the table: both give our autoregressive greedy tokens, token
+    for token; transformers drafts with the stored d 3 and threshold 0.3 (from generation_config.json) and its
+    default schedule; with one pass, each printed ratio is exactly the ratio of the two rows' tokens/s."""
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    bench.store_recommendation(ckpt, {"exit_layer": 2, "num_speculations": 3, "draft_threshold": 0.3, "speedup": 1.0},
+                               "shakespeare")
+    bench.main(["--checkpoint", str(ckpt), "--baseline", "", "--prompts", "shakespeare", "--n_prompts", "2",
+                "--max_new_tokens", "12", "--repeats", "1", "--peers", "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    ss, ee = "self_speculative E=2 d=3 threshold 0.3", "transformers assistant_early_exit=2"
+    assert f"| {ss} |" in out and "| transformers autoregressive |" in out and f"| {ee} |" in out
+    assert ("greedy output identical to our autoregressive output, token for token: transformers autoregressive "
+            f"True, {ee} True") in out
+    assert ("drafts with num_assistant_tokens 3, num_assistant_tokens_schedule constant (transformers' default), "
+            "assistant_confidence_threshold 0.3\n") in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    s, peers = report["summary"], report["peers"]
+    assert peers["identical"] == {"transformers autoregressive": True, ee: True}
+    assert s["transformers autoregressive"]["tokens"] == s[ee]["tokens"] == s["autoregressive"]["tokens"]
+    assert s[ee]["acceptance"] is None and s[ee]["tokens_per_round"] is None  # transformers reports no rounds
+    assert report["peer_setting"]["num_assistant_tokens"] == 3
+    assert report["peer_setting"]["transformers_defaults"] == ["num_assistant_tokens_schedule"]
+    x = peers["self_speculative_over_theirs"]
+    y = peers["autoregressive_over_theirs"]
+    z = peers["their_speedup"]
+    assert x == pytest.approx(s[ss]["tokens_per_s"] / s[ee]["tokens_per_s"], rel=1e-9)
+    assert y == pytest.approx(s["autoregressive"]["tokens_per_s"] / s["transformers autoregressive"]["tokens_per_s"],
+                              rel=1e-9)
+    assert z == pytest.approx(s[ee]["tokens_per_s"] / s["transformers autoregressive"]["tokens_per_s"], rel=1e-9)
+    assert (f"our self-speculative tokens/s = {x:.2f} x transformers assistant_early_exit's; our autoregressive = "
+            f"{y:.2f} x transformers autoregressive; transformers' own speedup {z:.2f}x, ours "
+            f"{s[ss]['speedup']:.2f}x") in out
+
+
+def test_peers_refuses_in_one_line_before_timing(tiny_checkpoint, capsys, monkeypatch):
+    """--peers without transformers importable, with one too old for assistant_early_exit, or with a checkpoint that
+    export.py refuses, stops with one line and exit code 2 before anything is timed."""
+    import transformers
+
+    def timed(*a, **k):
+        raise AssertionError("timed")
+
+    monkeypatch.setattr(bench, "measure", timed)
+    argv = ["--checkpoint", tiny_checkpoint, "--baseline", "", "--peers"]
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError
+    assert_one_line_error(bench.main, argv, capsys, "it is not installed: pip install transformers")
+    monkeypatch.setitem(sys.modules, "transformers", transformers)
+    version = transformers.__version__
+    monkeypatch.setattr(transformers, "__version__", "4.46.3")
+    assert_one_line_error(bench.main, argv, capsys, "--peers needs transformers 4.47 or newer for assistant_early_exit")
+    monkeypatch.setattr(transformers, "__version__", version)
+    refused = "export.py: error: its tiktoken tokenizer cannot be exported to transformers faithfully here\n"
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(cmd, 2, "", refused))
+    line = assert_one_line_error(bench.main, argv, capsys, f"--peers converts --checkpoint {tiny_checkpoint} for "
+                                 "transformers, and that failed: export.py: error: its tiktoken tokenizer")
+    assert "Traceback" not in line
+
+
+def test_interleaved_runs_take_a_variants_own_decode_function(tiny_checkpoint):
+    """A variant whose kwargs hold "decode" is decoded by it, with the prompt ids encoded and cropped as for the
+    others: one 4-token warm-up per variant, then passes in rotating order, each run's Generation yielded as is."""
+    from common import interleaved_runs
+    model, tok = load_model(tiny_checkpoint)
+    calls = []
+
+    def fake(name):
+        def decode(ids, n):
+            calls.append((name, ids, n))
+            return ls.Generation(tokens=[len(calls)], seconds=1.0, rounds=0, drafted=0, accepted=0)
+        return decode
+
+    variants = {v: (model, tok, {"decode": fake(v)}) for v in ("a", "b", "c")}
+    runs = list(interleaved_runs(variants, ["To be", "or not"], 8, 1))
+    assert [(name, n) for name, _, n in calls] == [("a", 4), ("b", 4), ("c", 4), ("a", 8), ("b", 8), ("c", 8),
+                                                   ("b", 8), ("c", 8), ("a", 8)]
+    assert [ids for _, ids, _ in calls[3:6]] == [tok.encode("To be")] * 3
+    assert calls[6][1] == tok.encode("or not")
+    assert [(r, i, name, g.tokens) for r, i, name, g in runs] == [
+        (0, 0, "a", [4]), (0, 0, "b", [5]), (0, 0, "c", [6]), (0, 1, "b", [7]), (0, 1, "c", [8]), (0, 1, "a", [9])]
