@@ -13,7 +13,6 @@ once the new export is complete, and only if it is an earlier export. docs/expor
 each file holds.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -23,17 +22,11 @@ from pathlib import Path
 
 import torch
 
-from common import recommendation
+from common import ArgumentParser, fail, recommendation
 from model_io import HF_TO_META, LLAMA3_PAT_STR, LLAMA3_SPECIAL_TOKENS, CheckpointError, load_model
 
 FORMATS = ("hf", "meta")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def fail(message):
-    """One line on stderr, exit code 2: what went wrong and what to do."""
-    print(f"export.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -372,7 +365,7 @@ def export(checkpoint, out_dir, fmt: str, force: bool = False, dtype: str = None
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("checkpoint", help="our checkpoint, a train.py output folder, or a Meta / HF Llama folder")
     p.add_argument("out_dir", help="the folder to write (created; a hidden sibling is used until it is complete)")
     p.add_argument("--format", required=True, choices=FORMATS, help="hf: transformers' LlamaForCausalLM; "
@@ -380,7 +373,6 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR once the export is complete")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: float32, or bfloat16 for a "
                    "bfloat16 model; fp16 checkpoints widen to float32 exactly)")
-    p.error = fail  # one line, not argparse's usage block
     args = p.parse_args(argv)
     try:
         out = export(args.checkpoint, args.out_dir, args.format, args.force, args.dtype)
