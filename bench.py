@@ -336,43 +336,47 @@ def print_peers(results: dict, setting: dict, peer: dict):
 
 def sweep(model, tok, prompts, max_new_tokens, grid, repeats):
     """Speedup over the same model's autoregressive decoding for every (exit layer, num_speculations,
-    draft_threshold) of the grid."""
+    draft_threshold, draft_cost) of the grid."""
     variants = {"ar": (model, tok, {})}
-    for E, d, th in grid:
-        variants[(E, d, th)] = (model, tok, dict(strategy="self_speculative", exit_layer=E, num_speculations=d,
-                                                  draft_threshold=th))
+    for E, d, th, r in grid:
+        variants[(E, d, th, r)] = (model, tok, dict(strategy="self_speculative", exit_layer=E, num_speculations=d,
+                                                     draft_threshold=th, draft_cost=r))
     totals, _ = measure(variants, prompts, max_new_tokens, repeats)
     summary = summarize(totals, "ar")
-    return [{"exit_layer": E, "num_speculations": d, "draft_threshold": th, "speedup": summary[(E, d, th)]["speedup"],
-             "acceptance": summary[(E, d, th)]["acceptance"], "ms_per_token": summary[(E, d, th)]["ms_per_token"]}
-            for E, d, th in grid]
+    return [{"exit_layer": E, "num_speculations": d, "draft_threshold": th, "draft_cost": r,
+             **{k: summary[(E, d, th, r)][k] for k in ("speedup", "acceptance", "ms_per_token")}}
+            for E, d, th, r in grid]
 
 
 def run_sweep(args, model, tok, prompts, exits) -> tuple[list[dict], dict]:
-    """Sweep exits x d, then the draft thresholds at the best exit with its d and 2d; write the CSV and the
-    heatmap. Returns (rows, the fastest row)."""
-    print(f"sweep: exits {exits} x d {args.sweep_specs} on {args.sweep_prompts} prompts", file=sys.stderr)
+    """Sweep exits x d, then the stop rules (draft thresholds, and the cost model's draft costs) at the best exit
+    with its d and 2d; write the CSV and the heatmap. Returns (rows, the fastest row). `prompts` are the tuning
+    prompts (--tune_prompts), never the reported ones."""
+    print(f"sweep: exits {exits} x d {args.sweep_specs} on {args.sweep_prompts} prompts of --tune_prompts "
+          f"{args.tune_prompts}", file=sys.stderr)
     prompts, repeats = prompts[:args.sweep_prompts], max(1, args.repeats - 1)
-    rows = sweep(model, tok, prompts, args.max_new_tokens, [(E, d, None) for E in exits for d in args.sweep_specs],
-                 repeats)
+    rows = sweep(model, tok, prompts, args.max_new_tokens,
+                 [(E, d, None, None) for E in exits for d in args.sweep_specs], repeats)
     best = max(rows, key=lambda r: r["speedup"])
     E, d = best["exit_layer"], best["num_speculations"]
-    rows += sweep(model, tok, prompts, args.max_new_tokens,
-                  [(E, d_, th) for d_ in (d, 2 * d) for th in args.sweep_thresholds], repeats)
+    rules = [(th, None) for th in args.sweep_thresholds] + [(None, r) for r in args.sweep_costs]
+    rows += sweep(model, tok, prompts, args.max_new_tokens, [(E, d_, *rule) for d_ in (d, 2 * d) for rule in rules],
+                  repeats)
     best = max(rows, key=lambda r: r["speedup"])
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "sweep.csv", "w") as f:
-        f.write("exit_layer,num_speculations,draft_threshold,speedup,acceptance,ms_per_token\n")
+        f.write("exit_layer,num_speculations,draft_threshold,draft_cost,speedup,acceptance,ms_per_token\n")
         for r in rows:
-            f.write(f"{r['exit_layer']},{r['num_speculations']},{r['draft_threshold'] or ''},{r['speedup']:.4f},"
+            f.write(f"{r['exit_layer']},{r['num_speculations']},{r['draft_threshold'] or ''},{r['draft_cost'] or ''},"
+                    f"{r['speedup']:.4f},"
                     f"{r['acceptance']:.4f},{r['ms_per_token']:.3f}\n")
     try:
         plot_sweep(rows, out / "sweep.png", f"{Path(args.checkpoint).name}: self-speculative speedup")
     except ImportError:
         print("matplotlib is not installed: no heatmap (pip install matplotlib)")
     print(f"\nsweep best: exit {best['exit_layer']}, d {best['num_speculations']}, draft threshold "
-          f"{best['draft_threshold']}: {best['speedup']:.2f}x (acceptance {best['acceptance']:.2f}); "
+          f"{best['draft_threshold']}, draft cost {best['draft_cost']}: {best['speedup']:.2f}x (acceptance {best['acceptance']:.2f}); "
           f"{out}/sweep.csv, {out}/sweep.png")
     return rows, best
 
@@ -381,7 +385,7 @@ def plot_sweep(rows, path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [r for r in rows if r["draft_threshold"] is None]
+    rows = [r for r in rows if r["draft_threshold"] is None and r["draft_cost"] is None]
     exits = sorted({r["exit_layer"] for r in rows})
     specs = sorted({r["num_speculations"] for r in rows})
     grid = [[next(r["speedup"] for r in rows if r["exit_layer"] == E and r["num_speculations"] == d)
@@ -405,7 +409,8 @@ def store_recommendation(path, best, prompts):
     ckpt = load_checkpoint(path)
     ckpt.setdefault("metadata", {})["recommended"] = {
         "exit_layer": best["exit_layer"], "num_speculations": best["num_speculations"],
-        "draft_threshold": best["draft_threshold"], "speedup": round(best["speedup"], 3), "prompts": prompts,
+        "draft_threshold": best["draft_threshold"], "draft_cost": best.get("draft_cost"),
+        "speedup": round(best["speedup"], 3), "prompts": prompts,
         "machine": machine()}
     atomic_save(ckpt, path)
 
@@ -471,6 +476,9 @@ def parse_args(argv):
     p.add_argument("--num_speculations", type=int_range(1), help="draft length d (default: recommended or 4)")
     p.add_argument("--draft_threshold", type=float_range(0, 1), help="stop drafting below this confidence "
                    "(default: recommended or off; 0 = off)")
+    p.add_argument("--draft_cost", type=float_range(0, 1, low_open=True),
+                   help="stop drafting by the cost model instead, a draft step costing this fraction of a "
+                        "verification (default: recommended or off)")
     p.add_argument("--no_repeat_ngram_size", type=int_range(0), default=0,
                    help="with N > 0, a second table: every variant again, never repeating an n-gram of N tokens "
                         "(loops suppressed), interleaved with the plain greedy table")
@@ -487,7 +495,11 @@ def parse_args(argv):
                    help="d values of the sweep")
     p.add_argument("--sweep_thresholds", type=float_range(0, 1, low_open=True), nargs="+", default=[0.3, 0.5, 0.7],
                    help="adaptive draft thresholds tried on the best (E, d) with d and 2d")
-    p.add_argument("--sweep_prompts", type=int_range(1), default=8, help="prompts used by the sweep")
+    p.add_argument("--sweep_costs", type=float_range(0, 1, low_open=True), nargs="+", default=[0.1, 0.15, 0.2],
+                   help="draft costs of the cost model's stop rule, tried likewise")
+    p.add_argument("--tune_prompts", default="dev", help="the prompts the sweep tunes on (default: dev, 40 function "
+                   "headers of held-out corpus files; never the reported --prompts)")
+    p.add_argument("--sweep_prompts", type=int_range(1), default=20, help="how many of them the sweep uses")
     p.add_argument("--auto", action="store_true", help="sweep and store the fastest (E, d, threshold) in the "
                    "checkpoint (the sweep decodes plain greedy)")
     p.add_argument("--memory", action="store_true", help="measure peak memory of AR vs self-speculative")
@@ -508,6 +520,8 @@ def load_inputs(args) -> tuple[dict, list[str]]:
         if args.reference:
             models["reference"] = load_model(args.reference)
         prompts = prompt_set(args.prompts)[:args.n_prompts]
+        if args.sweep or args.auto:
+            args.tune = prompt_set(args.tune_prompts, "--tune_prompts")
     except ValueError as e:  # CheckpointError is one
         fail(str(e))
     return models, prompts
@@ -547,9 +561,9 @@ def check_settings(args, models: dict, setting: dict, processors: dict):
 
 
 def self_speculative_name(setting: dict) -> str:
-    th = setting["draft_threshold"]
+    th, r = setting["draft_threshold"], setting.get("draft_cost")
     return (f"self_speculative E={setting['exit_layer']} d={setting['num_speculations']}"
-            + (f" threshold {th}" if th else ""))
+            + (f" threshold {th}" if th else "") + (f" draft cost {r}" if r else ""))
 
 
 def table_variants(models: dict, setting: dict, processors: dict, reference_name: str, peer=None) -> dict:
@@ -693,7 +707,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     models, prompts = load_inputs(args)
     model, tok = models["checkpoint"]
-    setting = decoding_settings(model, "self_speculative", args.exit, args.num_speculations, args.draft_threshold)
+    setting = decoding_settings(model, "self_speculative", args.exit, args.num_speculations, args.draft_threshold,
+                                args.draft_cost)
     processors = {}
     if args.repetition_penalty != 1.0:
         processors["repetition_penalty"] = args.repetition_penalty
@@ -703,7 +718,7 @@ def main(argv=None):
     command = shlex.join(["python", "bench.py", *(sys.argv[1:] if argv is None else argv)])  # copy-pasteable
     report = {"command": command, "machine": machine(), "exit_layer": setting["exit_layer"],
               "num_speculations": setting["num_speculations"], "draft_threshold": setting["draft_threshold"],
-              "prompts": args.prompts, "n_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+              "draft_cost": setting["draft_cost"], "prompts": args.prompts, "n_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
               "repeats": args.repeats}
     print(f"# bench: {report['command']}\n# machine: {report['machine']}")
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as folder:  # the export lives as long as its model
@@ -718,12 +733,10 @@ def measure_and_report(args, models, setting, processors, prompts, report, peer=
     model, tok = models["checkpoint"]
     if args.sweep or args.auto:
         exits = args.sweep_exits or list(range(1, max(2, model.params.n_layers // 2) + 1))
-        report["sweep"], best = run_sweep(args, model, tok, prompts, exits)
+        report["sweep"], best = run_sweep(args, model, tok, args.tune, exits)
         if args.auto:  # measure the winner below; store it only once every measurement has succeeded
-            setting.update(exit_layer=best["exit_layer"], num_speculations=best["num_speculations"],
-                           draft_threshold=best["draft_threshold"])
-            report.update(exit_layer=setting["exit_layer"], num_speculations=setting["num_speculations"],
-                          draft_threshold=setting["draft_threshold"])
+            setting.update({k: best[k] for k in ("exit_layer", "num_speculations", "draft_threshold", "draft_cost")})
+            report.update({k: best[k] for k in ("exit_layer", "num_speculations", "draft_threshold", "draft_cost")})
     tables = {"greedy": {}}
     if processors:
         tables["greedy, " + ", ".join(f"{k} {v}" for k, v in processors.items())] = processors
@@ -737,9 +750,10 @@ def measure_and_report(args, models, setting, processors, prompts, report, peer=
         Path(args.json).write_text(json.dumps(report, indent=1))
         print(f"wrote {args.json}")
     if args.auto:
-        store_recommendation(args.checkpoint, best, args.prompts)
+        store_recommendation(args.checkpoint, best, args.tune_prompts)
         print(f"stored exit {setting['exit_layer']}, d {setting['num_speculations']}, threshold "
-              f"{setting['draft_threshold']} in {args.checkpoint}")
+              f"{setting['draft_threshold']}, draft cost {setting['draft_cost']} in {args.checkpoint} (tuned on "
+              f"--tune_prompts {args.tune_prompts})")
 
 
 if __name__ == "__main__":

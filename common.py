@@ -89,17 +89,18 @@ DEFAULT_NUM_SPECULATIONS = 4
 
 
 def recommendation(model) -> dict:
-    """The checkpoint's stored {exit_layer, num_speculations, draft_threshold}, or {}."""
+    """The checkpoint's stored {exit_layer, num_speculations, draft_threshold, draft_cost}, or {}."""
     return (getattr(model, "metadata", None) or {}).get("recommended") or {}
 
 
 def decoding_settings(model, strategy: Optional[str] = None, exit_layer: Optional[int] = None,
-                      num_speculations: Optional[int] = None, draft_threshold: Optional[float] = None) -> dict:
-    """generate_stream's strategy, exit_layer, num_speculations and draft_threshold. What the user gave wins
-    (None = not given; a threshold of 0 = off). Without a strategy: self-speculative if an exit layer is given or
-    recommended, else autoregressive. Without an exit layer: the recommended one, else L // 4. The recommended d
-    and threshold were tuned together at the recommended exit, so they fill in only there; elsewhere d is
-    DEFAULT_NUM_SPECULATIONS and there is no threshold."""
+                      num_speculations: Optional[int] = None, draft_threshold: Optional[float] = None,
+                      draft_cost: Optional[float] = None) -> dict:
+    """generate_stream's strategy, exit_layer, num_speculations, draft_threshold and draft_cost. What the user gave
+    wins (None = not given; a threshold of 0 = off). Without a strategy: self-speculative if an exit layer is given
+    or recommended, else autoregressive. Without an exit layer: the recommended one, else L // 4. The recommended d
+    and stop rule were tuned together at the recommended exit, so they fill in only there, and only when the user
+    named no stop rule; elsewhere d is DEFAULT_NUM_SPECULATIONS and drafting runs to d."""
     rec = recommendation(model)
     if strategy is None:
         strategy = "self_speculative" if exit_layer is not None or rec.get("exit_layer") else "autoregressive"
@@ -112,10 +113,11 @@ def decoding_settings(model, strategy: Optional[str] = None, exit_layer: Optiona
     at_recommended = exit_layer == rec.get("exit_layer")
     if num_speculations is None:
         num_speculations = (rec.get("num_speculations") if at_recommended else None) or DEFAULT_NUM_SPECULATIONS
-    if draft_threshold is None and at_recommended and num_speculations == rec.get("num_speculations"):
-        draft_threshold = rec.get("draft_threshold")
+    if (draft_threshold is None and draft_cost is None and at_recommended
+            and num_speculations == rec.get("num_speculations")):
+        draft_threshold, draft_cost = rec.get("draft_threshold"), rec.get("draft_cost")
     return dict(strategy=strategy, exit_layer=exit_layer, num_speculations=num_speculations,
-                draft_threshold=draft_threshold or None)
+                draft_threshold=draft_threshold or None, draft_cost=draft_cost or None)
 
 
 def crop_prompt(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
@@ -139,13 +141,14 @@ def read_text(path, flag: str) -> str:
 
 
 def prompt_set(name: str, flag: str = "--prompts") -> list[str]:
-    """Benchmark prompts: 'humaneval' (164 function headers), 'shakespeare' (held-out passages), or a UTF-8 text
-    file with one prompt per non-empty line (each given back with its newline). A ValueError names the problem."""
-    if name in ("humaneval", "shakespeare"):
+    """Benchmark prompts: 'humaneval' (164 function headers), 'dev' (40 function headers from held-out corpus files:
+    what settings are tuned on), 'shakespeare' (held-out passages), or a UTF-8 text file with one prompt per
+    non-empty line (each given back with its newline). A ValueError names the problem."""
+    if name in ("humaneval", "dev", "shakespeare"):
         from data.prepare import load_prompts
         return load_prompts(name)
     if not Path(name).exists():
-        raise ValueError(f"{flag} {name}: not humaneval, shakespeare or an existing text file (one prompt a line)")
+        raise ValueError(f"{flag} {name}: not humaneval, dev, shakespeare or an existing text file (one prompt a line)")
     prompts = [line + "\n" for line in read_text(name, flag).splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"{flag} {name}: has no prompts; write one prompt a line")

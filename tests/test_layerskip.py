@@ -303,6 +303,35 @@ def test_adaptive_draft_length_keeps_the_output():
     assert adaptive.acceptance_rate > fixed.acceptance_rate
 
 
+def test_cost_stop_rule_literals():
+    """worth_drafting_on: draft on while P c_k (k r + 1) > r T, with P the product of the confidences and T = 1 + the
+    sum of the running products. r = 0.15: after 0.9, 0.9 * 0.9 * 1.15 = 0.93 > 0.15 * 1.9 = 0.285 (on); after
+    0.9, 0.5: 0.45 * 0.5 * 1.3 = 0.2925 < 0.15 * 2.35 = 0.3525 (stop); after 0.3: 0.1035 < 0.195 (stop)."""
+    assert ls.worth_drafting_on([0.9], 0.15)
+    assert not ls.worth_drafting_on([0.9, 0.5], 0.15)
+    assert not ls.worth_drafting_on([0.3], 0.15)
+    assert ls.worth_drafting_on([0.9, 0.5], 0.11)  # cheaper drafts: 0.2925 > 0.11 * 2.35 = 0.2585
+    assert not ls.worth_drafting_on([1.0] * 50, 1.0) and ls.worth_drafting_on([1.0] * 50, 0.99)  # 51 > 50 * 1
+
+
+def test_cost_stop_rule_keeps_the_output():
+    """The cost model's stop rule drafts fewer tokens than a fixed d, more as drafts get cheaper, and reproduces
+    autoregressive output at every exit."""
+    model = tiny_model(n_layers=6, seed=4, spread=40.0)  # sure drafts, so that the rule has something to weigh
+    prompt = list(range(9))
+    ar = ls.generate(model, prompt, 40).tokens
+    fixed = ls.generate(model, prompt, 40, strategy="self_speculative", exit_layer=2, num_speculations=8)
+    drafted = []
+    for r in (0.02, 0.3, 1.0):
+        for E in range(1, 7):
+            out = ls.generate(model, prompt, 40, strategy="self_speculative", exit_layer=E, num_speculations=8,
+                              draft_cost=r)
+            assert out.tokens == ar
+            if E == 2:
+                drafted.append(out.drafted)
+    assert fixed.drafted > drafted[0] > drafted[1] > drafted[2] == 37  # 37 rounds of one draft each
+
+
 def test_self_speculative_respects_budget_and_context():
     """max_new_tokens ends mid-round exactly; generation stops cleanly at the context window."""
     model = tiny_model(n_layers=4, max_seq_len=30)
@@ -466,7 +495,8 @@ def test_generate_stream_checks_at_the_call():
     """generate_stream raises at the call, before any round is asked for, so callers can rely on it to check."""
     model = tiny_model(n_layers=4)
     for kwargs in (dict(strategy="early_exit", exit_layer=9), dict(temperature=float("nan")),
-                   dict(draft_threshold=1.5), dict(repetition_penalty=0.0), dict(repetition_penalty=1e-300),
+                   dict(draft_threshold=1.5), dict(draft_cost=0), dict(draft_cost=1.5),
+                   dict(draft_cost=0.2, draft_threshold=0.3), dict(repetition_penalty=0.0), dict(repetition_penalty=1e-300),
                    dict(repetition_penalty=float("nan")), dict(no_repeat_ngram_size=-1)):
         with pytest.raises(ValueError):
             ls.generate_stream(model, [1, 2], 5, **kwargs)  # never iterated
