@@ -40,38 +40,59 @@ def validation_documents(name):
     return [read_text(name, "--data")]
 
 
+def spread_windows(tokenizer, documents, n_windows, block_size, n_files):
+    """Up to n_windows windows of block_size + 1 tokens from n_files of the documents, evenly spaced in their
+    order (a file's windows are consecutive, from its start; a file holds as many as it can, the next ones make up
+    the rest): (windows [N, block_size + 1], the file number of each). A ValueError if not one window fits."""
+    files = [documents[int(i * len(documents) / n_files)] for i in range(min(n_files, len(documents)))]
+    encoded = [tokenizer.encode(doc) + [tokenizer.eos_id] for doc in files]
+    per_file = [len(ids) // (block_size + 1) for ids in encoded]
+    if not any(per_file):  # short files (one prompt, a short text file): run them together
+        joined = [t for ids in encoded for t in ids]
+        encoded, per_file = [joined], [len(joined) // (block_size + 1)]
+    if not any(per_file):
+        raise ValueError(f"the held-out text is {len(encoded[0])} tokens long, less than one window of "
+                         f"{block_size + 1}: give more text or a smaller --block_size")
+    take = [0] * len(encoded)
+    while sum(take) < n_windows and any(t < p for t, p in zip(take, per_file)):  # one window per file in turn
+        for i, p in enumerate(per_file):
+            if take[i] < p and sum(take) < n_windows:
+                take[i] += 1
+    windows = [torch.tensor(ids[j * (block_size + 1):(j + 1) * (block_size + 1)])
+               for ids, t in zip(encoded, take) for j in range(t)]
+    return torch.stack(windows), [i for i, t in enumerate(take) for _ in range(t)]
+
+
 @torch.inference_mode()
-def per_exit_metrics(model, tokenizer, documents, n_windows, block_size):
+def per_exit_metrics(model, tokenizer, documents, n_windows, block_size, n_files=16):
     """Mean loss, top-1 accuracy and top-1 agreement with the last layer (what greedy self-speculative decoding
-    accepts, teacher-forced) of every exit, over n_windows consecutive windows of the encoded documents (a
-    ValueError if they do not fill one window)."""
-    ids = []
-    for doc in documents:
-        ids += tokenizer.encode(doc) + [tokenizer.eos_id]
-        if len(ids) > n_windows * (block_size + 1):
-            break
-    n_windows = min(n_windows, len(ids) // (block_size + 1))
-    if n_windows == 0:
-        raise ValueError(f"the held-out text is {len(ids)} tokens long, less than one window of {block_size + 1}: "
-                         f"give more text or a smaller --block_size")
-    data = torch.tensor(ids[:n_windows * (block_size + 1)]).view(n_windows, block_size + 1)
+    accepts, teacher-forced) of every exit, over n_windows windows spread over n_files held-out files
+    (spread_windows); and the last layer's loss in each of those files."""
+    data, file_of = spread_windows(tokenizer, documents, n_windows, block_size, n_files)
     L = model.params.n_layers
     loss, correct, agree = (torch.zeros(L, dtype=torch.float64) for _ in range(3))
-    for window in data.split(8):
+    last = torch.zeros(data.shape[0], dtype=torch.float64)  # the last layer's loss of each window
+    for start, window in zip(range(0, len(data), 8), data.split(8)):
         x, y = window[:, :-1], window[:, 1:]
         h = model.tok_embeddings(x)
         top1 = []
         for l in range(L):
             h = model.run_blocks(h, l, l + 1)
             logits = model.head(h)
-            loss[l] += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+            loss[l] += ce.sum().item()
             top1.append(logits.argmax(-1))
             correct[l] += (top1[l] == y).sum().item()
+        last[start:start + len(window)] = ce.mean(-1)
         for l in range(L):
             agree[l] += (top1[l] == top1[-1]).sum().item()
     n = data.shape[0] * block_size
+    by_file = {}
+    for f, value in zip(file_of, last.tolist()):
+        by_file.setdefault(f, []).append(value)
     return {"loss": (loss / n).tolist(), "accuracy": (correct / n).tolist(), "agreement": (agree / n).tolist(),
-            "tokens": n}
+            "tokens": n, "files": len(by_file),
+            "last_layer_loss_by_file": [sum(v) / len(v) for _, v in sorted(by_file.items())]}
 
 
 def layers_needed(model, tokenizer, prompts, max_new_tokens):
@@ -160,6 +181,8 @@ def parse_args(argv):
     p.add_argument("--data", default="python", help="held-out text: python (stdlib + torch), python-stdlib, "
                    "shakespeare, or a .txt file")
     p.add_argument("--windows", type=int_range(1), default=64, help="validation windows per checkpoint")
+    p.add_argument("--files", type=int_range(1), default=16, help="held-out files the windows are spread over "
+                   "(evenly spaced in the corpus)")
     p.add_argument("--block_size", type=int_range(1), default=256, help="tokens per validation window (at most "
                    "what a model's context window holds)")
     p.add_argument("--prompts", default="humaneval", help="prompts for layers needed: humaneval, shakespeare, or a "
@@ -202,7 +225,7 @@ def print_tables(args, models: dict, results: dict, needed: dict, n_prompts: int
     names = list(models)
     L = max(m.params.n_layers for m, _ in models.values())
     print(f"\n## Validation loss / perplexity / next-token accuracy / top-1 agreement with the last layer by exit "
-          f"({args.data}, {results[names[0]]['tokens']:,} tokens)\n")
+          f"({args.data}, {results[names[0]]['tokens']:,} tokens from {results[names[0]]['files']} held-out files)\n")
     print("| exit | " + " | ".join(f"{n} loss | ppl | acc | agree" for n in names) + " |")
     print("|---|" + "---|---|---|---|" * len(names))
     for l in range(L):
@@ -215,6 +238,18 @@ def print_tables(args, models: dict, results: dict, needed: dict, n_prompts: int
             else:
                 cells.append(" | | | ")
         print(f"| {ls.exit_of_block(l)} | " + " | ".join(cells) + " |")
+    by_file = [results[n]["last_layer_loss_by_file"] for n in names]
+    if len(names) > 1 and len({len(b) for b in by_file}) == 1:
+        first, last = by_file[0], by_file[-1]
+        gaps = [100 * (a / b - 1) for a, b in zip(first, last)]
+        print(f"\n## Last layer, file by file: {names[0]} vs {names[-1]}\n")
+        print("| held-out file | " + " | ".join(f"{n} loss" for n in names) + f" | {names[0]} vs {names[-1]} |")
+        print("|---|" + "---|" * len(names) + "---|")
+        for i, g in enumerate(gaps):
+            print(f"| {i + 1} | " + " | ".join(f"{b[i]:.3f}" for b in by_file) + f" | {g:+.1f}% |")
+        print(f"\n{names[0]}'s last layer vs {names[-1]}'s: {sum(gaps) / len(gaps):+.1f}% on average over "
+              f"{len(gaps)} files (from {min(gaps):+.1f}% to {max(gaps):+.1f}%); all windows together: "
+              f"{100 * (results[names[0]]['loss'][-1] / results[names[-1]]['loss'][-1] - 1):+.1f}%")
     print(f"\n## Layers needed per generated token ({args.prompts}, {n_prompts} prompts, "
           f"{args.max_new_tokens} greedy tokens each)\n")
     print("| model | mean layers needed | of L | tokens |")
@@ -247,7 +282,7 @@ def main(argv=None):
     for name, (model, tok) in models.items():
         try:
             results[name] = per_exit_metrics(model, tok, documents, args.windows,
-                                             min(args.block_size, model.params.max_seq_len - 1))
+                                             min(args.block_size, model.params.max_seq_len - 1), args.files)
         except ValueError as e:
             fail(str(e))
         needed[name] = layers_needed(model, tok, prompts, args.max_new_tokens)

@@ -14,7 +14,9 @@ the next token of a greedy continuation is the last layer's argmax at that posit
 Each sample is a window of `--prefix` training tokens and `--new_tokens` greedy tokens (cut after an end of
 text), decoded in batches with the KV cache; samples are written back to back as uint16, like train.bin, and
 train.py reads random windows of them as it does of train.bin: a window can hold the end of one sample and the
-human-written start of the next, as train.bin's windows can span two files.
+human-written start of the next, as train.bin's windows can span two files. The .json beside the tokens lists
+where each sample starts, for `train.py --onpolicy_aligned` (windows that start with a sample, and a loss on its
+greedy tokens only).
 """
 
 import json
@@ -48,8 +50,8 @@ def greedy_continuations(model, prefixes: torch.Tensor, new_tokens: int) -> torc
 
 
 def write_samples(model, train_tokens, samples, prefix, new_tokens, batch, seed, eos_id, progress=True):
-    """`samples` continuations of random windows of train_tokens (a uint16 array), each cut after its first EOS,
-    concatenated as uint16."""
+    """`samples` continuations of random windows of train_tokens (a uint16 array), each cut after its first EOS:
+    (the samples concatenated as uint16, the offset where each sample starts)."""
     g = torch.Generator().manual_seed(seed)
     chunks, done, t0 = [], 0, time.time()
     while done < samples:
@@ -65,7 +67,8 @@ def write_samples(model, train_tokens, samples, prefix, new_tokens, batch, seed,
             print(f"\r  {done}/{samples} samples, ETA {eta:.0f} s  ", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
-    return np.concatenate(chunks).astype(np.uint16)
+    starts = np.cumsum([0] + [len(c) for c in chunks[:-1]])
+    return np.concatenate(chunks).astype(np.uint16), starts
 
 
 def parse_args(argv=None):
@@ -146,10 +149,10 @@ def main(argv=None):
     check_fits(model, args)
     tokens = load_training_tokens(args.data, tokenizer, args.checkpoint, args.prefix)
     t0 = time.time()
-    out = write_samples(model, tokens, args.samples, args.prefix, args.new_tokens, args.batch, args.seed,
+    out, starts = write_samples(model, tokens, args.samples, args.prefix, args.new_tokens, args.batch, args.seed,
                         tokenizer.eos_id)
     atomic_write(path, lambda f: f.write(out.tobytes()))  # makes the folder too
-    meta = dict(vars(args), tokens=int(len(out)), seconds=round(time.time() - t0, 1))
+    meta = dict(vars(args), tokens=int(len(out)), seconds=round(time.time() - t0, 1), starts=starts.tolist())
     atomic_write(path.with_suffix(".json"), lambda f: f.write((json.dumps(meta, indent=1) + "\n").encode()))
     print(f"wrote {path}: {len(out):,} tokens ({args.samples} samples) in {time.time() - t0:.0f} s")
 

@@ -74,10 +74,12 @@ DEFAULTS = dict(data="data/shakespeare", dim=256, n_layers=12, n_heads=8, n_kv_h
                 max_iters=1000, lr=1e-3, min_lr_ratio=0.1, warmup_iters=100, weight_decay=0.1, beta2=0.95,
                 grad_clip=1.0, eval_interval=250, eval_iters=20, log_interval=10, p_max=0.0, e_scale=0.0,
                 curriculum="rotational", rotation=4, exit_always=None, exit_always_weight=0.0, final_iters=0,
-                final_e_scale=1.0, onpolicy_data=None, onpolicy_weight=1.0,
+                final_e_scale=1.0, onpolicy_data=None, onpolicy_weight=1.0, onpolicy_loss="ce",
+                onpolicy_aligned=False,
                 device="cpu", dtype="float32", compile=False, fsdp=False, seed=1337, threads=None,
                 preset=None, init_from=None, resume=False, stop_after=None, force=False, dry_run=False)
 
+ONPOLICY_LOSSES = ("ce", "kl", "tvd")
 STEPS = 10**9  # more optimizer steps than any run takes: a larger count is a typo
 RUN_FILES = ("ckpt.pt", "model.pt", "log.jsonl")  # what a run writes into --out_dir
 
@@ -132,6 +134,11 @@ def parse_args(argv=None):
                    help="also fit exit --exit_always to the model's own greedy text in FILE (written by onpolicy.py): "
                         "each micro-batch adds a window of it, through the first E blocks only")
     g.add_argument("--onpolicy_weight", type=float_range(0, 100), metavar="W", help="weight of that loss (default 1.0)")
+    g.add_argument("--onpolicy_loss", choices=ONPOLICY_LOSSES,
+                   help="ce: cross-entropy on the greedy tokens (default); kl / tvd: distance from the last layer's "
+                        "full distribution on that text, KL(last || exit) or total variation (DistillSpec)")
+    g.add_argument("--onpolicy_aligned", action="store_true",
+                   help="on-policy windows start where a sample starts, and only its greedy tokens count")
     g = p.add_argument_group("run")
     g.add_argument("--eval_interval", type=int_range(1), help="evaluate and checkpoint every this many steps")
     g.add_argument("--eval_iters", type=int_range(1, 100_000), help="validation batches per evaluation")
@@ -178,6 +185,9 @@ def check_flags(cfg, ranks):
         fail("--onpolicy_data trains the draft exit: name it with --exit_always E")
     if "onpolicy_weight" in cfg.cli and not cfg.onpolicy_data:
         fail("--onpolicy_weight weighs the loss on --onpolicy_data FILE: give the file too")
+    for flag in ("onpolicy_loss", "onpolicy_aligned"):
+        if flag in cfg.cli and not cfg.onpolicy_data:
+            fail(f"--{flag} shapes the loss on --onpolicy_data FILE: give the file too")
     if cfg.onpolicy_data and ranks.distributed:
         fail("--onpolicy_data runs in one process: drop torchrun, or train without it")
 
@@ -418,7 +428,11 @@ def load_data(cfg, ranks, init_tokenizer=None):
              f"pass a larger one, or rebuild the data (an older build?) with its prepare.py")
     if cfg.onpolicy_data:
         data["onpolicy"] = token_file(cfg.onpolicy_data, f"--onpolicy_data {cfg.onpolicy_data}", onpolicy_remedy(cfg))
+    if cfg.onpolicy_aligned:
+        data["onpolicy_samples"] = onpolicy_samples(cfg, data["onpolicy"])
     for name, split in data.items():
+        if name == "onpolicy_samples":
+            continue
         where = f"--onpolicy_data {cfg.onpolicy_data}" if name == "onpolicy" else str(folder / f"{name}.bin")
         if len(split) <= cfg.block_size + 1:
             fail(f"{where} has {len(split)} tokens, fewer than one training window of {cfg.block_size + 1}: use a "
@@ -427,6 +441,29 @@ def load_data(cfg, ranks, init_tokenizer=None):
             fail(f"{where} holds token ids past the tokenizer of {cfg.data}: "
                  + ("write it with a model trained on it" if name == "onpolicy" else rebuild))
     return data, tokenizer
+
+
+def onpolicy_samples(cfg, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """--onpolicy_aligned: every sample of the on-policy file as one window (x, y) [n_samples, block_size], y = -1
+    (no loss) where the target is a human-written prefix token or past the sample's end."""
+    sidecar = Path(cfg.onpolicy_data).with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text())
+        starts, prefix = [int(i) for i in meta["starts"]], int(meta["prefix"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        fail(f"--onpolicy_aligned needs {sidecar} with the samples' starts ({type(e).__name__}): "
+             f"{onpolicy_remedy(cfg)}")
+    T, ends = cfg.block_size, starts[1:] + [len(tokens)]
+    if prefix >= T:
+        fail(f"--onpolicy_aligned: the samples' prefix of {prefix} tokens fills the window of {T}: use a longer "
+             f"--block_size, or samples with a shorter --prefix")
+    x = torch.zeros(len(starts), T, dtype=torch.long)
+    y = torch.full((len(starts), T), -1, dtype=torch.long)
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        sample = torch.from_numpy(tokens[a:min(b, a + T + 1)].astype(np.int64))
+        x[i, :len(sample) - 1] = sample[:-1]
+        y[i, prefix - 1:len(sample) - 1] = sample[prefix:]  # targets: the greedy tokens only
+    return x, y
 
 
 def get_batch(data, cfg, step, micro, rank, world, device):
@@ -585,6 +622,41 @@ def exit_loss(model, x, y, exit_layer):
     return torch.nn.functional.cross_entropy(model.head(h).flatten(0, 1), y.flatten(), ignore_index=-1)
 
 
+def distill_loss(model, x, y, exit_layer, kind):
+    """Distance of exit E's next-token distribution q from the last layer's p (a fixed target: no gradient flows
+    into it) at every position whose target y is not -1: KL(p || q) = sum p (log p - log q), or the total
+    variation 1/2 sum |p - q|, the acceptance a sampling draft loses (DistillSpec, Zhou et al. 2023)."""
+    h = model.run_blocks(model.tok_embeddings(x), 0, exit_layer)
+    with torch.no_grad():  # the last layer continues from exit E's states
+        p = torch.softmax(model.head(model.run_blocks(h.detach(), exit_layer, model.params.n_layers)).float(), -1)
+    keep = y >= 0
+    log_q = torch.log_softmax(model.head(h).float(), -1)[keep]
+    p = p[keep]
+    if kind == "kl":
+        return (p * (p.clamp_min(1e-30).log() - log_q)).sum(-1).mean()
+    return 0.5 * (p - log_q.exp()).abs().sum(-1).mean()
+
+
+def onpolicy_batch(run, step, micro):
+    """A micro-batch of the model's own text: random windows of the file, or whole samples (--onpolicy_aligned);
+    micro-batch ids past grad_accum, so that the windows differ from the real data's."""
+    cfg = run.cfg
+    if not cfg.onpolicy_aligned:
+        return get_batch(run.data["onpolicy"], cfg, step, cfg.grad_accum + micro, 0, 1, run.device)
+    x, y = run.data["onpolicy_samples"]
+    g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + cfg.grad_accum + micro) % 2**63)
+    rows = torch.randint(len(x), (cfg.batch_size,), generator=g)
+    return x[rows].to(run.device), y[rows].to(run.device)
+
+
+def onpolicy_loss(run, step, micro):
+    """Exit --exit_always's loss on a micro-batch of the model's own text (--onpolicy_loss)."""
+    x, y = onpolicy_batch(run, step, micro)
+    if run.cfg.onpolicy_loss == "ce":
+        return exit_loss(run.raw, x, y, run.cfg.exit_always)
+    return distill_loss(run.raw, x, y, run.cfg.exit_always, run.cfg.onpolicy_loss)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 6. Training: steps, progress lines, evaluation at every exit, checkpoints.
 
@@ -618,10 +690,8 @@ def train_step(run, step, skips):
             loss, _ = model(x, y, exit_weights=weights, drop_rates=rates, seed=cfg.seed,
                             step=step * cfg.grad_accum + micro)
             total = loss
-            if cfg.onpolicy_data:  # other windows than the real data's: micro-batch ids past grad_accum
-                xo, yo = get_batch(run.data["onpolicy"], cfg, step, cfg.grad_accum + micro, run.ranks.rank,
-                                   run.ranks.world, run.device)
-                onpolicy = exit_loss(raw, xo, yo, cfg.exit_always)
+            if cfg.onpolicy_data:
+                onpolicy = onpolicy_loss(run, step, micro)
                 total = loss + cfg.onpolicy_weight * onpolicy
                 onpolicy_sum += onpolicy.item() / cfg.grad_accum
             (total / cfg.grad_accum).backward()

@@ -63,6 +63,8 @@ def test_onpolicy_data_end_to_end(shakespeare, tmp_path, capsys):
     assert 5 * 9 <= len(tokens) <= 5 * 20  # each sample: 8 real tokens, then 1..12 of the model's (cut at EOS)
     meta = json.loads(out.with_suffix(".json").read_text())
     assert (meta["tokens"], meta["samples"], meta["checkpoint"]) == (len(tokens), 5, str(ckpt))
+    starts = meta["starts"]  # where each sample starts: 8 real tokens, then 1..12 of the model's
+    assert len(starts) == 5 and starts[0] == 0 and all(9 <= b - a <= 20 for a, b in zip(starts, starts[1:]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "on.bin", "on.json"]  # no temporary file left
     model, tok = load_model(ckpt)
     train_tokens = np.memmap(ROOT / "data/shakespeare/train.bin", dtype=np.uint16, mode="r")
@@ -82,6 +84,52 @@ def test_onpolicy_data_end_to_end(shakespeare, tmp_path, capsys):
     changed = {k for k in with_loss if not torch.equal(with_loss[k], without[k])}
     # the on-policy loss moved the weights (which blocks it reaches: test_exit_loss_runs_only_the_first_blocks)
     assert {"tok_embeddings.weight", "layers.0.attention.wq.weight", "layers.1.feed_forward.w2.weight"} <= changed
+
+    # the levers: whole samples as windows, a distance from the last layer's distribution instead of cross-entropy
+    for kind in ("kl", "tvd"):
+        log = train_here(common + ["--onpolicy_loss", kind, "--onpolicy_aligned", "--out_dir", tmp_path / kind],
+                         capsys)
+        assert "exit 2 on-policy" in log and len(step_losses(log)) == 3
+    assert not torch.equal(weights(tmp_path / "kl/ckpt.pt")["tok_embeddings.weight"],
+                           weights(tmp_path / "tvd/ckpt.pt")["tok_embeddings.weight"])
+
+
+def test_aligned_windows_hold_one_sample_and_count_its_greedy_tokens_only(tmp_path):
+    """--onpolicy_aligned: window i is sample i from its first token; targets before the prefix's last position
+    and past the sample's end are -1."""
+    import argparse
+    import train
+    tokens = np.arange(100, 125, dtype=np.uint16)  # three samples: 10, 7 and 8 tokens, prefix 4
+    data = tmp_path / "on.bin"
+    data.with_suffix(".json").write_text(json.dumps({"starts": [0, 10, 17], "prefix": 4}))
+    x, y = train.onpolicy_samples(argparse.Namespace(onpolicy_data=str(data), block_size=8), tokens)
+    assert x[0].tolist() == list(range(100, 108)) and y[0].tolist() == [-1, -1, -1, 104, 105, 106, 107, 108]
+    assert x[1].tolist() == list(range(110, 116)) + [0, 0] and y[1].tolist() == [-1, -1, -1, 114, 115, 116, -1, -1]
+    assert x[2].tolist() == list(range(117, 124)) + [0] and y[2].tolist() == [-1, -1, -1, 121, 122, 123, 124, -1]
+
+
+def test_distill_loss_is_the_distance_from_the_last_layer(tiny_checkpoint):
+    """KL(p || q) and the total variation between the last layer's p and exit E's q, by hand; zero at the last
+    exit itself; no gradient reaches the blocks after E (the target is fixed)."""
+    import train
+    model, _ = load_model(tiny_checkpoint)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(model.params.vocab_size, (2, 9), generator=g)
+    y = torch.randint(model.params.vocab_size, (2, 9), generator=g)
+    y[0, :4] = -1
+    with torch.no_grad():
+        p = torch.softmax(model(x), -1)[y >= 0]
+        q = torch.softmax(model.head(model.run_blocks(model.tok_embeddings(x), 0, 2)), -1)[y >= 0]
+    kl = train.distill_loss(model, x, y, 2, "kl")
+    assert torch.allclose(kl, (p * (p / q).log()).sum(-1).mean(), atol=1e-5)
+    tvd = train.distill_loss(model, x, y, 2, "tvd")
+    assert torch.allclose(tvd, 0.5 * (p - q).abs().sum(-1).mean(), atol=1e-6) and 0 < tvd < 1
+    L = model.params.n_layers
+    assert train.distill_loss(model, x, y, L, "kl").abs() < 1e-5 and train.distill_loss(model, x, y, L, "tvd") < 1e-6
+    model.zero_grad()
+    kl.backward()
+    assert model.layers[1].attention.wq.weight.grad.abs().sum() > 0
+    assert model.layers[2].attention.wq.weight.grad is None and model.layers[3].feed_forward.w2.weight.grad is None
 
 
 BAD = [

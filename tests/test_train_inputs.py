@@ -89,6 +89,9 @@ BAD_VALUES = [
     (["--exit_always_weight", 0.5], "--exit_always_weight W is the share of one exit: name it with --exit_always E"),
     (["--onpolicy_weight", 2], "--onpolicy_weight weighs the loss on --onpolicy_data FILE: give the file too"),
     (["--onpolicy_data", SHAKESPEARE / "val.bin"], "--onpolicy_data trains the draft exit: name it with --exit_always"),
+    (["--onpolicy_loss", "kl"], "--onpolicy_loss shapes the loss on --onpolicy_data FILE: give the file too"),
+    (["--onpolicy_aligned"], "--onpolicy_aligned shapes the loss on --onpolicy_data FILE: give the file too"),
+    (["--onpolicy_loss", "mse"], "argument --onpolicy_loss: invalid choice: 'mse'"),
     # the data and the machine
     (["--block_size", 500_000], "val.bin has 95942 tokens, fewer than one training window of 500001"),
     (["--vocab_size", 100], "--vocab_size 100 is smaller than the tokenizer's 4096"),
@@ -143,6 +146,8 @@ def path_case(tmp, case):
         "onpolicy a folder": (["--exit_always", 2, "--onpolicy_data", folder], "not a file of uint16 tokens"),
         "onpolicy too short": (["--exit_always", 2, "--onpolicy_data", few], "has 10 tokens, fewer than one training"),
         "onpolicy past vocab": (["--exit_always", 2, "--onpolicy_data", past], "holds token ids past the tokenizer"),
+        "onpolicy aligned without starts": (["--exit_always", 2, "--onpolicy_data", SHAKESPEARE / "val.bin",
+                                             "--onpolicy_aligned"], "needs " + str(SHAKESPEARE / "val.json")),
         "resume without a run": (["--resume"], f"cannot resume: {tmp / 'out' / 'ckpt.pt'}: no such file"),
     }[case]
 
@@ -155,6 +160,7 @@ PATH_CASES = ["out_dir is a file", "out_dir under a file", "data missing", "data
               *CORRUPT, "init_from missing", "init_from a folder without one", "init_from binary",
               "init_from truncated", "init_from another shape", "init_from another tokenizer", "onpolicy missing",
               "onpolicy one byte", "onpolicy a folder", "onpolicy too short", "onpolicy past vocab",
+              "onpolicy aligned without starts",
               "resume without a run"]
 
 
