@@ -18,6 +18,7 @@ fixed for the whole run. --peers adds Hugging Face transformers' decoding of the
 """
 
 import json
+import math
 import multiprocessing
 import os
 import shlex
@@ -334,49 +335,79 @@ def print_peers(results: dict, setting: dict, peer: dict):
 # The exit layer x draft length sweep, and --auto's stored recommendation
 
 
+@torch.inference_mode()
+def draft_confidences(model, tok, prompts, E, max_new_tokens):
+    """Per prompt, over its greedy continuation: (does exit E's argmax after the true prefix equal the token greedy
+    decoding wrote, exit E's probability of its own argmax). In greedy decoding these are exactly the drafts a round
+    makes until its first rejection."""
+    out = []
+    for prompt in prompts:
+        ids = crop_prompt(model, tok.encode(prompt), max_new_tokens)
+        new = ls.generate(model, ids, max_new_tokens, eos_id=tok.stop_ids).tokens
+        h = model.run_blocks(model.tok_embeddings(ls.token_tensor(ids + new[:-1], model)), 0, E)
+        conf, top = torch.softmax(model.head(h[0, len(ids) - 1:]).float(), -1).max(-1)
+        out.append(((top == torch.tensor(new, device=top.device)).tolist(), conf.tolist()))
+    return out
+
+
+def calibrate_gamma(pairs) -> float:
+    """The gamma (0.1..2, in steps of 0.05) under which c^gamma best predicts, by likelihood, whether a draft of
+    confidence c is accepted: pairs of (accepted, c), e.g. from draft_confidences."""
+    def log_likelihood(g):
+        return sum(math.log(min(max(c ** g if a else 1 - c ** g, 1e-9), 1.0)) for a, c in pairs)
+    return max((round(0.1 + 0.05 * i, 2) for i in range(39)), key=log_likelihood)
+
+
 def sweep(model, tok, prompts, max_new_tokens, grid, repeats):
     """Speedup over the same model's autoregressive decoding for every (exit layer, num_speculations,
-    draft_threshold, draft_cost) of the grid."""
+    draft_threshold, draft_cost, draft_gamma) of the grid."""
+    keys = ("exit_layer", "num_speculations", "draft_threshold", "draft_cost", "draft_gamma")
     variants = {"ar": (model, tok, {})}
-    for E, d, th, r in grid:
-        variants[(E, d, th, r)] = (model, tok, dict(strategy="self_speculative", exit_layer=E, num_speculations=d,
-                                                     draft_threshold=th, draft_cost=r))
+    for setting in grid:
+        variants[setting] = (model, tok, dict(strategy="self_speculative", **dict(zip(keys, setting))))
     totals, _ = measure(variants, prompts, max_new_tokens, repeats)
     summary = summarize(totals, "ar")
-    return [{"exit_layer": E, "num_speculations": d, "draft_threshold": th, "draft_cost": r,
-             **{k: summary[(E, d, th, r)][k] for k in ("speedup", "acceptance", "ms_per_token")}}
-            for E, d, th, r in grid]
+    return [{**dict(zip(keys, setting)), **{k: summary[setting][k] for k in ("speedup", "acceptance", "ms_per_token")}}
+            for setting in grid]
 
 
 def run_sweep(args, model, tok, prompts, exits) -> tuple[list[dict], dict]:
-    """Sweep exits x d, then the stop rules (draft thresholds, and the cost model's draft costs) at the best exit
-    with its d and 2d; write the CSV and the heatmap. Returns (rows, the fastest row). `prompts` are the tuning
-    prompts (--tune_prompts), never the reported ones."""
+    """Sweep exits x d, then the stop rules at the best exit: the draft thresholds with its d and 2d, and the cost
+    model's rule (its draft cost measured, its gamma calibrated on these prompts) with 2d and 4d as the most a round
+    drafts; write the CSV and the heatmap. Returns (rows, the fastest row). `prompts` are the tuning prompts
+    (--tune_prompts), never the reported ones."""
     print(f"sweep: exits {exits} x d {args.sweep_specs} on {args.sweep_prompts} prompts of --tune_prompts "
           f"{args.tune_prompts}", file=sys.stderr)
     prompts, repeats = prompts[:args.sweep_prompts], max(1, args.repeats - 1)
     rows = sweep(model, tok, prompts, args.max_new_tokens,
-                 [(E, d, None, None) for E in exits for d in args.sweep_specs], repeats)
+                 [(E, d, None, None, 1.0) for E in exits for d in args.sweep_specs], repeats)
     best = max(rows, key=lambda r: r["speedup"])
     E, d = best["exit_layer"], best["num_speculations"]
-    rules = [(th, None) for th in args.sweep_thresholds] + [(None, r) for r in args.sweep_costs]
-    rows += sweep(model, tok, prompts, args.max_new_tokens, [(E, d_, *rule) for d_ in (d, 2 * d) for rule in rules],
-                  repeats)
+    costs = round_costs(model, E, d)
+    r = round(costs["draft_step"] / costs["verify_pass"], 3)
+    gamma = calibrate_gamma([pair for agree, conf in draft_confidences(model, tok, prompts, E, args.max_new_tokens)
+                             for pair in zip(agree, conf)])
+    print(f"cost rule at exit {E}: a draft step costs {r} verifications; confidences calibrated by gamma {gamma}",
+          file=sys.stderr)
+    grid = [(E, d_, th, None, 1.0) for d_ in (d, 2 * d) for th in args.sweep_thresholds]
+    grid += [(E, d_, None, r, gamma) for d_ in (2 * d, 4 * d)]
+    rows += sweep(model, tok, prompts, args.max_new_tokens, grid, repeats)
     best = max(rows, key=lambda r: r["speedup"])
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "sweep.csv", "w") as f:
-        f.write("exit_layer,num_speculations,draft_threshold,draft_cost,speedup,acceptance,ms_per_token\n")
+        f.write("exit_layer,num_speculations,draft_threshold,draft_cost,draft_gamma,speedup,acceptance,ms_per_token\n")
         for r in rows:
             f.write(f"{r['exit_layer']},{r['num_speculations']},{r['draft_threshold'] or ''},{r['draft_cost'] or ''},"
-                    f"{r['speedup']:.4f},"
+                    f"{r['draft_gamma'] if r['draft_cost'] else ''},{r['speedup']:.4f},"
                     f"{r['acceptance']:.4f},{r['ms_per_token']:.3f}\n")
     try:
         plot_sweep(rows, out / "sweep.png", f"{Path(args.checkpoint).name}: self-speculative speedup")
     except ImportError:
         print("matplotlib is not installed: no heatmap (pip install matplotlib)")
     print(f"\nsweep best: exit {best['exit_layer']}, d {best['num_speculations']}, draft threshold "
-          f"{best['draft_threshold']}, draft cost {best['draft_cost']}: {best['speedup']:.2f}x (acceptance {best['acceptance']:.2f}); "
+          f"{best['draft_threshold']}, draft cost {best['draft_cost']} (gamma {best['draft_gamma']}): "
+          f"{best['speedup']:.2f}x (acceptance {best['acceptance']:.2f}); "
           f"{out}/sweep.csv, {out}/sweep.png")
     return rows, best
 
@@ -410,6 +441,7 @@ def store_recommendation(path, best, prompts):
     ckpt.setdefault("metadata", {})["recommended"] = {
         "exit_layer": best["exit_layer"], "num_speculations": best["num_speculations"],
         "draft_threshold": best["draft_threshold"], "draft_cost": best.get("draft_cost"),
+        "draft_gamma": best.get("draft_gamma", 1.0),
         "speedup": round(best["speedup"], 3), "prompts": prompts,
         "machine": machine()}
     atomic_save(ckpt, path)
@@ -479,6 +511,8 @@ def parse_args(argv):
     p.add_argument("--draft_cost", type=float_range(0, 1, low_open=True),
                    help="stop drafting by the cost model instead, a draft step costing this fraction of a "
                         "verification (default: recommended or off)")
+    p.add_argument("--draft_gamma", type=float_range(0, 10, low_open=True),
+                   help="the cost rule's calibration of the draft's confidences, c^gamma (default: recommended or 1)")
     p.add_argument("--no_repeat_ngram_size", type=int_range(0), default=0,
                    help="with N > 0, a second table: every variant again, never repeating an n-gram of N tokens "
                         "(loops suppressed), interleaved with the plain greedy table")
@@ -495,8 +529,6 @@ def parse_args(argv):
                    help="d values of the sweep")
     p.add_argument("--sweep_thresholds", type=float_range(0, 1, low_open=True), nargs="+", default=[0.3, 0.5, 0.7],
                    help="adaptive draft thresholds tried on the best (E, d) with d and 2d")
-    p.add_argument("--sweep_costs", type=float_range(0, 1, low_open=True), nargs="+", default=[0.1, 0.15, 0.2],
-                   help="draft costs of the cost model's stop rule, tried likewise")
     p.add_argument("--tune_prompts", default="dev", help="the prompts the sweep tunes on (default: dev, 40 function "
                    "headers of held-out corpus files; never the reported --prompts)")
     p.add_argument("--sweep_prompts", type=int_range(1), default=20, help="how many of them the sweep uses")
@@ -545,9 +577,9 @@ def check_settings(args, models: dict, setting: dict, processors: dict):
     if setting["num_speculations"] + 2 > window:
         fail(f"a round of {setting['num_speculations']} drafts does not fit the context window of {window} tokens: "
              f"use --num_speculations {window - 2} or less")
-    if (args.sweep or args.auto) and 2 * max(args.sweep_specs) + 2 > window:
-        fail(f"the sweep tries d and 2d, and a round of {2 * max(args.sweep_specs)} drafts does not fit the context "
-             f"window of {window} tokens: use --sweep_specs of {(window - 2) // 2} or less")
+    if (args.sweep or args.auto) and 4 * max(args.sweep_specs) + 2 > window:
+        fail(f"the sweep tries d, 2d and 4d, and a round of {4 * max(args.sweep_specs)} drafts does not fit the "
+             f"context window of {window} tokens: use --sweep_specs of {(window - 2) // 4} or less")
     if (args.sweep or args.auto) and max(args.sweep_exits or [1]) > L:
         fail(f"--sweep_exits {max(args.sweep_exits)} is out of range: the model has {L} layers, use 1..{L}")
     if (args.sweep or args.auto) and Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
@@ -563,7 +595,7 @@ def check_settings(args, models: dict, setting: dict, processors: dict):
 def self_speculative_name(setting: dict) -> str:
     th, r = setting["draft_threshold"], setting.get("draft_cost")
     return (f"self_speculative E={setting['exit_layer']} d={setting['num_speculations']}"
-            + (f" threshold {th}" if th else "") + (f" draft cost {r}" if r else ""))
+            + (f" threshold {th}" if th else "") + (f" draft cost {r} gamma {setting.get('draft_gamma')}" if r else ""))
 
 
 def table_variants(models: dict, setting: dict, processors: dict, reference_name: str, peer=None) -> dict:
@@ -708,7 +740,7 @@ def main(argv=None):
     models, prompts = load_inputs(args)
     model, tok = models["checkpoint"]
     setting = decoding_settings(model, "self_speculative", args.exit, args.num_speculations, args.draft_threshold,
-                                args.draft_cost)
+                                args.draft_cost, args.draft_gamma)
     processors = {}
     if args.repetition_penalty != 1.0:
         processors["repetition_penalty"] = args.repetition_penalty
@@ -718,7 +750,7 @@ def main(argv=None):
     command = shlex.join(["python", "bench.py", *(sys.argv[1:] if argv is None else argv)])  # copy-pasteable
     report = {"command": command, "machine": machine(), "exit_layer": setting["exit_layer"],
               "num_speculations": setting["num_speculations"], "draft_threshold": setting["draft_threshold"],
-              "draft_cost": setting["draft_cost"], "prompts": args.prompts, "n_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+              "draft_cost": setting["draft_cost"], "draft_gamma": setting["draft_gamma"], "prompts": args.prompts, "n_prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
               "repeats": args.repeats}
     print(f"# bench: {report['command']}\n# machine: {report['machine']}")
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as folder:  # the export lives as long as its model
@@ -735,8 +767,9 @@ def measure_and_report(args, models, setting, processors, prompts, report, peer=
         exits = args.sweep_exits or list(range(1, max(2, model.params.n_layers // 2) + 1))
         report["sweep"], best = run_sweep(args, model, tok, args.tune, exits)
         if args.auto:  # measure the winner below; store it only once every measurement has succeeded
-            setting.update({k: best[k] for k in ("exit_layer", "num_speculations", "draft_threshold", "draft_cost")})
-            report.update({k: best[k] for k in ("exit_layer", "num_speculations", "draft_threshold", "draft_cost")})
+            keys = ("exit_layer", "num_speculations", "draft_threshold", "draft_cost", "draft_gamma")
+            setting.update({k: best[k] for k in keys})
+            report.update({k: best[k] for k in keys})
     tables = {"greedy": {}}
     if processors:
         tables["greedy, " + ", ".join(f"{k} {v}" for k, v in processors.items())] = processors
@@ -752,7 +785,8 @@ def measure_and_report(args, models, setting, processors, prompts, report, peer=
     if args.auto:
         store_recommendation(args.checkpoint, best, args.tune_prompts)
         print(f"stored exit {setting['exit_layer']}, d {setting['num_speculations']}, threshold "
-              f"{setting['draft_threshold']}, draft cost {setting['draft_cost']} in {args.checkpoint} (tuned on "
+              f"{setting['draft_threshold']}, draft cost {setting['draft_cost']} (gamma {setting['draft_gamma']}) in "
+              f"{args.checkpoint} (tuned on "
               f"--tune_prompts {args.tune_prompts})")
 
 

@@ -89,18 +89,20 @@ DEFAULT_NUM_SPECULATIONS = 4
 
 
 def recommendation(model) -> dict:
-    """The checkpoint's stored {exit_layer, num_speculations, draft_threshold, draft_cost}, or {}."""
+    """The checkpoint's stored {exit_layer, num_speculations, draft_threshold, draft_cost, draft_gamma}, or {}."""
     return (getattr(model, "metadata", None) or {}).get("recommended") or {}
 
 
 def decoding_settings(model, strategy: Optional[str] = None, exit_layer: Optional[int] = None,
                       num_speculations: Optional[int] = None, draft_threshold: Optional[float] = None,
-                      draft_cost: Optional[float] = None) -> dict:
-    """generate_stream's strategy, exit_layer, num_speculations, draft_threshold and draft_cost. What the user gave
-    wins (None = not given; a threshold of 0 = off). Without a strategy: self-speculative if an exit layer is given
-    or recommended, else autoregressive. Without an exit layer: the recommended one, else L // 4. The recommended d
-    and stop rule were tuned together at the recommended exit, so they fill in only there, and only when the user
-    named no stop rule; elsewhere d is DEFAULT_NUM_SPECULATIONS and drafting runs to d."""
+                      draft_cost: Optional[float] = None, draft_gamma: Optional[float] = None) -> dict:
+    """generate_stream's strategy, exit_layer, num_speculations and stop rule (draft_threshold, or draft_cost and
+    draft_gamma). What the user gave wins (None = not given; a threshold or cost of 0 = off). Without a strategy:
+    self-speculative if an exit layer is given or recommended, else autoregressive. Without an exit layer: the
+    recommended one, else L // 4. The recommended d and stop rule were tuned together at the recommended exit, so
+    they fill in only there, and only when the user named no stop rule; elsewhere d is DEFAULT_NUM_SPECULATIONS and
+    drafting runs to d. draft_gamma, the calibration of the draft's confidences, is the recommended one (else 1)
+    unless given."""
     rec = recommendation(model)
     if strategy is None:
         strategy = "self_speculative" if exit_layer is not None or rec.get("exit_layer") else "autoregressive"
@@ -116,8 +118,10 @@ def decoding_settings(model, strategy: Optional[str] = None, exit_layer: Optiona
     if (draft_threshold is None and draft_cost is None and at_recommended
             and num_speculations == rec.get("num_speculations")):
         draft_threshold, draft_cost = rec.get("draft_threshold"), rec.get("draft_cost")
+    if draft_gamma is None:
+        draft_gamma = rec.get("draft_gamma") or 1.0
     return dict(strategy=strategy, exit_layer=exit_layer, num_speculations=num_speculations,
-                draft_threshold=draft_threshold or None, draft_cost=draft_cost or None)
+                draft_threshold=draft_threshold or None, draft_cost=draft_cost or None, draft_gamma=draft_gamma)
 
 
 def crop_prompt(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

@@ -35,7 +35,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import layerskip as ls
-from common import ArgumentParser, decoding_settings, int_range, interleaved_runs, round_pieces, unfinished_tail
+from common import (ArgumentParser, decoding_settings, int_range, interleaved_runs, recommendation, round_pieces,
+                    unfinished_tail)
 from model_io import load_model, token_texts
 
 ROOT = Path(__file__).resolve().parent
@@ -237,9 +238,11 @@ def read_settings(model, strategy, exit_layer=None, num_speculations=None, draft
     def given(value, *rule, **kw):
         return None if value is None else number(value, *rule, **kw)
 
+    threshold = given(draft_threshold, "the draft threshold (0 = off)", 0, 1)
+    if threshold == 0 and recommendation(model).get("draft_cost"):
+        threshold = None  # no threshold: the recommended cost-model rule applies at the recommended exit and d
     dec = decoding_settings(model, strategy, given(exit_layer, "exit layer E", 1, L, whole=True),
-                            given(num_speculations, "drafts per round d", 1, MAX_SPECULATIONS, whole=True),
-                            given(draft_threshold, "the draft threshold (0 = off)", 0, 1))
+                            given(num_speculations, "drafts per round d", 1, MAX_SPECULATIONS, whole=True), threshold)
     t = number(temperature, "temperature (0 = greedy)", 0, MAX_TEMPERATURE)
     if 0 < t < MIN_TEMPERATURE:
         raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature!r}")
@@ -306,7 +309,9 @@ def describe(checkpoint, model, tok) -> str:
     text = f"<b>{html.escape(resolve(checkpoint).name)}</b>: {p.n_layers} layers, {n_params / 1e6:.1f} M parameters"
     if rec.get("exit_layer"):  # what bench.py --auto found fastest
         text += (f' · <span class="nowrap">recommended: exit {rec["exit_layer"]}, d={rec.get("num_speculations")}'
-                 + (f", threshold {rec['draft_threshold']}" if rec.get("draft_threshold") else "") + "</span>")
+                 + (f", threshold {rec['draft_threshold']}" if rec.get("draft_threshold") else "")
+                 + (f", cost-model stop (draft cost {rec['draft_cost']}, γ {rec.get('draft_gamma', 1.0)})"
+                    if rec.get("draft_cost") else "") + "</span>")
     shape = f"dim {p.dim}, vocabulary {tok.vocab_size}, context {p.max_seq_len}"
     losses = meta.get("val_loss_per_exit")
     if losses:  # what train.py measured: how good each exit is on its own
@@ -516,7 +521,8 @@ def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, max_new_
         match = f"✗ they differ from token {i} on"
     rows = [("autoregressive", ar, "–", "1.00"),
             (f"self-speculative (E={spec['exit_layer']}, d={spec['num_speculations']}"
-             + (f", threshold {spec['draft_threshold']:g})" if spec["draft_threshold"] else ")"), ss,
+             + (f", threshold {spec['draft_threshold']:g})" if spec["draft_threshold"] else
+                f", cost-model stop)" if spec.get("draft_cost") else ")"), ss,
              f"{ss.acceptance_rate:.0%}", f"{ss.tokens_per_round:.2f}")]
     body = "".join(f"<tr><td>{html.escape(name)}</td><td>{len(g.tokens)}</td><td>{1000 * g.time_per_token:.2f}</td>"
                    f"<td>{g.tokens_per_s:.1f}</td><td>{acc}</td><td>{tpr}</td></tr>" for name, g, acc, tpr in rows)
@@ -614,12 +620,14 @@ def sweep(checkpoint, prompt, num_speculations=4, max_new_tokens=SWEEP_TOKENS, d
         return
     processors = dict(repetition_penalty=spec["repetition_penalty"], no_repeat_ngram_size=spec["no_repeat_ngram_size"])
     drafting = dict(strategy="self_speculative", num_speculations=spec["num_speculations"],
-                    draft_threshold=spec["draft_threshold"], **processors)
+                    draft_threshold=spec["draft_threshold"], draft_cost=spec.get("draft_cost"),
+                    draft_gamma=spec.get("draft_gamma", 1.0), **processors)
     exits = sweep_exits(L)
     variants = {"AR": (model, tok, dict(strategy="autoregressive", **processors))}
     variants |= {E: (model, tok, dict(drafting, exit_layer=E)) for E in exits}
     setting = ", ".join(w for w in (f"d={spec['num_speculations']}", spec["draft_threshold"] and
-                                    f"draft threshold {spec['draft_threshold']:g}", processors_text(spec)) if w)
+                                    f"draft threshold {spec['draft_threshold']:g}", spec.get("draft_cost") and
+                                    "cost-model stop", processors_text(spec)) if w)
     ar_time, times, acceptance = {}, {E: {} for E in exits}, {}  # pass -> ms/token; exit -> pass -> ms/token
 
     def results(status, progress=None):

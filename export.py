@@ -112,7 +112,8 @@ def hf_rope(p) -> dict:
 def layerskip_fields(model) -> dict:
     """The checkpoint's stored decoding recommendation (bench.py --auto), for config.json's "layerskip" field."""
     rec = recommendation(model)
-    return {k: rec[k] for k in ("exit_layer", "num_speculations", "draft_threshold") if k in rec}
+    return {k: rec[k] for k in ("exit_layer", "num_speculations", "draft_threshold", "draft_cost", "draft_gamma")
+            if k in rec}
 
 
 def hf_config(model, tok, dtype=torch.float32) -> dict:
@@ -136,7 +137,8 @@ def hf_config(model, tok, dtype=torch.float32) -> dict:
 
 def generation_config(model, tok) -> dict:
     """Greedy by default; every stop id of the tokenizer ends the text. With a stored recommendation, its draft length
-    and threshold become transformers' settings for generate(assistant_early_exit=E), whose defaults are 20 and 0.4."""
+    and threshold become transformers' settings for generate(assistant_early_exit=E), whose defaults are 20 and 0.4
+    (transformers has no cost-model stop rule: with one stored, it drafts up to d with its default threshold)."""
     stops = sorted(tok.stop_ids)
     config = {"bos_token_id": tok.bos_id, "eos_token_id": stops[0] if len(stops) == 1 else stops, "do_sample": False}
     rec = layerskip_fields(model)

@@ -87,7 +87,10 @@ def parse_args(argv=None):
                         "else off)")
     p.add_argument("--draft_cost", type=float_range(0, 1, low_open=True),
                    help="stop drafting by the cost model instead (beyond the paper): a draft step costs this "
-                        "fraction of a verification, e.g. 0.15; --num_speculations is then the most per round")
+                        "fraction of a verification, e.g. 0.13; --num_speculations is then the most per round")
+    p.add_argument("--draft_gamma", type=float_range(0, 10, low_open=True),
+                   help="with --draft_cost: the draft's confidence c counts as c^gamma (default: the checkpoint's "
+                        "calibrated one, else 1)")
     p.add_argument("--max_new_tokens", type=int_range(0), default=128,
                    help="tokens to generate at most (default: %(default)s)")
     p.add_argument("--temperature", type=temperature, default=0.0,
@@ -169,14 +172,14 @@ def check_flags_apply(args, dec: dict, n_layers: int):
     """A flag that the resolved decoding would ignore is a ValueError that says what to do, not silence."""
     strategy = dec["strategy"]
     if strategy == "autoregressive" and not args.strategy:  # no --exit, and the checkpoint recommends none
-        for flag in ("num_speculations", "draft_threshold", "draft_cost", "compare"):
+        for flag in ("num_speculations", "draft_threshold", "draft_cost", "draft_gamma", "compare"):
             if getattr(args, flag) not in (None, False):
                 raise ValueError(f"--{flag} needs an exit layer to draft with, and this checkpoint stores no "
                                  f"recommended one: add --exit E (1..{n_layers})")
     if args.exit_layer is not None and strategy == "autoregressive":
         raise ValueError(f"--exit has no effect with --strategy autoregressive, which runs all {n_layers} layers: "
                          f"drop --exit, or use --strategy self_speculative or early_exit")
-    for flag in ("num_speculations", "draft_threshold", "draft_cost"):
+    for flag in ("num_speculations", "draft_threshold", "draft_cost", "draft_gamma"):
         if getattr(args, flag) is not None and strategy != "self_speculative":
             raise ValueError(f"--{flag} applies to self_speculative decoding only, not to --strategy {strategy}: "
                              f"drop --{flag}")
@@ -205,7 +208,7 @@ def describe(dec: dict, args, n_layers: int) -> str:
     if dec.get("draft_threshold"):
         words.append(f"drafting stops below confidence {dec['draft_threshold']}")
     if dec.get("draft_cost"):
-        words.append(f"drafting stops by the cost model (draft cost {dec['draft_cost']})")
+        words.append(f"drafting stops by the cost model (draft cost {dec['draft_cost']}, gamma {dec['draft_gamma']})")
     if args.temperature == 0:
         words.append("greedy")
     else:
@@ -337,7 +340,7 @@ def run(args):
     model, tokenizer = load_model(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype),
                                   max_seq_len=args.max_seq_len)
     dec = decoding_settings(model, args.strategy, args.exit_layer, args.num_speculations, args.draft_threshold,
-                            args.draft_cost)
+                            args.draft_cost, args.draft_gamma)
     check_flags_apply(args, dec, model.params.n_layers)
     prompt_ids = tokenizer.encode(prompt)
     # generate_stream checks every argument at the call (exit layer, a prompt too long for the context, ...):

@@ -37,6 +37,14 @@ def test_loop_share_of_literal_sequences():
         bench.in_loops([1, 1], min_repeats=1)
 
 
+def test_calibrate_gamma_finds_the_power_that_predicts_acceptance():
+    """Drafts of confidence 0.25 accepted half the time and of 0.64 four times in five: c^0.5 is exactly right, so the
+    likelihood fit gives 0.5; accepted as often as c itself says, it gives 1."""
+    pairs = [(1, 0.25), (0, 0.25)] + [(1, 0.64)] * 4 + [(0, 0.64)]
+    assert bench.calibrate_gamma(pairs) == 0.5
+    assert bench.calibrate_gamma([(1, 0.5), (0, 0.5), (1, 0.8)] * 4 + [(1, 0.8)] * 12 + [(0, 0.8)] * 4) == 1.0
+
+
 def test_predicted_speedup_formula():
     """d drafts accepted i.i.d. with probability a give (1 - a^(d+1)) / (1 - a) tokens per round, which cost
     d draft steps and one verification: AR 1.0, draft 0.25, verify 1.2, a 0.5, d 3 -> 1.875 / 1.95."""
@@ -120,7 +128,7 @@ def test_sweep_auto_stores_the_fastest_setting(tiny_checkpoint, tmp_path, capsys
     ckpt = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint, ckpt)
     bench.main(["--checkpoint", str(ckpt), "--baseline", "", "--auto", "--sweep_exits", "1", "3",
-                "--sweep_specs", "1", "2", "--sweep_thresholds", "0.5", "--sweep_costs", "0.2", "--n_prompts", "2",
+                "--sweep_specs", "1", "2", "--sweep_thresholds", "0.5", "--n_prompts", "2",
                 "--sweep_prompts", "1",
                 "--max_new_tokens", "6", "--repeats", "1", "--threads", "1", "--out_dir", str(tmp_path),
                 "--json", str(tmp_path / "r.json")])
@@ -129,15 +137,18 @@ def test_sweep_auto_stores_the_fastest_setting(tiny_checkpoint, tmp_path, capsys
     assert {(r["exit_layer"], r["num_speculations"]) for r in grid} == {("1", "1"), ("1", "2"), ("3", "1"), ("3", "2")}
     first = max(grid, key=lambda r: float(r["speedup"]))  # then thresholds on its E with d and 2d
     E, d = first["exit_layer"], int(first["num_speculations"])
-    for column, value in (("draft_threshold", "0.5"), ("draft_cost", "0.2")):
-        adaptive = [r for r in rows if r[column] == value]
-        assert {(r["exit_layer"], int(r["num_speculations"])) for r in adaptive} == {(E, d), (E, 2 * d)}
+    adaptive = [r for r in rows if r["draft_threshold"] == "0.5"]
+    assert {(r["exit_layer"], int(r["num_speculations"])) for r in adaptive} == {(E, d), (E, 2 * d)}
+    cost_rule = [r for r in rows if r["draft_cost"]]  # its cost measured, its gamma calibrated on the dev prompts
+    assert {(r["exit_layer"], int(r["num_speculations"])) for r in cost_rule} == {(E, 2 * d), (E, 4 * d)}
+    assert all(0 < float(r["draft_cost"]) <= 1 and 0.1 <= float(r["draft_gamma"]) <= 2 for r in cost_rule)
     best = max(rows, key=lambda r: float(r["speedup"]))
     model, _ = load_model(ckpt)
     rec = model.metadata["recommended"]
     assert (rec["exit_layer"], rec["num_speculations"]) == (int(best["exit_layer"]), int(best["num_speculations"]))
     assert rec["draft_threshold"] == (float(best["draft_threshold"]) if best["draft_threshold"] else None)
     assert rec["draft_cost"] == (float(best["draft_cost"]) if best["draft_cost"] else None)
+    assert rec["draft_gamma"] == (float(best["draft_gamma"]) if best["draft_cost"] else 1.0)
     assert rec["prompts"] == "dev"
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["exit_layer"] == rec["exit_layer"] and report["greedy_outputs_identical"] is True
@@ -145,7 +156,7 @@ def test_sweep_auto_stores_the_fastest_setting(tiny_checkpoint, tmp_path, capsys
     assert set(report["costs_ms"]) == {"ar_step", "draft_step", "verify_pass", "verify_by_drafts"}
     th, r = rec["draft_threshold"], rec["draft_cost"]
     ss = (f"self_speculative E={rec['exit_layer']} d={rec['num_speculations']}" + (f" threshold {th}" if th else "")
-          + (f" draft cost {r}" if r else ""))
+          + (f" draft cost {r} gamma {rec['draft_gamma']}" if r else ""))
     assert set(report["summary"]) == {"autoregressive", f"early_exit E={rec['exit_layer']}", ss}  # no yardstick
     assert "| autoregressive |" in capsys.readouterr().out
 
@@ -259,7 +270,7 @@ BENCH_BAD = [  # (argv after --checkpoint CKPT --baseline '', what the one line 
     (["--no_repeat_ngram_size", "-1"], "--no_repeat_ngram_size"),
     (["--no_repeat_ngram_size", "three"], "--no_repeat_ngram_size"),
     (["--sweep", "--sweep_specs", "0"], "--sweep_specs"),
-    (["--sweep", "--sweep_specs", "200"], "the sweep tries d and 2d"),
+    (["--sweep", "--sweep_specs", "200"], "the sweep tries d, 2d and 4d"),
     (["--sweep", "--sweep_exits", "9"], "--sweep_exits 9 is out of range"),
     (["--sweep", "--sweep_thresholds", "0"], "--sweep_thresholds"),
     (["--sweep", "--sweep_thresholds", "nan"], "--sweep_thresholds"),

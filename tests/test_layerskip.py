@@ -304,14 +304,17 @@ def test_adaptive_draft_length_keeps_the_output():
 
 
 def test_cost_stop_rule_literals():
-    """worth_drafting_on: draft on while P c_k (k r + 1) > r T, with P the product of the confidences and T = 1 + the
-    sum of the running products. r = 0.15: after 0.9, 0.9 * 0.9 * 1.15 = 0.93 > 0.15 * 1.9 = 0.285 (on); after
+    """worth_drafting_on: draft on while P a_k (k r + 1) > r T, with a_i = c_i^gamma, P the product of the a_i and
+    T = 1 + the sum of the running products. r = 0.15: after 0.9, 0.9 * 0.9 * 1.15 = 0.93 > 0.15 * 1.9 = 0.285 (on); after
     0.9, 0.5: 0.45 * 0.5 * 1.3 = 0.2925 < 0.15 * 2.35 = 0.3525 (stop); after 0.3: 0.1035 < 0.195 (stop)."""
     assert ls.worth_drafting_on([0.9], 0.15)
     assert not ls.worth_drafting_on([0.9, 0.5], 0.15)
     assert not ls.worth_drafting_on([0.3], 0.15)
     assert ls.worth_drafting_on([0.9, 0.5], 0.11)  # cheaper drafts: 0.2925 > 0.11 * 2.35 = 0.2585
     assert not ls.worth_drafting_on([1.0] * 50, 1.0) and ls.worth_drafting_on([1.0] * 50, 0.99)  # 51 > 50 * 1
+    # calibrated, a = c^gamma: after 0.25 with gamma 0.5, a = 0.5: 0.5 * 0.5 * 1.15 = 0.2875 > 0.15 * 1.5 (on);
+    # uncalibrated, 0.25 * 0.25 * 1.15 = 0.0719 < 0.15 * 1.25 (stop)
+    assert ls.worth_drafting_on([0.25], 0.15, gamma=0.5) and not ls.worth_drafting_on([0.25], 0.15, gamma=1.0)
 
 
 def test_cost_stop_rule_keeps_the_output():
@@ -496,7 +499,8 @@ def test_generate_stream_checks_at_the_call():
     model = tiny_model(n_layers=4)
     for kwargs in (dict(strategy="early_exit", exit_layer=9), dict(temperature=float("nan")),
                    dict(draft_threshold=1.5), dict(draft_cost=0), dict(draft_cost=1.5),
-                   dict(draft_cost=0.2, draft_threshold=0.3), dict(repetition_penalty=0.0), dict(repetition_penalty=1e-300),
+                   dict(draft_cost=0.2, draft_threshold=0.3), dict(draft_cost=0.2, draft_gamma=0),
+                   dict(repetition_penalty=0.0), dict(repetition_penalty=1e-300),
                    dict(repetition_penalty=float("nan")), dict(no_repeat_ngram_size=-1)):
         with pytest.raises(ValueError):
             ls.generate_stream(model, [1, 2], 5, **kwargs)  # never iterated
