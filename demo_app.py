@@ -48,7 +48,7 @@ SWEEP_TOKENS = 32  # the exit-layer sweep decodes at most this many tokens per r
 SWEEP_REPEATS = 5  # ... and times every exit this many times, interleaved with autoregressive runs
 LENS_COLUMNS = 48  # the logit lens shows the last this-many positions
 # The controls' ranges. Below MIN_TEMPERATURE and MIN_REPETITION_PENALTY, float32 logits divided by them overflow.
-MAX_SPECULATIONS, MAX_SEED, MAX_NGRAM = 16, 2 ** 32 - 1, 32
+MAX_SPECULATIONS, MAX_SEED, MAX_NGRAM = 32, 2 ** 32 - 1, 32  # d: the cost-model rule may stop any round early
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 2.0
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
 DEVICE = "cpu"  # set by --device

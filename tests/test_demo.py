@@ -159,8 +159,8 @@ BAD_CONTROLS = {  # what the one message says: generate()'s arguments after chec
     "exit layer E must be a whole number in 1..4, got 0": ("self_speculative", 0),
     "exit layer E must be a whole number in 1..4, got 2.5": ("self_speculative", 2.5),
     "exit layer E must be a whole number in 1..4, got 'two'": ("self_speculative", "two"),
-    "drafts per round d must be a whole number in 1..16, got 0": ("self_speculative", 2, 0),
-    "drafts per round d must be a whole number in 1..16, got 1000": ("self_speculative", 2, 1000),
+    "drafts per round d must be a whole number in 1..32, got 0": ("self_speculative", 2, 0),
+    "drafts per round d must be a whole number in 1..32, got 1000": ("self_speculative", 2, 1000),
     "temperature (0 = greedy) must be a number in [0, 2], got nan": ("self_speculative", 2, 4, float("nan")),
     "temperature (0 = greedy) must be a number in [0, 2], got inf": ("self_speculative", 2, 4, float("inf")),
     "temperature (0 = greedy) must be a number in [0, 2], got -0.5": ("self_speculative", 2, 4, -0.5),
@@ -222,7 +222,7 @@ def test_bad_inputs_become_messages_and_run_nothing(tiny_checkpoint, tmp_path, m
     [(acceptance, speedup, note)] = demo_app.sweep(str(corrupt), VERSE)
     assert acceptance == speedup == unchanged and "corrupt" in note
     [(_, _, note)] = demo_app.sweep(ck, VERSE, 0)
-    assert "drafts per round d must be a whole number in 1..16, got 0" in note
+    assert "drafts per round d must be a whole number in 1..32, got 0" in note
 
 
 def test_compare_lens_and_sweep(tiny_checkpoint):
