@@ -310,8 +310,7 @@ def describe(checkpoint, model, tok) -> str:
     if rec.get("exit_layer"):  # what bench.py --auto found fastest
         text += (f' · <span class="nowrap">recommended: exit {rec["exit_layer"]}, d={rec.get("num_speculations")}'
                  + (f", threshold {rec['draft_threshold']}" if rec.get("draft_threshold") else "")
-                 + (f", cost-model stop (draft cost {rec['draft_cost']}, γ {rec.get('draft_gamma', 1.0)})"
-                    if rec.get("draft_cost") else "") + "</span>")
+                 + (", cost-model stop" if rec.get("draft_cost") else "") + "</span>")
     shape = f"dim {p.dim}, vocabulary {tok.vocab_size}, context {p.max_seq_len}"
     losses = meta.get("val_loss_per_exit")
     if losses:  # what train.py measured: how good each exit is on its own

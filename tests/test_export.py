@@ -146,7 +146,8 @@ def test_hf_config_and_files(checkpoints, exported):
     from safetensors import safe_open
     deep = json.loads((exported("deep") / "config.json").read_text())
     model, tok = load_model(DEEP)
-    assert deep["layerskip"] == {"exit_layer": 4, "num_speculations": 3, "draft_threshold": 0.3}
+    assert deep["layerskip"] == {"exit_layer": 4, "num_speculations": 24, "draft_threshold": None, "draft_cost": 0.122,
+                                 "draft_gamma": 0.5}  # the cost-model stop rule that bench.py --auto stored
     assert (deep["num_hidden_layers"], deep["hidden_size"], deep["num_attention_heads"],
             deep["num_key_value_heads"], deep["intermediate_size"]) == (32, 128, 4, 2, 352)
     assert deep["max_position_embeddings"] == model.params.max_seq_len == 256
@@ -163,8 +164,8 @@ def test_hf_config_and_files(checkpoints, exported):
     tc = json.loads((exported("deep") / "tokenizer_config.json").read_text())
     assert (tc["tokenizer_class"], tc["add_bos_token"], tc["add_eos_token"]) == ("LlamaTokenizer", True, False)
     assert json.loads((exported("deep") / "generation_config.json").read_text()) == {
-        "bos_token_id": 1, "eos_token_id": 2, "do_sample": False, "num_assistant_tokens": 3,
-        "assistant_confidence_threshold": 0.3}  # the stored d and threshold, for generate(assistant_early_exit=E)
+        "bos_token_id": 1, "eos_token_id": 2, "do_sample": False, "num_assistant_tokens": 24}  # the stored d, for
+    # generate(assistant_early_exit=E); transformers has no cost rule, so it keeps its own default threshold
     assert "num_assistant_tokens" not in json.loads((exported("tiny-untied") / "generation_config.json").read_text())
     assert sorted(p.name for p in exported("deep").iterdir()) == [
         "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
@@ -203,7 +204,7 @@ def test_export_reads_back_bit_for_bit(checkpoints, exported, name, fmt):
     assert back_tok.encode(PROMPT) == tok.encode(PROMPT)
     # the decoding recommendation and the trained context come back too: generate.py decodes an export as it
     # decodes the checkpoint
-    setting = ("exit_layer", "num_speculations", "draft_threshold")
+    setting = ("exit_layer", "num_speculations", "draft_threshold", "draft_cost", "draft_gamma")
     assert {k: v for k, v in (back.metadata.get("recommended") or {}).items()} == \
         {k: v for k, v in (ours.metadata.get("recommended") or {}).items() if k in setting}
     assert back.trained_context == ours.trained_context and a.max_seq_len == b.max_seq_len
