@@ -466,8 +466,14 @@ def onpolicy_samples(cfg, tokens) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def batch_generator(cfg, step, micro) -> torch.Generator:
+    """The generator of one micro-batch's windows: a function of (seed, step, micro-batch) alone, so a resumed run
+    draws the same windows."""
+    return torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) % 2**63)
+
+
 def get_batch(data, cfg, step, micro, rank, world, device):
-    g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) % 2**63)
+    g = batch_generator(cfg, step, micro)
     T = cfg.block_size
     starts = torch.randint(len(data) - T - 1, (cfg.batch_size * world,), generator=g)
     starts = starts[rank * cfg.batch_size:(rank + 1) * cfg.batch_size].tolist()
@@ -644,8 +650,7 @@ def onpolicy_batch(run, step, micro):
     if not cfg.onpolicy_aligned:
         return get_batch(run.data["onpolicy"], cfg, step, cfg.grad_accum + micro, 0, 1, run.device)
     x, y = run.data["onpolicy_samples"]
-    g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + cfg.grad_accum + micro) % 2**63)
-    rows = torch.randint(len(x), (cfg.batch_size,), generator=g)
+    rows = torch.randint(len(x), (cfg.batch_size,), generator=batch_generator(cfg, step, cfg.grad_accum + micro))
     return x[rows].to(run.device), y[rows].to(run.device)
 
 
