@@ -5,8 +5,9 @@ the speedup the cost of a round's pieces predicts, and how much of the generated
     python bench.py --prompts humaneval --json out.json      # the shipped model and its twin, the stored setting
     python bench.py --no_repeat_ngram_size 4                 # and a second table: the same with loops suppressed
     python bench.py --reference checkpoints/layerskip-python.pt   # and the 12-layer model's speed beside
-    python bench.py --sweep                                  # exit layer x num_speculations heatmap + CSV
-    python bench.py --auto                                   # sweep, then store the fastest (E, d) in the checkpoint
+    python bench.py --sweep                                  # exit layer x num_speculations heatmap + CSV in out/bench
+    python bench.py --auto                                   # sweep, then measure the fastest setting found
+    python bench.py --auto --store --checkpoint out/toy/model.pt   # ... and store it in that checkpoint
     python bench.py --memory                                 # peak memory of AR vs self-speculative decoding
     python bench.py --peers                                  # and transformers' decoding of the same weights
 
@@ -532,13 +533,16 @@ def parse_args(argv):
     p.add_argument("--tune_prompts", default="dev", help="the prompts the sweep tunes on (default: dev, 40 function "
                    "headers of held-out corpus files; never the reported --prompts)")
     p.add_argument("--sweep_prompts", type=int_range(1), default=20, help="how many of them the sweep uses")
-    p.add_argument("--auto", action="store_true", help="sweep and store the fastest (E, d, threshold) in the "
-                   "checkpoint (the sweep decodes plain greedy)")
+    p.add_argument("--auto", action="store_true", help="sweep, then measure the fastest (E, d, stop rule) found "
+                   "(the sweep decodes plain greedy); stored only with --store")
+    p.add_argument("--store", action="store_true", help="with --auto: write the fastest setting into --checkpoint's "
+                   "metadata, where generate.py and the demo find it (rewrites that file)")
     p.add_argument("--memory", action="store_true", help="measure peak memory of AR vs self-speculative")
     p.add_argument("--peers", action="store_true", help="add Hugging Face transformers' autoregressive and "
                    "assistant_early_exit decoding of the same weights (converted with export.py) to every table, "
                    "interleaved with ours, and check that their greedy output equals ours (needs transformers)")
-    p.add_argument("--out_dir", default="docs", help="where the sweep heatmap and CSV go")
+    p.add_argument("--out_dir", default="out/bench", help="where the sweep heatmap and CSV go (default out/bench; "
+                   "docs/results holds the committed ones)")
     p.add_argument("--json", help="write every number to this JSON file")
     return p.parse_args(argv)
 
@@ -586,8 +590,10 @@ def check_settings(args, models: dict, setting: dict, processors: dict):
         fail(f"--out_dir {args.out_dir}: is a file; give a folder for the sweep's CSV and heatmap")
     if args.json and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
         fail(f"--json {args.json}: give a file path in an existing folder")
-    if args.auto and not (Path(args.checkpoint).is_file() and os.access(args.checkpoint, os.W_OK)):
-        fail(f"--auto stores its recommendation in --checkpoint {args.checkpoint}: give a writable checkpoint file")
+    if args.store and not args.auto:
+        fail("--store writes what --auto finds: give --auto too")
+    if args.store and not (Path(args.checkpoint).is_file() and os.access(args.checkpoint, os.W_OK)):
+        fail(f"--store writes the recommendation into --checkpoint {args.checkpoint}: give a writable checkpoint file")
     if args.peers:
         check_peers_installed()
 
@@ -782,7 +788,9 @@ def measure_and_report(args, models, setting, processors, prompts, report, peer=
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
         print(f"wrote {args.json}")
-    if args.auto:
+    if args.auto and not args.store:
+        print(f"not stored (add --store to write it into {args.checkpoint})")
+    if args.store:
         store_recommendation(args.checkpoint, best, args.tune_prompts)
         print(f"stored exit {setting['exit_layer']}, d {setting['num_speculations']}, threshold "
               f"{setting['draft_threshold']}, draft cost {setting['draft_cost']} (gamma {setting['draft_gamma']}) in "

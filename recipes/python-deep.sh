@@ -73,5 +73,5 @@ wait
 #    data/python/dev_prompts.jsonl, never on the reported HumanEval or one-line prompts)
 cp out/ft6-layerskip/model.pt checkpoints/layerskip-python-deep.pt
 cp out/ft6-baseline/model.pt checkpoints/baseline-python-deep.pt
-python bench.py --auto --prompts dev --baseline '' --sweep_exits 3 4 5 6 --sweep_specs 3 4 6 \
+python bench.py --auto --store --prompts dev --baseline '' --sweep_exits 3 4 5 6 --sweep_specs 3 4 6 \
     --sweep_thresholds 0.2 0.3 0.5 --out_dir docs/results

@@ -21,4 +21,4 @@ wait
 cp out/python-layerskip/model.pt checkpoints/layerskip-python.pt
 cp out/python-baseline/model.pt checkpoints/baseline-python.pt
 python bench.py --checkpoint checkpoints/layerskip-python.pt --baseline checkpoints/baseline-python.pt \
-    --threads 2 --auto --sweep_exits 1 2 3 4 5 6 8
+    --threads 2 --auto --store --sweep_exits 1 2 3 4 5 6 8

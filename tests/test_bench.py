@@ -116,18 +116,18 @@ def test_bench_runs_on_a_short_context_model_and_auto_writes_only_after_success(
 
     monkeypatch.setattr(bench, "round_costs", broken)
     with pytest.raises(RuntimeError):
-        bench.main(common + ["--auto", "--sweep_exits", "1", "2", "--sweep_specs", "1", "--sweep_thresholds", "0.5",
-                             "--sweep_prompts", "1"])
+        bench.main(common + ["--auto", "--store", "--sweep_exits", "1", "2", "--sweep_specs", "1",
+                             "--sweep_thresholds", "0.5", "--sweep_prompts", "1"])
     assert ckpt.read_bytes() == before
 
 
 def test_sweep_auto_stores_the_fastest_setting(tiny_checkpoint, tmp_path, capsys):
     """--auto sweeps exit x d on the dev prompts, then both stop rules at the best (E, d) with d and 2d, writes the
-    CSV, and stores the fastest setting in the checkpoint's metadata (with the set it was tuned on), where
-    load_model finds it; the report's JSON has the analytic prediction and the equality check."""
+    CSV, and with --store stores the fastest setting in the checkpoint's metadata (with the set it was tuned on),
+    where load_model finds it; the report's JSON has the analytic prediction and the equality check."""
     ckpt = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint, ckpt)
-    bench.main(["--checkpoint", str(ckpt), "--baseline", "", "--auto", "--sweep_exits", "1", "3",
+    bench.main(["--checkpoint", str(ckpt), "--baseline", "", "--auto", "--store", "--sweep_exits", "1", "3",
                 "--sweep_specs", "1", "2", "--sweep_thresholds", "0.5", "--n_prompts", "2",
                 "--sweep_prompts", "1",
                 "--max_new_tokens", "6", "--repeats", "1", "--threads", "1", "--out_dir", str(tmp_path),
@@ -304,11 +304,27 @@ def test_bench_and_eval_refuse_bad_checkpoints(bad_files, capsys, checkpoint, ma
     assert_one_line_error(evaluate.main, ["--checkpoints", path], capsys, match)
 
 
-def test_bench_auto_needs_a_checkpoint_file(tiny_checkpoint, bad_files, capsys):
-    """--auto writes its recommendation into --checkpoint, so a train.py output folder (which loads) is refused."""
+def test_bench_store_needs_auto_and_a_checkpoint_file(tiny_checkpoint, bad_files, capsys):
+    """--store writes --auto's recommendation into --checkpoint, so a train.py output folder (which loads) is
+    refused, and so is --store alone."""
     shutil.copy(tiny_checkpoint, bad_files / "folder" / "model.pt")
-    assert_one_line_error(bench.main, ["--checkpoint", bad_files / "folder", "--baseline", "", "--auto"], capsys,
-                          "give a writable checkpoint file")
+    assert_one_line_error(bench.main, ["--checkpoint", bad_files / "folder", "--baseline", "", "--auto", "--store"],
+                          capsys, "give a writable checkpoint file")
+    assert_one_line_error(bench.main, ["--checkpoint", tiny_checkpoint, "--baseline", "", "--store"], capsys,
+                          "--store writes what --auto finds: give --auto too")
+
+
+def test_bench_auto_without_store_leaves_the_checkpoint_alone(tiny_checkpoint, tmp_path, capsys):
+    """--auto alone sweeps and measures the setting it found, says how to store it, and leaves the checkpoint's
+    bytes as they were: only --store rewrites a checkpoint."""
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    before = ckpt.read_bytes()
+    bench.main(["--checkpoint", str(ckpt), "--baseline", "", "--auto", "--sweep_exits", "1", "2", "--sweep_specs",
+                "1", "--sweep_thresholds", "0.5", "--n_prompts", "1", "--sweep_prompts", "1", "--max_new_tokens", "4",
+                "--repeats", "1", "--out_dir", str(tmp_path)])
+    assert ckpt.read_bytes() == before and (tmp_path / "sweep.csv").exists()
+    assert f"not stored (add --store to write it into {ckpt})" in capsys.readouterr().out
 
 
 EVAL_BAD = [  # (argv after --checkpoints CKPT --data SHORT_TEXT, what the one line says)
