@@ -115,9 +115,9 @@ def rope_rotations(args: ModelArgs, device=None):
 def apply_rope(x, rotations):
     """Rotate interleaved channel pairs (x0,x1), (x2,x3), ... as Meta's Llama does: read each pair as the complex
     number x0 + i x1 and multiply it by e^(i * angle), one kernel instead of eight (Meta's code does the same;
-    torch.compile runs this one op eagerly). x: [B, T, H, D]."""
+    torch.compile runs this one op eagerly). x: [B, T, H, D]; rotations: [T, D/2], or [B, T, D/2] per row."""
     pairs = torch.view_as_complex(at_least_fp32(x).unflatten(-1, (-1, 2)))  # [B, T, H, D/2]
-    return torch.view_as_real(pairs * rotations[:, None, :]).flatten(-2).type_as(x)
+    return torch.view_as_real(pairs * rotations[..., None, :]).flatten(-2).type_as(x)
 
 
 def attention_mask(T: int, S: int, dtype, device):
@@ -140,7 +140,8 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False)
 
-    def forward(self, x, rope, kv_cache=None, pos=0, mask=None):
+    def forward(self, x, rope, kv_cache=None, where=None, mask=None):
+        """x [B, T, dim]; with a cache, the new tokens sit where `where` (a Positions) says and mask is its mask."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -148,11 +149,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, head_dim]
         if kv_cache is not None:
-            k, v = kv_cache.update(pos, k, v)  # keys and values of positions 0..pos+T-1
-        S = k.shape[2]
-        if mask is None and T > 1 and S > T:  # run_blocks passes it, built once for all blocks; this is for direct calls
-            mask = attention_mask(T, S, q.dtype, x.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and S == T,
+            k, v = kv_cache.update(where, k, v)  # keys and values of every position up to the newest
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1 and k.shape[2] == T,
                                            enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -180,8 +178,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x, rope, kv_cache=None, pos=0, mask=None):
-        x = x + self.attention(self.attention_norm(x), rope, kv_cache, pos, mask)
+    def forward(self, x, rope, kv_cache=None, where=None, mask=None):
+        x = x + self.attention(self.attention_norm(x), rope, kv_cache, where, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -212,24 +210,19 @@ class Transformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def rope(self, pos: int, T: int):
-        if pos + T > self.params.max_seq_len:  # a slice past the table would silently be short
-            raise ValueError(f"positions {pos}..{pos + T - 1} are past the context window of "
-                             f"{self.params.max_seq_len} tokens: use shorter inputs or a larger max_seq_len")
-        return self.rope_rotations[pos:pos + T]
-
     def head(self, h):
         """The LM head g shared by every exit: final RMSNorm, then the output projection (trap: never skip the norm)."""
         return at_least_fp32(self.output(self.norm(h)))
 
-    def run_blocks(self, h, start: int, end: int, pos: int = 0, cache=None):
+    def run_blocks(self, h, start: int, end: int, pos=0, cache=None):
         """Blocks start..end-1 on hidden states h [B, T, dim] at positions pos..pos+T-1, reading and writing the
-        KV cache if one is given. One function for prefill, drafting (0..E-1) and verification (E..L-1)."""
-        T = h.shape[1]
-        rope = self.rope(pos, T)
-        mask = attention_mask(T, pos + T, h.dtype, h.device) if cache is not None else None
+        KV cache if one is given. One function for prefill, drafting (0..E-1) and verification (E..L-1). pos is
+        one int for every row, or a list with each row's own (rows of a batch at different lengths: Positions)."""
+        where = Positions(pos, h.shape[1], h.device, self.params.max_seq_len)
+        rope = where.rope(self.rope_rotations)
+        mask = where.mask(h.dtype) if cache is not None else None
         for l in range(start, end):
-            h = self.layers[l](h, rope, cache.kv[l] if cache is not None else None, pos, mask)
+            h = self.layers[l](h, rope, cache.kv[l] if cache is not None else None, where, mask)
         return h
 
     def forward(self, tokens, targets=None, *, exit_weights=None, drop_rates=None, seed=0, step=0):
@@ -242,7 +235,7 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         if targets is None:
             return self.head(self.run_blocks(h, 0, len(self.layers)))
-        rope = self.rope(0, T)
+        rope = Positions(0, T, h.device, self.params.max_seq_len).rope(self.rope_rotations)
         exit_weights = exit_weights or {len(self.layers) - 1: 1.0}
         loss, exit_losses = 0.0, {}
         self.last_skips = torch.zeros(len(self.layers), B, dtype=torch.bool)  # what was drawn, for checks
@@ -337,27 +330,90 @@ def early_exit_curriculum(n_layers: int, step: int, curriculum: str = "none", ro
 #    in the paper) so that verification continues from block E without re-running blocks 0..E-1.
 
 
+class Positions:
+    """Where a step's T new tokens sit: row b's at positions pos[b] .. pos[b] + T - 1, the one place that knows rows
+    can differ. One int for all rows (batch 1, prefill, training) is the plain case: slices and a causal mask.
+    Rows at different lengths (ragged prompts, different numbers of accepted drafts) get their own RoPE angles,
+    cache slots and mask. A row with fewer than T real tokens is right-padded: the padding writes cache slots past
+    the row's real length, which no real query of that row sees (each query sees the keys up to its own position)
+    and which the row's next real tokens overwrite."""
+
+    def __init__(self, pos, T: int, device, context: Optional[int] = None):
+        self.T, self.context, self.device = T, context, device
+        if isinstance(pos, int):
+            self.start, self.end = pos, pos + T  # keys 0..end-1 are valid after the write
+            self.index = None
+        else:
+            start = torch.as_tensor(pos, device=device)
+            self.index = start[:, None] + torch.arange(T, device=device)  # [B, T]: row b's token t at index[b, t]
+            self.rows = torch.arange(len(start), device=device)[:, None]
+            self.end = int(start.max()) + T
+
+    def rope(self, table):
+        """The rotations of these positions: [T, D/2], or [B, T, D/2] per row."""
+        if self.index is None:
+            if self.end > self.context:  # a slice past the table would silently be short
+                raise ValueError(f"positions {self.start}..{self.end - 1} are past the context window of "
+                                 f"{self.context} tokens: use shorter inputs or a larger max_seq_len")
+            return table[self.start:self.end]
+        return table[self.index.clamp(max=self.context - 1)]  # only padding can be past the window: any angle
+
+    def mask(self, dtype):
+        """The attention mask over keys 0..end-1 (None where SDPA's is_causal, or nothing, does it)."""
+        if self.index is None:
+            return attention_mask(self.T, self.end, dtype, self.device)
+        keys = torch.arange(self.end, device=self.index.device)
+        return (keys <= self.index[..., None])[:, None]  # [B, 1, T, S]: causal within each row's own length
+
+    def write(self, buffer, x, dim: int):
+        """buffer[b, ..., index[b, t], ...] = x[b, ..., t, ...] along dimension dim (the sequence dimension)."""
+        if self.index is None:
+            buffer.narrow(dim, self.start, self.T).copy_(x)
+        else:  # advanced indices on dims 0 and `dim` (1 or 2) put [B, T] first
+            buffer[(self.rows,) + (slice(None),) * (dim - 1) + (self.index,)] = x.movedim(dim, 1)
+
+    def read(self, buffer, dim: int = 1):
+        """buffer's entries at these positions, [B, T, ...] (the inverse of write along dim 1)."""
+        if self.index is None:
+            return buffer.narrow(dim, self.start, self.T)
+        return buffer[self.rows, self.index]
+
+
 class KVCache:
     def __init__(self, batch, n_kv_heads, max_len, head_dim, dtype, device):
         self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
 
-    def update(self, pos: int, k, v):
-        """Write keys/values of positions pos..pos+T-1; return those of positions 0..pos+T-1."""
-        T = k.shape[2]
-        self.k[:, :, pos:pos + T] = k
-        self.v[:, :, pos:pos + T] = v
-        return self.k[:, :, :pos + T], self.v[:, :, :pos + T]
+    def update(self, where: Positions, k, v):
+        """Write the keys/values [B, heads, T, head_dim] of the new positions; return those of positions 0..end-1."""
+        where.write(self.k, k, dim=2)
+        where.write(self.v, v, dim=2)
+        return self.k[:, :, :where.end], self.v[:, :, :where.end]
 
 
 class Cache:
-    """One KV cache per block plus the exit-state buffer: together the paper's KVQ cache."""
+    """One KV cache per block plus the exit-state buffer: together the paper's KVQ cache. Row b of the batch is
+    sequence b; keep(rows) drops the others (finished sequences leave a batch)."""
 
     def __init__(self, model: Transformer, max_len: int, batch: int = 1):
         p, w = model.params, model.tok_embeddings.weight
         self.kv = [KVCache(batch, p.n_kv_heads or p.n_heads, max_len, p.head_dim, w.dtype, w.device)
                    for _ in range(p.n_layers)]
         self.exit_h = torch.zeros(batch, max_len, p.dim, dtype=w.dtype, device=w.device)
+
+    def keep(self, rows: list[int]):
+        index = torch.tensor(rows, dtype=torch.long, device=self.exit_h.device)
+        for kv in self.kv:
+            kv.k, kv.v = kv.k[index], kv.v[index]
+        self.exit_h = self.exit_h[index]
+
+    def write_exit(self, pos, h):
+        """Keep the exit states h [B, T, dim] of the tokens at positions pos (Positions' pos)."""
+        Positions(pos, h.shape[1], h.device).write(self.exit_h, h, dim=1)
+
+    def read_exit(self, pos, T: int):
+        """The exit states of T positions from pos, [B, T, dim]."""
+        return Positions(pos, T, self.exit_h.device).read(self.exit_h)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -523,33 +579,42 @@ def worth_drafting_on(confidences: list[float], draft_cost: float, gamma: float 
     return P * confidences[-1] ** gamma * (len(confidences) * draft_cost + 1) > draft_cost * T
 
 
-def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: int,
-                    strategy: str = "autoregressive", exit_layer: Optional[int] = None,
-                    num_speculations: Optional[int] = None, temperature: float = 0.0,
-                    top_k: Optional[int] = None, top_p: Optional[float] = None,
-                    eos_id=None, seed: Optional[int] = None, draft_threshold: Optional[float] = None,
+def generate_stream(model: Transformer, prompt_ids, max_new_tokens, strategy: str = "autoregressive",
+                    exit_layer: Optional[int] = None, num_speculations: Optional[int] = None,
+                    temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                    eos_id=None, seed=None, draft_threshold: Optional[float] = None,
                     repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-                    draft_cost: Optional[float] = None, draft_gamma: float = 1.0) -> Iterator[Round]:
+                    draft_cost: Optional[float] = None, draft_gamma: float = 1.0) -> Iterator:
     """Decode after prompt_ids, yielding one Round per model round. Stops at an EOS (which is emitted; eos_id
     is one id or several, e.g. Llama 3's <|end_of_text|> and <|eot_id|>), max_new_tokens, or the context window.
     draft_threshold: stop drafting early once the draft's own probability of its token falls below this (an
     adaptive draft length; None or 0 = off). draft_cost: instead, stop by the cost model (worth_drafting_on), with
     a draft step costing this fraction of a verification and the draft's confidences calibrated by draft_gamma;
-    num_speculations is then the most a round drafts. Neither
-    changes greedy output; sampled text changes (other random draws), though the distribution it is drawn from
-    does not. Bad arguments raise a ValueError that names the
-    problem and the valid range here, at the call, before any round is decoded."""
+    num_speculations is then the most a round drafts. Neither changes greedy output; sampled text changes (other
+    random draws), though the distribution it is drawn from does not.
+    A batch: prompt_ids may be a list of prompts (lists of ids, of any lengths), decoded together. Each round then
+    yields a list with every prompt's Round, None for a prompt that has finished; max_new_tokens and seed may be
+    lists with one value per prompt (an int seed s gives prompt b the random stream of seed s + b). A prompt's
+    tokens are those of decoding it alone. Bad arguments raise a ValueError that names the problem and the valid
+    range here, at the call, before any round is decoded."""
+    batched = isinstance(prompt_ids, (list, tuple)) and len(prompt_ids) > 0 and isinstance(prompt_ids[0], (list, tuple))
+    prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
+    n = len(prompts)
+    budgets = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [None if seed is None else seed + b for b in range(n)]
     L, ctx = model.params.n_layers, model.params.max_seq_len
+    name = (lambda b: f"prompt {b}") if batched else (lambda b: "the prompt")
     checks = [
         (strategy in STRATEGIES, f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}"),
         (strategy == "autoregressive" or (isinstance(exit_layer, int) and 1 <= exit_layer <= L),
          f"exit layer {exit_layer} is out of range: this model has {L} layers, use 1..{L}"),
         (strategy != "self_speculative" or (isinstance(num_speculations, int) and num_speculations >= 1),
          f"num_speculations must be at least 1 (a whole number), got {num_speculations}"),
-        (len(prompt_ids) > 0, "the prompt is empty: give at least one token"),
-        (len(prompt_ids) < ctx, f"the prompt has {len(prompt_ids)} tokens but the context window holds {ctx}: "
-                                f"use a prompt of at most {ctx - 1} tokens"),
-        (max_new_tokens >= 0, f"max_new_tokens must be 0 or more, got {max_new_tokens}"),
+        (len(budgets) == n and len(seeds) == n, f"give one max_new_tokens and one seed per prompt ({n} prompts)"),
+        *[(len(p) > 0, f"{name(b)} is empty: give at least one token") for b, p in enumerate(prompts)],
+        *[(len(p) < ctx, f"{name(b)} has {len(p)} tokens but the context window holds {ctx}: use a prompt of at "
+                         f"most {ctx - 1} tokens") for b, p in enumerate(prompts)],
+        *[(m >= 0, f"max_new_tokens must be 0 or more, got {m}") for m in budgets],
         (math.isfinite(temperature) and temperature >= 0,
          f"temperature must be 0 (greedy) or a finite positive number, got {temperature}"),
         (top_k is None or top_k >= 1, f"top_k must be at least 1, got {top_k}"),
@@ -568,19 +633,37 @@ def generate_stream(model: Transformer, prompt_ids: list[int], max_new_tokens: i
         if not ok:
             raise ValueError(message)
     device = model.tok_embeddings.weight.device
+    samplers = [Sampler(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, random_stream(s, device))
+                for s in seeds]
+    stop = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
+    ends = [min(ctx, len(p) + m) for p, m in zip(prompts, budgets)]  # a sequence never grows past its end
+    if strategy == "self_speculative":
+        rows = Rows(model, prompts, ends, samplers, stop, slack=num_speculations + 1)
+        rounds = self_speculative_rounds(model, rows, exit_layer, num_speculations,
+                                         stop_rule(draft_threshold or None, draft_cost, draft_gamma))
+    else:
+        rows = Rows(model, prompts, ends, samplers, stop, slack=1)
+        rounds = autoregressive_rounds(model, rows, L if strategy == "autoregressive" else exit_layer)
+    return rounds if batched else (events[0] for events in rounds)
+
+
+def random_stream(seed: Optional[int], device) -> torch.Generator:
+    """A generator of its own for one sequence: seeded, or fresh (without touching torch's global generator)."""
     rng = torch.Generator(device=device)
     if seed is not None:
         rng.manual_seed(seed)
     else:
-        rng.seed()  # a fresh random seed, without touching torch's global generator
-    sampler = Sampler(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, rng)
-    stop = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
-    end = min(ctx, len(prompt_ids) + max_new_tokens)  # the sequence never grows past this
-    if strategy == "self_speculative":
-        return self_speculative_rounds(model, list(prompt_ids), end, stop, sampler, exit_layer, num_speculations,
-                                       draft_threshold or None, draft_cost, draft_gamma)
-    return autoregressive_rounds(model, list(prompt_ids), end, stop, sampler, L if strategy == "autoregressive"
-                                 else exit_layer)
+        rng.seed()
+    return rng
+
+
+def stop_rule(draft_threshold: Optional[float], draft_cost: Optional[float], draft_gamma: float):
+    """When a round stops drafting early, as a function of its drafts' confidences so far (None: draft to d)."""
+    if draft_threshold is not None:  # unsure drafts are likely rejected
+        return lambda confidences: confidences[-1] >= draft_threshold
+    if draft_cost is not None:
+        return lambda confidences: worth_drafting_on(confidences, draft_cost, draft_gamma)
+    return None
 
 
 def token_tensor(ids: list[int], model: Transformer) -> torch.Tensor:
@@ -588,74 +671,137 @@ def token_tensor(ids: list[int], model: Transformer) -> torch.Tensor:
     return torch.tensor([ids], dtype=torch.long, device=model.tok_embeddings.weight.device)
 
 
-@torch.inference_mode()
-def autoregressive_rounds(model, seq, end, stop, sampler, E) -> Iterator[Round]:
-    """One token per round from blocks 0..E-1: E = L is plain autoregressive decoding, E < L early exit."""
-    cache, n_cached = Cache(model, end), 0  # positions 0..n_cached-1 hold valid keys/values
-    while len(seq) < end:
-        h = model.run_blocks(model.tok_embeddings(token_tensor(seq[n_cached:], model)), 0, E, n_cached, cache)
-        n_cached = len(seq)
-        token, _ = sampler.sample(model.head(h[0, -1]), seq)
-        seq.append(token)
-        yield Round(drafted=[], accepted=0, token=token)
-        if token in stop:
-            return
+class Rows:
+    """The sequences decoded together, row b of the batch being seqs[b]. Its first cached[b] tokens have been
+    through every block (their keys and values are in the cache); the rest are the next round's input: the prompt
+    at first, then the newest token. A row whose sequence is done (an EOS, its end) leaves the batch. With one
+    sequence all of this is plain decoding; Positions handles rows at different lengths."""
+
+    def __init__(self, model, prompts, ends, samplers, stop, slack: int):
+        live = [b for b, (p, end) in enumerate(zip(prompts, ends)) if len(p) < end]
+        self.model, self.stop, self.n = model, stop, len(prompts)
+        self.ids = live  # each row's index in the caller's list of prompts
+        self.seqs, self.ends = [prompts[b] for b in live], [ends[b] for b in live]
+        self.samplers, self.cached = [samplers[b] for b in live], [0] * len(live)
+        # the slack: a row's right-padding may run past its own end (Positions); never past the cache
+        self.cache = Cache(model, max(self.ends, default=0) + slack, batch=len(live))
+
+    def __len__(self):
+        return len(self.seqs)
+
+    def positions(self, offsets=None):
+        """Row b's next position, cached[b] + offsets[b]: one int when every row is at the same one."""
+        pos = [c + (offsets[b] if offsets else 0) for b, c in enumerate(self.cached)]
+        return pos[0] if len(set(pos)) == 1 else pos
+
+    def embed(self, tokens: list[list[int]]) -> torch.Tensor:
+        """Each row's tokens, right-padded to one [B, T, dim] tensor."""
+        T = max(map(len, tokens))
+        ids = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.cache.exit_h.device)
+        return self.model.tok_embeddings(ids)
+
+    def last(self, h, lengths: list[int], n: int = 1) -> torch.Tensor:
+        """Row b's n hidden states ending at its own last real position lengths[b] - 1: [B, n, dim]. A row with
+        fewer than n real positions (shorter rounds) is padded with its last one; the caller reads what it needs."""
+        t = torch.tensor(lengths, device=h.device)[:, None] - n + torch.arange(n, device=h.device)
+        return h[torch.arange(len(h), device=h.device)[:, None], t.clamp(min=0, max=h.shape[1] - 1)]
+
+    def advance(self, events: list["Round"]) -> list[Optional["Round"]]:
+        """Append each row's round and roll back: slots after the accepted tokens hold rejected drafts and are
+        overwritten next round, and the newest token, not yet through any block, is the next round's input. Rows
+        that are done leave the batch. Returns the rounds in the caller's order, None for rows not decoded."""
+        out, keep = [None] * self.n, []
+        for b, event in enumerate(events):
+            self.seqs[b] += event.tokens
+            self.cached[b] = len(self.seqs[b]) - 1
+            out[self.ids[b]] = event
+            if event.tokens[-1] not in self.stop and len(self.seqs[b]) < self.ends[b]:
+                keep.append(b)
+        if len(keep) < len(events):
+            for name in ("ids", "seqs", "ends", "samplers", "cached"):
+                setattr(self, name, [getattr(self, name)[b] for b in keep])
+            self.cache.keep(keep)
+        return out
 
 
 @torch.inference_mode()
-def self_speculative_rounds(model, seq, end, stop, sampler, E, num_speculations, draft_threshold,
-                            draft_cost=None, draft_gamma=1.0) -> Iterator[Round]:
+def autoregressive_rounds(model, rows: Rows, E: int) -> Iterator[list]:
+    """One token per row and round from blocks 0..E-1: E = L is plain autoregressive decoding, E < L early exit."""
+    while rows:
+        x = [seq[c:] for seq, c in zip(rows.seqs, rows.cached)]  # tokens not yet seen by any block
+        h = model.run_blocks(rows.embed(x), 0, E, rows.positions(), rows.cache)
+        logits = model.head(rows.last(h, list(map(len, x)))[:, 0])  # [B, vocab]: after each row's last token
+        yield rows.advance([Round(drafted=[], accepted=0, token=sampler.sample(row, seq)[0])
+                            for sampler, row, seq in zip(rows.samplers, logits, rows.seqs)])
+
+
+@torch.inference_mode()
+def self_speculative_rounds(model, rows: Rows, E: int, num_speculations: int, keep_drafting) -> Iterator[list]:
     """Draft with blocks 0..E-1, verify with blocks E..L-1 from the cached exit states, accept, roll back."""
     L = model.params.n_layers
-    cache, n_cached = Cache(model, end), 0  # positions 0..n_cached-1 hold valid keys/values in every block
-    while len(seq) < end:
-        # Draft: up to d tokens with blocks 0..E-1 and the shared head. Each step writes the early blocks' KV
-        # and keeps the exit state x_E of its input for verification. d shrinks so that the round can never
-        # emit more than max_new_tokens or pass the context window.
-        d = min(num_speculations, end - len(seq) - 1)
-        pos, x = n_cached, seq[n_cached:]  # x: tokens not yet seen by any block (the prompt, then one token)
-        drafts, draft_probs, confidences = [], [], []
-        for _ in range(d):
-            h = model.run_blocks(model.tok_embeddings(token_tensor(x, model)), 0, E, pos, cache)
-            cache.exit_h[:, pos:pos + len(x)] = h
-            pos += len(x)
-            logits = model.head(h[0, -1])
-            token, probs = sampler.sample(logits, seq + drafts)
-            drafts.append(token)
-            draft_probs.append(probs)
-            x = [token]
-            if token in stop:
-                break
-            if draft_threshold is not None or draft_cost is not None:  # unsure drafts are likely rejected
-                confidences.append(float(probs[token] if probs is not None else torch.softmax(logits, -1)[token]))
-                if (confidences[-1] < draft_threshold if draft_threshold is not None
-                        else not worth_drafting_on(confidences, draft_cost, draft_gamma)):
-                    break
-        # Verify: the last draft still needs blocks 0..E-1 (its KV and exit state); then blocks E..L-1 run once
-        # over every position they have not seen, starting from the cached exit states.
-        h = model.run_blocks(model.tok_embeddings(token_tensor(x, model)), 0, E, pos, cache)
-        cache.exit_h[:, pos:pos + len(x)] = h
-        pos += len(x)
-        h = model.run_blocks(cache.exit_h[:, n_cached:pos], E, L, n_cached, cache)
-        logits = model.head(h[0, -(len(drafts) + 1):])  # the verifier's prediction after x and after each draft
-        accepted, token = sampler.verify(drafts, draft_probs, logits, seq)
-        if accepted and drafts[accepted - 1] in stop:
-            token = None  # an accepted EOS draft ends the text: no token after it
-        event = Round(drafted=drafts, accepted=accepted, token=token)
-        seq += event.tokens
-        # Roll back: slots after the accepted tokens hold rejected drafts and are overwritten next round. The
-        # newest token has not been through any block yet, so it is the next round's input.
-        n_cached = len(seq) - 1
-        yield event
-        if event.tokens[-1] in stop:  # drafting stops at an EOS draft, so an EOS can only come last
-            return
+    while rows:
+        B = len(rows)
+        # Draft: up to d tokens per row with blocks 0..E-1 and the shared head. Each step writes the early blocks'
+        # KV and keeps the exit states x_E of its input for verification. d shrinks so that a round can never
+        # emit more than max_new_tokens or pass the context window. A row stops drafting at d, at an EOS draft or
+        # when its stop rule says so; its last draft still needs blocks 0..E-1 (its KV and exit state), so a row
+        # steps once more after its last draft. In a batch the rows step together until all are done, the rows
+        # already done on padding (their x is empty).
+        d = [min(num_speculations, end - len(seq) - 1) for seq, end in zip(rows.seqs, rows.ends)]
+        x = [seq[c:] for seq, c in zip(rows.seqs, rows.cached)]  # tokens not yet seen by any block
+        drafting = [db > 0 for db in d]
+        seen = [0] * B  # tokens of this round that blocks 0..E-1 have seen, per row
+        drafts, draft_probs, confidences = [[] for _ in range(B)], [[] for _ in range(B)], [[] for _ in range(B)]
+        while any(x):
+            pos = rows.positions(seen)
+            h = model.run_blocks(rows.embed([t or [0] for t in x]), 0, E, pos, rows.cache)
+            rows.cache.write_exit(pos, h)
+            lengths = list(map(len, x))
+            seen = [s + n for s, n in zip(seen, lengths)]
+            sampling = [b for b in range(B) if lengths[b] and drafting[b]]  # rows that draft one more token
+            x = [[] for _ in range(B)]
+            if not sampling:
+                continue
+            logits = model.head(rows.last(h, lengths)[sampling, 0])  # [rows drafting, vocab]
+            for b, row in zip(sampling, logits):
+                token, probs = rows.samplers[b].sample(row, rows.seqs[b] + drafts[b])
+                drafts[b].append(token)
+                draft_probs[b].append(probs)
+                x[b] = [token]
+                if keep_drafting is not None:  # the stop rule reads the draft's confidence in its own token
+                    confidences[b].append(float(probs[token] if probs is not None else torch.softmax(row, -1)[token]))
+                drafting[b] = (len(drafts[b]) < d[b] and token not in rows.stop
+                               and (keep_drafting is None or keep_drafting(confidences[b])))
+        # Verify: blocks E..L-1 run once over every position of the round (x and the drafts), starting from the
+        # cached exit states; the verifier predicts after x and after each draft.
+        pos = rows.positions()
+        h = model.run_blocks(rows.cache.read_exit(pos, max(seen)), E, L, pos, rows.cache)
+        n = [len(t) + 1 for t in drafts]
+        logits = model.head(rows.last(h, seen, max(n)))  # [B, max(n), vocab]; row b's are its last n[b]
+        events = []
+        for b in range(B):
+            accepted, token = rows.samplers[b].verify(drafts[b], draft_probs[b], logits[b, -n[b]:], rows.seqs[b])
+            if accepted and drafts[b][accepted - 1] in rows.stop:
+                token = None  # an accepted EOS draft ends the text: no token after it
+            events.append(Round(drafted=drafts[b], accepted=accepted, token=token))
+        yield rows.advance(events)
 
 
-def generate(model: Transformer, prompt_ids: list[int], max_new_tokens: int, **kwargs) -> Generation:
-    """Decode and return the new tokens with their statistics; takes generate_stream's arguments."""
+def generate(model: Transformer, prompt_ids, max_new_tokens, **kwargs):
+    """Decode and return the new tokens with their statistics: a Generation, or one per prompt for a list of
+    prompts (each timed to the round that finished it); takes generate_stream's arguments."""
     start = time.perf_counter()
-    events = list(generate_stream(model, prompt_ids, max_new_tokens, **kwargs))
-    return Generation.from_events(events, time.perf_counter() - start)
+    stream = generate_stream(model, prompt_ids, max_new_tokens, **kwargs)
+    if not (prompt_ids and isinstance(prompt_ids[0], (list, tuple))):
+        events = list(stream)
+        return Generation.from_events(events, time.perf_counter() - start)
+    events, seconds = [[] for _ in prompt_ids], [0.0] * len(prompt_ids)
+    for rounds in stream:
+        for b, event in enumerate(rounds):
+            if event is not None:
+                events[b].append(event)
+                seconds[b] = time.perf_counter() - start
+    return [Generation.from_events(e, s) for e, s in zip(events, seconds)]
 
 
 # ---------------------------------------------------------------------------------------------------------

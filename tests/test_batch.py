@@ -1,0 +1,156 @@
+"""Batched decoding is decoding each prompt alone: token for token, in float64 on random models, for every
+strategy, with ragged prompts and rows that finish at different rounds; sampled rows keep the full model's
+distribution; and a batch runs as one (blocks are called per round, not per row)."""
+
+import pytest
+import torch
+
+import layerskip as ls
+from test_layerskip import chi_square, tiny_model
+
+
+def ragged_prompts(B, seed=0, vocab=32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (int(n),), generator=g).tolist()
+            for n in torch.randint(1, 12, (B,), generator=g)]
+
+
+def alone(model, prompts, max_new_tokens, **kw):
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    return [ls.generate(model, p, m, **kw).tokens for p, m in zip(prompts, budgets)]
+
+
+@pytest.mark.parametrize("B", [1, 2, 5, 16])
+def test_batched_greedy_equals_each_prompt_alone(B):
+    """Ragged prompts x strategies x exits {1, middle, L-1} x d {1, 4, 8}: every row equals its batch-1 run,
+    also with an EOS that ends rows inside drafts, as the verifier's token, and with per-row budgets."""
+    L = 6
+    model = tiny_model(n_layers=L, seed=B)
+    prompts = ragged_prompts(B, seed=B)
+    budgets = [5 + (7 * b) % 19 for b in range(B)]  # rows end at different rounds
+    eos = alone(model, prompts[:1], 24)[0][6]  # a token the full model emits: some rows stop there
+    for kw in ({}, {"eos_id": eos}):
+        for m in (24, budgets):
+            want = alone(model, prompts, m, **kw)
+            assert [g.tokens for g in ls.generate(model, prompts, m, **kw)] == want
+            for E in (1, L // 2, L - 1):
+                got = ls.generate(model, prompts, m, strategy="early_exit", exit_layer=E, **kw)
+                assert [g.tokens for g in got] == alone(model, prompts, m, strategy="early_exit", exit_layer=E, **kw)
+                for d in (1, 4, 8):
+                    spec = dict(strategy="self_speculative", exit_layer=E, num_speculations=d, **kw)
+                    got = ls.generate(model, prompts, m, **spec)
+                    assert [g.tokens for g in got] == want, (B, E, d, kw, m)
+
+
+def test_rows_that_stop_at_eos_in_drafts_and_as_the_verifier_token():
+    """The EOS paths are really exercised in a batch: some rows accept an EOS draft, some stop on the verifier's
+    EOS, while other rows of the same batch go on; every row still equals its run alone."""
+    model = tiny_model(n_layers=6, seed=3)
+    prompts = ragged_prompts(16, seed=7)
+    ar = alone(model, prompts, 30)
+    eos = max(set(t for r in ar for t in r), key=lambda t: sum(t in r for r in ar))  # in most rows' text
+    want = alone(model, prompts, 30, eos_id=eos)
+    eos_in_draft = eos_by_verifier = 0
+    for E in (1, 2, 3):
+        for d in (2, 4, 8):
+            rounds = list(ls.generate_stream(model, prompts, 30, strategy="self_speculative", exit_layer=E,
+                                             num_speculations=d, eos_id=eos))
+            got = [[t for r in rounds if r[b] is not None for t in r[b].tokens] for b in range(16)]
+            assert got == want
+            for r in rounds:
+                for e in filter(None, r):
+                    eos_in_draft += eos in e.drafted[:e.accepted]
+                    eos_by_verifier += e.token == eos
+    assert eos_in_draft > 0 and eos_by_verifier > 0
+    assert len({len(w) for w in want}) > 3  # rows really finished at different lengths
+
+
+def test_stop_rules_and_processors_per_row():
+    """The confidence threshold and the cost-model stop act per row (rows draft different numbers of tokens in
+    the same round), and the logits processors read each row's own context: rows still equal their runs alone."""
+    model = tiny_model(n_layers=6, seed=4)
+    prompts = ragged_prompts(5, seed=4)
+    for kw in ({"draft_threshold": 0.9}, {"draft_cost": 0.2, "draft_gamma": 0.5},
+               {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2}):
+        spec = dict(strategy="self_speculative", exit_layer=2, num_speculations=8, **kw)
+        processors = {k: v for k, v in kw.items() if k in ("repetition_penalty", "no_repeat_ngram_size")}
+        want = alone(model, prompts, 30, **processors)
+        rounds = list(ls.generate_stream(model, prompts, 30, **spec))
+        assert [[t for r in rounds if r[b] for t in r[b].tokens] for b in range(5)] == want
+        if "draft_threshold" in kw or "draft_cost" in kw:  # rows disagreed on a round's draft length
+            assert any(len({len(e.drafted) for e in r if e}) > 1 for r in rounds)
+
+
+def test_a_batch_runs_as_one():
+    """Counts of work: each round calls every block once for the whole batch (drafting: blocks 0..E-1 once per
+    draft step; verification: blocks E..L-1 once), not once per row; finished rows leave the batch."""
+    L, E, d, B = 6, 2, 4, 5
+    model = tiny_model(n_layers=L, seed=5)
+    calls, rows = [0] * L, []
+
+    def hook(l):
+        def count(module, args, out):
+            calls[l] += 1
+            rows.append(args[0].shape[0]) if l == L - 1 else None
+        return count
+
+    handles = [layer.register_forward_hook(hook(l)) for l, layer in enumerate(model.layers)]
+    prompts = ragged_prompts(B, seed=5)
+    budgets = [6, 10, 14, 18, 22]
+    rounds = list(ls.generate_stream(model, prompts, budgets, strategy="self_speculative", exit_layer=E,
+                                     num_speculations=d))
+    for h in handles:
+        h.remove()
+    per_round_drafts = [max(len(e.drafted) for e in r if e) for r in rounds]
+    assert calls[L - 1] == len(rounds)  # one verification per round for all rows
+    assert calls[0] == sum(n + 1 for n in per_round_drafts)  # one draft step per draft, plus the last draft's
+    assert rows == [sum(e is not None for e in r) for r in rounds]  # the batch shrinks as rows finish
+    assert rows[0] == B and rows[-1] == 1
+
+
+def test_batched_sampling_keeps_the_full_models_distribution():
+    """Sampled rows of a batch: the first two tokens of every row follow the full model's distribution (chi-square
+    over 2,000 batches of 4 rows, each row its own random stream), and the draft's own distribution is rejected."""
+    V = 6
+    model = tiny_model(n_layers=3, vocab_size=V, seed=12, spread=4.0)
+    prompt = [1, 4, 2]
+    with torch.no_grad():
+        def joint(E):
+            p = torch.zeros(V, V, dtype=torch.float64)
+            p1 = torch.softmax(model.head(model.run_blocks(model.tok_embeddings(torch.tensor([prompt])), 0, E)[0, -1]), -1)
+            for a in range(V):
+                h = model.run_blocks(model.tok_embeddings(torch.tensor([prompt + [a]])), 0, E)
+                p[a] = p1[a] * torch.softmax(model.head(h[0, -1]), -1)
+            return p.flatten()
+        p_full, p_draft = joint(3), joint(1)
+    counts = torch.zeros(V * V, dtype=torch.float64)
+    others = [[3], [0, 5, 5, 1, 2]]  # rows of other lengths beside the counted ones
+    for s in range(1000):
+        out = ls.generate(model, [prompt, others[0], prompt, others[1]], 2, strategy="self_speculative",
+                          exit_layer=1, num_speculations=3, temperature=1.0, seed=4 * s)
+        for g in (out[0], out[2]):
+            counts[g.tokens[0] * V + g.tokens[1]] += 1
+    stat, bound = chi_square(counts, p_full)
+    assert stat < bound, (stat, bound)
+    assert chi_square(counts, p_draft)[0] > 10 * bound
+
+
+def test_a_sampled_row_is_its_own_seeded_stream():
+    """Row b with seed s + b draws what prompt b alone draws with that seed (the rows' random streams are apart)."""
+    model = tiny_model(n_layers=4, seed=6)
+    prompts = ragged_prompts(4, seed=6)
+    kw = dict(strategy="self_speculative", exit_layer=2, num_speculations=3, temperature=1.0)
+    got = ls.generate(model, prompts, 16, seed=10, **kw)
+    assert [g.tokens for g in got] == [ls.generate(model, p, 16, seed=10 + b, **kw).tokens
+                                       for b, p in enumerate(prompts)]
+
+
+def test_bad_batches():
+    model = tiny_model(n_layers=2)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        ls.generate_stream(model, [[1, 2], []], 4)
+    with pytest.raises(ValueError, match="prompt 0 has 64 tokens"):
+        ls.generate_stream(model, [[1] * 64, [2]], 4)
+    with pytest.raises(ValueError, match="one max_new_tokens and one seed per prompt"):
+        ls.generate_stream(model, [[1], [2]], [4, 4, 4])
+    assert [g.tokens for g in ls.generate(model, [[1], [2, 3]], [0, 2])][0] == []
