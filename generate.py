@@ -8,6 +8,7 @@ Generate text with a LayerSkip model: autoregressive, early-exit or self-specula
     python generate.py --no_repeat_ngram_size 4         # never repeat a 4-gram (drafts and verifier alike)
     python generate.py --checkpoint out/toy --prompt "ROMEO:" --temperature 0.8 --top_p 0.9   # train.py's output
     python generate.py --checkpoint DIR --exit 4 --num_speculations 6   # a Meta / Hugging Face Llama directory
+    python generate.py --checkpoint smollm2 --chat --prompt "What is the capital of France?"   # a GGUF chat model
 
 Without --strategy: self_speculative if --exit is given, else the checkpoint's recommended exit layer if bench.py
 stored one, else autoregressive; --strategy early_exit or self_speculative without any exit layer drafts with
@@ -35,7 +36,7 @@ import torch
 import layerskip as ls
 from common import (DEFAULT_NUM_SPECULATIONS, ArgumentParser, decoding_settings, fail, float_range, int_range,
                     round_pieces, unfinished_tail)
-from model_io import CheckpointError, load_model
+from model_io import INSTALLED_MODELS, CheckpointError, chat_prompt, load_model
 
 DEFAULT_CHECKPOINT = "checkpoints/layerskip-python-deep.pt"  # 32 layers; it stores its best exit, d, threshold
 # the start of a HumanEval-style prompt: a signature and a docstring, the function body left to the model
@@ -68,10 +69,15 @@ def temperature(text: str) -> float:
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                   help="our checkpoint (train.py) or a Meta / Hugging Face Llama directory (default: %(default)s)")
+                   help="our checkpoint (train.py), a Meta / Hugging Face Llama directory, a Llama GGUF file, or "
+                        f"the short name of one a pip package installed ({', '.join(INSTALLED_MODELS)}) (default: "
+                        "%(default)s)")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", help="text to continue (default: a Python function header)")
     prompt.add_argument("--prompt_file", help="read the prompt from this text file (UTF-8)")
+    p.add_argument("--chat", action="store_true",
+                   help="send the prompt as a user message under the checkpoint's chat template and decode the "
+                        "answer, up to its end-of-turn token (instruct models only)")
     p.add_argument("--strategy", choices=ls.STRATEGIES,
                    help="decoding strategy (default: self_speculative with --exit or a recommended exit, "
                         "else autoregressive)")
@@ -342,7 +348,10 @@ def run(args):
     dec = decoding_settings(model, args.strategy, args.exit_layer, args.num_speculations, args.draft_threshold,
                             args.draft_cost, args.draft_gamma)
     check_flags_apply(args, dec, model.params.n_layers)
-    prompt_ids = tokenizer.encode(prompt)
+    if args.chat:  # shown as the model sees it: the template around the question
+        prompt, prompt_ids = chat_prompt(tokenizer, prompt)
+    else:
+        prompt_ids = tokenizer.encode(prompt)
     # generate_stream checks every argument at the call (exit layer, a prompt too long for the context, ...):
     # bad input stops here, before anything is printed
     stream = ls.generate_stream(model, prompt_ids, args.max_new_tokens, eos_id=tokenizer.stop_ids, **dec,

