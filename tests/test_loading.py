@@ -254,8 +254,16 @@ def test_tokenizer_json_through_tokenizers(tmp_path, untied_hf):
     model, tok = load_model(folder)
     text = "def sub(a, b):\n    return a - b\n"
     ids = tok.encode(text)
-    assert tok.kind == "tokenizers" and ids[0] == 1 and tok.decode(ids + [2]) == text
+    # no tokenizer_config.json and no post-processor: the model was not trained with BOS, none is prepended
+    assert tok.kind == "tokenizers" and ids[0] != 1 and tok.decode(ids + [2]) == text
     assert model_io.tokenizer_from_dict(tok.to_dict()).encode(text) == ids
+    (folder / "tokenizer_config.json").write_text('{"add_bos_token": true}')  # the config says BOS: BOS
+    tok = load_model(folder)[1]
+    assert tok.encode(text) == [1] + ids and model_io.tokenizer_from_dict(tok.to_dict()).encode(text) == [1] + ids
+    tk.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    (folder / "tokenizer_config.json").unlink()  # no config: the post-processor, which puts <s> first, decides
+    (folder / "tokenizer.json").write_text(tk.to_str())
+    assert load_model(folder)[1].encode(text) == [1] + ids
 
 
 def test_meta_layout_with_tiktoken_tokenizer_and_our_checkpoint(tmp_path):
