@@ -6,10 +6,12 @@ Watch self-speculative decoding happen: a Gradio app over layerskip.generate_str
     python demo_app.py --host 0.0.0.0 --port 8080        # serve on the network (--share: a gradio.live link)
 
 Every round of decoding is drawn as it happens: the drafts the early exit got right (green), the verifier's own
-token, a correction (blue) or a bonus token (violet), and, if asked, the drafts it rejected (struck through, red).
+token, a correction (blue) or a bonus token (violet), and the drafts it rejected (a red count, or struck through).
 Beside it: live statistics, a timed comparison with plain autoregressive decoding, the logit lens of the paper's
-Fig. 2a, and acceptance rate and speedup against the exit layer. A repetition penalty and no-repeat n-grams (the
-logits processors, drafts and verifier alike) curb the loops a small model falls into.
+Fig. 2a, and acceptance rate and speedup against the exit layer. The stop rule (fixed d, a confidence threshold,
+or the cost model with its draft cost) is a control like the exit and d, and all of them start at the checkpoint's
+stored recommendation: what Generate, Compare and the sweep run, and the API's defaults. A repetition penalty and
+no-repeat n-grams (the logits processors, drafts and verifier alike) curb the loops a small model falls into.
 
 The app serves the shipped checkpoints (checkpoints/*.pt) and the ones given with --checkpoint, nothing else:
 its page and API are public, and a path typed there must not probe the server's files or fill its memory
@@ -18,11 +20,13 @@ its page and API are public, and a path typed there must not probe the server's 
 The event functions below are plain functions of plain values (strings, numbers) so that tests and scripts can
 call them directly; build_demo() only wires them to widgets. They take the widgets' values as sent (Gradio's own
 range checks are off: they clamp or fail with a traceback in the server log) and check each against its
-control's range, so that a bad value is refused with its reason and never run as another. The generation event
-is also an API endpoint: gradio_client.Client(url).submit(checkpoint, prompt, ..., api_name="/generate").
+control's range, so that a bad value is refused with its reason (plain text, in the event's error box) and never
+run as another. The generation event is also an API endpoint: gradio_client.Client(url).submit(prompt="def f(x):",
+api_name="/generate").result(); every argument left out takes the control's initial value.
 """
 
 import html
+import itertools
 import math
 import os
 import re
@@ -51,6 +55,17 @@ LENS_COLUMNS = 48  # the logit lens shows the last this-many positions
 MAX_SPECULATIONS, MAX_SEED, MAX_NGRAM = 32, 2 ** 32 - 1, 32  # d: the cost-model rule may stop any round early
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 2.0
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
+MAX_DRAFT_GAMMA = 10.0
+# How a round stops drafting (common.decoding_settings, layerskip.generate_stream): after d drafts; earlier, once a
+# draft's confidence is below a threshold; or once the cost model says one more draft is not worth its cost (a draft
+# step costs `draft cost` verifications, a confidence c counts as c^gamma). The API takes the keys.
+STOP_RULES = {"fixed": "fixed d", "threshold": "confidence threshold", "cost": "cost model"}
+# A rule's boxes start at these values where the model stores no value for them (no recommendation, another rule).
+RULE_DEFAULTS = dict(draft_threshold=0.5, draft_cost=0.15, draft_gamma=1.0)
+# Rejected drafts are drawn as a red count per round (their text on hover), as struck-through text (at most
+# REJECTED_SHOWN per round, then "+k"), or not at all: a class on the output, switched without decoding again.
+REJECTED_VIEWS = {"count": "count", "text": "struck through", "hidden": "hidden"}
+REJECTED_SHOWN = 4
 DEVICE = "cpu"  # set by --device
 ALLOW_ANY = False  # set by --allow_any_checkpoint: load any path load_model reads, not only the served ones
 REFUSED = ("this checkpoint is not served here: choose a model from the menu (whoever runs the demo can add "
@@ -61,7 +76,7 @@ KINDS = {
     "accepted": ("#b7ebb9", "accepted draft: the first E layers' guess, confirmed"),
     "correction": ("#b9d3fb", "correction: the full model's token for the first rejected draft"),
     "bonus": ("#dcc7f7", "bonus token: the full model's next token, every draft accepted"),
-    "rejected": ("#f9c4c4", "rejected draft: struck through, not in the text"),
+    "rejected": ("#f9c4c4", "rejected drafts: not in the text, counted per round (hover for them)"),
     "early_exit": ("#fde2a3", "early-exit token: the first E layers alone, never verified"),
     "full": ("#b9d3fb", "full-model token: all layers, one per round"),
 }
@@ -82,7 +97,6 @@ CSS = """
 #col_prompt { grid-area: prompt; } #col_out { grid-area: out; }
 #col_settings { grid-area: settings; } #col_tabs { grid-area: tabs; }
 #main > div { min-width: 0 !important; width: auto !important; }
-#error:not(:has(.ls-error)) { display: none; }
 #main .column { gap: 10px; }
 #ls-css { display: none !important; }
 .ls-head { font-size: 15px; line-height: 1.5; } .ls-head > b:first-child { font-size: 19px; margin-right: 6px; }
@@ -99,7 +113,13 @@ CSS = """
 .ls-text .prompt { color: var(--body-text-color-subdued, #777); }
 .ls-tok { border-radius: 3px; color: #111; }
 .ls-tok.rejected { text-decoration: line-through; text-decoration-thickness: 2px; color: #8a1c1c; }
-.ls-out.hide-rejected .ls-tok.rejected, .ls-out.hide-rejected .key.rejected { display: none; }
+.ls-rej .n { font: 700 10px/0 var(--font, sans-serif); color: #c92a2a; vertical-align: super; padding: 0 1px; }
+.ls-rej .more { font: 10px/0 var(--font, sans-serif); color: #8a1c1c; vertical-align: super; padding: 0 2px; }
+.ls-out.rej-count .ls-rej .ls-tok, .ls-out.rej-count .ls-rej .more, .ls-out.rej-text .ls-rej .n { display: none; }
+.ls-out.rej-hidden .ls-rej, .ls-out.rej-hidden .key.rejected { display: none; }
+.ls-errbox textarea { background: #fdecec !important; color: #8a1c1c !important; border-color: #f3b7b7 !important;
+  font-size: 14px; }
+.ls-errbox:has(textarea:placeholder-shown) { display: none !important; }
 .ls-legend { display: flex; flex-wrap: wrap; gap: 4px 14px; margin: 2px 0 6px; font-size: 12.5px;
   font-family: var(--font, sans-serif); }
 .ls-legend .sw { display: inline-block; padding: 0 6px; border-radius: 3px; margin-right: 5px; color: #111;
@@ -227,22 +247,33 @@ def read_max_new_tokens(value) -> int:
     return number(value, "max new tokens", 1, MAX_NEW_TOKENS, whole=True)
 
 
-def read_settings(model, strategy, exit_layer=None, num_speculations=None, draft_threshold=None, temperature=0.0,
-                  top_p=1.0, seed=0, repetition_penalty=1.0, no_repeat_ngram_size=0) -> dict:
+def read_settings(model, strategy, exit_layer=None, num_speculations=None, stop_rule=None, draft_threshold=None,
+                  draft_cost=None, draft_gamma=None, temperature=0.0, top_p=1.0, seed=0, repetition_penalty=1.0,
+                  no_repeat_ngram_size=0) -> dict:
     """generate_stream's keyword arguments from the controls' values, each checked against its control's range
-    (number). What is None comes from common.decoding_settings: the model's recommendation, else exit L // 4 and
-    d = 4; a draft threshold of 0 is off. generate_stream checks the rest (the strategy's name, the prompt's
-    length) at the call."""
+    (number). stop_rule is a key of STOP_RULES; only the chosen rule's boxes are read. What is None comes from
+    common.decoding_settings: the model's recommendation (its exit, d and stop rule), else exit L // 4, d = 4 and
+    no early stop. generate_stream checks the rest (the strategy's name, the prompt's length) at the call."""
     L = model.params.n_layers
 
     def given(value, *rule, **kw):
         return None if value is None else number(value, *rule, **kw)
 
-    threshold = given(draft_threshold, "the draft threshold (0 = off)", 0, 1)
-    if threshold == 0 and recommendation(model).get("draft_cost"):
-        threshold = None  # no threshold: the recommended cost-model rule applies at the recommended exit and d
-    dec = decoding_settings(model, strategy, given(exit_layer, "exit layer E", 1, L, whole=True),
-                            given(num_speculations, "drafts per round d", 1, MAX_SPECULATIONS, whole=True), threshold)
+    E = given(exit_layer, "exit layer E", 1, L, whole=True)
+    d = given(num_speculations, "drafts per round d", 1, MAX_SPECULATIONS, whole=True)
+    if stop_rule is None:  # a direct call may name a rule by its value alone
+        stop_rule = "threshold" if draft_threshold else "cost" if draft_cost else None
+    threshold = cost = gamma = None  # None: the recommended rule, at the recommended exit and d
+    if stop_rule is not None and stop_rule not in STOP_RULES:
+        raise ValueError(f"the stop rule must be one of {', '.join(STOP_RULES)}, got {stop_rule!r}")
+    if stop_rule == "fixed":
+        threshold = cost = 0  # 0 = off: every round drafts d
+    elif stop_rule == "threshold":
+        threshold = number(draft_threshold, "the draft threshold", 0, 1, low_open=True)
+    elif stop_rule == "cost":
+        cost = number(draft_cost, "the draft cost", 0, 1, low_open=True)
+        gamma = number(draft_gamma, "the calibration gamma", 0, MAX_DRAFT_GAMMA, low_open=True)
+    dec = decoding_settings(model, strategy, E, d, threshold, cost, gamma)
     t = number(temperature, "temperature (0 = greedy)", 0, MAX_TEMPERATURE)
     if 0 < t < MIN_TEMPERATURE:
         raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature!r}")
@@ -254,6 +285,28 @@ def read_settings(model, strategy, exit_layer=None, num_speculations=None, draft
                                             whole=True))
 
 
+def rule_text(settings: dict) -> str:
+    """A self-speculative setting's d and stop rule, in words."""
+    d = settings["num_speculations"]
+    if settings.get("draft_cost"):
+        return (f"d ≤ {d}, cost-model stop (draft cost {settings['draft_cost']:g}, "
+                f"γ {settings.get('draft_gamma', 1.0):g})")
+    if settings.get("draft_threshold"):
+        return f"d ≤ {d}, stop below confidence {settings['draft_threshold']:g}"
+    return f"d = {d}, fixed"
+
+
+def control_values(model) -> dict:
+    """The decoding controls' values for a model: its stored recommendation (common.decoding_settings), the rule
+    it names, and RULE_DEFAULTS in the boxes of the other rules."""
+    s = decoding_settings(model, "self_speculative")
+    rule = "cost" if s["draft_cost"] else "threshold" if s["draft_threshold"] else "fixed"
+    return dict(exit_layer=s["exit_layer"], num_speculations=s["num_speculations"], stop_rule=rule,
+                draft_threshold=s["draft_threshold"] or RULE_DEFAULTS["draft_threshold"],
+                draft_cost=s["draft_cost"] or RULE_DEFAULTS["draft_cost"],
+                draft_gamma=s["draft_gamma"] if s["draft_cost"] else RULE_DEFAULTS["draft_gamma"])
+
+
 def processors_text(settings: dict) -> str:
     """The logits processors that are on, in words ("" if none)."""
     words = ([f"repetition penalty {settings['repetition_penalty']:g}"] if settings["repetition_penalty"] != 1 else [])
@@ -263,6 +316,11 @@ def processors_text(settings: dict) -> str:
 
 def error_html(message) -> str:
     return f'<div class="ls-error">{html.escape(str(message))}</div>'
+
+
+def error_text(message) -> str:
+    """An error for an error box: one line of plain text (the API's callers read it as it is)."""
+    return " ".join(str(message).split())
 
 
 def unchanged():
@@ -308,9 +366,8 @@ def describe(checkpoint, model, tok) -> str:
     rec = meta.get("recommended") or {}
     text = f"<b>{html.escape(resolve(checkpoint).name)}</b>: {p.n_layers} layers, {n_params / 1e6:.1f} M parameters"
     if rec.get("exit_layer"):  # what bench.py --auto found fastest
-        text += (f' · <span class="nowrap">recommended: exit {rec["exit_layer"]}, d={rec.get("num_speculations")}'
-                 + (f", threshold {rec['draft_threshold']}" if rec.get("draft_threshold") else "")
-                 + (", cost-model stop" if rec.get("draft_cost") else "") + "</span>")
+        text += (f' · <span class="nowrap">recommended: exit {rec["exit_layer"]}, '
+                 f'{html.escape(rule_text(decoding_settings(model, "self_speculative")))}</span>')
     shape = f"dim {p.dim}, vocabulary {tok.vocab_size}, context {p.max_seq_len}"
     losses = meta.get("val_loss_per_exit")
     if losses:  # what train.py measured: how good each exit is on its own
@@ -321,34 +378,49 @@ def describe(checkpoint, model, tok) -> str:
     return f'<div class="ls-status">{text}</div>'
 
 
+def rule_updates(values: dict, shown_only: bool = False):
+    """gr.update()s for (stop rule, threshold, draft cost, gamma) from control_values: their values, and which boxes
+    show (those of the chosen rule); shown_only: only which boxes show."""
+    import gradio as gr
+    rule = values["stop_rule"]
+
+    def box(key, shown):
+        return gr.update(visible=shown) if shown_only else gr.update(visible=shown, value=values[key])
+
+    return ((gr.update() if shown_only else gr.update(value=rule)), box("draft_threshold", rule == "threshold"),
+            box("draft_cost", rule == "cost"), box("draft_gamma", rule == "cost"))
+
+
 def switch_model(checkpoint, loaded=None, max_new_tokens=64):
-    """The model menu and Load: select `checkpoint` and reset the controls to its settings (decoding_settings).
-    Returns gr.update()s for (menu, last good model, description, exit layer, drafts per round, draft threshold,
-    max new tokens). If it cannot be loaded, the menu goes back to `loaded`, the last good model, with the error."""
+    """The model menu and Load: select `checkpoint` and reset the controls to its settings (control_values).
+    Returns gr.update()s for (menu, last good model, description, exit layer, drafts per round, stop rule, draft
+    threshold, draft cost, gamma, max new tokens, and the four run buttons, enabled once a model has loaded). If it
+    cannot be loaded, the menu goes back to `loaded`, the last good model, with the error."""
     import gradio as gr
     keep = gr.update()
     try:
         model, tok = get_model(checkpoint)
     except (ValueError, OSError) as e:
         still = f" Still using {loaded}." if loaded else ""
-        return (gr.update(value=loaded) if loaded else keep), loaded, error_html(f"{e}{still}"), keep, keep, keep, keep
+        return ((gr.update(value=loaded) if loaded else keep), loaded, error_html(f"{e}{still}"),
+                *[keep] * (7 + len(RUN_BUTTONS)))
     checkpoint = str(checkpoint).strip()
-    s = decoding_settings(model, "self_speculative")
+    v = control_values(model)
     L, top = model.params.n_layers, min(MAX_NEW_TOKENS, model.params.max_seq_len - 1)  # the prompt takes one
     try:
         new = min(read_max_new_tokens(max_new_tokens), top)
     except ValueError:  # the box holds a bad value: the model's default replaces it
         new = min(64, top)
     return (gr.update(value=checkpoint), checkpoint, describe(checkpoint, model, tok),
-            gr.update(maximum=L, value=s["exit_layer"], label=f"exit layer E (1–{L})"),
-            gr.update(value=s["num_speculations"]), gr.update(value=s["draft_threshold"] or 0),
-            gr.update(maximum=top, value=new))
+            gr.update(maximum=L, value=v["exit_layer"], label=f"exit layer E (1–{L})"),
+            gr.update(value=v["num_speculations"]), *rule_updates(v), gr.update(maximum=top, value=new),
+            *[gr.update(interactive=True)] * len(RUN_BUTTONS))
 
 
 def exit_changed(checkpoint, exit_layer):
-    """The exit-layer box: d and threshold follow common.decoding_settings' rule (the recommended ones only at the
-    recommended exit). gr.update()s for (drafts per round, draft threshold); none while the box holds no exit of
-    this model (Generate says why)."""
+    """The exit-layer box: d and the stop rule follow common.decoding_settings' rule (the recommended ones only at
+    the recommended exit). gr.update()s for (drafts per round, stop rule, threshold, draft cost, gamma); none while
+    the box holds no exit of this model (Generate says why)."""
     import gradio as gr
     loaded = _models.get(str(resolve(checkpoint).resolve())) if checkpoint and is_served(checkpoint) else None
     try:  # only a model already in memory: this event runs outside the one-model-job queue
@@ -356,9 +428,20 @@ def exit_changed(checkpoint, exit_layer):
     except ValueError:
         E = None
     if E is None:
-        return gr.update(), gr.update()
+        return (gr.update(),) * 5
     s = decoding_settings(loaded[0], "self_speculative", E)
-    return gr.update(value=s["num_speculations"]), gr.update(value=s["draft_threshold"] or 0)
+    rule = "cost" if s["draft_cost"] else "threshold" if s["draft_threshold"] else "fixed"
+
+    def box(key, shown):  # a rule's box shows with the rule; it takes the setting's value where it has one
+        return gr.update(visible=shown, **({"value": s[key]} if shown and s[key] else {}))
+
+    return (gr.update(value=s["num_speculations"]), gr.update(value=rule), box("draft_threshold", rule == "threshold"),
+            box("draft_cost", rule == "cost"), box("draft_gamma", rule == "cost"))
+
+
+def rule_changed(stop_rule):
+    """The stop-rule radio: show the boxes of the chosen rule (no model runs)."""
+    return rule_updates({"stop_rule": stop_rule}, shown_only=True)[1:]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,18 +487,39 @@ def rounds_as_pieces(stream, tokenizer, prompt_ids, end: int, token_kind: str):
         yield list(pieces), tokenizer.decode(context)[start:], dict(stats)
 
 
-def render_text(prompt_text, pieces, strategy, show_rejected=True) -> str:
-    """The prompt (grey) followed by the coloured pieces, with a legend for the strategy's kinds."""
+def check_view(rejected) -> str:
+    """The rejected-drafts view, a key of REJECTED_VIEWS; ValueError otherwise."""
+    if rejected not in REJECTED_VIEWS:
+        raise ValueError(f"rejected drafts must be shown as one of {', '.join(REJECTED_VIEWS)}, got {rejected!r}")
+    return rejected
+
+
+def render_text(prompt_text, pieces, strategy, rejected="count") -> str:
+    """The prompt (grey) followed by the coloured pieces, with a legend for the strategy's kinds. A round's
+    rejected drafts sit together where they would have stood: their count, at most REJECTED_SHOWN of them struck
+    through and "+k" for the rest, and all of their text on hover; the view (rejected, REJECTED_VIEWS) shows one of
+    these, by CSS alone."""
     legend = "".join(f'<span class="key {k}"><span class="sw" style="background:{KINDS[k][0]}">'
                      f'{k.replace("_", " ")}</span>{html.escape(KINDS[k][1].split(": ", 1)[1])}</span>'
                      for k in LEGEND.get(strategy, []))
-    spans = []
-    for text, kind, r in pieces:
+
+    def span(text, kind, r):
         title = f"round {r}: {kind.replace('_', ' ')}"
-        spans.append(f'<span class="ls-tok {kind}" style="background:{KINDS[kind][0]}" '
-                     f'title="{html.escape(title)}">{html.escape(text)}</span>')
-    cls = "ls-out" + ("" if show_rejected else " hide-rejected")
-    return (f'<div class="{cls}"><div class="ls-legend">{legend}</div><div class="ls-text">'
+        return (f'<span class="ls-tok {kind}" style="background:{KINDS[kind][0]}" '
+                f'title="{html.escape(title)}">{html.escape(text)}</span>')
+
+    spans = []
+    for (r, rejected_run), run in itertools.groupby(pieces, key=lambda p: (p[2], p[1] == "rejected")):
+        run = list(run)
+        if not rejected_run:
+            spans += [span(*piece) for piece in run]
+            continue
+        title = f"round {r}: {plural(len(run), 'rejected draft')}: {''.join(t for t, _, _ in run)!r}"
+        more = len(run) - REJECTED_SHOWN
+        spans.append(f'<span class="ls-rej" title="{html.escape(title)}"><sup class="n">{len(run)}</sup>'
+                     + "".join(span(*piece) for piece in run[:REJECTED_SHOWN])
+                     + (f'<sup class="more">+{more}</sup>' if more > 0 else "") + "</span>")
+    return (f'<div class="ls-out rej-{rejected}"><div class="ls-legend">{legend}</div><div class="ls-text">'
             f'<span class="prompt">{html.escape(prompt_text)}</span>{"".join(spans)}</div></div>')
 
 
@@ -438,33 +542,36 @@ def plural(n: int, word: str) -> str:
 
 
 def generate(checkpoint, prompt, strategy="self_speculative", exit_layer=None, num_speculations=None,
-             temperature=0.0, top_p=1.0, max_new_tokens=64, seed=0, show_rejected=True, draft_threshold=None,
-             repetition_penalty=1.0, no_repeat_ngram_size=0, control=None):
-    """The Generate button: yields (text HTML, stats HTML, plain continuation, error HTML) after every round.
-    Exit layer, d and threshold left None come from common.decoding_settings; 0 turns the threshold off. control
+             stop_rule=None, draft_threshold=None, draft_cost=None, draft_gamma=None, temperature=0.0, top_p=1.0,
+             max_new_tokens=64, seed=0, rejected="count", repetition_penalty=1.0, no_repeat_ngram_size=0,
+             control=None):
+    """The Generate button: yields (text HTML, stats HTML, plain continuation, error text) after every round.
+    Exit layer, d and stop rule left None come from common.decoding_settings (the stored recommendation). control
     is the session's dict that Stop sets control["stop"] in: decoding then ends after the round on screen and
     says so. Bad input never raises and runs nothing: one frame leaves the text and the statistics as they were
-    and puts the reason in the error place."""
+    and puts the reason, as plain text, in the error place."""
     control = {} if control is None else control
     control["stop"] = False
     try:
         check_prompt(prompt)
         model, tok = get_model(checkpoint)
         max_new_tokens = read_max_new_tokens(max_new_tokens)
-        settings = read_settings(model, strategy, exit_layer, num_speculations, draft_threshold, temperature, top_p,
-                                 seed, repetition_penalty, no_repeat_ngram_size)
+        settings = read_settings(model, strategy, exit_layer, num_speculations, stop_rule, draft_threshold,
+                                 draft_cost, draft_gamma, temperature, top_p, seed, repetition_penalty,
+                                 no_repeat_ngram_size)
+        rejected = check_view(rejected)
         prompt_ids = tok.encode(prompt)
         rounds = decode_pieces(model, tok, prompt_ids, max_new_tokens, **settings)  # checks the rest, here
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError; so are generate_stream's checks
-        yield unchanged(), unchanged(), unchanged(), error_html(e)
+        yield unchanged(), unchanged(), unchanged(), error_text(e)
         return
-    strategy, show_rejected = settings["strategy"], bool(show_rejected)
+    strategy = settings["strategy"]
     prompt_text = tok.decode(prompt_ids)  # what the model sees; the pieces continue exactly this text
     pieces, text, stats = [], "", dict(tokens=0, rounds=0, drafted=0, accepted=0, corrections=0, bonus=0,
                                        seconds=0.0, eos=False)
-    yield render_text(prompt_text, [], strategy, show_rejected), render_stats(stats, strategy, "generating…"), "", ""
+    yield render_text(prompt_text, [], strategy, rejected), render_stats(stats, strategy, "generating…"), "", ""
     for pieces, text, stats in rounds:
-        yield (render_text(prompt_text, pieces, strategy, show_rejected),
+        yield (render_text(prompt_text, pieces, strategy, rejected),
                render_stats(stats, strategy, f"generating… round {stats['rounds']}"), text, "")
         if control["stop"]:  # checked before decoding the next round: the frame on screen is the last
             break
@@ -475,10 +582,11 @@ def generate(checkpoint, prompt, strategy="self_speculative", exit_layer=None, n
                              "stopped at the context window"
                              if len(prompt_ids) + stats["tokens"] >= model.params.max_seq_len
                              else f"stopped after {max_new_tokens} new tokens")
-    extra = (f"; {plural(stats['corrections'], 'correction')}, {plural(stats['bonus'], 'bonus token')}"
-             if strategy == "self_speculative" else "")
+    extra = (f"; exit {settings['exit_layer']}, {rule_text(settings)}; {plural(stats['corrections'], 'correction')}, "
+             f"{plural(stats['bonus'], 'bonus token')}" if strategy == "self_speculative" else
+             f"; exit {settings['exit_layer']}" if strategy == "early_exit" else "")
     extra += f"; {processors_text(settings)}" if processors_text(settings) else ""
-    yield (render_text(prompt_text, pieces, strategy, show_rejected), render_stats(stats, strategy, reason + extra),
+    yield (render_text(prompt_text, pieces, strategy, rejected), render_stats(stats, strategy, reason + extra),
            text, "")
 
 
@@ -491,21 +599,22 @@ def stop(control):
 # Compare, logit lens, exit-layer sweep.
 
 
-def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, max_new_tokens=64, draft_threshold=None,
-            repetition_penalty=1.0, no_repeat_ngram_size=0):
-    """Greedy autoregressive vs greedy self-speculative on the same prompt, with the same logits processors: an
-    HTML table with time per token, the speedup (AR time per token / self-speculative time per token), and
-    whether the outputs match."""
+def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, stop_rule=None, draft_threshold=None,
+            draft_cost=None, draft_gamma=None, max_new_tokens=64, repetition_penalty=1.0, no_repeat_ngram_size=0):
+    """Greedy autoregressive vs greedy self-speculative on the same prompt, with the same logits processors and the
+    controls' exit, d and stop rule: (an HTML table with time per token, the speedup (AR time per token /
+    self-speculative time per token) and whether the outputs match; error text)."""
     try:
         check_prompt(prompt)
         model, tok = get_model(checkpoint)
         n = read_max_new_tokens(max_new_tokens)
-        spec = read_settings(model, "self_speculative", exit_layer, num_speculations, draft_threshold,
-                             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+        spec = read_settings(model, "self_speculative", exit_layer, num_speculations, stop_rule, draft_threshold,
+                             draft_cost, draft_gamma, repetition_penalty=repetition_penalty,
+                             no_repeat_ngram_size=no_repeat_ngram_size)
         ids = tok.encode(prompt)
         ls.generate_stream(model, ids, n, **spec)  # checks every argument at the call, before any timing
     except (ValueError, OSError) as e:
-        return error_html(e)
+        return unchanged(), error_text(e)
     processors = dict(repetition_penalty=spec["repetition_penalty"], no_repeat_ngram_size=spec["no_repeat_ngram_size"])
     kw = dict(eos_id=tok.stop_ids, seed=0)
     ls.generate(model, ids, 2, **kw)  # warm-up: first calls pay for allocations, not decoding
@@ -519,9 +628,7 @@ def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, max_new_
                                                                                             len(ss.tokens)))
         match = f"✗ they differ from token {i} on"
     rows = [("autoregressive", ar, "–", "1.00"),
-            (f"self-speculative (E={spec['exit_layer']}, d={spec['num_speculations']}"
-             + (f", threshold {spec['draft_threshold']:g})" if spec["draft_threshold"] else
-                f", cost-model stop)" if spec.get("draft_cost") else ")"), ss,
+            (f"self-speculative (E={spec['exit_layer']}, {rule_text(spec)})", ss,
              f"{ss.acceptance_rate:.0%}", f"{ss.tokens_per_round:.2f}")]
     body = "".join(f"<tr><td>{html.escape(name)}</td><td>{len(g.tokens)}</td><td>{1000 * g.time_per_token:.2f}</td>"
                    f"<td>{g.tokens_per_s:.1f}</td><td>{acc}</td><td>{tpr}</td></tr>" for name, g, acc, tpr in rows)
@@ -530,7 +637,7 @@ def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, max_new_
             f"<th>tokens/s</th><th>acceptance</th><th>tokens/round</th></tr>{body}</table>{both}"
             f'<div class="ls-stats" style="margin-top:10px"><div class="card"><div class="v">{speedup:.2f}×</div>'
             f'<div class="k">speedup (AR ms/token ÷ self-speculative ms/token)</div></div>'
-            f'<div class="card"><div class="v">{match}</div><div class="k">greedy outputs</div></div></div>')
+            f'<div class="card"><div class="v">{match}</div><div class="k">greedy outputs</div></div></div>'), ""
 
 
 def visible(text: str) -> str:
@@ -538,20 +645,22 @@ def visible(text: str) -> str:
     return text.replace(" ", "·").replace("\n", "↵").replace("\t", "⇥") or "∅"
 
 
-def lens(checkpoint, prompt, text="", exit_layer=2):
+def lens(checkpoint, prompt, text="", exit_layer=None):
     """The logit lens (paper Fig. 2a) over prompt + text: every exit's top-1 next token at the last
-    LENS_COLUMNS positions, green where it already equals the last layer's, the chosen exit outlined."""
+    LENS_COLUMNS positions, green where it already equals the last layer's, the chosen exit (None: the
+    recommended one) outlined. Returns (HTML, error text)."""
     try:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty: generate something first")
         model, tok = get_model(checkpoint)
-        E = number(exit_layer, "exit layer E", 1, model.params.n_layers, whole=True)
+        E = (control_values(model)["exit_layer"] if exit_layer is None else
+             number(exit_layer, "exit layer E", 1, model.params.n_layers, whole=True))
         prompt_ids = tok.encode(prompt)
         ids = tok.encode(tok.decode(prompt_ids) + (text if isinstance(text, str) else ""))
         ids = ids[:model.params.max_seq_len]
         result = ls.logit_lens(model, ids)
     except (ValueError, OSError) as e:
-        return error_html(e)
+        return unchanged(), error_text(e)
     L, T = result.top1.shape
     cols = range(max(0, T - LENS_COLUMNS), T)
     piece_cache = {}
@@ -588,7 +697,7 @@ def lens(checkpoint, prompt, text="", exit_layer=2):
             f'{"".join(rows)}<tr class="needed"><td class="row-label">layers needed</td>{needed}</tr></table></div>'
             f'<div class="ls-status">Rows: exits 1..{L}, each cell the top-1 prediction for the next token after '
             f"the input token above it (· space, ↵ newline). Green: already the last layer's prediction (darker = "
-            f"more probable). Bold headers are generated tokens.</div>")
+            f"more probable). Bold headers are generated tokens.</div>"), ""
 
 
 def sweep_exits(L: int) -> list[int]:
@@ -597,41 +706,47 @@ def sweep_exits(L: int) -> list[int]:
     return list(range(1, L + 1)) if L <= 16 else list(range(1, L // 2 + 1)) + [L]
 
 
-def sweep(checkpoint, prompt, num_speculations=4, max_new_tokens=SWEEP_TOKENS, draft_threshold=None,
-          repetition_penalty=1.0, no_repeat_ngram_size=0, control=None):
-    """The exit-layer sweep, a generator: greedy self-speculative decoding with the controls' d, draft threshold
-    (0 or None = off) and logits processors at each exit of sweep_exits, timed as bench.py times
-    (common.interleaved_runs): every exit and autoregressive decoding in one pass, their order rotating, the pass
-    repeated SWEEP_REPEATS times. An exit's speedup is the median over passes of AR time per token / its time per
-    token in the same pass. Yields (acceptance plot, speedup plot, summary HTML) after every run, so that the plots
-    fill in and then settle; Stop (control["stop"]) ends it early."""
+def sweep(checkpoint, prompt, exit_layer=None, num_speculations=None, stop_rule=None, draft_threshold=None,
+          draft_cost=None, draft_gamma=None, max_new_tokens=SWEEP_TOKENS, repetition_penalty=1.0,
+          no_repeat_ngram_size=0, control=None):
+    """The exit-layer sweep, a generator: greedy self-speculative decoding with the controls' d, stop rule and
+    logits processors (None: the stored recommendation's, as read_settings reads them) at each exit of
+    sweep_exits, timed as bench.py times (common.interleaved_runs): every exit and autoregressive decoding in one
+    pass, their order rotating, the pass repeated SWEEP_REPEATS times. The cost model's draft cost is a draft's at
+    the controls' exit E; at exit E' a draft runs E' blocks, so it is priced at draft cost x E' / E. An exit's
+    speedup is the median over passes of AR time per token / its time per token in the same pass. Yields
+    (acceptance plot, speedup plot, summary HTML, error text) after every run, so that the plots fill in and then
+    settle; Stop (control["stop"]) ends it early."""
     control = {} if control is None else control
     control["stop"] = False
     try:
         check_prompt(prompt)
         model, tok = get_model(checkpoint)
         L, n = model.params.n_layers, min(read_max_new_tokens(max_new_tokens), SWEEP_TOKENS)
-        spec = read_settings(model, "self_speculative", L, num_speculations, draft_threshold,
-                             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+        spec = read_settings(model, "self_speculative", exit_layer, num_speculations, stop_rule, draft_threshold,
+                             draft_cost, draft_gamma, repetition_penalty=repetition_penalty,
+                             no_repeat_ngram_size=no_repeat_ngram_size)
         ls.generate_stream(model, tok.encode(prompt), n, **spec)  # checks every argument at the call
     except (ValueError, OSError) as e:
-        yield unchanged(), unchanged(), error_html(e)
+        yield unchanged(), unchanged(), unchanged(), error_text(e)
         return
+    E0, cost = spec["exit_layer"], spec.get("draft_cost")
     processors = dict(repetition_penalty=spec["repetition_penalty"], no_repeat_ngram_size=spec["no_repeat_ngram_size"])
     drafting = dict(strategy="self_speculative", num_speculations=spec["num_speculations"],
-                    draft_threshold=spec["draft_threshold"], draft_cost=spec.get("draft_cost"),
-                    draft_gamma=spec.get("draft_gamma", 1.0), **processors)
+                    draft_threshold=spec["draft_threshold"], draft_gamma=spec.get("draft_gamma", 1.0), **processors)
     exits = sweep_exits(L)
     variants = {"AR": (model, tok, dict(strategy="autoregressive", **processors))}
-    variants |= {E: (model, tok, dict(drafting, exit_layer=E)) for E in exits}
-    setting = ", ".join(w for w in (f"d={spec['num_speculations']}", spec["draft_threshold"] and
-                                    f"draft threshold {spec['draft_threshold']:g}", spec.get("draft_cost") and
-                                    "cost-model stop", processors_text(spec)) if w)
+    variants |= {E: (model, tok, dict(drafting, exit_layer=E, draft_cost=cost and min(1.0, cost * E / E0)))
+                 for E in exits}
+    setting = f"at every exit {rule_text(spec)}"
+    if cost:
+        setting = setting.replace(f"draft cost {cost:g}", f"draft cost {cost:g} at exit {E0}, × E/{E0} at exit E")
+    setting = ", ".join(w for w in (setting, processors_text(spec)) if w)
     ar_time, times, acceptance = {}, {E: {} for E in exits}, {}  # pass -> ms/token; exit -> pass -> ms/token
 
     def results(status, progress=None):
         ratios = {E: [ar_time[r] / t for r, t in times[E].items() if r in ar_time] for E in exits}
-        return sweep_results(ratios, acceptance, L, n, setting, status, progress)
+        return (*sweep_results(ratios, acceptance, L, n, setting, status, progress), "")
 
     runs, total = interleaved_runs(variants, [prompt], n, SWEEP_REPEATS), SWEEP_REPEATS * len(variants)
     for done, (r, _, name, g) in enumerate(runs, 1):
@@ -668,8 +783,9 @@ def sweep_results(ratios, acceptance, L, n, setting, status, progress=None):
     note = (f"{bar}{html.escape(status)}<br>{n} greedy tokens per run, {html.escape(setting)}; every exit and "
             f"autoregressive decoding run once per pass, in rotating order, {SWEEP_REPEATS} passes; an exit's "
             f"speedup is the median over passes of autoregressive ms/token ÷ its ms/token in the same pass.")
+    candidates = [E for E in speedup if E != L] or list(speedup)  # exit L is the sanity check, not a candidate
     if speedup and progress is None:
-        best = max(speedup, key=speedup.get)
+        best = max(candidates, key=speedup.get)
         note += (f"<br><b>Fastest: exit {best}, {speedup[best]:.2f}×</b> (passes: {spread(best)})."
                  if speedup[best] > 1 else f"<br><b>No exit beat autoregressive decoding</b> (best: exit {best}, "
                                            f"{speedup[best]:.2f}×).")
@@ -709,9 +825,24 @@ def menu(checkpoints) -> list[tuple[str, str]]:
 
 
 
+RUN_BUTTONS = ("go", "compare", "lens", "sweep")  # disabled until the model panel has loaded (switch_model)
+
+
+def initial_values(checkpoint) -> dict:
+    """The controls' values in the page as served, before any event: the first checkpoint's (control_values), so
+    that the API's defaults are its stored recommendation; a checkpoint that does not load gets exit 1, d = 4."""
+    try:
+        model, _ = get_model(checkpoint)
+    except (ValueError, OSError):
+        return dict(exit_layer=1, num_speculations=4, stop_rule="fixed", **RULE_DEFAULTS, n_layers=32, max_new=64)
+    top = min(MAX_NEW_TOKENS, model.params.max_seq_len - 1)
+    return dict(control_values(model), n_layers=model.params.n_layers, max_new=min(64, top))
+
+
 def build_demo(checkpoints=(DEFAULT_CHECKPOINT,)):
     """The Blocks app, serving checkpoints/*.pt and `checkpoints` (a path or several, the first selected at
-    start; see serve()); loads no weights until the first event."""
+    start; see serve()). Loads the first checkpoint, whose stored setting the controls (and so the API's defaults)
+    start with; the run buttons wait for the page's own load of the model panel."""
     import gradio as gr
 
     checkpoints = [str(checkpoints)] if isinstance(checkpoints, (str, Path)) else [str(c) for c in checkpoints]
@@ -728,10 +859,22 @@ def build_demo(checkpoints=(DEFAULT_CHECKPOINT,)):
                              loaded=gr.State(None))  # per session: the last model that loaded, for a failed switch
         with gr.Row(elem_id="main"):  # a grid (CSS): the prompt, the output, the settings, the tabs
             prompt_and_output(ui, choices, selected, example_prompts())
-            settings_and_tabs(ui)
+            settings_and_tabs(ui, initial_values(selected))
         wire(demo, ui)
     demo.queue(max_size=16, default_concurrency_limit=1)
     return demo
+
+
+def error_box(elem_id):
+    """Where an event's bad input is said: one line of plain text (the API's last output), hidden while empty."""
+    import gradio as gr
+    return gr.Textbox("", placeholder=" ", show_label=False, container=False, interactive=False, lines=1,
+                      max_lines=4, elem_id=elem_id, elem_classes=["ls-errbox"])
+
+
+def button(label, elem_id, **kw):
+    import gradio as gr
+    return gr.Button(label, elem_id=elem_id, interactive=elem_id not in RUN_BUTTONS, **kw)
 
 
 def prompt_and_output(ui, choices, selected, examples):
@@ -748,39 +891,50 @@ def prompt_and_output(ui, choices, selected, examples):
         ui.info = gr.HTML(elem_id="info", padding=False)
         ui.prompt = gr.Textbox(examples[0], label="prompt", lines=4, max_lines=6, elem_id="prompt")
         with gr.Row():
-            ui.go = gr.Button("Generate", variant="primary", elem_id="go")
-            ui.stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            ui.go = button("Generate", "go", variant="primary")
+            ui.stop = button("Stop", "stop", variant="stop")
     with gr.Column(elem_id="col_out"):
-        ui.error = gr.HTML(elem_id="error", padding=False)  # bad input: said here, the output stays as it was
+        ui.error = error_box("error")  # bad input: said here, the output stays as it was
         ui.stats = gr.HTML(render_stats(dict(tokens=0, rounds=0, drafted=0, accepted=0, seconds=0.0),
                                         "self_speculative", "press Generate"), elem_id="stats", padding=False)
         ui.out = gr.HTML(render_text("", [], "self_speculative"), elem_id="out", padding=False)
+        ui.rejected = gr.Radio([(label, key) for key, label in REJECTED_VIEWS.items()], value="count",
+                               label="rejected drafts, shown as", elem_id="rejected")
         with gr.Accordion("plain text", open=False):
             ui.text = gr.Textbox(label="generated continuation", lines=4, buttons=["copy"], elem_id="text")
     ui.examples = examples
 
 
-def settings_and_tabs(ui):
-    """The decoding settings (number boxes: Gradio's sliders clamp what is typed), the logits processors, the
-    examples; the tabs of compare, logit lens and sweep: into ui."""
+def settings_and_tabs(ui, init):
+    """The decoding settings (number boxes: Gradio's sliders clamp what is typed) with the stop rule and its
+    boxes, starting at `init` (initial_values); the logits processors, the examples; the tabs of compare, logit
+    lens and sweep: into ui."""
     import gradio as gr
 
-    def box(value, label, elem_id, low, high, whole=False, scale=1):
+    def box(value, label, elem_id, low, high, whole=False, scale=1, **kw):
         return gr.Number(value, label=label, minimum=low, maximum=high, step=1 if whole else 0.05,
-                         precision=0 if whole else None, elem_id=elem_id, min_width=100, scale=scale)
+                         precision=0 if whole else None, elem_id=elem_id, min_width=100, scale=scale, **kw)
 
+    L, rule = init["n_layers"], init["stop_rule"]
     with gr.Column(elem_id="col_settings"):
         ui.strategy = gr.Radio(list(ls.STRATEGIES), value="self_speculative", label="strategy", elem_id="strategy")
+        with gr.Row():  # the exit, d, and the boxes of the stop rule chosen below
+            ui.exit_layer = box(init["exit_layer"], f"exit layer E (1–{L})", "exit_layer", 1, L, whole=True)
+            ui.num_spec = box(init["num_speculations"], "drafts per round d (at most)", "num_spec", 1,
+                              MAX_SPECULATIONS, whole=True)
+            ui.threshold = box(init["draft_threshold"], "draft threshold", "threshold", 0, 1,
+                               visible=rule == "threshold")
+            ui.draft_cost = box(init["draft_cost"], "draft cost (verifications)", "draft_cost", 0, 1,
+                                visible=rule == "cost")
+            ui.draft_gamma = box(init["draft_gamma"], "calibration γ", "draft_gamma", 0, MAX_DRAFT_GAMMA,
+                                 visible=rule == "cost")
+        ui.stop_rule = gr.Radio([(label, key) for key, label in STOP_RULES.items()], value=rule,
+                                label="stop rule: when a round stops drafting", elem_id="stop_rule",
+                                info="fixed d: always d drafts · confidence threshold: stop at a draft less sure "
+                                     "than that · cost model: stop once one more draft is not worth its cost")
         with gr.Row():
-            ui.exit_layer = box(2, "exit layer E", "exit_layer", 1, 32, whole=True)
-            ui.num_spec = box(4, "drafts per round d", "num_spec", 1, MAX_SPECULATIONS, whole=True)
-            ui.threshold = box(0, "draft threshold (0 = off)", "threshold", 0, 1)
-        with gr.Row(equal_height=True):
-            ui.max_new = box(64, "max new tokens", "max_new", 1, MAX_NEW_TOKENS, whole=True)
-            ui.show_rejected = gr.Checkbox(True, label="show rejected drafts (struck through)", elem_id="show_rejected",
-                                           scale=2)
-        with gr.Row():
-            ui.temperature = box(0, "temperature (0 = greedy)", "temperature", 0, MAX_TEMPERATURE, scale=2)
+            ui.max_new = box(init["max_new"], "max new tokens", "max_new", 1, MAX_NEW_TOKENS, whole=True)
+            ui.temperature = box(0, "temperature (0 = greedy)", "temperature", 0, MAX_TEMPERATURE)
             ui.top_p = box(1, "top-p", "top_p", 0.05, 1)
             ui.seed = box(0, "seed", "seed", 0, MAX_SEED, whole=True)
         with gr.Accordion("logits processors: curb loops (drafts and verifier alike)", open=False,
@@ -792,14 +946,16 @@ def settings_and_tabs(ui):
         gr.Examples(ui.examples, inputs=[ui.prompt], label="examples: HumanEval and Shakespeare")
     with gr.Column(elem_id="col_tabs"):
         with gr.Tab("Compare with autoregressive"):
-            ui.compare = gr.Button("Run both (greedy)", elem_id="compare")
+            ui.compare = button("Run both (greedy)", "compare")
+            ui.compare_error = error_box("compare_error")
             ui.compare_out = gr.HTML(elem_id="compare_out")
         with gr.Tab("Logit lens"):
-            ui.lens = gr.Button("Show the logit lens of the text", elem_id="lens")
+            ui.lens = button("Show the logit lens of the text", "lens")
+            ui.lens_error = error_box("lens_error")
             ui.lens_out = gr.HTML(elem_id="lens_out")
         with gr.Tab("Exit-layer sweep"):
-            ui.sweep = gr.Button(f"Sweep exit layers ({SWEEP_REPEATS} passes × {SWEEP_TOKENS} tokens)",
-                                 elem_id="sweep")
+            ui.sweep = button(f"Sweep exit layers ({SWEEP_REPEATS} passes × {SWEEP_TOKENS} tokens)", "sweep")
+            ui.sweep_error = error_box("sweep_error")
             with gr.Row():  # measured exits only, as dots: a line would invent the exits between them
                 plot = dict(x="exit_layer", x_title="exit layer E", x_axis_format="d", height=220, min_width=200)
                 ui.acceptance_plot = gr.ScatterPlot(y="acceptance", y_title="acceptance rate", y_lim=[0, 1.08],
@@ -813,7 +969,10 @@ def wire(demo, ui):
     """The events. The event functions check every value themselves (preprocess=False): Gradio's own checks
     would clamp a number or fail with a traceback in the server log, and never say which control is wrong."""
     model_events = dict(concurrency_id="model", preprocess=False)  # one queue for everything that runs the model
-    model_outputs = [ui.checkpoint, ui.loaded, ui.info, ui.exit_layer, ui.num_spec, ui.threshold, ui.max_new]
+    no_model = dict(api_visibility="private", concurrency_limit=None, preprocess=False)
+    rule = [ui.stop_rule, ui.threshold, ui.draft_cost, ui.draft_gamma]
+    buttons = [getattr(ui, name) for name in RUN_BUTTONS]
+    model_outputs = [ui.checkpoint, ui.loaded, ui.info, ui.exit_layer, ui.num_spec, *rule, ui.max_new, *buttons]
     ui.checkpoint.input(switch_model, [ui.checkpoint, ui.loaded, ui.max_new], model_outputs, api_name="model_info",
                         **model_events)
     if ALLOW_ANY:
@@ -821,30 +980,32 @@ def wire(demo, ui):
                       **model_events)
     demo.load(switch_model, [ui.checkpoint, ui.loaded, ui.max_new], model_outputs, api_visibility="private",
               **model_events)
-    ui.exit_layer.input(exit_changed, [ui.checkpoint, ui.exit_layer], [ui.num_spec, ui.threshold],
-                        api_visibility="private", concurrency_limit=None, preprocess=False)  # runs no model
+    ui.exit_layer.input(exit_changed, [ui.checkpoint, ui.exit_layer], [ui.num_spec, *rule], **no_model)
+    ui.stop_rule.input(rule_changed, [ui.stop_rule], rule[1:], **no_model)
     processors = [ui.repetition, ui.ngram]
-    gen_inputs = [ui.checkpoint, ui.prompt, ui.strategy, ui.exit_layer, ui.num_spec, ui.temperature, ui.top_p,
-                  ui.max_new, ui.seed, ui.show_rejected, ui.threshold, *processors, ui.control]
+    drafting = [ui.exit_layer, ui.num_spec, *rule]
+    gen_inputs = [ui.checkpoint, ui.prompt, ui.strategy, *drafting, ui.temperature, ui.top_p, ui.max_new, ui.seed,
+                  ui.rejected, *processors, ui.control]
     gen_outputs = [ui.out, ui.stats, ui.text, ui.error]
     gen = ui.go.click(generate, gen_inputs, gen_outputs, api_name="generate", show_progress="hidden", **model_events)
     lens_inputs = [ui.checkpoint, ui.prompt, ui.text, ui.exit_layer]
-    lens_after = gen.then(lens, lens_inputs, [ui.lens_out], api_visibility="private", show_progress="hidden",
-                          **model_events)
+    lens_after = gen.then(lens, lens_inputs, [ui.lens_out, ui.lens_error], api_visibility="private",
+                          show_progress="hidden", **model_events)
     ui.prompt.submit(generate, gen_inputs, gen_outputs, api_visibility="private", show_progress="hidden",
                      **model_events)
-    cmp = ui.compare.click(compare, [ui.checkpoint, ui.prompt, ui.exit_layer, ui.num_spec, ui.max_new, ui.threshold,
-                                     *processors], [ui.compare_out], api_name="compare", **model_events)
-    lns = ui.lens.click(lens, lens_inputs, [ui.lens_out], api_name="logit_lens", **model_events)
-    ui.sweep.click(sweep, [ui.checkpoint, ui.prompt, ui.num_spec, ui.max_new, ui.threshold, *processors, ui.control],
-                   [ui.acceptance_plot, ui.speedup_plot, ui.sweep_note], api_name="sweep", show_progress="hidden",
-                   **model_events)
+    cmp = ui.compare.click(compare, [ui.checkpoint, ui.prompt, *drafting, ui.max_new, *processors],
+                           [ui.compare_out, ui.compare_error], api_name="compare", **model_events)
+    lns = ui.lens.click(lens, lens_inputs, [ui.lens_out, ui.lens_error], api_name="logit_lens", **model_events)
+    ui.sweep.click(sweep, [ui.checkpoint, ui.prompt, *drafting, ui.max_new, *processors, ui.control],
+                   [ui.acceptance_plot, ui.speedup_plot, ui.sweep_note, ui.sweep_error], api_name="sweep",
+                   show_progress="hidden", **model_events)
     # Generation and the sweep stop themselves after the step on screen, and say so; the rest is cancelled.
     ui.stop.click(stop, [ui.control], None, api_visibility="private", concurrency_limit=None,
                   cancels=[lens_after, cmp, lns])
-    # Hiding rejected drafts (and their legend entry) is pure CSS: no need to decode again.
-    ui.show_rejected.change(None, [ui.show_rejected], None, js="(v) => { document.querySelectorAll('#out .ls-out')"
-                            ".forEach(e => e.classList.toggle('hide-rejected', !v)); }")
+    # The view of rejected drafts (and their legend entry) is pure CSS: no need to decode again.
+    ui.rejected.change(None, [ui.rejected], None, js="(v) => { document.querySelectorAll('#out .ls-out').forEach(e "
+                       "=> { e.classList.remove('rej-count', 'rej-text', 'rej-hidden'); e.classList.add('rej-' + v); "
+                       "}); }")
 
 
 def main(argv=None):

@@ -3,9 +3,10 @@ How good is every exit? Validation loss, perplexity and next-token accuracy at e
 Table 1), the "layers needed" per generated token (paper Fig. 2), and a logit-lens picture of one prompt.
 
     python eval.py                                        # the two shipped models, held-out Python code
+    python eval.py --out_dir docs/results                 # ... and rewrite the committed plots
     python eval.py --checkpoints out/a/model.pt out/b/model.pt --data shakespeare
 
-Tables are printed as markdown; plots (matplotlib, optional) go to --out_dir.
+Tables are printed as markdown; plots (matplotlib, optional) go to --out_dir (default out/eval).
 """
 
 import json
@@ -183,14 +184,15 @@ def parse_args(argv):
     p.add_argument("--windows", type=int_range(1), default=64, help="validation windows per checkpoint")
     p.add_argument("--files", type=int_range(1), default=16, help="held-out files the windows are spread over "
                    "(evenly spaced in the corpus)")
-    p.add_argument("--block_size", type=int_range(1), default=256, help="tokens per validation window (at most "
-                   "what a model's context window holds)")
+    p.add_argument("--block_size", type=int_range(1), help="tokens per validation window (default: what every "
+                   "model's context window holds, its length - 1; at most that)")
     p.add_argument("--prompts", default="humaneval", help="prompts for layers needed: humaneval, shakespeare, or a "
                    "text file, one prompt per line")
     p.add_argument("--n_prompts", type=int_range(1), default=20, help="prompts used for the layers-needed "
                    "distribution")
     p.add_argument("--max_new_tokens", type=int_range(1), default=48, help="tokens generated per prompt")
-    p.add_argument("--out_dir", default="docs/results", help="where the PNG plots go")
+    p.add_argument("--out_dir", default="out/eval", help="where the PNG plots go (default out/eval; docs/results "
+                   "holds the committed ones)")
     p.add_argument("--json", help="also write all numbers to this JSON file")
     p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=2,
                    help="torch CPU threads")
@@ -211,6 +213,9 @@ def load_inputs(args) -> tuple[dict, list[str], list[str]]:
                 raise ValueError(f"--checkpoints: two are named {name}; give each checkpoint its own file name")
             models[name] = load_model(path)
             window = models[name][0].params.max_seq_len
+            if args.block_size and args.block_size > window - 1:  # a window is block_size + 1 tokens
+                raise ValueError(f"--block_size {args.block_size} does not fit {path}'s context window of {window} "
+                                 f"tokens: use at most {window - 1}")
             if args.max_new_tokens >= window:
                 raise ValueError(f"--max_new_tokens {args.max_new_tokens} leaves no room for a prompt in {path}'s "
                                  f"context window of {window} tokens: use at most {window - 1}")
@@ -282,7 +287,7 @@ def main(argv=None):
     for name, (model, tok) in models.items():
         try:
             results[name] = per_exit_metrics(model, tok, documents, args.windows,
-                                             min(args.block_size, model.params.max_seq_len - 1), args.files)
+                                             args.block_size or model.params.max_seq_len - 1, args.files)
         except ValueError as e:
             fail(str(e))
         needed[name] = layers_needed(model, tok, prompts, args.max_new_tokens)

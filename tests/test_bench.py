@@ -340,6 +340,8 @@ EVAL_BAD = [  # (argv after --checkpoints CKPT --data SHORT_TEXT, what the one l
     (["--data", "{tmp}/folder"], "is a folder"),
     (["--data", "{tmp}/binary.pt"], "not UTF-8 text"),
     (["--block_size", "32"], "less than one window of 33"),  # "To be" is a few tokens
+    (["--block_size", "100000"], "--block_size 100000 does not fit"),  # never clamped without a word
+    (["--block_size", "256"], "context window of 256 tokens: use at most 255"),
     (["--prompts", "nosuchset"], "--prompts nosuchset"),
     (["--prompts", "{tmp}/binary.pt"], "not UTF-8 text"),
     (["--json", "{tmp}/no/such/folder/e.json"], "--json"),

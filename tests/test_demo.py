@@ -130,8 +130,7 @@ def test_generate_event_streams_html_and_ends_on_generates_text(tiny_checkpoint,
     for every strategy, greedy or sampled; its spans carry the strategy's kinds."""
     kw = dict(exit_layer=2, num_speculations=4, temperature=0.0, top_p=1.0, seed=0) | settings
     want, g = expected(tiny_checkpoint, VERSE, 24, **kw)
-    updates = list(demo_app.generate(str(tiny_checkpoint), VERSE, kw["strategy"], kw["exit_layer"],
-                                     kw["num_speculations"], kw["temperature"], kw["top_p"], 24, kw["seed"], True))
+    updates = list(demo_app.generate(str(tiny_checkpoint), VERSE, max_new_tokens=24, stop_rule="fixed", **kw))
     assert len(updates) == g.rounds + 2  # an empty frame, one per round, the final one
     assert {error for *_, error in updates} == {""}  # no error: the error place stays empty (hidden)
     out, stats, text, _ = updates[-1]
@@ -142,87 +141,116 @@ def test_generate_event_streams_html_and_ends_on_generates_text(tiny_checkpoint,
 
 
 def test_output_is_contiguous_escaped_text(tiny_checkpoint):
-    """The HTML is the escaped prompt followed by one span per piece: stripping the tags and rejected spans
-    gives back exactly prompt + continuation, with '<' and newlines intact."""
+    """The HTML is the escaped prompt followed by one span per piece: stripping the tags, the rejected drafts and
+    their counts gives back exactly prompt + continuation, with '<' and newlines intact."""
     prompt = "if a < b:\n    return"
-    *_, (out, stats, text, _) = demo_app.generate(str(tiny_checkpoint), prompt, "self_speculative", 2, 4, 0, 1, 32)
+    *_, (out, stats, text, _) = demo_app.generate(str(tiny_checkpoint), prompt, "self_speculative", 2, 4, "fixed",
+                                                  max_new_tokens=32)
     model, tok = demo_app.get_model(str(tiny_checkpoint))
     text_div = out.split('<div class="ls-text">')[1]
-    body = re.sub(r'<span class="ls-tok rejected"[^>]*>.*?</span>', "", text_div, flags=re.S)
+    body = re.sub(r'<span class="ls-tok rejected"[^>]*>.*?</span>|<sup class="\w+">.*?</sup>', "", text_div,
+                  flags=re.S)
     assert unescape(re.sub(r"<[^>]+>", "", body)) == tok.decode(tok.encode(prompt)) + text
     assert "if a &lt; b:\n    return" in out and "white-space: pre-wrap" in demo_app.CSS
 
 
-BAD_CONTROLS = {  # what the one message says: generate()'s arguments after checkpoint and prompt
-    "exit layer E must be a whole number in 1..4, got 999": ("self_speculative", 999),
-    "exit layer E must be a whole number in 1..4, got 9": ("early_exit", 9),
-    "exit layer E must be a whole number in 1..4, got 0": ("self_speculative", 0),
-    "exit layer E must be a whole number in 1..4, got 2.5": ("self_speculative", 2.5),
-    "exit layer E must be a whole number in 1..4, got 'two'": ("self_speculative", "two"),
-    "drafts per round d must be a whole number in 1..32, got 0": ("self_speculative", 2, 0),
-    "drafts per round d must be a whole number in 1..32, got 1000": ("self_speculative", 2, 1000),
-    "temperature (0 = greedy) must be a number in [0, 2], got nan": ("self_speculative", 2, 4, float("nan")),
-    "temperature (0 = greedy) must be a number in [0, 2], got inf": ("self_speculative", 2, 4, float("inf")),
-    "temperature (0 = greedy) must be a number in [0, 2], got -0.5": ("self_speculative", 2, 4, -0.5),
-    "temperature must be 0 (greedy) or at least 0.01, got 1e-40": ("self_speculative", 2, 4, 1e-40),
-    "top-p must be a number in (0, 1], got 0": ("self_speculative", 2, 4, 0.8, 0),
-    "max new tokens must be a whole number in 1..512, got 0": ("self_speculative", 2, 4, 0, 1, 0),
-    "max new tokens must be a whole number in 1..512, got 513": ("self_speculative", 2, 4, 0, 1, 513),
-    "max new tokens must be a whole number in 1..512, got 100000": ("self_speculative", 2, 4, 0, 1, 100000),
-    "max new tokens must be a whole number in 1..512, got None": ("self_speculative", 2, 4, 0, 1, None),
-    "seed must be a whole number in 0..4294967295, got -1": ("self_speculative", 2, 4, 0, 1, 32, -1),
-    "seed must be a whole number in 0..4294967295, got 1e+21": ("self_speculative", 2, 4, 0, 1, 32, 1e21),
-    "the draft threshold (0 = off) must be a number in [0, 1], got 1.5": ("self_speculative", 2, 4, 0, 1, 32, 0,
-                                                                           True, 1.5),
-    "repetition penalty (1 = off) must be a number in [0.01, 10], got 0": ("self_speculative", 2, 4, 0, 1, 32, 0,
-                                                                            True, 0, 0),
-    "repetition penalty (1 = off) must be a number in [0.01, 10], got nan": ("self_speculative", 2, 4, 0, 1, 32,
-                                                                              0, True, 0, float("nan")),
-    "no-repeat n-gram size (0 = off) must be a whole number in 0..32, got -1": ("self_speculative", 2, 4, 0, 1, 32,
-                                                                                 0, True, 0, 1.0, -1),
-    "unknown strategy 'beam': choose one of autoregressive, early_exit, self_speculative": ("beam",),
-    "unknown strategy 7": (7,),
+def test_rejected_drafts_sit_together_counted_and_capped():
+    """A round's rejected drafts sit together where they stood, between its accepted drafts and its correction:
+    one red count, all their text in its hover, at most REJECTED_SHOWN of them as struck-through spans and "+k"
+    for the rest. Which of these shows is a class on the output (count by default), so switching the view needs
+    no new decoding; the CSS shows exactly one view at a time."""
+    pieces = ([("a", "accepted", 1)] + [(f"r{i}", "rejected", 1) for i in range(6)] + [("c", "correction", 1)] +
+              [("x", "rejected", 2), ("d", "correction", 2)])
+    page = demo_app.render_text("p", pieces, "self_speculative")
+    assert 'class="ls-out rej-count"' in page and page.count('class="ls-rej"') == 2
+    assert [k for k, _ in spans(page)] == ["accepted"] + ["rejected"] * demo_app.REJECTED_SHOWN + \
+        ["correction", "rejected", "correction"]
+    first = page.index('<span class="ls-rej"')
+    assert page.index(">a</span>") < first < page.index(">c</span>")
+    assert "round 1: 6 rejected drafts: &#x27;r0r1r2r3r4r5&#x27;" in page and '<sup class="n">6</sup>' in page
+    assert '<sup class="more">+2</sup>' in page and '<sup class="n">1</sup>' in page and page.count("+") == 1
+    for view in demo_app.REJECTED_VIEWS:
+        assert f'class="ls-out rej-{view}"' in demo_app.render_text("p", pieces, "self_speculative", view)
+    css = demo_app.CSS
+    assert ".ls-out.rej-count .ls-rej .ls-tok, .ls-out.rej-count .ls-rej .more, .ls-out.rej-text .ls-rej .n" in css
+
+
+BAD_CONTROLS = {  # what the one message says: generate()'s keyword arguments
+    "exit layer E must be a whole number in 1..4, got 999": dict(exit_layer=999),
+    "exit layer E must be a whole number in 1..4, got 9": dict(strategy="early_exit", exit_layer=9),
+    "exit layer E must be a whole number in 1..4, got 0": dict(exit_layer=0),
+    "exit layer E must be a whole number in 1..4, got 2.5": dict(exit_layer=2.5),
+    "exit layer E must be a whole number in 1..4, got 'two'": dict(exit_layer="two"),
+    "drafts per round d must be a whole number in 1..32, got 0": dict(num_speculations=0),
+    "drafts per round d must be a whole number in 1..32, got 1000": dict(num_speculations=1000),
+    "the stop rule must be one of fixed, threshold, cost, got 'auto'": dict(stop_rule="auto"),
+    "the draft threshold must be a number in (0, 1], got 0": dict(stop_rule="threshold", draft_threshold=0),
+    "the draft threshold must be a number in (0, 1], got 1.5": dict(stop_rule="threshold", draft_threshold=1.5),
+    "the draft threshold must be a number in (0, 1], got None": dict(stop_rule="threshold"),
+    "the draft cost must be a number in (0, 1], got 0": dict(stop_rule="cost", draft_cost=0, draft_gamma=1),
+    "the draft cost must be a number in (0, 1], got nan": dict(stop_rule="cost", draft_cost=float("nan")),
+    "the calibration gamma must be a number in (0, 10], got -1": dict(stop_rule="cost", draft_cost=0.1,
+                                                                      draft_gamma=-1),
+    "temperature (0 = greedy) must be a number in [0, 2], got nan": dict(temperature=float("nan")),
+    "temperature (0 = greedy) must be a number in [0, 2], got inf": dict(temperature=float("inf")),
+    "temperature (0 = greedy) must be a number in [0, 2], got -0.5": dict(temperature=-0.5),
+    "temperature must be 0 (greedy) or at least 0.01, got 1e-40": dict(temperature=1e-40),
+    "top-p must be a number in (0, 1], got 0": dict(temperature=0.8, top_p=0),
+    "max new tokens must be a whole number in 1..512, got 0": dict(max_new_tokens=0),
+    "max new tokens must be a whole number in 1..512, got 513": dict(max_new_tokens=513),
+    "max new tokens must be a whole number in 1..512, got 100000": dict(max_new_tokens=100000),
+    "max new tokens must be a whole number in 1..512, got None": dict(max_new_tokens=None),
+    "seed must be a whole number in 0..4294967295, got -1": dict(seed=-1),
+    "seed must be a whole number in 0..4294967295, got 1e+21": dict(seed=1e21),
+    "rejected drafts must be shown as one of count, text, hidden, got True": dict(rejected=True),
+    "repetition penalty (1 = off) must be a number in [0.01, 10], got 0": dict(repetition_penalty=0),
+    "repetition penalty (1 = off) must be a number in [0.01, 10], got nan": dict(repetition_penalty=float("nan")),
+    "no-repeat n-gram size (0 = off) must be a whole number in 0..32, got -1": dict(no_repeat_ngram_size=-1),
+    "unknown strategy 'beam': choose one of autoregressive, early_exit, self_speculative": dict(strategy="beam"),
+    "unknown strategy 7": dict(strategy=7),
 }
 
 
 def test_bad_inputs_become_messages_and_run_nothing(tiny_checkpoint, tmp_path, monkeypatch):
     """Empty or over-long prompts, every control out of its range (NaN, infinity, zero, negative, huge, text,
-    None), an unknown strategy, missing or corrupt checkpoints: one frame each, which leaves the text, the
-    statistics and the plain text as they are on screen and says why in the error place; nothing is decoded
-    (not with a clamped value either) and nothing raises."""
+    None), an unknown stop rule, strategy or view, missing or corrupt checkpoints: one frame each, which leaves the
+    text, the statistics and the plain text as they are on screen and says why in the error place, as one line of
+    plain text; nothing is decoded (not with a clamped value either) and nothing raises. Compare, the lens and the
+    sweep say so in their own error place."""
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
     demo_app.serve(corrupt, tmp_path / "missing.pt")  # as if given at launch: then their errors may say more
     ck = str(tiny_checkpoint)
-    cases = {message: (ck, VERSE, *controls) for message, controls in BAD_CONTROLS.items()}
+    cases = {message: ((ck, VERSE), controls) for message, controls in BAD_CONTROLS.items()}
     cases |= {
-        "the prompt is empty": (ck, "   "),
-        "the prompt is empty: type some text or pick an example": (ck, None),
-        "at most 20,000": (ck, "x" * 20_001),
-        "context window holds 256": (ck, "to be or not " * 200),
-        "no such file": (str(tmp_path / "missing.pt"), VERSE),
-        "truncated or corrupt": (str(corrupt), VERSE),
-        "no checkpoint chosen": ("", VERSE),
+        "the prompt is empty": ((ck, "   "), {}),
+        "the prompt is empty: type some text or pick an example": ((ck, None), {}),
+        "at most 20,000": ((ck, "x" * 20_001), {}),
+        "context window holds 256": ((ck, "to be or not " * 200), {}),
+        "no such file": ((str(tmp_path / "missing.pt"), VERSE), {}),
+        "truncated or corrupt": ((str(corrupt), VERSE), {}),
+        "no checkpoint chosen": (("", VERSE), {}),
     }
     blocks_run = []
     real_run_blocks = ls.Transformer.run_blocks
     monkeypatch.setattr(ls.Transformer, "run_blocks", lambda *a, **k: blocks_run.append(1) or
                         real_run_blocks(*a, **k))
     unchanged = {"__type__": "update"}
-    for message, args in cases.items():
-        updates = list(demo_app.generate(*args))
+    for message, (args, controls) in cases.items():
+        updates = list(demo_app.generate(*args, **controls))
         assert len(updates) == 1 and updates[0][:3] == (unchanged,) * 3, message
         error = updates[0][3]
-        assert error.startswith('<div class="ls-error">') and html.escape(message) in error, (message, error)
+        assert message in error and "<" not in error and "\n" not in error, (message, error)  # plain text, one line
     assert blocks_run == []  # not one block of the model ran
-    assert "no checkpoint chosen" in demo_app.compare("", VERSE) and "ls-error" in demo_app.lens(ck, "")
-    assert "max new tokens must be a whole number in 1..512, got 0" in demo_app.compare(ck, VERSE, 2, 4, 0)
-    assert "exit layer E must be a whole number in 1..4, got 99" in demo_app.compare(ck, VERSE, 99)
-    assert "exit layer E must be a whole number in 1..4, got &#x27;x&#x27;" in demo_app.lens(ck, VERSE, "", "x")
-    [(acceptance, speedup, note)] = demo_app.sweep(str(corrupt), VERSE)
-    assert acceptance == speedup == unchanged and "corrupt" in note
-    [(_, _, note)] = demo_app.sweep(ck, VERSE, 0)
-    assert "drafts per round d must be a whole number in 1..32, got 0" in note
+    assert demo_app.compare("", VERSE) == (unchanged, "no checkpoint chosen: pick a model from the menu")
+    assert demo_app.lens(ck, "")[1] == "the prompt is empty: generate something first"
+    assert demo_app.compare(ck, VERSE, max_new_tokens=0)[1] == "max new tokens must be a whole number in 1..512, got 0"
+    assert demo_app.compare(ck, VERSE, 99)[1] == "exit layer E must be a whole number in 1..4, got 99"
+    assert demo_app.lens(ck, VERSE, "", "x") == (unchanged, "exit layer E must be a whole number in 1..4, got 'x'")
+    [(acceptance, speedup, note, error)] = demo_app.sweep(str(corrupt), VERSE)
+    assert acceptance == speedup == note == unchanged and "corrupt" in error
+    [(*_, error)] = demo_app.sweep(ck, VERSE, num_speculations=0)
+    assert error == "drafts per round d must be a whole number in 1..32, got 0"
 
 
 def test_compare_lens_and_sweep(tiny_checkpoint):
@@ -230,13 +258,14 @@ def test_compare_lens_and_sweep(tiny_checkpoint):
     with the chosen one marked; the sweep gives acceptance and speedup for exits 1..L, updating after every run,
     as two plots of measured exits only whose x-axis ends at exit L."""
     ck = str(tiny_checkpoint)
-    table = demo_app.compare(ck, VERSE, 2, 4, 32)
-    assert "✓ identical (32 tokens)" in table and "speedup" in table and "ms/token" in table
-    assert "both with" not in table  # no logits processor on
-    lens = demo_app.lens(ck, VERSE, " and the", 3)
-    assert len(re.findall(r'<td class="row-label">exit \d', lens)) == 4 and "exit 3 ◀ E" in lens
+    table, error = demo_app.compare(ck, VERSE, 2, 4, "fixed", max_new_tokens=32)
+    assert "✓ identical (32 tokens)" in table and "speedup" in table and "ms/token" in table and error == ""
+    assert "both with" not in table and "E=2, d = 4, fixed" in table  # no logits processor on; the rule named
+    lens, error = demo_app.lens(ck, VERSE, " and the", 3)
+    assert len(re.findall(r'<td class="row-label">exit \d', lens)) == 4 and "exit 3 ◀ E" in lens and error == ""
     assert "average layers needed" in lens
-    *progress, (acceptance, speedup, note) = demo_app.sweep(ck, VERSE, 4, 16)
+    *progress, (acceptance, speedup, note, error) = demo_app.sweep(ck, VERSE, num_speculations=4, max_new_tokens=16)
+    assert error == "" and {p[3] for p in progress} == {""}
     assert len(progress) == demo_app.SWEEP_REPEATS * 5  # one update per run (AR and exits 1..4): the plots fill in
     assert "<progress" in progress[0][2] and "pass 1 of" in progress[0][2]
     first_pass = [p[1]["value"] for p in progress[:5]]  # speedups need AR and the exit in the same pass
@@ -256,9 +285,10 @@ def test_sweep_interleaves_its_runs_and_takes_medians_of_per_pass_ratios(tiny_ch
     """The sweep times as the benchmark does (common.interleaved_runs): one warm-up per variant, then every pass
     runs autoregressive decoding and each exit once, the order rotating by one each pass; an exit's speedup is
     the median over passes of the AR time / its time in the same pass, so one wild run (here 10x at exit L in
-    pass 2) moves neither the speedup nor the fastest exit; the E=L sanity line shows the spread. The controls'
-    d, draft threshold and logits processors reach every run (the processors the autoregressive ones too) and
-    are named in the note; a threshold that is not a probability is refused."""
+    pass 2) moves neither the speedup nor the fastest exit; the E=L sanity line shows the spread, and is never
+    the fastest exit, even when it measures fastest. The controls' d, stop rule and logits processors reach every
+    run (the processors the autoregressive ones too) and are named in the note; the cost model's draft cost,
+    given at the controls' exit, is priced by the blocks a draft runs at each exit; a bad rule value is refused."""
     calls, ratio = [], {1: 0.5, 2: 1.5, 3: 1.2, 4: 1.0}
 
     def fake_generate(model, ids, n, strategy="autoregressive", exit_layer=None, **kw):
@@ -269,26 +299,39 @@ def test_sweep_interleaves_its_runs_and_takes_medians_of_per_pass_ratios(tiny_ch
         return ls.Generation(tokens=[0] * n, seconds=seconds, rounds=n, drafted=n, accepted=n // 2)
 
     monkeypatch.setattr(ls, "generate", fake_generate)
-    *_, (acceptance, speedup, note) = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 0.3, 1.2, 3)
+    ck = str(tiny_checkpoint)
+    *_, (acceptance, speedup, note, _) = demo_app.sweep(ck, VERSE, 2, 4, "threshold", 0.3, max_new_tokens=16,
+                                                        repetition_penalty=1.2, no_repeat_ngram_size=3)
     order = [c for c, _ in calls]
     assert order[:5] == ["AR", 1, 2, 3, 4]  # warm-ups
     passes = [order[5 + 5 * r:10 + 5 * r] for r in range(demo_app.SWEEP_REPEATS)]
     assert passes[:3] == [["AR", 1, 2, 3, 4], [1, 2, 3, 4, "AR"], [2, 3, 4, "AR", 1]]
     assert len(order) == 5 * (demo_app.SWEEP_REPEATS + 1)
     drafting = [kw for c, kw in calls[5:] if c != "AR"]
-    assert {(kw["num_speculations"], kw["draft_threshold"]) for kw in drafting} == {(4, 0.3)}
+    assert {(kw["num_speculations"], kw["draft_threshold"], kw["draft_cost"]) for kw in drafting} == {(4, 0.3, None)}
     assert {(kw["repetition_penalty"], kw["no_repeat_ngram_size"]) for _, kw in calls[5:]} == {(1.2, 3)}
     fast = speedup["value"]
     assert dict(zip(fast.exit_layer, fast.speedup)) == pytest.approx(ratio)
     assert "Fastest: exit 2, 1.50×" in note and "it measured 1.00× (passes 1.00–10.00×)" in note
     assert "far from 1×" not in note
-    assert "16 greedy tokens per run, d=4, draft threshold 0.3, repetition penalty 1.2, no repeated 3-grams;" in note
+    assert ("16 greedy tokens per run, at every exit d ≤ 4, stop below confidence 0.3, repetition penalty 1.2, "
+            "no repeated 3-grams;") in note
+
     calls.clear()
-    *_, (_, _, off) = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 0)  # 0 = off, as the box says
-    assert {kw["draft_threshold"] for c, kw in calls if c != "AR"} == {None} and "d=4;" in off
-    [(unchanged, _, refused)] = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, 1.5)
+    ratio[4] = 3.0  # exit L measured fastest: a busy machine, not a finding
+    *_, (_, _, note, _) = demo_app.sweep(ck, VERSE, 2, 4, "cost", 0.3, 0.2, 0.5, max_new_tokens=16)
+    assert "Fastest: exit 2, 1.50×" in note and "it measured 3.00×" in note and "far from 1×" in note
+    costs = {c: (kw["draft_cost"], kw["draft_gamma"], kw["draft_threshold"]) for c, kw in calls if c != "AR"}
+    assert costs == {E: (pytest.approx(0.2 * E / 2), 0.5, None) for E in (1, 2, 3, 4)}  # 0.2 at exit 2, x E/2
+    assert "d ≤ 4, cost-model stop (draft cost 0.2 at exit 2, × E/2 at exit E, γ 0.5)" in note
+
+    calls.clear()
+    *_, (_, _, fixed, _) = demo_app.sweep(ck, VERSE, 2, 4, "fixed", 0.3, 0.2, max_new_tokens=16)
+    assert {(kw["draft_threshold"], kw["draft_cost"]) for c, kw in calls if c != "AR"} == {(None, None)}
+    assert "at every exit d = 4, fixed;" in fixed  # the boxes of the other rules are not read
+    [(unchanged, _, _, refused)] = demo_app.sweep(ck, VERSE, 2, 4, "threshold", 1.5)
     assert unchanged == {"__type__": "update"}
-    assert "the draft threshold (0 = off) must be a number in [0, 1], got 1.5" in refused
+    assert refused == "the draft threshold must be a number in (0, 1], got 1.5"
 
 
 def test_logits_processors_reach_generation_and_compare_and_keep_greedy_outputs_equal(tiny_checkpoint):
@@ -300,10 +343,12 @@ def test_logits_processors_reach_generation_and_compare_and_keep_greedy_outputs_
     for processor in (dict(repetition_penalty=1.5), dict(no_repeat_ngram_size=2)):
         args = (processor.get("repetition_penalty", 1.0), processor.get("no_repeat_ngram_size", 0))
         want, _ = expected(tiny_checkpoint, VERSE, 40, strategy="autoregressive", **processor)
-        *_, (_, stats, text, _) = demo_app.generate(ck, VERSE, "self_speculative", 2, 3, 0, 1, 40, 0, True, 0, *args)
+        *_, (_, stats, text, _) = demo_app.generate(ck, VERSE, "self_speculative", 2, 3, "fixed", max_new_tokens=40,
+                                                    repetition_penalty=args[0], no_repeat_ngram_size=args[1])
         assert text == want != plain, processor
         assert ("repetition penalty 1.5" if args[0] != 1 else "no repeated 2-grams") in stats
-        table = demo_app.compare(ck, VERSE, 2, 3, 40, 0, *args)
+        table, _ = demo_app.compare(ck, VERSE, 2, 3, "fixed", max_new_tokens=40, repetition_penalty=args[0],
+                                    no_repeat_ngram_size=args[1])
         assert "✓ identical (40 tokens)" in table and "both with " in table, processor
 
 
@@ -311,7 +356,7 @@ def test_stop_ends_generation_after_the_round_on_screen_and_says_so(tiny_checkpo
     """Stop (control["stop"]) ends decoding after the round being shown; the last frame keeps that text and
     says it stopped, after how many tokens. A new run clears the request."""
     control = {}
-    run = demo_app.generate(str(tiny_checkpoint), VERSE, "self_speculative", 2, 4, 0, 1, 200, 0, True, 0,
+    run = demo_app.generate(str(tiny_checkpoint), VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=200,
                             control=control)
     frames = [next(run) for _ in range(4)]  # the empty frame and three rounds
     demo_app.stop(control)
@@ -321,41 +366,54 @@ def test_stop_ends_generation_after_the_round_on_screen_and_says_so(tiny_checkpo
     tokens = int(re.search(r'<div class="v">(\d+)</div><div class="k">tokens</div>', shown[1]).group(1))
     assert 3 <= tokens < 200 and text == shown[2] and out == shown[0] and error == ""
     assert f"stopped: Stop pressed after {tokens} new tokens (3 rounds)" in stats and "generating" not in stats
-    *_, (out, stats, text, _) = demo_app.generate(str(tiny_checkpoint), VERSE, "self_speculative", 2, 4, 0, 1, 20, 0,
-                                                  True, 0, control=control)
+    *_, (out, stats, text, _) = demo_app.generate(str(tiny_checkpoint), VERSE, "self_speculative", 2, 4, "fixed",
+                                                  max_new_tokens=20, control=control)
     assert "done" in stats and control == {"stop": False}
-    run = demo_app.sweep(str(tiny_checkpoint), VERSE, 4, 16, control=control)
+    run = demo_app.sweep(str(tiny_checkpoint), VERSE, num_speculations=4, max_new_tokens=16, control=control)
     for _ in range(3):  # the first pass: autoregressive, exit 1, exit 2
         next(run)
     demo_app.stop(control)
-    (acceptance, speedup, note), = list(run)
+    (acceptance, speedup, note, _), = list(run)
     assert "stopped: Stop pressed in pass 1" in note and list(speedup["value"].exit_layer) == [1, 2]
 
 
 def test_switching_model_resets_its_settings_and_a_failed_one_keeps_the_last(tiny_checkpoint, recommended_checkpoint,
                                                                             tmp_path):
-    """Selecting a model sets exit, d, threshold to its recommendation (common.decoding_settings) or exit L//4 and
-    d=4, fits the exit and max-new-tokens boxes to it (the exit's label says its range) and describes it in two
-    lines, the per-exit validation losses folded away as a plot of L points; a checkpoint that fails leaves the
-    last good one selected (so Generate uses it) with one error line. Moving the exit applies the rule: the
-    recommended d and threshold only at the recommended exit; an exit the model lacks changes nothing."""
+    """Selecting a model sets exit, d and the stop rule (with its value) to its recommendation
+    (common.decoding_settings) or exit L//4, d=4 and fixed d, shows only the chosen rule's boxes, fits the exit and
+    max-new-tokens boxes to it (the exit's label says its range), enables the four run buttons and describes it
+    in two lines, the per-exit validation losses folded away as a plot of L points; a checkpoint that fails leaves
+    the last good one selected (so Generate uses it) with one error line. Moving the exit applies the rule: the
+    recommended d and stop rule only at the recommended exit; an exit the model lacks changes nothing."""
     demo_app.serve(recommended_checkpoint)
-    menu, loaded, info, exit_layer, d, threshold, max_new = demo_app.switch_model(str(recommended_checkpoint), None, 64)
+    menu, loaded, info, exit_layer, d, rule, threshold, cost, gamma, max_new, *buttons = demo_app.switch_model(
+        str(recommended_checkpoint), None, 64)
     assert loaded == menu["value"] == str(recommended_checkpoint) and "4 layers" in info
-    assert (exit_layer["value"], exit_layer["maximum"], d["value"], threshold["value"]) == (3, 4, 2, 0.3)
+    assert (exit_layer["value"], exit_layer["maximum"], d["value"], rule["value"]) == (3, 4, 2, "threshold")
+    assert (threshold["value"], threshold["visible"], cost["visible"], gamma["visible"]) == (0.3, True, False, False)
     assert exit_layer["label"] == "exit layer E (1–4)"
     assert (max_new["maximum"], max_new["value"]) == (255, 64)  # a 256-token context, not 512
+    assert buttons == [{"__type__": "update", "interactive": True}] * len(demo_app.RUN_BUTTONS)
     folded = re.fullmatch(r'<div class="ls-status">(.*)<details><summary>(.*)</summary>(<svg .*</svg>)</details></div>',
                           info)
-    assert folded and folded[1].count("<br>") == 0 and "recommended: exit 3, d=2, threshold 0.3" in folded[1]
+    assert folded and folded[1].count("<br>") == 0
+    assert "recommended: exit 3, d ≤ 2, stop below confidence 0.3" in folded[1]
     assert folded[3].count("<circle") == 4 and "exit 2: 3.500" in folded[3] and "3.50" not in folded[1] + folded[2]
-    assert demo_app.exit_changed(loaded, 2) == ({"__type__": "update", "value": 4}, {"__type__": "update", "value": 0})
-    assert [u["value"] for u in demo_app.exit_changed(loaded, 3)] == [2, 0.3]
+    d, rule, *boxes = demo_app.exit_changed(loaded, 2)  # another exit: d = 4 drafted to the end
+    assert (d["value"], rule["value"]) == (4, "fixed") and [b.get("visible") for b in boxes] == [False] * 3
+    assert all("value" not in b for b in boxes)  # the boxes of the other rules keep what they hold
+    d, rule, threshold, cost, gamma = demo_app.exit_changed(loaded, 3)  # back at the recommended exit
+    assert (d["value"], rule["value"], threshold["value"], threshold["visible"], cost["visible"]) == \
+        (2, "threshold", 0.3, True, False)
     for bad in (999, 0, 2.5, "x", None):
-        assert demo_app.exit_changed(loaded, bad) == ({"__type__": "update"}, {"__type__": "update"})
+        assert demo_app.exit_changed(loaded, bad) == ({"__type__": "update"},) * 5
+    assert [u["visible"] for u in demo_app.rule_changed("cost")] == [False, True, True]
 
-    _, loaded, _, exit_layer, d, threshold, max_new = demo_app.switch_model(str(tiny_checkpoint), loaded, 500)
-    assert (exit_layer["value"], d["value"], threshold["value"], max_new["value"]) == (1, 4, 0, 255)  # L//4, d=4
+    _, loaded, _, exit_layer, d, rule, threshold, cost, gamma, max_new, *_ = demo_app.switch_model(
+        str(tiny_checkpoint), loaded, 500)
+    assert (exit_layer["value"], d["value"], rule["value"], max_new["value"]) == (1, 4, "fixed", 255)  # L//4, d=4
+    assert (threshold["value"], cost["value"], gamma["value"]) == (0.5, 0.15, 1.0)  # RULE_DEFAULTS, hidden
+    assert not (threshold["visible"] or cost["visible"] or gamma["visible"])
 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")
@@ -364,7 +422,7 @@ def test_switching_model_resets_its_settings_and_a_failed_one_keeps_the_last(tin
         menu, still, info, *controls = demo_app.switch_model(path, loaded, 64)
         assert menu["value"] == still == loaded == str(tiny_checkpoint), path
         assert info.count("ls-error") == 1 and f"Still using {loaded}." in info
-        assert all(c == {"__type__": "update"} for c in controls)  # the controls keep the good model's settings
+        assert controls == [{"__type__": "update"}] * (7 + len(demo_app.RUN_BUTTONS))  # the good model's settings
 
 
 def test_unserved_checkpoints_are_refused_alike(tiny_checkpoint, tmp_path):
@@ -377,9 +435,9 @@ def test_unserved_checkpoints_are_refused_alike(tiny_checkpoint, tmp_path):
     loaded = set(demo_app._models)
     for path in paths:
         [(out, stats, text, error)] = demo_app.generate(path, VERSE)
-        assert error == demo_app.error_html(demo_app.REFUSED), path
-        assert demo_app.compare(path, VERSE) == demo_app.lens(path, VERSE) == error
-        assert list(demo_app.sweep(path, VERSE))[0][2] == error
+        assert error == demo_app.REFUSED, path
+        assert demo_app.compare(path, VERSE)[1] == demo_app.lens(path, VERSE)[1] == error
+        assert list(demo_app.sweep(path, VERSE))[0][3] == error
     assert set(demo_app._models) == loaded and "\n" not in demo_app.REFUSED
     assert demo_app.is_served(ROOT / "checkpoints/layerskip-python-deep.pt")  # shipped: whatever checkpoints/*.pt holds
     assert demo_app.is_served("checkpoints/baseline-python-deep.pt")
@@ -410,9 +468,9 @@ def test_examples_legend_and_flags(tiny_checkpoint, tmp_path, monkeypatch):
     assert any(p.startswith("\n") for p in load_prompts("humaneval"))  # as stored: after two blank lines
     examples = demo_app.example_prompts()
     assert len(examples) == 6 and all(e.split("\n", 1)[0].strip() for e in examples)
-    page = demo_app.render_text("x", [("a", "rejected", 1)], "self_speculative", show_rejected=False)
-    assert 'class="ls-out hide-rejected"' in page and '<span class="key rejected">' in page
-    assert ".ls-out.hide-rejected .key.rejected" in demo_app.CSS
+    page = demo_app.render_text("x", [("a", "rejected", 1)], "self_speculative", rejected="hidden")
+    assert 'class="ls-out rej-hidden"' in page and '<span class="key rejected">' in page
+    assert ".ls-out.rej-hidden .ls-rej, .ls-out.rej-hidden .key.rejected { display: none; }" in demo_app.CSS
 
     import torch
     launched = []
@@ -481,8 +539,9 @@ def test_gradio_client_streams_and_matches_generate(app_url, tiny_checkpoint):
     from gradio_client import Client
 
     def run(prompt, strategy, exit_layer, results, i):
-        job = Client(app_url, verbose=False).submit(str(tiny_checkpoint), prompt, strategy, exit_layer, 3, 0.0,
-                                                    1.0, 20, 0, True, 0, api_name="/generate")
+        job = Client(app_url, verbose=False).submit(checkpoint=str(tiny_checkpoint), prompt=prompt, strategy=strategy,
+                                                    exit_layer=exit_layer, num_speculations=3, stop_rule="fixed",
+                                                    max_new_tokens=20, api_name="/generate")
         for _ in job:  # iterate the stream as a script would
             pass
         results[i] = job.outputs()
@@ -515,13 +574,13 @@ def test_api_refuses_unserved_paths_without_telling_whether_they_exist(app_url, 
     copy = tmp_path / "copy.pt"
     shutil.copy(tiny_checkpoint, copy)
     client = Client(app_url, verbose=False)
-    answers = set()
+    errors, infos = set(), set()
     for path in (str(copy), str(tmp_path / "missing.pt"), "/etc/passwd", str(ROOT / "README.md")):
-        out, stats, text, error = client.predict(path, VERSE, "self_speculative", 2, 4, 0.0, 1.0, 8, 0, True, 0,
-                                                 api_name="/generate")
+        out, stats, text, error = client.predict(path, VERSE, max_new_tokens=8, api_name="/generate")
         info = client.predict(path, 64, api_name="/model_info")[1]  # (menu, description, number boxes...)
-        answers |= {error, info}
-    assert answers == {demo_app.error_html(demo_app.REFUSED)}
+        errors.add(error)
+        infos.add(info)
+    assert errors == {demo_app.REFUSED} and infos == {demo_app.error_html(demo_app.REFUSED)}
     assert str(copy.resolve()) not in demo_app._models
 
 
@@ -534,26 +593,109 @@ def test_api_calls_with_bad_values_get_a_clear_error_and_no_traceback(app_url, t
     client = Client(app_url, verbose=False)
     names = [p["parameter_name"] for p in client.view_api(return_format="dict")["named_endpoints"]["/generate"]
              ["parameters"]]
-    assert names == ["checkpoint", "prompt", "strategy", "exit_layer", "num_speculations", "temperature", "top_p",
-                     "max_new_tokens", "seed", "show_rejected", "draft_threshold", "repetition_penalty",
-                     "no_repeat_ngram_size"]
-    ck, ok = str(tiny_checkpoint), ["self_speculative", 2, 4, 0.0, 1.0, 8, 0, True, 0, 1.0, 0]
-    cases = {"unknown strategy 'beam'": {0: "beam"}, "max new tokens must be a whole number in 1..512, got 100000":
-             {5: 100000}, "exit layer E must be a whole number in 1..4, got 999": {1: 999},
-             "temperature (0 = greedy) must be a number in [0, 2], got 'hot'": {3: "hot"},
-             "no-repeat n-gram size (0 = off) must be a whole number in 0..32, got -2": {10: -2}}
+    assert names == ["checkpoint", "prompt", "strategy", "exit_layer", "num_speculations", "stop_rule",
+                     "draft_threshold", "draft_cost", "draft_gamma", "temperature", "top_p", "max_new_tokens", "seed",
+                     "rejected", "repetition_penalty", "no_repeat_ngram_size"]
+    ck = str(tiny_checkpoint)
+    cases = {"unknown strategy 'beam'": dict(strategy="beam"),
+             "max new tokens must be a whole number in 1..512, got 100000": dict(max_new_tokens=100000),
+             "exit layer E must be a whole number in 1..4, got 999": dict(exit_layer=999),
+             "temperature (0 = greedy) must be a number in [0, 2], got 'hot'": dict(temperature="hot"),
+             "the stop rule must be one of fixed, threshold, cost, got 'auto'": dict(stop_rule="auto"),
+             "no-repeat n-gram size (0 = off) must be a whole number in 0..32, got -2": dict(no_repeat_ngram_size=-2)}
     capfd.readouterr()
     for message, change in cases.items():
-        args = [change.get(i, v) for i, v in enumerate(ok)]
-        job = client.submit(ck, VERSE, *args, api_name="/generate")
+        job = client.submit(ck, VERSE, **change, api_name="/generate")
         [(out, stats, text, error)] = list(job)
-        assert html.escape(message) in error, (message, error)
+        assert message in error and "<" not in error, (message, error)  # plain text
         assert all(o["__type__"] == "update" and "value" not in o for o in (out, stats, text))  # left as they are
-    assert "exit layer E must be a whole number in 1..4, got 999" in client.predict(
-        ck, VERSE, 999, 4, 8, 0, 1.0, 0, api_name="/compare")
-    *_, note = client.predict(ck, VERSE, 4, 8, 0, 0.0, 0, api_name="/sweep")
-    assert "repetition penalty (1 = off) must be a number in [0.01, 10], got 0.0" in note
+    table, error = client.predict(ck, VERSE, 999, api_name="/compare")
+    assert error == "exit layer E must be a whole number in 1..4, got 999"
+    *_, note, error = client.predict(ck, VERSE, max_new_tokens=8, repetition_penalty=0.0, api_name="/sweep")
+    assert error == "repetition penalty (1 = off) must be a number in [0.01, 10], got 0.0"
     assert "Traceback" not in capfd.readouterr().err
+
+
+def readme_api_example() -> str:
+    """The README's gradio_client example, as it is written there."""
+    readme = (ROOT / "README.md").read_text()
+    return next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "gradio_client" in block)
+
+
+def test_readme_api_example_runs_and_surfaces_errors(app_url, tiny_checkpoint, capsys):
+    """The README's API example, pointed at a served app, prints the continuation that the app's own defaults (its
+    first model's stored setting) decode; with a value the client cannot even send (NaN), the same pattern raises
+    instead of waiting forever."""
+    code = readme_api_example().replace("http://127.0.0.1:7860", app_url)
+    assert "job.result()" in code
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    model, tok = demo_app.get_model(str(tiny_checkpoint))
+    prompt = re.search(r'prompt=("[^"]*")', code)[1]
+    want, _ = expected(tiny_checkpoint, eval(prompt), 64, **demo_app.read_settings(model, "self_speculative"))
+    assert printed.endswith("\n" + want + "\n")  # after the client's "Loaded as API: ..." line
+
+    from gradio_client import Client
+    failed = []
+
+    def broken():
+        try:
+            Client(app_url, verbose=False).submit(prompt="x", temperature=float("nan"), api_name="/generate").result()
+        except Exception as e:  # gradio_client cannot encode NaN: an error, not a hang
+            failed.append(e)
+
+    t = threading.Thread(target=broken, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive() and failed
+
+
+def test_api_defaults_are_the_stored_recommendation():
+    """Served with the shipped model, /generate, /compare and /sweep take, for every argument left out, the initial
+    value of its control, and those are the checkpoint's stored setting: exit 4, at most 24 drafts, the cost-model
+    stop rule with its draft cost and gamma; the prompt is the first example."""
+    from gradio_client import Client
+    model, _ = demo_app.get_model(demo_app.DEFAULT_CHECKPOINT)
+    rec = model.metadata["recommended"]
+    stored = dict(checkpoint=demo_app.DEFAULT_CHECKPOINT, prompt=demo_app.example_prompts()[0],
+                  exit_layer=rec["exit_layer"], num_speculations=rec["num_speculations"], stop_rule="cost",
+                  draft_cost=rec["draft_cost"], draft_gamma=rec["draft_gamma"])
+    assert (stored["exit_layer"], stored["num_speculations"], stored["draft_cost"]) == (4, 24, 0.122)
+    demo = demo_app.build_demo()
+    try:
+        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+        api = Client(url, verbose=False).view_api(return_format="dict")["named_endpoints"]
+    finally:
+        demo.close()
+    for endpoint in ("/generate", "/compare", "/sweep"):
+        defaults = {p["parameter_name"]: p["parameter_default"] for p in api[endpoint]["parameters"]}
+        assert all(p["parameter_has_default"] for p in api[endpoint]["parameters"]), endpoint
+        assert {k: defaults[k] for k in stored} == stored, endpoint
+        assert defaults.get("strategy", "self_speculative") == "self_speculative"
+
+
+@pytest.mark.skipif(os.environ.get("LAYERSKIP_SLOW") != "1",
+                    reason="times the shipped model at 17 exits (about a minute): LAYERSKIP_SLOW=1 to run it")
+def test_sweep_with_its_defaults_finds_an_early_exit_clearly_faster():
+    """On a fresh server, /sweep called with its own defaults (the shipped model, the first example prompt, the
+    stored d and cost-model stop rule) names an exit between 2 and 8 fastest, at 1.3x or more, and never the E=L
+    sanity row; that row measures about 1x."""
+    import torch
+    from gradio_client import Client
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    demo = demo_app.build_demo()
+    try:
+        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+        acceptance, speedup, note, error = Client(url, verbose=False).predict(api_name="/sweep")
+    finally:
+        demo.close()
+        torch.set_num_threads(threads)
+    text = re.sub(r"<[^>]+>", "", note)
+    best = re.search(r"Fastest: exit (\d+), ([\d.]+)×", text)
+    assert error == "" and best, text
+    assert 2 <= int(best[1]) <= 8 and float(best[2]) >= 1.3, text
+    assert "cost-model stop (draft cost 0.122 at exit 4" in text
 
 
 def browser_or_fail():
@@ -607,9 +749,9 @@ def screenshot(tmp_path, name):
 
 
 def shown_text(page):
-    """The text the output shows without its struck-through rejected drafts: the prompt and the continuation."""
+    """The text the output shows without its rejected drafts and their counts: the prompt and the continuation."""
     return page.locator("#out .ls-text").evaluate(
-        "e => { const c = e.cloneNode(true); c.querySelectorAll('.rejected').forEach(r => r.remove());"
+        "e => { const c = e.cloneNode(true); c.querySelectorAll('.ls-rej').forEach(r => r.remove());"
         " return c.textContent; }")
 
 
@@ -624,67 +766,144 @@ def number_box(page, elem_id):
     return page.locator(f"#{elem_id} input[type=number]")
 
 
+def shown_settings(page) -> dict:
+    """The exit, d and stop rule the page's controls show, with the values of the boxes of that rule."""
+    shown = dict(exit_layer=number_box(page, "exit_layer").input_value(),
+                 num_speculations=number_box(page, "num_spec").input_value(),
+                 stop_rule=page.locator("#stop_rule input:checked").get_attribute("value"))
+    for key, box in (("draft_threshold", "threshold"), ("draft_cost", "draft_cost"), ("draft_gamma", "draft_gamma")):
+        if number_box(page, box).is_visible():
+            shown[key] = number_box(page, box).input_value()
+    return shown
+
+
+def stored_settings(model) -> dict:
+    """What shown_settings should read for a model: its control_values (its stored setting), as text."""
+    v = demo_app.control_values(model)
+    rule_boxes = {"fixed": [], "threshold": ["draft_threshold"], "cost": ["draft_cost", "draft_gamma"]}
+    return {k: v[k] if k == "stop_rule" else str(v[k]) for k in ["exit_layer", "num_speculations", "stop_rule",
+                                                                  *rule_boxes[v["stop_rule"]]]}
+
+
+def error_shown(page, elem_id) -> str:
+    """The text of an error box, "" while it is hidden (empty)."""
+    box = page.locator(f"#{elem_id}")
+    return box.locator("textarea, input").first.input_value() if box.is_visible() else ""
+
+
 def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens(browser, app_url, demo_checkpoint,
                                                                                  tmp_path):
     """In Chromium at 1280 x 800: the prompt box holds the first example, so the first click on Generate works;
-    the model's settings fill the number boxes; Generate and the output show without scrolling. Then the README's
-    prompt: accepted drafts, corrections and bonus tokens (each in its own colour, each in the legend) and struck-
-    through rejected drafts read as the generated text, the stats cards, the logit lens; hiding rejected drafts
-    hides their legend entry too. Screenshot: demo.png. Another model from the menu brings its own settings."""
+    the model's stored setting fills the controls (the exit, d, the stop rule and only its boxes); Generate and the
+    output show without scrolling. Then the README's prompt: accepted drafts, corrections and bonus tokens (each in
+    its own colour, each in the legend) and the rejected drafts, counted per round, read as the generated text, the
+    stats cards, the logit lens. The rejected drafts' view switches between a count, struck-through text and
+    nothing without a new run. Screenshot: demo.png. Another model from the menu brings its own settings."""
     page = open_page(browser, app_url, 1280)
     model, tok = demo_app.get_model(demo_checkpoint)
-    s = demo_app.decoding_settings(model, "self_speculative")  # the stored recommendation, or exit L//4 and d=4
+    s = demo_app.read_settings(model, "self_speculative")  # the stored recommendation, or exit L//4 and d=4
     L, top = model.params.n_layers, min(demo_app.MAX_NEW_TOKENS, model.params.max_seq_len - 1)
     page.wait_for_selector(f"#exit_layer input[type=number][max='{L}']")
     page.wait_for_selector(f"#max_new input[type=number][max='{top}']")  # the context window bounds it
-    assert [number_box(page, c).input_value() for c in ("exit_layer", "num_spec", "threshold")] == \
-        [str(s["exit_layer"]), str(s["num_speculations"]), str(s["draft_threshold"] or 0)]
+    assert shown_settings(page) == stored_settings(model)
     first = demo_app.example_prompts()[0]
     assert page.locator("#prompt textarea").input_value() == first
     click_generate(page)  # nothing typed: the example runs
     assert shown_text(page) == tok.decode(tok.encode(first)) + expected(demo_checkpoint, first, 64, **s)[0]
     assert in_view(page, "#go") == page.locator("#go").bounding_box()["height"]  # all of it, above the fold
     out_height = page.locator("#out .ls-text").bounding_box()["height"]  # all of a short output, 300 px of a long one
-    assert in_view(page, "#out .ls-text") >= min(300, out_height) and page.locator("#error .ls-error").count() == 0
+    assert in_view(page, "#out .ls-text") >= min(300, out_height) and error_shown(page, "error") == ""
 
     want, g = expected(demo_checkpoint, SHOWN, 64, **s)
     page.fill("#prompt textarea", SHOWN)
     click_generate(page)
-    counts = {k: page.locator(f"#out .ls-tok.{k}").count() for k in ("accepted", "correction", "bonus", "rejected")}
+    counts = {k: page.locator(f"#out .ls-tok.{k}").count() for k in ("accepted", "correction", "bonus")}
     corrections = sum(e.token is not None and e.accepted < len(e.drafted) for e in g.events)
-    assert counts == {"accepted": g.accepted, "correction": corrections, "bonus": g.rounds - corrections,
-                      "rejected": g.drafted - g.accepted}
-    assert min(counts.values()) > 0
+    assert counts == {"accepted": g.accepted, "correction": corrections, "bonus": g.rounds - corrections}
+    rejected = [int(n) for n in page.locator("#out .ls-rej .n").all_inner_texts()]
+    assert rejected == [len(e.drafted) - e.accepted for e in g.events if e.accepted < len(e.drafted)]
+    assert min(counts.values()) > 0 and rejected
     colour = {k: page.locator(f"#out .ls-tok.{k}").first.evaluate("e => getComputedStyle(e).backgroundColor")
               for k in counts}
     legend = {k: page.locator(f"#out .key.{k} .sw").evaluate("e => getComputedStyle(e).backgroundColor")
               for k in counts}
-    assert colour == legend and len(set(colour.values())) == 4  # four kinds, four colours, as the legend says
-    assert page.locator("#out .ls-tok.rejected").first.evaluate(
-        "e => getComputedStyle(e).textDecorationLine") == "line-through"
+    assert colour == legend and len(set(colour.values())) == 3  # three kinds, three colours, as the legend says
+    assert page.locator("#out .ls-rej .n").first.is_visible() and page.locator("#out .ls-tok.rejected").count() > 0
+    assert not page.locator("#out .ls-tok.rejected").first.is_visible()  # the count shows, not the drafts
     assert shown_text(page) == tok.decode(tok.encode(SHOWN)) + want
     stats = page.locator("#stats").inner_text()
     assert "acceptance rate" in stats and f"{g.accepted / g.drafted:.0%}" in stats and "tokens/s" in stats
     assert f"{corrections} correction" in stats and f"{g.rounds - corrections} bonus token" in stats
+    assert f"exit {s['exit_layer']}, {demo_app.rule_text(s)}" in stats  # the rule that ran, named
     page.screenshot(path=screenshot(tmp_path, "demo.png"))  # what a laptop shows, without scrolling
     page.get_by_role("tab", name="Logit lens").click()
     page.wait_for_selector("#lens_out tr.exit")  # filled in after generation, the chosen exit marked
-    assert page.locator("#out .key.rejected").is_visible()
-    page.locator("label:has-text('show rejected drafts')").click()  # hide them: pure CSS, no new run
-    page.wait_for_function("() => getComputedStyle(document.querySelector('#out .ls-tok.rejected'))"
-                           ".display === 'none'")
+
+    before = page.locator("#stats").inner_html()
+    page.locator("#rejected label:has-text('struck through')").click()  # pure CSS, no new run
+    page.wait_for_function("() => getComputedStyle(document.querySelector('#out .ls-tok.rejected')).display "
+                           "!== 'none'")
+    struck = page.locator("#out .ls-tok.rejected").first
+    assert struck.evaluate("e => getComputedStyle(e).textDecorationLine") == "line-through"
+    assert not page.locator("#out .ls-rej .n").first.is_visible()
+    shown_per_round = page.locator("#out .ls-rej").evaluate_all(
+        "rs => rs.map(r => [...r.querySelectorAll('.ls-tok')].filter(t => t.offsetParent).length)")
+    assert max(shown_per_round) <= demo_app.REJECTED_SHOWN  # capped per round
+    page.locator("#rejected label:has-text('hidden')").click()
+    page.wait_for_function("() => getComputedStyle(document.querySelector('#out .ls-rej')).display === 'none'")
     assert page.locator("#out .key.rejected").is_hidden() and page.locator("#out .key.accepted").is_visible()
+    assert page.locator("#stats").inner_html() == before and shown_text(page) == tok.decode(tok.encode(SHOWN)) + want
+    page.locator("#rejected label:has-text('count')").click()
 
     label, other = next((label, path) for label, path in demo_app.menu([demo_checkpoint])  # another model: its
                         if demo_app.resolve(path).resolve() != demo_app.resolve(demo_checkpoint).resolve())  # settings
     model, _ = demo_app.get_model(other)
-    s = demo_app.decoding_settings(model, "self_speculative")
     page.click("#model input")
     page.get_by_role("option", name=label).click()
     page.wait_for_selector(f"#info :text('{Path(other).name}')")
     page.wait_for_selector(f"#exit_layer input[type=number][max='{model.params.n_layers}']")
-    assert [number_box(page, c).input_value() for c in ("exit_layer", "num_spec", "threshold")] == \
-        [str(s["exit_layer"]), str(s["num_speculations"]), str(s["draft_threshold"] or 0)]
+    assert shown_settings(page) == stored_settings(model)
+
+
+def test_browser_first_click_waits_for_the_model_and_runs_the_stored_setting(browser, recommended_checkpoint,
+                                                                              monkeypatch):
+    """On a fresh server whose model panel takes 2 s to load: right after the page loads, Generate, Compare, Lens
+    and Sweep are disabled (as served; the page draws a tab's button when its tab opens) while the controls already show the stored setting (exit 3, d 2, threshold 0.3, as the
+    API's defaults); a click then waits, and the run uses the stored setting, never other values."""
+    demo_app.serve(recommended_checkpoint)
+    model, tok = demo_app.get_model(str(recommended_checkpoint))
+    describe = demo_app.describe
+
+    def slowly(*args):  # the model panel is the last thing to arrive: the run buttons wait for it
+        time.sleep(2)
+        return describe(*args)
+
+    monkeypatch.setattr(demo_app, "describe", slowly)
+    demo = demo_app.build_demo(str(recommended_checkpoint))
+    try:
+        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.wait_for_selector("#go")
+        config = [c["props"] for c in demo.config["components"] if c["props"].get("elem_id") in demo_app.RUN_BUTTONS]
+        assert sorted(c["elem_id"] for c in config if c["interactive"] is False) == sorted(demo_app.RUN_BUTTONS)
+        assert page.locator("#go").is_disabled() and page.locator("#compare").is_disabled()  # the others: in tabs
+        assert page.locator("#info b").count() == 0  # the panel has not loaded yet
+        assert shown_settings(page) == stored_settings(model) == dict(exit_layer="3", num_speculations="2",
+                                                                       stop_rule="threshold", draft_threshold="0.3")
+        page.click("#go")  # waits until the button is enabled, i.e. the panel has loaded
+        page.wait_for_selector("#stats .ls-status:text('done')")
+        assert page.locator("#info b").count() == 1
+        s = demo_app.read_settings(model, "self_speculative")
+        assert (s["exit_layer"], s["num_speculations"], s["draft_threshold"]) == (3, 2, 0.3)
+        stats = page.locator("#stats .ls-status").inner_text()
+        assert "exit 3, d ≤ 2, stop below confidence 0.3" in stats, stats
+        prompt = demo_app.example_prompts()[0]
+        assert shown_text(page) == tok.decode(tok.encode(prompt)) + expected(recommended_checkpoint, prompt, 64,
+                                                                             **s)[0]
+    finally:
+        demo.close()
 
 
 def test_browser_at_820_px_shows_the_output_and_refuses_bad_numbers_in_their_own_place(browser, app_url,
@@ -693,7 +912,8 @@ def test_browser_at_820_px_shows_the_output_and_refuses_bad_numbers_in_their_own
     """In Chromium at 820 x 800 (one column): the prompt, the buttons and the start of the output show without
     scrolling (screenshot demo_820.png). Exit 999 or max new tokens 0 typed in: Generate says why in the error
     place, the box still shows what was typed (nothing clamped), nothing runs, and the text, the statistics and
-    the legend stay as they were; a good value again clears the error. No traceback in the server log."""
+    the legend stay as they were; a good value again clears the error. Then Compare, at the controls' setting
+    (screenshot demo_compare_820.png). No traceback in the server log."""
     page = open_page(browser, app_url, 820)
     model, _ = demo_app.get_model(demo_checkpoint)
     L = model.params.n_layers
@@ -702,8 +922,9 @@ def test_browser_at_820_px_shows_the_output_and_refuses_bad_numbers_in_their_own
     areas = page.locator("#main").evaluate("e => getComputedStyle(e).gridTemplateAreas")
     assert areas == '"prompt" "out" "settings" "tabs"'  # one column, the output right under the prompt
     assert in_view(page, "#go") == page.locator("#go").bounding_box()["height"]
-    assert in_view(page, "#out .ls-text") >= 150  # the output's first lines, without scrolling
     page.screenshot(path=screenshot(tmp_path, "demo_820.png"))
+    out_height = page.locator("#out .ls-text").bounding_box()["height"]  # a short output, or 150 px of a long one
+    assert in_view(page, "#out .ls-text") >= min(150, out_height)  # the output's first lines, without scrolling
 
     capfd.readouterr()
     before = {sel: page.locator(sel).inner_html() for sel in ("#out", "#stats")}
@@ -712,25 +933,38 @@ def test_browser_at_820_px_shows_the_output_and_refuses_bad_numbers_in_their_own
         good = number_box(page, box).input_value()
         number_box(page, box).fill(value)
         page.click("#go")
-        page.wait_for_selector(f"#error .ls-error:text('{message}')")
+        page.wait_for_function(f"() => document.querySelector('#error textarea, #error input').value === {message!r}")
+        assert error_shown(page, "error") == message
         assert number_box(page, box).input_value() == value  # as typed: not clamped to the range
         assert {sel: page.locator(sel).inner_html() for sel in before} == before  # text, cards, legend: unchanged
         page.screenshot(path=tmp_path / f"error_{box}.png")
         number_box(page, box).fill(good)
     click_generate(page)
-    assert page.locator("#error .ls-error").count() == 0 and page.locator("#error").is_hidden()
+    page.wait_for_selector("#error", state="hidden")
+    assert error_shown(page, "error") == ""
+
+    s = demo_app.read_settings(model, "self_speculative")
+    page.get_by_role("tab", name="Compare with autoregressive").click()
+    page.click("#compare")
+    page.wait_for_selector("#compare_out .ls-table")
+    table = page.locator("#compare_out").inner_text()
+    assert f"self-speculative (E={s['exit_layer']}, {demo_app.rule_text(s)})" in table and "identical" in table
+    page.locator("#compare_out").evaluate("e => e.scrollIntoView({block: 'center'})")
+    page.screenshot(path=screenshot(tmp_path, "demo_compare_820.png"))
     assert "Traceback" not in capfd.readouterr().err
 
 
 def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, app_url, demo_checkpoint, tmp_path,
                                                            monkeypatch):
     """In Chromium at 1280 x 800: Stop during a generation leaves the text on screen and says it stopped after
-    that many tokens (screenshot demo_stopped.png); the exit-layer sweep shows its progress, then medians per
-    exit in layer order with their range and the E=L sanity line, and plots acceptance and speedup on two plots
-    (screenshot demo_sweep.png)."""
+    that many tokens (screenshot demo_stopped.png); Compare runs the controls' setting (demo_compare.png); the
+    exit-layer sweep shows its progress, then medians per exit in layer order with their range, the rule it ran
+    and the E=L sanity line, and plots acceptance and speedup on two plots (demo_sweep.png; at 820 px,
+    demo_sweep_820.png)."""
     page = open_page(browser, app_url, 1280)
     model, _ = demo_app.get_model(demo_checkpoint)
     L = model.params.n_layers
+    s = demo_app.read_settings(model, "self_speculative")
     page.wait_for_selector(f"#exit_layer input[type=number][max='{L}']")
     page.fill("#prompt textarea", SHOWN)
     render = demo_app.render_text
@@ -753,15 +987,25 @@ def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, app_url, dem
     assert page.locator("#out .ls-tok.accepted, #out .ls-tok.correction, #out .ls-tok.bonus").count() == tokens
     page.screenshot(path=screenshot(tmp_path, "demo_stopped.png"))
 
+    page.click("#compare")
+    page.wait_for_selector("#compare_out .ls-table")
+    assert f"E={s['exit_layer']}, {demo_app.rule_text(s)}" in page.locator("#compare_out").inner_text()
+    page.locator("#compare").evaluate("e => e.scrollIntoView()")
+    page.screenshot(path=screenshot(tmp_path, "demo_compare.png"))
+
     page.get_by_role("tab", name="Exit-layer sweep").click()
     page.click("#sweep")
     page.wait_for_selector("#sweep_note progress", timeout=120_000)  # progress while it runs
     page.wait_for_selector("#sweep_note .ls-status:text('done')", timeout=300_000)
     note = page.locator("#sweep_note").inner_text()
-    assert "Sanity check: exit" in note and "median" in note
+    assert "Sanity check: exit" in note and "median" in note and f"at every exit {demo_app.rule_text(s)}" in note
     exits = page.locator("#sweep_note table tr td:first-child").all_inner_texts()
     assert exits == [str(E) for E in demo_app.sweep_exits(L)]
     for plot in ("#acceptance_plot", "#speedup_plot"):
         page.wait_for_selector(f"{plot} canvas, {plot} svg")
     page.locator("#sweep").evaluate("e => e.scrollIntoView()")  # the plots and the note at the top
     page.screenshot(path=screenshot(tmp_path, "demo_sweep.png"))
+    page.set_viewport_size({"width": 820, "height": 800})
+    page.locator("#sweep").evaluate("e => e.scrollIntoView()")
+    page.wait_for_timeout(500)  # the plots redraw at the new width
+    page.screenshot(path=screenshot(tmp_path, "demo_sweep_820.png"))
