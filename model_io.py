@@ -754,7 +754,8 @@ def gguf_weights(reader, args_of) -> tuple[dict, ModelArgs]:
             unknown.append(name)
             continue
         try:
-            w = torch.from_numpy(gguf.dequantize(t.data, t.tensor_type).astype("float32"))  # a copy: the file is read-only
+            # astype copies: the memory-mapped file is read-only
+            w = torch.from_numpy(gguf.dequantize(t.data, t.tensor_type).astype("float32"))
         except NotImplementedError:
             raise CheckpointError(f"{name} is stored as {t.tensor_type.name}, which the gguf package cannot "
                                   f"dequantize: convert the file with llama.cpp's llama-quantize") from None
@@ -788,38 +789,43 @@ def gguf_bpe_tokenizer(meta: dict, tokens: list, types: list, bos: int, eos: int
     return HFTokenizer(tok.to_str(), bos, eos, stops)
 
 
-def protobuf_field(number: int, wire: int, payload: bytes) -> bytes:
-    """One protobuf field: its key (number << 3 | wire type) and payload, varints written by hand."""
-    def varint(n):
-        out = bytearray()
-        while True:
-            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-            n >>= 7
-            if not n:
-                return bytes(out)
-    return varint(number << 3 | wire) + (varint(len(payload)) + payload if wire == 2 else payload)
+def varint(n: int) -> bytes:
+    """Protobuf's variable-length integer: 7 bits a byte, low bits first."""
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def protobuf_field(number: int, value) -> bytes:
+    """One protobuf field: an int or bool as a varint, a float as fixed32, bytes or str length-delimited."""
+    import struct
+    if isinstance(value, float):
+        return varint(number << 3 | 5) + struct.pack("<f", value)
+    if isinstance(value, int):
+        return varint(number << 3) + varint(int(value))
+    data = value.encode() if isinstance(value, str) else value
+    return varint(number << 3 | 2) + varint(len(data)) + data
 
 
 def gguf_sentencepiece_tokenizer(meta: dict, tokens: list, types: list) -> "SentencePieceTokenizer":
     """A sentencepiece-style vocabulary (tokenizer.ggml.model "llama": pieces, scores, types) as the sentencepiece
     model Llama 2's tokenizer.model is: a BPE ModelProto written field by field (sentencepiece_model.proto)."""
-    import struct
     scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
-    pieces = b"".join(protobuf_field(1, 2, protobuf_field(1, 2, t.encode()) + protobuf_field(2, 5, struct.pack(
-        "<f", s)) + protobuf_field(3, 0, bytes([k if 1 <= k <= 6 else 1]))) for t, s, k in zip(tokens, scores, types))
-    byte_fallback = any(k == 6 for k in types)
-    trainer = (protobuf_field(3, 0, b"\x02")  # model_type BPE
-               + protobuf_field(35, 0, bytes([byte_fallback]))
-               + protobuf_field(40, 0, bytes([meta.get("tokenizer.ggml.unknown_token_id", 0)]))
-               + protobuf_field(41, 0, bytes([meta.get("tokenizer.ggml.bos_token_id", 1)]))
-               + protobuf_field(42, 0, bytes([meta.get("tokenizer.ggml.eos_token_id", 2)])))
-    normalizer = (protobuf_field(1, 2, b"identity")
-                  + protobuf_field(3, 0, bytes([meta.get("tokenizer.ggml.add_space_prefix", True)]))
-                  + protobuf_field(4, 0, b"\x00")  # keep runs of spaces (code)
-                  + protobuf_field(5, 0, b"\x01"))  # spaces as U+2581
-    proto = pieces + protobuf_field(2, 2, trainer) + protobuf_field(3, 2, normalizer)
+    f = protobuf_field
+    pieces = b"".join(f(1, f(1, t) + f(2, float(s)) + f(3, k if 1 <= k <= 6 else 1))  # SentencePiece
+                      for t, s, k in zip(tokens, scores, types))
+    trainer = (f(3, 2)  # model_type BPE
+               + f(35, any(k == 6 for k in types))  # byte_fallback: the vocabulary has <0xNN> byte pieces
+               + f(40, meta.get("tokenizer.ggml.unknown_token_id", 0))
+               + f(41, meta.get("tokenizer.ggml.bos_token_id", 1)) + f(42, meta.get("tokenizer.ggml.eos_token_id", 2)))
+    normalizer = (f(1, "identity") + f(3, meta.get("tokenizer.ggml.add_space_prefix", True))  # add_dummy_prefix
+                  + f(4, False)  # remove_extra_whitespaces: no, as Llama 2's
+                  + f(5, True))  # spaces written as U+2581
     try:
-        return SentencePieceTokenizer(proto)
+        return SentencePieceTokenizer(pieces + f(2, trainer) + f(3, normalizer))
     except RuntimeError as e:
         raise CheckpointError(f"its sentencepiece vocabulary does not form a model ({e})") from None
 

@@ -36,7 +36,7 @@ import torch.distributed as dist
 import layerskip as ls
 from common import ArgumentParser, device_memory, fail, float_range, int_range
 from model_io import CheckpointError, SentencePieceTokenizer, build_model, load_checkpoint, load_model
-from model_io import save_checkpoint
+from model_io import save_checkpoint, tokenizer_fingerprint, tokenizer_from_dict
 
 PRESETS = {
     # A few minutes on a laptop CPU: shows the loss falling and the exits learning.
@@ -80,6 +80,7 @@ DEFAULTS = dict(data="data/shakespeare", dim=256, n_layers=12, n_heads=8, n_kv_h
                 preset=None, init_from=None, resume=False, stop_after=None, force=False, dry_run=False)
 
 ONPOLICY_LOSSES = ("ce", "kl", "tvd")
+DEFAULT_THREADS = max(1, (os.cpu_count() or 2) // 2)  # torch's default (every core) starves a shared machine
 STEPS = 10**9  # more optimizer steps than any run takes: a larger count is a typo
 RUN_FILES = ("ckpt.pt", "model.pt", "log.jsonl")  # what a run writes into --out_dir
 
@@ -95,12 +96,14 @@ def parse_args(argv=None):
     a("--preset", choices=sorted(PRESETS), help="a named configuration; any flag below overrides it")
     a("--out_dir", default=None, help="where checkpoints and the log go (default out/<preset>)")
     a("--force", action="store_true", help="start over in an --out_dir that holds a run, replacing its files")
-    a("--data", help="a folder written by a data/*/prepare.py script (train.bin, val.bin, tokenizer.model)")
+    a("--data", help="a folder written by a data/*/prepare.py script (train.bin, val.bin, tokenizer.model; or "
+                     "tokenizer.pt, from data/prepare.py --tokenizer CHECKPOINT)")
     a("--init_from", help="continue training from this checkpoint (continual pretraining: S(t) = 1)")
     a("--resume", action="store_true", help="continue the run in --out_dir exactly where it stopped")
     a("--stop_after", type=int_range(1), help="stop (with a checkpoint) after this many steps of this invocation")
     a("--dry_run", action="store_true", help="build the model on the meta device, print size and memory, exit")
-    a("--threads", type=int_range(1, os.cpu_count() or 1), help="torch CPU threads (default: torch's)")
+    a("--threads", type=int_range(1, os.cpu_count() or 1),
+      help=f"torch CPU threads (default {DEFAULT_THREADS}: half the cores, so a shared machine keeps the rest)")
     g = p.add_argument_group("model")
     g.add_argument("--dim", type=int_range(1, 65536), help="model width")
     g.add_argument("--n_layers", type=int_range(1, 1024), help="number of transformer blocks L")
@@ -235,7 +238,7 @@ def check_paths(cfg):
     if folder.is_file():
         fail(f"--data {folder} is a file: give the folder written by a data/*/prepare.py script")
     if not data_ready(folder) and builder(folder) is None:
-        missing = next(name for name in DATA_FILES if not (folder / name).exists())
+        missing = next((name for name in DATA_FILES if not (folder / name).exists()), TOKENIZER_FILES[0])
         fail(f"{folder / missing} is missing: prepare the data with data/prepare.py --input ... --out_dir {folder}")
     if cfg.onpolicy_data:
         if not Path(cfg.onpolicy_data).exists():
@@ -259,8 +262,7 @@ def configure(argv, ranks):
     state = None
     if cfg.resume:
         cfg, state = resume_config(cfg)
-    if cfg.threads:  # before anything runs: loading uses the threads too
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or DEFAULT_THREADS)  # before anything runs: loading uses the threads too
     check_flags(cfg, ranks)
     check_device(cfg)
     if not cfg.dry_run:
@@ -369,14 +371,15 @@ class Ranks:
 #    resumed run sees exactly the batches it would have seen, and all ranks together see one global batch.
 
 
-DATA_FILES = ("train.bin", "val.bin", "tokenizer.model", "meta.json")  # meta.json is written last
+DATA_FILES = ("train.bin", "val.bin", "meta.json")  # meta.json is written last; and a tokenizer:
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.pt")  # ours (sentencepiece), or a checkpoint's (prepare --tokenizer)
 # Corpora built by another folder's script; any other folder with a prepare.py is built by that script.
 BUILDERS = {"data/python-stdlib": ["data/python/prepare.py", "--stdlib_only", "--vocab_size", "4096"]}
 ROOT = Path(__file__).resolve().parent
 
 
 def data_ready(folder: Path) -> bool:
-    return all((folder / name).exists() for name in DATA_FILES)
+    return all((folder / name).exists() for name in DATA_FILES) and any((folder / n).exists() for n in TOKENIZER_FILES)
 
 
 def builder(folder: Path) -> Optional[list[str]]:
@@ -401,12 +404,26 @@ def prepare_data(folder, ranks):
     ranks.barrier()
 
 
-def token_file(path, what: str, remedy: str) -> np.ndarray:
-    """A file of uint16 token ids, memory-mapped; a one-line error if it is not one."""
+def token_file(path, what: str, remedy: str, dtype: str = "uint16") -> np.ndarray:
+    """A file of token ids (uint16, or uint32 for a large vocabulary), memory-mapped; a one-line error if it is not
+    one."""
     try:
-        return np.memmap(path, dtype=np.uint16, mode="r")
-    except (OSError, ValueError) as e:  # empty, odd-sized, a folder
-        fail(f"{what}: not a file of uint16 tokens ({type(e).__name__}): {remedy}")
+        return np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    except (OSError, ValueError, TypeError) as e:  # empty, odd-sized, a folder, an unknown dtype
+        fail(f"{what}: not a file of {dtype} tokens ({type(e).__name__}): {remedy}")
+
+
+def data_tokenizer(folder: Path, rebuild: str):
+    """The tokenizer that made the data: a checkpoint's (tokenizer.pt, read without running pickled code), else the
+    sentencepiece model trained with it."""
+    saved = folder / "tokenizer.pt"
+    what = "a tokenizer saved by data/prepare.py --tokenizer" if saved.exists() else "a sentencepiece tokenizer"
+    try:
+        if saved.exists():
+            return tokenizer_from_dict(torch.load(saved, map_location="cpu", weights_only=True))
+        return SentencePieceTokenizer.from_file(folder / "tokenizer.model")
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
+        fail(f"{saved if saved.exists() else folder / 'tokenizer.model'}: not {what} ({type(e).__name__}): {rebuild}")
 
 
 def load_data(cfg, ranks, init_tokenizer=None):
@@ -414,14 +431,18 @@ def load_data(cfg, ranks, init_tokenizer=None):
     same tokenizer as --init_from, ids inside the vocabulary, at least one window of block_size + 1 tokens."""
     prepare_data(cfg.data, ranks)
     folder, rebuild = Path(cfg.data), f"rebuild it with its prepare.py (or data/prepare.py --out_dir {cfg.data})"
-    data = {s: token_file(folder / f"{s}.bin", str(folder / f"{s}.bin"), rebuild) for s in ("train", "val")}
     try:
-        tokenizer = SentencePieceTokenizer.from_file(folder / "tokenizer.model")
-    except (OSError, RuntimeError, ValueError, TypeError) as e:
-        fail(f"{folder / 'tokenizer.model'}: not a sentencepiece tokenizer ({type(e).__name__}): {rebuild}")
-    if init_tokenizer is not None and getattr(init_tokenizer, "model_proto", None) != tokenizer.model_proto:
-        fail(f"--init_from {cfg.init_from} uses another tokenizer than {cfg.data}: prepare the data with the "
-             f"checkpoint's tokenizer")
+        dtype = json.loads((folder / "meta.json").read_text()).get("dtype", "uint16")
+    except (OSError, ValueError, AttributeError) as e:
+        fail(f"{folder / 'meta.json'}: not a JSON object ({type(e).__name__}): {rebuild}")
+    data = {s: token_file(folder / f"{s}.bin", str(folder / f"{s}.bin"), rebuild, dtype) for s in ("train", "val")}
+    tokenizer = data_tokenizer(folder, rebuild)
+    if init_tokenizer is not None:
+        if tokenizer_fingerprint(init_tokenizer) != tokenizer_fingerprint(tokenizer):
+            fail(f"--init_from {cfg.init_from} uses another tokenizer than {cfg.data}: prepare the data with the "
+                 f"checkpoint's tokenizer: python data/prepare.py --tokenizer {cfg.init_from} --input ... "
+                 f"--out_dir {cfg.data}")
+        tokenizer = init_tokenizer  # the checkpoint's: with its BOS rule and chat template, into every checkpoint
     cfg.vocab_size = cfg.vocab_size or tokenizer.vocab_size
     if cfg.vocab_size < tokenizer.vocab_size:
         fail(f"--vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} in {cfg.data}: "

@@ -9,6 +9,11 @@ Used two ways:
        tokenizer.model / tokenizer.vocab   a sentencepiece BPE tokenizer
        train.bin / val.bin                 token ids, raw np.uint16, read with np.memmap
        meta.json                           vocab size, token counts, where the text came from
+     or, to continue a pretrained model, with that model's own tokenizer (any layout load_model reads):
+       python data/prepare.py --tokenizer smollm2 --input 'my/**/*.py' --out_dir data/mytext --test_fraction 0.05
+     which writes train.bin / val.bin (/ test.bin), np.uint16 or np.uint32 (vocabularies above 65,536), tokenizer.pt
+     (the tokenizer, as our checkpoints store it) and meta.json, which records the tokenizer's fingerprint: train.py
+     --init_from checks that it is the checkpoint's.
 
   2. as a module: tokenizer training, encoding and writing for the corpus scripts beside it,
      the Shakespeare corpus's train/held-out split, and the benchmark prompts (load_prompts).
@@ -247,8 +252,62 @@ def write_split(ids, out_dir, val_fraction=0.05, vocab_size=None, source="", tok
 
 
 def load_bin(path):
-    """Open a train.bin / val.bin file as a read-only uint16 memmap (no copy into memory)."""
-    return np.memmap(path, dtype=np.uint16, mode="r")
+    """Open a train.bin / val.bin file as a read-only memmap (no copy into memory), of the dtype its folder's
+    meta.json names (uint16 unless a checkpoint's large vocabulary made it uint32)."""
+    meta = os.path.join(os.path.dirname(os.path.abspath(path)), "meta.json")
+    dtype = json.load(open(meta, encoding="utf-8")).get("dtype", "uint16") if os.path.exists(meta) else "uint16"
+    return np.memmap(path, dtype=np.dtype(dtype), mode="r")
+
+
+# -----------------------------------------------------------------------------
+# with a checkpoint's own tokenizer (continual pretraining of a pretrained model)
+
+def token_dtype(vocab_size):
+    """The narrowest unsigned integer that holds every id."""
+    return np.uint16 if vocab_size <= 2**16 else np.uint32
+
+
+def split_files(paths, val_fraction, test_fraction):
+    """{path: 'test' | 'val' | 'train'}: files ordered by the sha256 of their path (a fixed shuffle, the same from
+    any machine), the first test_fraction of them held out as test, the next val_fraction as val (at least one
+    file each when the fraction is not 0, and at least one left to train on)."""
+    import hashlib
+    order = sorted(paths, key=lambda p: hashlib.sha256(p.encode("utf-8")).hexdigest())
+    n_test = max(round(test_fraction * len(order)), 1 if test_fraction else 0)
+    n_val = max(round(val_fraction * len(order)), 1 if val_fraction else 0)
+    if n_test + n_val >= len(order):
+        fail(f"{len(order)} file(s) cannot give {n_test} test, {n_val} val and at least one training file: give "
+             f"more files, or smaller --val_fraction / --test_fraction")
+    return {p: "test" if i < n_test else "val" if i < n_test + n_val else "train" for i, p in enumerate(order)}
+
+
+def prepare_with_tokenizer(checkpoint, named, out_dir, val_fraction, test_fraction, source):
+    """Encode documents [(path, text)] with the tokenizer of checkpoint (BOS only if the model was trained with
+    one, then the document's end token) into train/val/test.bin, with tokenizer.pt and meta.json."""
+    sys.path.insert(0, os.path.dirname(DATA_DIR))  # the repository root: model_io (run as a script, it is not on it)
+    from model_io import CheckpointError, atomic_save, end_of_document_id, load_tokenizer, tokenizer_fingerprint
+    try:
+        tok = load_tokenizer(checkpoint)
+    except (CheckpointError, OSError) as e:
+        fail(f"--tokenizer: {e}")
+    end, dtype = end_of_document_id(tok), token_dtype(tok.vocab_size)
+    parts = {"train": [], "val": [], "test": []}
+    split = split_files([path for path, _ in named], val_fraction, test_fraction)
+    for path, text in tqdm(named, desc="encoding", unit="doc", disable=len(named) < 2):
+        parts[split[path]].append(np.array(tok.encode(text) + [end], dtype=dtype))
+    splits = {s: np.concatenate(p) if p else np.zeros(0, dtype) for s, p in parts.items()}
+    os.makedirs(out_dir, exist_ok=True)
+    for name, ids in splits.items():
+        if name != "test" or test_fraction > 0:
+            atomic_write_bytes(os.path.join(out_dir, f"{name}.bin"), ids.tobytes())
+    atomic_save(tok.to_dict(), os.path.join(out_dir, "tokenizer.pt"))
+    meta = {"vocab_size": tok.vocab_size, "source": source, "dtype": np.dtype(dtype).name,
+            "tokenizer": {"checkpoint": str(checkpoint), "kind": tok.kind, "fingerprint": tokenizer_fingerprint(tok),
+                          "add_bos": tok.add_bos, "end_of_document": end},
+            **{f"{s}_tokens": int(len(ids)) for s, ids in splits.items()},
+            **{f"{s}_documents": len(p) for s, p in parts.items()}}
+    atomic_write_bytes(os.path.join(out_dir, "meta.json"), (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+    return meta
 
 
 # -----------------------------------------------------------------------------
@@ -331,10 +390,17 @@ def main(argv=None):
                              "'**' recurses into folders. Each file is one document.")
     parser.add_argument("--out_dir", required=True,
                         help="folder to write tokenizer.model, train.bin, val.bin and meta.json into")
-    parser.add_argument("--vocab_size", type=int, default=4096,
+    parser.add_argument("--vocab_size", type=int,
                         help="number of tokenizer pieces (at most; a tiny corpus may get fewer). Default 4096")
+    parser.add_argument("--tokenizer", metavar="CHECKPOINT",
+                        help="encode with this model's own tokenizer instead of training one: any checkpoint, Meta / "
+                             "Hugging Face folder or GGUF file load_model reads, or an installed short name (smollm2)")
     parser.add_argument("--val_fraction", type=float, default=0.05,
-                        help="fraction of tokens (taken from the last documents) held out as val.bin. Default 0.05")
+                        help="fraction of tokens (taken from the last documents) held out as val.bin; with "
+                             "--tokenizer, of files (in the order of a hash of their path). Default 0.05")
+    parser.add_argument("--test_fraction", type=float, default=0.0,
+                        help="with --tokenizer: fraction of files held out as test.bin, for the numbers you report "
+                             "(choose settings on val.bin). Default 0")
     parser.error = lambda message: fail(f"{message} (see --help)")  # one line, not argparse's usage block
     args = parser.parse_args(argv)
 
@@ -343,10 +409,18 @@ def main(argv=None):
         fail(f"--input {args.input!r} matches no files")
     if not 0 <= args.val_fraction < 1:  # NaN fails this too
         fail(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
+    if not 0 <= args.test_fraction < 1 - args.val_fraction:
+        fail(f"--test_fraction must be in [0, 1 - val_fraction), got {args.test_fraction}")
+    if args.tokenizer and args.vocab_size is not None:
+        fail("--vocab_size sizes a tokenizer trained here; --tokenizer uses the checkpoint's: drop one")
+    if args.test_fraction and not args.tokenizer:
+        fail("--test_fraction is for --tokenizer (a split by file); without it, val.bin is the held-out text")
+    args.vocab_size = args.vocab_size or 4096
     check_vocab_size(args.vocab_size)
     check_out_dir(args.out_dir)
 
-    documents = []
+    documents, named = [], []
+    glob_base = os.path.dirname(args.input.split("*")[0].split("?")[0].split("[")[0]) or "."
     for path in paths:
         try:
             with open(path, encoding="utf-8", newline="") as f:
@@ -357,8 +431,17 @@ def main(argv=None):
             fail(f"{path} cannot be read ({e.strerror})")
         if text.strip():
             documents.append(text)
+            named.append((os.path.relpath(path, glob_base), text))  # the split's key: the same from any cwd
     if not documents:
         fail(f"the {len(paths)} file(s) matched by {args.input!r} contain no text")
+    if args.tokenizer:
+        meta = prepare_with_tokenizer(args.tokenizer, named, args.out_dir, args.val_fraction, args.test_fraction,
+                                      f"{len(documents)} file(s) matching {args.input}")
+        print(f"wrote {args.out_dir}: {meta['tokenizer']['kind']} tokenizer of {args.tokenizer} (vocab "
+              f"{meta['vocab_size']}, {meta['dtype']}), " + ", ".join(
+                  f"{s} {meta[s + '_tokens']:,} tokens ({meta[s + '_documents']} files)"
+                  for s in ("train", "val", "test") if s != "test" or args.test_fraction))
+        return
 
     os.makedirs(args.out_dir, exist_ok=True)
     model_path = os.path.join(args.out_dir, "tokenizer.model")

