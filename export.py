@@ -257,12 +257,35 @@ def write_spm_tokenizer(tok, out, max_len: int):
     write_json(out / "special_tokens_map.json", names)
 
 
+def write_tokenizers_tokenizer(tok, out, max_len: int):
+    """tokenizer.json as it is (a Hugging Face download's, or the BPE model_io built from a GGUF file's vocabulary and
+    merges), with a post-processor that puts BOS first exactly when the model was trained with it, and
+    tokenizer_config.json with the BOS rule and the chat template."""
+    from tokenizers import Tokenizer, processors
+    t = Tokenizer.from_str(tok.json_text)
+    bos = tok.piece(tok.bos_id)
+    t.post_processor = (processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                      special_tokens=[(bos, tok.bos_id)]) if tok.add_bos else None)
+    t.save(str(out / "tokenizer.json"))
+    names = {"bos_token": bos, "eos_token": tok.piece(tok.eos_id)}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **names, "add_bos_token": tok.add_bos,
+              "add_eos_token": False, "clean_up_tokenization_spaces": False, "model_max_length": max_len}
+    write_json(out / "tokenizer_config.json", {**config, "chat_template": tok.chat_template} if tok.chat_template
+               else config)
+    write_json(out / "special_tokens_map.json", names)
+
+
 def write_hf_tokenizer(tok, out, max_len: int):
     if tok.kind == "sentencepiece":
-        return write_spm_tokenizer(tok, Path(out), max_len)
+        write_spm_tokenizer(tok, Path(out), max_len)
+        if tok.chat_template:  # transformers 5 reads the template from its own file
+            (Path(out) / "chat_template.jinja").write_text(tok.chat_template)
+        return
+    if tok.kind == "tokenizers":
+        return write_tokenizers_tokenizer(tok, Path(out), max_len)
     raise CheckpointError(f"its {tok.kind} tokenizer cannot be exported to transformers faithfully here (only "
-                          f"sentencepiece ones can): export with --format meta, or copy the original model's "
-                          f"tokenizer files")
+                          f"sentencepiece and tokenizer.json ones can): export with --format meta, or copy the "
+                          f"original model's tokenizer files")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -334,3 +334,26 @@ def test_smollm2_chat_answers_paris(smollm2, capsys):
                    "autoregressive", "--max_new_tokens", "24"])
     out = capsys.readouterr().out
     assert "Paris" in out.split("<|im_start|>assistant\n")[1] and "stopped at a stop token" in out
+
+
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_export_of_a_gguf_model_to_transformers(tmp_path, bpe, add_bos):
+    """export.py --format hf of a GGUF model: transformers gives its logits and its token ids (BOS as the file
+    says, digits split), and load_model reads back the BOS rule and the chat template."""
+    transformers = pytest.importorskip("transformers")
+    import export
+    tok = bpe_metadata(bpe)
+    src = tiny_model(len(tok["tokens"]), True)
+    model, ours = load_model(write_gguf(tmp_path / "t.gguf", src, tok, Q.Q8_0, pre="smollm", add_bos=add_bos))
+    out = export.export(tmp_path / "t.gguf", tmp_path / "hf", "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "x = 12345\nprint(x)\n"
+    assert hf_tok(text)["input_ids"] == ours.encode(text) and (ours.encode(text)[0] == 1) == add_bos
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.tensor([ours.encode(text)])
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, model(ids)[0], atol=1e-4, rtol=0)
+    _, back = load_model(out)
+    assert back.add_bos == add_bos and back.chat_template == CHATML and back.encode(text) == ours.encode(text)
+    assert hf_tok.apply_chat_template([{"role": "user", "content": "Hi?"}], add_generation_prompt=True,
+                                      tokenize=False) == chat_prompt(ours, "Hi?")[0]
