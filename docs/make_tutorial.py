@@ -1,12 +1,13 @@
 """
 Runs the code blocks of docs/tutorial.md top to bottom, in one fresh Python process (as a notebook kernel would),
-and writes what each block prints back into the document, right after the block. The figures are written by the
-blocks themselves (docs/tutorial/*.png). Also writes docs/tutorial.ipynb: the same cells, with their outputs.
+and writes the document with what each block printed right after the block, and the same cells as a notebook,
+into --out_dir (default out/tutorial: tutorial.md, tutorial.ipynb, and the figures the blocks draw in tutorial/).
 
-    python docs/make_tutorial.py                  # regenerate outputs, figures, notebook and the measured time
+    python docs/make_tutorial.py                  # run the tutorial: out/tutorial/tutorial.md, .ipynb, figures
+    python docs/make_tutorial.py --out_dir docs   # regenerate the committed outputs, figures, notebook and time
     python docs/make_tutorial.py --check          # run everything, compare with the document, write nothing
     python docs/make_tutorial.py --check --fast   # the quick mode the test suite runs (TUTORIAL_FAST=1)
-    python docs/make_tutorial.py --notebook       # after editing prose only: rewrite the notebook, run nothing
+    python docs/make_tutorial.py --notebook       # after editing prose only: rewrite docs/tutorial.ipynb, run nothing
 
 How a block's output is compared, by the word after ```python in its fence:
     ```python          printed exactly the same in both modes (formulas, greedy decoding: deterministic)
@@ -254,6 +255,8 @@ def main(argv=None):
     p.add_argument("--fast", action="store_true", help="the quick mode (with --check only)")
     p.add_argument("--notebook", action="store_true",
                    help="only rewrite docs/tutorial.ipynb from the document as it is (after editing its prose)")
+    p.add_argument("--out_dir", default="out/tutorial", help="where the document, the notebook and the figures "
+                   "(in tutorial/) go (default out/tutorial; docs rewrites the committed ones)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -268,8 +271,11 @@ def main(argv=None):
         NOTEBOOK.write_text(notebook_text(items))
         return 0
     todo = blocks(items)
+    out_dir = Path(args.out_dir).resolve()  # the blocks run from the repository root
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"--out_dir {args.out_dir}: is a file; give a folder")
     with tempfile.TemporaryDirectory() as tmp:
-        figures = Path(tmp) / "figures" if args.check else ROOT / "docs" / "tutorial"
+        figures = Path(tmp) / "figures" if args.check else out_dir / "tutorial"
         runs = Path(tmp) / "runs" if args.check else ROOT / "out" / "tutorial"
         try:
             outputs, block_seconds, seconds, cpu = run(todo, args.fast, figures, runs)
@@ -289,10 +295,11 @@ def main(argv=None):
     for b, out in zip(todo, outputs):
         b.output = out
     text = TIME_LINE.sub(time_line(seconds, cpu, os.getloadavg()[2]), render(items))
-    DOC.write_text(text)
-    NOTEBOOK.write_text(notebook_text(parse(text)))
-    print(f"{DOC.relative_to(ROOT)}: {len(todo)} blocks in {seconds:.0f} s ({cpu:.0f} s of CPU); figures in "
-          f"docs/tutorial/; {NOTEBOOK.relative_to(ROOT)} written")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DOC.name).write_text(text)
+    (out_dir / NOTEBOOK.name).write_text(notebook_text(parse(text)))
+    print(f"{out_dir / DOC.name}: {len(todo)} blocks in {seconds:.0f} s ({cpu:.0f} s of CPU); figures in "
+          f"{figures}/; {out_dir / NOTEBOOK.name} written")
     return 0
 
 

@@ -1,0 +1,118 @@
+"""Scripts write into out/ (ignored by git) unless told otherwise: eval.py's plots, bench.py's sweep, bench.py --auto
+(which rewrites no checkpoint without --store) and the tutorial's generator, each run with its default output
+flags from the repository root, write no tracked file. Every file a run opens for writing, or renames into place,
+is recorded by an audit hook (so other work in the same tree cannot disturb the check) and must be one that git
+ignores."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+import bench  # noqa: E402
+import eval as evaluate  # noqa: E402
+
+_recording = []  # the list the audit hook appends to while a `written()` block runs; the hook stays installed
+
+
+def _audit(event, args):
+    if not _recording:
+        return
+    if event == "open" and args[0] is not None and not isinstance(args[0], int):
+        mode, flags = args[1], args[2] or 0
+        if (mode and any(c in mode for c in "wax+")) or (not mode and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+            _recording[-1].append(Path(os.fsdecode(args[0])))
+    elif event in ("os.rename", "os.replace"):
+        _recording[-1].append(Path(os.fsdecode(args[1])))
+
+
+sys.addaudithook(_audit)
+
+
+@contextmanager
+def written(monkeypatch):
+    """Run the block from the repository root and collect every path it writes, made absolute."""
+    paths = []
+    monkeypatch.chdir(ROOT)
+    _recording.append(paths)
+    try:
+        yield paths
+    finally:
+        _recording.remove(paths)
+        paths[:] = [p if p.is_absolute() else ROOT / p for p in paths]
+
+
+def tracked_or_unignored(paths) -> list:
+    """The paths inside the repository that git does not ignore (tracked files are never ignored)."""
+    inside = sorted({str(p.resolve().relative_to(ROOT.resolve())) for p in paths
+                     if p.resolve().is_relative_to(ROOT.resolve())})
+    if not inside:
+        return []
+    ignored = subprocess.run(["git", "check-ignore", "--stdin"], input="\n".join(inside), cwd=ROOT, text=True,
+                             capture_output=True).stdout.split("\n")
+    return [p for p in inside if p not in ignored]
+
+
+def test_the_recorder_sees_a_tracked_file_being_written(monkeypatch, tmp_path):
+    """The check can fail: opening README.md for appending is recorded and reported as not ignored, out/ is."""
+    with written(monkeypatch) as paths:
+        with open("README.md", "a"):
+            pass
+        (ROOT / "out").mkdir(exist_ok=True)
+        with open("out/written-by-test_outputs.txt", "w") as f:
+            f.write("x")
+    os.remove(ROOT / "out/written-by-test_outputs.txt")
+    assert tracked_or_unignored(paths) == ["README.md"] and len(paths) == 2
+
+
+def test_eval_and_bench_sweep_write_only_into_out_by_default(tiny_checkpoint, monkeypatch):
+    """python eval.py and python bench.py --sweep without --out_dir (a small workload of the same kind) write their
+    plots and CSV under out/, which git ignores."""
+    with written(monkeypatch) as paths:
+        evaluate.main(["--checkpoints", str(tiny_checkpoint), "--data", "shakespeare", "--windows", "2",
+                       "--block_size", "32", "--n_prompts", "1", "--max_new_tokens", "4", "--prompts", "shakespeare",
+                       "--threads", "1"])
+        bench.main(["--checkpoint", str(tiny_checkpoint), "--baseline", "", "--sweep", "--sweep_exits", "1",
+                    "--sweep_specs", "1", "--sweep_thresholds", "0.5", "--n_prompts", "1", "--sweep_prompts", "1",
+                    "--max_new_tokens", "4", "--repeats", "1"])
+    assert {p.parent for p in paths} >= {ROOT / "out/bench"}  # the sweep's CSV at least (plots need matplotlib)
+    assert ROOT / "out/bench/sweep.csv" in paths
+    assert tracked_or_unignored(paths) == []
+
+
+def test_bench_auto_leaves_the_shipped_checkpoint_alone(monkeypatch):
+    """bench.py --auto on the shipped model (a one-exit, one-prompt sweep) finds and measures a setting but writes
+    nothing into checkpoints/: only --store does."""
+    shipped = ROOT / "checkpoints/layerskip-python-deep.pt"
+    before = shipped.stat().st_mtime_ns
+    with written(monkeypatch) as paths:
+        bench.main(["--auto", "--baseline", "", "--sweep_exits", "4", "--sweep_specs", "1", "--sweep_thresholds",
+                    "0.5", "--n_prompts", "1", "--sweep_prompts", "1", "--max_new_tokens", "4", "--repeats", "1"])
+    assert shipped.stat().st_mtime_ns == before
+    assert not [p for p in paths if "checkpoints" in p.parts] and tracked_or_unignored(paths) == []
+
+
+def test_the_tutorial_generator_writes_into_out_by_default(monkeypatch):
+    """python docs/make_tutorial.py (its blocks' run replaced by a stand-in) writes the tutorial, its notebook and
+    its figure folder under out/tutorial/, not over docs/."""
+    spec = importlib.util.spec_from_file_location("make_tutorial", ROOT / "docs" / "make_tutorial.py")
+    mt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mt)
+    seen = {}
+
+    def run(todo, fast, figures, runs, env=None):  # what the blocks would print, without running them
+        seen["figures"] = Path(figures)
+        return [b.output for b in todo], [0.0] * len(todo), 1.0, 1.0
+
+    monkeypatch.setattr(mt, "run", run)
+    with written(monkeypatch) as paths:
+        assert mt.main([]) == 0
+    assert seen["figures"] == ROOT / "out/tutorial/tutorial"
+    assert {ROOT / "out/tutorial/tutorial.md", ROOT / "out/tutorial/tutorial.ipynb"} <= set(paths)
+    assert tracked_or_unignored(paths) == []
