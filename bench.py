@@ -494,6 +494,164 @@ def measure_memory(checkpoint, settings: dict, prompt, max_new_tokens, threads) 
 # The command line: parse and check everything before the first measurement, measure, then print and store.
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Batches (--batch_sizes): throughput of autoregressive and self-speculative decoding at several batch sizes, in
+# one interleaved run. Rows of a batch share each call, so while a call's fixed overhead dominates, a batch
+# costs little more than one row. Self-speculative decoding adds positions to every call: verification runs
+# B (d + 1) of them. Once that work dominates, each draft adds real cost to the verification. The cost rule
+# (ls.worth_drafting_on) then drafts less: its draft cost at batch B is the stored one, scaled by how
+# (draft step + one more verified position per row) / (a verification without drafts) grows with B.
+
+
+@torch.inference_mode()
+def batch_cost_ratio(model, E: int, B: int, context: int = 128, k: int = 4, repeats: int = 20) -> float:
+    """(one draft step + the verification of one more position per row) / (the verification of a round without
+    drafts), for B rows after `context` cached positions: the draft's cost in verifications, at batch B."""
+    L = model.params.n_layers
+    context = max(1, min(context, model.params.max_seq_len - k - 1))
+    cache = ls.Cache(model, context + k + 1, batch=B)
+    ids = torch.randint(model.params.vocab_size, (B, context), device=model.tok_embeddings.weight.device)
+    model.run_blocks(model.tok_embeddings(ids), 0, L, 0, cache)
+    one = ids[:, :1]
+
+    def draft_step():
+        h = model.run_blocks(model.tok_embeddings(one), 0, E, context, cache)
+        cache.write_exit(context, h)
+        model.head(h[:, -1]).argmax(-1).tolist()
+
+    def verify(j):  # blocks 0..E-1 on the last draft, E..L-1 on j + 1 positions of every row
+        cache.write_exit(context + j, model.run_blocks(model.tok_embeddings(one), 0, E, context + j, cache))
+        model.head(model.run_blocks(cache.read_exit(context, j + 1), E, L, context, cache)).argmax(-1).tolist()
+
+    fns = {"draft": draft_step, 0: lambda: verify(0), k: lambda: verify(k)}
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return (med["draft"] + (med[k] - med[0]) / k) / med[0]
+
+
+def peer_batch_decode(hf, stop_ids):
+    """transformers' batched greedy generate (left-padded, with an attention mask) on our token ids: the new
+    tokens of each row up to and including its first stop id."""
+    stops = sorted(stop_ids)
+
+    def decode(batch, max_new_tokens):
+        T = max(map(len, batch))
+        x = torch.tensor([[stops[0]] * (T - len(ids)) + ids for ids in batch])
+        mask = torch.tensor([[0] * (T - len(ids)) + [1] * len(ids) for ids in batch])
+        out = hf.generate(x, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                          eos_token_id=stops, pad_token_id=stops[0])[:, T:].tolist()
+        return [row[:next((k + 1 for k, t in enumerate(row) if t in stop_ids), len(row))] for row in out]
+    return decode
+
+
+def run_batches(args, model, tok, setting: dict, prompts: list[str], peer=None) -> dict:
+    """Decode the prompts with at most B at once for every B of --batch_sizes (a finished row's place goes to the
+    next prompt), autoregressive and self-speculative, and transformers' batched autoregressive generate (B
+    prompts a call) with --peers; variants interleaved in rotating order, --repeats passes. Per B: tokens/s of
+    each, the speedup at that B and throughput over batch 1 (medians over passes of ratios within a pass),
+    whether every row equals autoregressive decoding, rounds, and the draft cost used."""
+    sizes = sorted(set(args.batch_sizes))
+    ids = [crop_prompt(model, tok.encode(p), args.max_new_tokens) for p in prompts]
+    base = setting.get("draft_cost")
+    ratio = {B: batch_cost_ratio(model, setting["exit_layer"], B) for B in sizes} if base else {}
+    settings = {B: dict(setting, draft_cost=round(min(1.0, base * ratio[B] / ratio[sizes[0]]), 3)) if base
+                else setting for B in sizes}
+    decoders = {"autoregressive": lambda prompts, B: ls.generate(
+                    model, prompts, args.max_new_tokens, eos_id=tok.stop_ids, batch_size=B),
+                "self_speculative": lambda prompts, B: ls.generate(
+                    model, prompts, args.max_new_tokens, eos_id=tok.stop_ids, batch_size=B, **settings[B])}
+    if peer is not None:
+        peer_chunk = peer_batch_decode(peer, tok.stop_ids)
+        decoders[PEER_AR] = lambda prompts, B: [ls.Generation(tokens, 0.0, 0, 0, 0) for i in range(0, len(prompts), B)
+                                                for tokens in peer_chunk(prompts[i:i + B], args.max_new_tokens)]
+    names = list(decoders)
+    for name in names:
+        for B in sizes:
+            decoders[name](ids[:B], B)  # warm-up, every batch shape once
+    seconds = {(name, B): [] for name in names for B in sizes}
+    outputs, rounds = {}, {}
+    total, start = args.repeats * len(sizes) * len(names), time.time()
+    for r in range(args.repeats):
+        for c, B in enumerate(sizes):
+            k = (r * len(sizes) + c) % len(names)
+            for j, name in enumerate(names[k:] + names[:k]):
+                t0 = time.perf_counter()
+                out = decoders[name](ids, B)
+                seconds[(name, B)].append(time.perf_counter() - t0)
+                if r == 0:
+                    outputs[(name, B)] = [g.tokens for g in out]
+                    rounds[(name, B)] = sum(g.rounds for g in out)
+                done = (r * len(sizes) + c) * len(names) + j + 1
+                print(f"\r  pass {r + 1}/{args.repeats}, batch {B}, {name}: ETA "
+                      f"{(time.time() - start) / done * (total - done):.0f} s      ", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    tps = {key: [sum(map(len, outputs[key])) / s for s in secs] for key, secs in seconds.items()}
+    reference = outputs[("autoregressive", sizes[0])]
+    results = {}
+    for B in sizes:
+        row = {"draft_cost": settings[B].get("draft_cost"), "cost_ratio": ratio.get(B),
+               "tokens_per_round": sum(map(len, outputs[("self_speculative", B)])) / rounds[("self_speculative", B)],
+               "identical": all(outputs[(name, B)] == reference for name in ("autoregressive", "self_speculative")),
+               "speedup": statistics.median(s / a for s, a in zip(tps[("self_speculative", B)],
+                                                                   tps[("autoregressive", B)]))}
+        for name in names:
+            row[f"{name}_tokens_per_s"] = statistics.median(tps[(name, B)])
+            row[f"{name}_over_batch_{sizes[0]}"] = statistics.median(
+                b / a for b, a in zip(tps[(name, B)], tps[(name, sizes[0])]))
+        if peer is not None:
+            row["transformers_identical"] = outputs[(PEER_AR, B)] == reference
+        results[B] = row
+    return results
+
+
+def print_batches(results: dict, n_prompts: int, max_new_tokens: int, repeats: int):
+    sizes = list(results)
+    peers = f"{PEER_AR}_tokens_per_s" in results[sizes[0]]
+    print(f"\nBatched decoding ({n_prompts} prompts, {max_new_tokens} new tokens, greedy, median of {repeats})")
+    print(f"| batch | autoregressive tok/s | self-speculative tok/s | speedup | self-spec. over batch {sizes[0]} "
+          f"| autoregressive over batch {sizes[0]} | draft cost | tokens per row-round | identical |"
+          + (" transformers AR tok/s |" if peers else ""))
+    print("|---:" * (9 + peers) + "|")
+    for B, r in results.items():
+        print(f"| {B} | {r['autoregressive_tokens_per_s']:.1f} | {r['self_speculative_tokens_per_s']:.1f} | "
+              f"{r['speedup']:.2f}x | {r[f'self_speculative_over_batch_{sizes[0]}']:.2f}x | "
+              f"{r[f'autoregressive_over_batch_{sizes[0]}']:.2f}x | {r['draft_cost']} | {r['tokens_per_round']:.2f} | "
+              f"{'yes' if r['identical'] else 'NO'} |"
+              + (f" {r[f'{PEER_AR}_tokens_per_s']:.1f}{'' if r['transformers_identical'] else ' (differs)'} |"
+                 if peers else ""))
+
+
+def plot_batches(results: dict, path, title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sizes = list(results)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, label in (("autoregressive", "autoregressive"), ("self_speculative", "self-speculative"),
+                        (PEER_AR, "transformers autoregressive")):
+        if f"{name}_tokens_per_s" in results[sizes[0]]:
+            ax.plot(sizes, [results[B][f"{name}_tokens_per_s"] for B in sizes], "o-", label=label)
+    ax.set(xscale="log", xlabel="batch size", ylabel="tokens/s (all rows)", title="throughput")
+    ax.set_xticks(sizes, sizes)
+    ax.legend()
+    ax2.plot(sizes, [results[B]["speedup"] for B in sizes], "o-", color="C1")
+    ax2.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax2.set(xscale="log", xlabel="batch size", ylabel="self-speculative / autoregressive",
+            title="speedup at the same batch size")
+    ax2.set_xticks(sizes, sizes)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def parse_args(argv):
     p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", default=LAYERSKIP, help="the LayerSkip model")
@@ -537,12 +695,15 @@ def parse_args(argv):
                    "(the sweep decodes plain greedy); stored only with --store")
     p.add_argument("--store", action="store_true", help="with --auto: write the fastest setting into --checkpoint's "
                    "metadata, where generate.py and the demo find it (rewrites that file)")
+    p.add_argument("--batch_sizes", type=int_range(1), nargs="+", help="instead of the batch-1 tables: decode the "
+                   "prompts B at a time for each B (e.g. 1 4 8 16), autoregressive and self-speculative, interleaved; "
+                   "at most B decode at once, a finished row's place going to the next prompt; a plot goes to --out_dir")
     p.add_argument("--memory", action="store_true", help="measure peak memory of AR vs self-speculative")
     p.add_argument("--peers", action="store_true", help="add Hugging Face transformers' autoregressive and "
                    "assistant_early_exit decoding of the same weights (converted with export.py) to every table, "
                    "interleaved with ours, and check that their greedy output equals ours (needs transformers)")
-    p.add_argument("--out_dir", default="out/bench", help="where the sweep heatmap and CSV go (default out/bench; "
-                   "docs/results holds the committed ones)")
+    p.add_argument("--out_dir", default="out/bench", help="where the sweep heatmap and CSV, and the batch plot, go "
+                   "(default out/bench; docs/results holds the committed ones)")
     p.add_argument("--json", help="write every number to this JSON file")
     return p.parse_args(argv)
 
@@ -563,7 +724,7 @@ def load_inputs(args) -> tuple[dict, list[str]]:
     return models, prompts
 
 
-def check_settings(args, models: dict, setting: dict, processors: dict):
+def check_settings(args, models: dict, setting: dict, processors: dict, prompts=()):
     """Refuse, before anything is measured, every value that would fail later: out-of-range exits or draft
     lengths (generate_stream checks its arguments at the call), no room in a context window, unwritable outputs."""
     model = models["checkpoint"][0]
@@ -590,6 +751,13 @@ def check_settings(args, models: dict, setting: dict, processors: dict):
         fail(f"--out_dir {args.out_dir}: is a file; give a folder for the sweep's CSV and heatmap")
     if args.json and (Path(args.json).is_dir() or not Path(args.json).resolve().parent.is_dir()):
         fail(f"--json {args.json}: give a file path in an existing folder")
+    if args.batch_sizes and (args.sweep or args.auto or args.memory or processors):
+        fail("--batch_sizes is a run of its own: leave out --sweep, --auto, --memory and the logits processors")
+    if args.batch_sizes and max(args.batch_sizes) > len(prompts):
+        fail(f"--batch_sizes {max(args.batch_sizes)} needs at least that many prompts, and --prompts {args.prompts} "
+             f"--n_prompts {args.n_prompts} gives {len(prompts)}: use a smaller batch or more prompts")
+    if args.batch_sizes and Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        fail(f"--out_dir {args.out_dir}: is a file; give a folder for the batch plot")
     if args.store and not args.auto:
         fail("--store writes what --auto finds: give --auto too")
     if args.store and not (Path(args.checkpoint).is_file() and os.access(args.checkpoint, os.W_OK)):
@@ -752,7 +920,7 @@ def main(argv=None):
         processors["repetition_penalty"] = args.repetition_penalty
     if args.no_repeat_ngram_size:
         processors["no_repeat_ngram_size"] = args.no_repeat_ngram_size
-    check_settings(args, models, setting, processors)
+    check_settings(args, models, setting, processors, prompts)
     command = shlex.join(["python", "bench.py", *(sys.argv[1:] if argv is None else argv)])  # copy-pasteable
     report = {"command": command, "machine": machine(), "exit_layer": setting["exit_layer"],
               "num_speculations": setting["num_speculations"], "draft_threshold": setting["draft_threshold"],
@@ -769,6 +937,17 @@ def main(argv=None):
 def measure_and_report(args, models, setting, processors, prompts, report, peer=None):
     """The sweep (--sweep, --auto), the speed tables, peak memory; then the JSON, and --auto's recommendation."""
     model, tok = models["checkpoint"]
+    if args.batch_sizes:
+        report["batches"] = run_batches(args, model, tok, setting, prompts, peer)
+        print_batches(report["batches"], len(prompts), args.max_new_tokens, args.repeats)
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        plot_batches(report["batches"], Path(args.out_dir) / "batch.png", f"{len(prompts)} {args.prompts} prompts, "
+                     f"{args.max_new_tokens} new tokens, greedy; {report['machine']}")
+        print(f"plot: {Path(args.out_dir) / 'batch.png'}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+            print(f"wrote {args.json}")
+        return
     if args.sweep or args.auto:
         exits = args.sweep_exits or list(range(1, max(2, model.params.n_layers // 2) + 1))
         report["sweep"], best = run_sweep(args, model, tok, args.tune, exits)

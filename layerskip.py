@@ -22,6 +22,7 @@ Two numberings meet in this file, and they differ by one:
 Exit E reads the output of block l = E - 1. Convert only with exit_of_block / block_of_exit below.
 """
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -407,6 +408,15 @@ class Cache:
             kv.k, kv.v = kv.k[index], kv.v[index]
         self.exit_h = self.exit_h[index]
 
+    def rows(self, b: int) -> "Cache":
+        """Row b alone, as a cache of batch 1 whose writes land in this one."""
+        view = copy.copy(self)
+        view.kv = [copy.copy(kv) for kv in self.kv]
+        for mine, kv in zip(view.kv, self.kv):
+            mine.k, mine.v = kv.k[b:b + 1], kv.v[b:b + 1]
+        view.exit_h = self.exit_h[b:b + 1]
+        return view
+
     def write_exit(self, pos, h):
         """Keep the exit states h [B, T, dim] of the tokens at positions pos (Positions' pos)."""
         Positions(pos, h.shape[1], h.device).write(self.exit_h, h, dim=1)
@@ -501,6 +511,11 @@ class Sampler:
     no_repeat_ngram_size: int = 0
     rng: Optional[torch.Generator] = None
 
+    @property
+    def plain_greedy(self) -> bool:
+        """An argmax of the logits as they are: no temperature, no processors."""
+        return self.temperature == 0 and self.repetition_penalty == 1.0 and not self.no_repeat_ngram_size
+
     def process(self, logits, context):
         return process_logits(logits, context, self.repetition_penalty, self.no_repeat_ngram_size)
 
@@ -565,18 +580,27 @@ class Generation:
         return len(self.tokens) / max(self.rounds, 1)
 
 
-def worth_drafting_on(confidences: list[float], draft_cost: float, gamma: float = 1.0) -> bool:
+def worth_drafting_on(confidences, draft_cost: float, gamma: float = 1.0, drafting=None) -> bool:
     """Beyond the paper: a stop rule from the cost model. Take a_i = c_i^gamma, the draft's probability c_i of each
     token it drafted, calibrated (gamma is fitted on held-out drafts: for our 32-layer model's exit 4, about 0.4),
     as the chance that the verifier accepts it, and measure costs in verifications (a draft step costs r =
     draft_cost). After k drafts, all k survive with chance P = a_1 ... a_k, so verifying now yields T = 1 + P_1 +
     ... + P_k tokens (the verifier adds one) for C = k r + 1. One more draft adds about P a_k tokens for r more:
-    it raises the round's tokens per unit cost, (T + P a_k) / (C + r) > T / C, exactly when P a_k C > r T."""
-    P, T = 1.0, 1.0
-    for c in confidences:
-        P *= c ** gamma
-        T += P
-    return P * confidences[-1] ** gamma * (len(confidences) * draft_cost + 1) > draft_cost * T
+    it raises the round's tokens per unit cost, (T + P a_k) / (C + r) > T / C, exactly when P a_k C > r T.
+    A batch drafts in step, so its rows share one decision: confidences is then one list per row, drafting says
+    which rows can draft on, and the gain P a_k and the yield T are sums over the rows."""
+    if confidences and not isinstance(confidences[0], (list, tuple)):
+        confidences, drafting = [confidences], [True]
+    gain, T = 0.0, 0.0
+    for c, on in zip(confidences, drafting):
+        P = 1.0
+        for a in c:
+            P *= a ** gamma
+            T += P
+        T += 1
+        gain += P * c[-1] ** gamma if on and c else 0.0
+    k = max(map(len, confidences))
+    return gain * (k * draft_cost + 1) > draft_cost * T
 
 
 def generate_stream(model: Transformer, prompt_ids, max_new_tokens, strategy: str = "autoregressive",
@@ -584,7 +608,8 @@ def generate_stream(model: Transformer, prompt_ids, max_new_tokens, strategy: st
                     temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
                     eos_id=None, seed=None, draft_threshold: Optional[float] = None,
                     repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-                    draft_cost: Optional[float] = None, draft_gamma: float = 1.0) -> Iterator:
+                    draft_cost: Optional[float] = None, draft_gamma: float = 1.0,
+                    batch_size: Optional[int] = None) -> Iterator:
     """Decode after prompt_ids, yielding one Round per model round. Stops at an EOS (which is emitted; eos_id
     is one id or several, e.g. Llama 3's <|end_of_text|> and <|eot_id|>), max_new_tokens, or the context window.
     draft_threshold: stop drafting early once the draft's own probability of its token falls below this (an
@@ -594,8 +619,9 @@ def generate_stream(model: Transformer, prompt_ids, max_new_tokens, strategy: st
     random draws), though the distribution it is drawn from does not.
     A batch: prompt_ids may be a list of prompts (lists of ids, of any lengths), decoded together. Each round then
     yields a list with every prompt's Round, None for a prompt that has finished; max_new_tokens and seed may be
-    lists with one value per prompt (an int seed s gives prompt b the random stream of seed s + b). A prompt's
-    tokens are those of decoding it alone. Bad arguments raise a ValueError that names the problem and the valid
+    lists with one value per prompt (an int seed s gives prompt b the random stream of seed s + b). batch_size:
+    decode at most this many at once, a waiting prompt taking the place of each one that finishes (default: all
+    at once). A prompt's tokens are those of decoding it alone. Bad arguments raise a ValueError that names the problem and the valid
     range here, at the call, before any round is decoded."""
     batched = isinstance(prompt_ids, (list, tuple)) and len(prompt_ids) > 0 and isinstance(prompt_ids[0], (list, tuple))
     prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
@@ -611,6 +637,7 @@ def generate_stream(model: Transformer, prompt_ids, max_new_tokens, strategy: st
         (strategy != "self_speculative" or (isinstance(num_speculations, int) and num_speculations >= 1),
          f"num_speculations must be at least 1 (a whole number), got {num_speculations}"),
         (len(budgets) == n and len(seeds) == n, f"give one max_new_tokens and one seed per prompt ({n} prompts)"),
+        (batch_size is None or batch_size >= 1, f"batch_size must be at least 1, got {batch_size}"),
         *[(len(p) > 0, f"{name(b)} is empty: give at least one token") for b, p in enumerate(prompts)],
         *[(len(p) < ctx, f"{name(b)} has {len(p)} tokens but the context window holds {ctx}: use a prompt of at "
                          f"most {ctx - 1} tokens") for b, p in enumerate(prompts)],
@@ -638,12 +665,13 @@ def generate_stream(model: Transformer, prompt_ids, max_new_tokens, strategy: st
     stop = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
     ends = [min(ctx, len(p) + m) for p, m in zip(prompts, budgets)]  # a sequence never grows past its end
     if strategy == "self_speculative":
-        rows = Rows(model, prompts, ends, samplers, stop, slack=num_speculations + 1)
+        rows = Rows(model, prompts, ends, samplers, stop, L, num_speculations + 1, batch_size)
         rounds = self_speculative_rounds(model, rows, exit_layer, num_speculations,
                                          stop_rule(draft_threshold or None, draft_cost, draft_gamma))
     else:
-        rows = Rows(model, prompts, ends, samplers, stop, slack=1)
-        rounds = autoregressive_rounds(model, rows, L if strategy == "autoregressive" else exit_layer)
+        E = L if strategy == "autoregressive" else exit_layer
+        rows = Rows(model, prompts, ends, samplers, stop, E, 1, batch_size)
+        rounds = autoregressive_rounds(model, rows, E)
     return rounds if batched else (events[0] for events in rounds)
 
 
@@ -658,11 +686,16 @@ def random_stream(seed: Optional[int], device) -> torch.Generator:
 
 
 def stop_rule(draft_threshold: Optional[float], draft_cost: Optional[float], draft_gamma: float):
-    """When a round stops drafting early, as a function of its drafts' confidences so far (None: draft to d)."""
-    if draft_threshold is not None:  # unsure drafts are likely rejected
-        return lambda confidences: confidences[-1] >= draft_threshold
+    """Which rows draft on, from their drafts' confidences so far and the rows that still can (`able`: below d,
+    no EOS). The threshold stops each row on its own: an unsure draft is likely rejected; the batch steps on while
+    any row drafts. The cost model decides for the batch as a whole (worth_drafting_on). None: draft to d."""
+    if draft_threshold is not None:
+        return lambda confidences, able: [on and c[-1] >= draft_threshold for c, on in zip(confidences, able)]
     if draft_cost is not None:
-        return lambda confidences: worth_drafting_on(confidences, draft_cost, draft_gamma)
+        def for_the_batch(confidences, able):
+            go = worth_drafting_on(confidences, draft_cost, draft_gamma, able)
+            return [on and go for on in able]
+        return for_the_batch
     return None
 
 
@@ -674,17 +707,32 @@ def token_tensor(ids: list[int], model: Transformer) -> torch.Tensor:
 class Rows:
     """The sequences decoded together, row b of the batch being seqs[b]. Its first cached[b] tokens have been
     through every block (their keys and values are in the cache); the rest are the next round's input: the prompt
-    at first, then the newest token. A row whose sequence is done (an EOS, its end) leaves the batch. With one
+    at first, then the newest token. A row whose sequence is done (an EOS, its end) leaves the batch, or hands its
+    place (and its cache row) to the next waiting prompt when at most batch_size are decoded at once. With one
     sequence all of this is plain decoding; Positions handles rows at different lengths."""
 
-    def __init__(self, model, prompts, ends, samplers, stop, slack: int):
-        live = [b for b, (p, end) in enumerate(zip(prompts, ends)) if len(p) < end]
-        self.model, self.stop, self.n = model, stop, len(prompts)
-        self.ids = live  # each row's index in the caller's list of prompts
-        self.seqs, self.ends = [prompts[b] for b in live], [ends[b] for b in live]
-        self.samplers, self.cached = [samplers[b] for b in live], [0] * len(live)
-        # the slack: a row's right-padding may run past its own end (Positions); never past the cache
-        self.cache = Cache(model, max(self.ends, default=0) + slack, batch=len(live))
+    def __init__(self, model, prompts, ends, samplers, stop, blocks: int, slack: int,
+                 batch_size: Optional[int] = None):
+        self.model, self.stop, self.n, self.blocks = model, stop, len(prompts), blocks
+        self.prompts, self.all_ends, self.all_samplers = prompts, ends, samplers
+        self.waiting = [i for i, (p, end) in enumerate(zip(prompts, ends)) if len(p) < end][::-1]  # a stack
+        self.ids, self.seqs, self.ends, self.samplers, self.cached = [], [], [], [], []
+        B = min(batch_size or self.n, len(self.waiting))
+        self.cache = Cache(model, max(ends, default=0) + slack, batch=B)  # slack: a round's padding, past an end
+        for b in range(B):
+            self.start(b)
+
+    def start(self, b: int):
+        """The next waiting prompt takes row b. All but its last token go through blocks 0..blocks-1 now, alone
+        (prefill: rows of other lengths would pad it); the last is its first round's input. The cache row's old
+        contents sit past the new prompt's positions, unseen, and are overwritten as it grows."""
+        i = self.waiting.pop()
+        prompt = list(self.prompts[i])
+        if len(prompt) > 1:
+            self.model.run_blocks(self.embed([prompt[:-1]]), 0, self.blocks, 0, self.cache.rows(b))
+        row = (i, prompt, self.all_ends[i], self.all_samplers[i], len(prompt) - 1)
+        for name, value in zip(("ids", "seqs", "ends", "samplers", "cached"), row):
+            getattr(self, name)[b:b + 1] = [value]
 
     def __len__(self):
         return len(self.seqs)
@@ -697,25 +745,31 @@ class Rows:
     def embed(self, tokens: list[list[int]]) -> torch.Tensor:
         """Each row's tokens, right-padded to one [B, T, dim] tensor."""
         T = max(map(len, tokens))
-        ids = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.cache.exit_h.device)
+        ids = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.model.tok_embeddings.weight.device)
         return self.model.tok_embeddings(ids)
 
     def last(self, h, lengths: list[int], n: int = 1) -> torch.Tensor:
         """Row b's n hidden states ending at its own last real position lengths[b] - 1: [B, n, dim]. A row with
         fewer than n real positions (shorter rounds) is padded with its last one; the caller reads what it needs."""
+        if len(h) == 1:
+            return h[:, lengths[0] - n:lengths[0]]
         t = torch.tensor(lengths, device=h.device)[:, None] - n + torch.arange(n, device=h.device)
         return h[torch.arange(len(h), device=h.device)[:, None], t.clamp(min=0, max=h.shape[1] - 1)]
 
     def advance(self, events: list["Round"]) -> list[Optional["Round"]]:
         """Append each row's round and roll back: slots after the accepted tokens hold rejected drafts and are
         overwritten next round, and the newest token, not yet through any block, is the next round's input. Rows
-        that are done leave the batch. Returns the rounds in the caller's order, None for rows not decoded."""
+        that are done take the next waiting prompt or leave the batch. Returns the rounds in the caller's order,
+        None for prompts not decoded in this round."""
         out, keep = [None] * self.n, []
         for b, event in enumerate(events):
             self.seqs[b] += event.tokens
             self.cached[b] = len(self.seqs[b]) - 1
             out[self.ids[b]] = event
             if event.tokens[-1] not in self.stop and len(self.seqs[b]) < self.ends[b]:
+                keep.append(b)
+            elif self.waiting:
+                self.start(b)
                 keep.append(b)
         if len(keep) < len(events):
             for name in ("ids", "seqs", "ends", "samplers", "cached"):
@@ -763,15 +817,22 @@ def self_speculative_rounds(model, rows: Rows, E: int, num_speculations: int, ke
             if not sampling:
                 continue
             logits = model.head(rows.last(h, lengths)[sampling, 0])  # [rows drafting, vocab]
-            for b, row in zip(sampling, logits):
-                token, probs = rows.samplers[b].sample(row, rows.seqs[b] + drafts[b])
+            samplers = [rows.samplers[b] for b in sampling]
+            if all(s.plain_greedy for s in samplers):  # one argmax for every row
+                picks = [(token, None) for token in logits.argmax(-1).tolist()]
+            else:
+                picks = [s.sample(row, rows.seqs[b] + drafts[b]) for s, b, row in zip(samplers, sampling, logits)]
+            if keep_drafting is not None:  # the stop rule reads the draft's confidence in its own token
+                tokens = torch.tensor([[token] for token, _ in picks], device=logits.device)
+                greedy_confidence = torch.softmax(logits, -1).gather(-1, tokens)[:, 0].tolist()
+            for i, (b, (token, probs)) in enumerate(zip(sampling, picks)):
                 drafts[b].append(token)
                 draft_probs[b].append(probs)
+                if keep_drafting is not None:
+                    confidences[b].append(float(probs[token]) if probs is not None else greedy_confidence[i])
                 x[b] = [token]
-                if keep_drafting is not None:  # the stop rule reads the draft's confidence in its own token
-                    confidences[b].append(float(probs[token] if probs is not None else torch.softmax(row, -1)[token]))
-                drafting[b] = (len(drafts[b]) < d[b] and token not in rows.stop
-                               and (keep_drafting is None or keep_drafting(confidences[b])))
+            able = [bool(x[b]) and len(drafts[b]) < d[b] and drafts[b][-1] not in rows.stop for b in range(B)]
+            drafting = able if keep_drafting is None else keep_drafting(confidences, able)
         # Verify: blocks E..L-1 run once over every position of the round (x and the drafts), starting from the
         # cached exit states; the verifier predicts after x and after each draft.
         pos = rows.positions()

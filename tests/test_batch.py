@@ -102,10 +102,12 @@ def test_a_batch_runs_as_one():
     for h in handles:
         h.remove()
     per_round_drafts = [max(len(e.drafted) for e in r if e) for r in rounds]
-    assert calls[L - 1] == len(rounds)  # one verification per round for all rows
-    assert calls[0] == sum(n + 1 for n in per_round_drafts)  # one draft step per draft, plus the last draft's
-    assert rows == [sum(e is not None for e in r) for r in rounds]  # the batch shrinks as rows finish
-    assert rows[0] == B and rows[-1] == 1
+    prefills = sum(len(p) > 1 for p in prompts)  # each prompt but its last token, alone, before the first round
+    assert calls[L - 1] == prefills + len(rounds)  # then one verification per round for all rows
+    assert calls[0] == prefills + sum(n + 1 for n in per_round_drafts)  # one draft step per draft, + the last's
+    assert rows[:prefills] == [1] * prefills
+    assert rows[prefills:] == [sum(e is not None for e in r) for r in rounds]  # the batch shrinks as rows finish
+    assert rows[prefills] == B and rows[-1] == 1
 
 
 def test_batched_sampling_keeps_the_full_models_distribution():
@@ -154,3 +156,19 @@ def test_bad_batches():
     with pytest.raises(ValueError, match="one max_new_tokens and one seed per prompt"):
         ls.generate_stream(model, [[1], [2]], [4, 4, 4])
     assert [g.tokens for g in ls.generate(model, [[1], [2, 3]], [0, 2])][0] == []
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_at_most_batch_size_at_once(batch_size):
+    """batch_size B: at most B rows decode at once, a waiting prompt taking each finished row's place (and its
+    cache row, mid-flight, beside rows at other positions); every prompt still equals its run alone."""
+    model = tiny_model(n_layers=6, seed=8)
+    prompts = ragged_prompts(7, seed=8)
+    budgets = [3, 17, 6, 25, 1, 9, 14]
+    eos = alone(model, prompts[:1], 20)[0][4]
+    want = alone(model, prompts, budgets, eos_id=eos)
+    for kw in ({}, dict(strategy="self_speculative", exit_layer=2, num_speculations=4),
+               dict(strategy="self_speculative", exit_layer=3, num_speculations=8, draft_cost=0.2)):
+        rounds = list(ls.generate_stream(model, prompts, budgets, eos_id=eos, batch_size=batch_size, **kw))
+        assert max(sum(e is not None for e in r) for r in rounds) == batch_size
+        assert [[t for r in rounds if r[b] for t in r[b].tokens] for b in range(7)] == want
