@@ -9,6 +9,7 @@ Generate text with a LayerSkip model: autoregressive, early-exit or self-specula
     python generate.py --checkpoint out/toy --prompt "ROMEO:" --temperature 0.8 --top_p 0.9   # train.py's output
     python generate.py --checkpoint DIR --exit 4 --num_speculations 6   # a Meta / Hugging Face Llama directory
     python generate.py --checkpoint smollm2 --chat --prompt "What is the capital of France?"   # a GGUF chat model
+    python generate.py --prompt_file prompts.jsonl --batch_size 4 --compare   # several prompts, 4 decoded at once
 
 Without --strategy: self_speculative if --exit is given, else the checkpoint's recommended exit layer if bench.py
 stored one, else autoregressive; --strategy early_exit or self_speculative without any exit layer drafts with
@@ -18,6 +19,11 @@ that would do nothing (--exit with autoregressive decoding, --top_p when greedy,
 --repetition_penalty and --no_repeat_ngram_size change the distribution for drafts and verifier alike, so
 greedy self-speculative output still equals autoregressive output.
 
+--prompt_file F.jsonl holds several prompts, one a line: a JSON string, or an object with a "prompt" field. They
+are decoded together, at most --batch_size at once (a finished row's place goes to the next prompt), and each
+row's text is printed in order once all are done; --compare checks every row against its own autoregressive run,
+one prompt at a time. Any other --prompt_file is one prompt, its whole text.
+
 The summary says why decoding stopped: max_new_tokens, a stop token or the context window. On a terminal the
 text is coloured: green for drafts the verifier accepted, cyan for the verifier's corrections, magenta for its
 bonus tokens, and with --stream the rejected drafts appear struck through. Piped output is plain text. On CPU,
@@ -26,10 +32,12 @@ bonus tokens, and with --stream the rejected drafts appear struck through. Piped
 
 import argparse
 import itertools
+import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -74,7 +82,10 @@ def parse_args(argv=None):
                         "%(default)s)")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", help="text to continue (default: a Python function header)")
-    prompt.add_argument("--prompt_file", help="read the prompt from this text file (UTF-8)")
+    prompt.add_argument("--prompt_file", help="read the prompt from this text file (UTF-8); a .jsonl file holds "
+                        "several prompts, one a line (a JSON string or {\"prompt\": ...}), decoded as a batch")
+    p.add_argument("--batch_size", type=int_range(1),
+                   help="with a .jsonl --prompt_file: decode at most this many prompts at once (default: all)")
     p.add_argument("--chat", action="store_true",
                    help="send the prompt as a user message under the checkpoint's chat template and decode the "
                         "answer, up to its end-of-turn token (instruct models only)")
@@ -172,6 +183,33 @@ def read_prompt(args) -> str:
     if not prompt.strip():
         raise ValueError(f"--prompt_file {path} is empty: give a file with some text to continue")
     return prompt
+
+
+def read_prompts(args) -> Optional[list[str]]:
+    """The prompts of a .jsonl --prompt_file (one a line: a JSON string or an object with a "prompt" string);
+    None for any other prompt source. A ValueError names the line that is wrong."""
+    if args.prompt_file is None or Path(args.prompt_file).suffix != ".jsonl":
+        if args.batch_size is not None:
+            raise ValueError("--batch_size decodes several prompts: give them in a .jsonl --prompt_file, one a line")
+        return None
+    prompts = []
+    for n, line in enumerate(read_prompt(args).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--prompt_file {args.prompt_file}, line {n}: not JSON ({e.msg}): write one JSON string "
+                             f"or {{\"prompt\": ...}} a line") from None
+        prompt = item.get("prompt") if isinstance(item, dict) else item
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"--prompt_file {args.prompt_file}, line {n}: no prompt: write a non-empty JSON string "
+                             f"or {{\"prompt\": \"...\"}}")
+        prompts.append(prompt)
+    if args.stream:
+        raise ValueError("--stream shows one text as it is decoded: with several prompts, drop --stream (each row "
+                         "is printed when the batch is done)")
+    return prompts
 
 
 def check_flags_apply(args, dec: dict, n_layers: int):
@@ -332,12 +370,61 @@ def print_comparison(model, tokenizer, prompt_ids, args, dec, g: ls.Generation):
         print(f"speedup n/a (no tokens generated) | {verdict}")
 
 
+def run_batch(args, model, tokenizer, dec: dict, prompts: list[str]):
+    """Several prompts decoded together (layerskip.generate_stream with a list), printed row by row; --compare:
+    each row against its own autoregressive run, and the batch's throughput against those runs'."""
+    chats = [chat_prompt(tokenizer, p) for p in prompts] if args.chat else [(p, tokenizer.encode(p)) for p in prompts]
+    ids = [i for _, i in chats]
+    stream = ls.generate_stream(model, ids, args.max_new_tokens, eos_id=tokenizer.stop_ids,
+                                batch_size=args.batch_size, **dec, **sampling(args))  # checks every row first
+    colour = sys.stdout.isatty()
+    print_header(args, model, tokenizer, dec, max(ids, key=len), colour)
+    B = min(args.batch_size or len(ids), len(ids))
+    print(f"batch: {plural(len(ids), 'prompt')}, at most {B} decoded at once")
+    if args.compare:
+        for warm in (dec, dict(strategy="autoregressive")):
+            ls.generate(model, ids[:B], min(8, args.max_new_tokens), eos_id=tokenizer.stop_ids, seed=0, **warm)
+    events, seconds, start = [[] for _ in ids], [0.0] * len(ids), time.perf_counter()
+    for rounds in stream:
+        for b, event in enumerate(rounds):
+            if event is not None:
+                events[b].append(event)
+                seconds[b] = time.perf_counter() - start
+    total = time.perf_counter() - start
+    drafting = dec["strategy"] == "self_speculative"
+    gens = []
+    for b, ((text, prompt_ids), row) in enumerate(zip(chats, events)):
+        print(f"{'-' * 30} prompt {b + 1} of {len(ids)} {'-' * 30}")
+        print(text, end="")
+        g = decode(iter(row), tokenizer, prompt_ids, False, colour, drafting)
+        g.seconds = seconds[b]
+        gens.append(g)
+        print(f"[{summary(g, dec, stop_reason(g, len(prompt_ids), args.max_new_tokens, model.params.max_seq_len, tokenizer.stop_ids))}]")
+    print("-" * 80)
+    n_tokens = sum(len(g.tokens) for g in gens)
+    print(f"all prompts: {plural(n_tokens, 'token')} in {total:.2f} s: {n_tokens / total:.1f} tokens/s "
+          f"({dec['strategy']}, at most {B} at once)")
+    if args.compare:
+        ar_seconds, identical = 0.0, 0
+        for b, (prompt_ids, g) in enumerate(zip(ids, gens)):
+            kw = dict(sampling(args), seed=None if args.seed is None else args.seed + b)
+            ar = ls.generate(model, prompt_ids, args.max_new_tokens, eos_id=tokenizer.stop_ids, **kw)
+            ar_seconds += ar.seconds
+            verdict = compare_verdict(ar.tokens, g.tokens, args.temperature, model.tok_embeddings.weight.dtype)
+            identical += verdict == "outputs identical"
+            print(f"prompt {b + 1}: {verdict}")
+        ar_tokens_per_s = n_tokens / ar_seconds if ar_seconds else float("inf")
+        print(f"autoregressive, one prompt at a time: {ar_tokens_per_s:.1f} tokens/s | this batch "
+              f"{n_tokens / total / ar_tokens_per_s:.2f}x that | {identical} of {len(ids)} rows identical")
+
+
 def run(args):
     check_device(args.device)
     if args.checkpoint == DEFAULT_CHECKPOINT and not Path(DEFAULT_CHECKPOINT).exists():
         raise CheckpointError(f"{DEFAULT_CHECKPOINT} does not exist yet: pass --checkpoint PATH, e.g. "
                               f"out/toy after `python train.py --preset toy --out_dir out/toy`")
-    prompt = read_prompt(args)
+    prompts = read_prompts(args)
+    prompt = read_prompt(args) if prompts is None else None
     if args.seed is None:
         args.seed = int(torch.randint(0, 2**31 - 1, ()).item())
     threads = args.threads or (1 if torch.device(args.device).type == "cpu" else None)
@@ -348,6 +435,8 @@ def run(args):
     dec = decoding_settings(model, args.strategy, args.exit_layer, args.num_speculations, args.draft_threshold,
                             args.draft_cost, args.draft_gamma)
     check_flags_apply(args, dec, model.params.n_layers)
+    if prompts is not None:
+        return run_batch(args, model, tokenizer, dec, prompts)
     if args.chat:  # shown as the model sees it: the template around the question
         prompt, prompt_ids = chat_prompt(tokenizer, prompt)
     else:

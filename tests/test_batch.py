@@ -172,3 +172,64 @@ def test_at_most_batch_size_at_once(batch_size):
         rounds = list(ls.generate_stream(model, prompts, budgets, eos_id=eos, batch_size=batch_size, **kw))
         assert max(sum(e is not None for e in r) for r in rounds) == batch_size
         assert [[t for r in rounds if r[b] for t in r[b].tokens] for b in range(7)] == want
+
+
+def test_shipped_model_float32_batch_of_8_humaneval_prompts():
+    """The shipped 32-layer model in float32 at its stored setting: 8 HumanEval prompts decoded as one batch give
+    each prompt's own autoregressive tokens (64 new tokens, greedy)."""
+    import common
+    from data.prepare import load_prompts
+    from model_io import load_model
+    from conftest import ROOT
+    model, tok = load_model(ROOT / "checkpoints/layerskip-python-deep.pt")
+    ids = [tok.encode(p) for p in load_prompts("humaneval")[:8]]
+    setting = common.decoding_settings(model)
+    got = ls.generate(model, ids, 64, eos_id=tok.stop_ids, **setting)
+    assert [g.tokens for g in got] == alone(model, ids, 64, eos_id=tok.stop_ids)
+    assert sum(g.rounds for g in got) < sum(len(g.tokens) for g in got) / 2  # drafts really were accepted
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generate.py --prompt_file F.jsonl --batch_size B
+
+
+def test_cli_batch_compare_says_every_row_identical(tmp_path):
+    """Six HumanEval prompts on the shipped model (float32), four at a time: --compare checks each row against
+    its own autoregressive run, and each is identical."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from data.prepare import load_prompts
+    f = tmp_path / "prompts.jsonl"
+    prompts = load_prompts("humaneval")[:6]
+    f.write_text("".join(json.dumps(p) + "\n" for p in prompts[:5]) + json.dumps({"prompt": prompts[5]}) + "\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "generate.py", "--prompt_file", str(f), "--batch_size", "4", "--compare",
+                          "--max_new_tokens", "24"], cwd=root, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr
+    assert "batch: 6 prompts, at most 4 decoded at once" in out.stdout
+    assert [f"prompt {b}: outputs identical" in out.stdout for b in range(1, 7)] == [True] * 6
+    assert "6 of 6 rows identical" in out.stdout
+    for p in prompts:  # every prompt's text is printed, in order, each followed by its own continuation
+        assert p in out.stdout
+    assert out.stdout.index(prompts[0]) < out.stdout.index(prompts[3]) < out.stdout.index(prompts[5])
+
+
+@pytest.mark.parametrize("lines, flags, message", [
+    (['"a"', "{not json"], [], "line 2: not JSON"),
+    (['"a"', '{"text": "b"}'], [], "line 2: no prompt"),
+    (['"a"', '""'], [], "line 2: no prompt"),
+    (['"a"'], ["--stream"], "with several prompts, drop --stream"),
+    (['"a"'], ["--batch_size", "0"], "argument --batch_size: must be at least 1"),
+    (None, ["--batch_size", "2"], "--batch_size decodes several prompts: give them in a .jsonl --prompt_file"),
+])
+def test_cli_batch_bad_input(lines, flags, message, tmp_path, tiny_checkpoint, capsys):
+    import generate
+    from conftest import assert_one_line_error
+    argv = ["--checkpoint", tiny_checkpoint, "--max_new_tokens", 2, *flags]
+    if lines is not None:
+        (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+        argv += ["--prompt_file", tmp_path / "p.jsonl"]
+    assert_one_line_error(generate.main, argv, capsys, message)
