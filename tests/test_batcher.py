@@ -1,0 +1,46 @@
+"""batcher.py: requests that arrive together decode as one batch, each client gets exactly its own text, a full
+waiting line is refused with Busy, and bad settings are refused at submit."""
+
+import threading
+
+import pytest
+
+import layerskip as ls
+from batcher import Batcher, Busy
+from test_layerskip import tiny_model
+from test_batch import ragged_prompts
+
+
+def test_concurrent_clients_each_get_their_own_text():
+    """32 clients at once, several settings among them: every stream equals that prompt decoded alone, and
+    the clients were served in batches (fewer batches than clients, some of several rows)."""
+    model = tiny_model(n_layers=6, seed=9)
+    prompts = ragged_prompts(32, seed=9)
+    settings = [{}, dict(strategy="self_speculative", exit_layer=2, num_speculations=4)]
+    batcher = Batcher(batch_size=8, max_waiting=64)
+    results, start = [None] * 32, threading.Barrier(32)
+
+    def client(b):
+        start.wait()
+        results[b] = [t for e in batcher.submit(model, prompts[b], 10 + b % 7, **settings[b % 2]) for t in e.tokens]
+
+    threads = [threading.Thread(target=client, args=(b,)) for b in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == [ls.generate(model, p, 10 + b % 7, **settings[b % 2]).tokens for b, p in enumerate(prompts)]
+    assert batcher.batches < 32 and 1 < batcher.largest <= 8
+
+
+def test_full_line_is_busy_and_bad_settings_fail_at_submit():
+    model = tiny_model(n_layers=2)
+    batcher = Batcher(batch_size=1, max_waiting=1)
+    with pytest.raises(ValueError, match="exit layer 9 is out of range"):
+        batcher.submit(model, [1, 2], 4, strategy="early_exit", exit_layer=9)
+    with batcher.lock:  # hold the worker off while the line fills
+        batcher.waiting.append(object())
+        with pytest.raises(Busy, match="busy"):
+            batcher.submit(model, [1, 2], 4)
+        batcher.waiting.clear()
+    assert [t for e in batcher.submit(model, [1, 2], 4) for t in e.tokens] == ls.generate(model, [1, 2], 4).tokens
