@@ -50,6 +50,7 @@ MAX_NEW_TOKENS = 512  # the most tokens one generation may ask for (the context 
 MAX_PROMPT_CHARS = 20_000  # longer prompts are refused before tokenizing; the context window decides the rest
 SWEEP_TOKENS = 32  # the exit-layer sweep decodes at most this many tokens per run
 SWEEP_REPEATS = 5  # ... and times every exit this many times, interleaved with autoregressive runs
+COMPARE_REPEATS = 3  # Compare times both decodings this many times, interleaved
 LENS_COLUMNS = 48  # the logit lens shows the last this-many positions
 # The controls' ranges. Below MIN_TEMPERATURE and MIN_REPETITION_PENALTY, float32 logits divided by them overflow.
 MAX_SPECULATIONS, MAX_SEED, MAX_NGRAM = 32, 2 ** 32 - 1, 32  # d: the cost-model rule may stop any round early
@@ -602,7 +603,8 @@ def stop(control):
 def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, stop_rule=None, draft_threshold=None,
             draft_cost=None, draft_gamma=None, max_new_tokens=64, repetition_penalty=1.0, no_repeat_ngram_size=0):
     """Greedy autoregressive vs greedy self-speculative on the same prompt, with the same logits processors and the
-    controls' exit, d and stop rule: (an HTML table with time per token, the speedup (AR time per token /
+    controls' exit, d and stop rule, timed COMPARE_REPEATS times each, interleaved (common.interleaved_runs):
+    (an HTML table with time per token, the speedup (the median over passes of AR time per token /
     self-speculative time per token) and whether the outputs match; error text)."""
     try:
         check_prompt(prompt)
@@ -616,11 +618,15 @@ def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, stop_rul
     except (ValueError, OSError) as e:
         return unchanged(), error_text(e)
     processors = dict(repetition_penalty=spec["repetition_penalty"], no_repeat_ngram_size=spec["no_repeat_ngram_size"])
-    kw = dict(eos_id=tok.stop_ids, seed=0)
-    ls.generate(model, ids, 2, **kw)  # warm-up: first calls pay for allocations, not decoding
-    ar = ls.generate(model, ids, n, strategy="autoregressive", **processors, **kw)
-    ss = ls.generate(model, ids, n, **(spec | kw))
-    speedup = ar.time_per_token / ss.time_per_token
+    greedy = {k: v for k, v in spec.items() if k not in ("temperature", "top_p", "seed")}
+    variants = {"AR": (model, tok, dict(strategy="autoregressive", **processors)), "SS": (model, tok, greedy)}
+    runs = {"AR": [], "SS": []}  # interleaved, in rotating order, as bench.py times: a slow spell hits both
+    for _, _, name, g in interleaved_runs(variants, [prompt], n, COMPARE_REPEATS):
+        runs[name].append(g)
+    ratios = [a.time_per_token / b.time_per_token for a, b in zip(runs["AR"], runs["SS"])]
+    speedup = statistics.median(ratios)
+    ar, ss = (min(runs[name], key=lambda g: g.time_per_token) for name in ("AR", "SS"))  # for the table's times
+    ar_ms, ss_ms = (statistics.median(g.time_per_token for g in runs[name]) for name in ("AR", "SS"))
     if ar.tokens == ss.tokens:
         match = f"✓ identical ({len(ar.tokens)} tokens)"
     else:
@@ -630,11 +636,15 @@ def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, stop_rul
     rows = [("autoregressive", ar, "–", "1.00"),
             (f"self-speculative (E={spec['exit_layer']}, {rule_text(spec)})", ss,
              f"{ss.acceptance_rate:.0%}", f"{ss.tokens_per_round:.2f}")]
-    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{len(g.tokens)}</td><td>{1000 * g.time_per_token:.2f}</td>"
-                   f"<td>{g.tokens_per_s:.1f}</td><td>{acc}</td><td>{tpr}</td></tr>" for name, g, acc, tpr in rows)
-    both = f'<div class="ls-status">both with {processors_text(spec)}</div>' if processors_text(spec) else ""
+    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{len(g.tokens)}</td><td>{1000 * ms:.2f}</td>"
+                   f"<td>{1 / ms:.1f}</td><td>{acc}</td><td>{tpr}</td></tr>"
+                   for (name, g, acc, tpr), ms in zip(rows, (ar_ms, ss_ms)))
+    both = f"; both with {processors_text(spec)}" if processors_text(spec) else ""
+    note = (f'<div class="ls-status">{COMPARE_REPEATS} passes, each running both in turn (the order alternating); '
+            f"ms/token: the median pass; the speedup: the median over passes of AR ms/token ÷ self-speculative "
+            f"ms/token in the same pass (passes: {min(ratios):.2f}–{max(ratios):.2f}×){both}</div>")
     return (f'<table class="ls-table"><tr><th>greedy decoding</th><th>tokens</th><th>ms/token</th>'
-            f"<th>tokens/s</th><th>acceptance</th><th>tokens/round</th></tr>{body}</table>{both}"
+            f"<th>tokens/s</th><th>acceptance</th><th>tokens/round</th></tr>{body}</table>{note}"
             f'<div class="ls-stats" style="margin-top:10px"><div class="card"><div class="v">{speedup:.2f}×</div>'
             f'<div class="k">speedup (AR ms/token ÷ self-speculative ms/token)</div></div>'
             f'<div class="card"><div class="v">{match}</div><div class="k">greedy outputs</div></div></div>'), ""

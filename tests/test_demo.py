@@ -334,6 +334,27 @@ def test_sweep_interleaves_its_runs_and_takes_medians_of_per_pass_ratios(tiny_ch
     assert refused == "the draft threshold must be a number in (0, 1], got 1.5"
 
 
+def test_compare_interleaves_and_takes_the_median_of_per_pass_ratios(tiny_checkpoint, monkeypatch):
+    """Compare times as the sweep does: after a warm-up each, COMPARE_REPEATS passes that run both decodings in
+    alternating order; the speedup is the median of the per-pass ratios, so one wild run (10x in pass 2) does not
+    move it, and the note shows the spread; the self-speculative runs get the controls' rule."""
+    calls, ss_seconds = [], iter([1.0, 0.5, 0.1, 0.5])  # the warm-up, then passes 1..3
+
+    def fake_generate(model, ids, n, strategy="autoregressive", **kw):
+        calls.append((strategy, kw))
+        seconds = next(ss_seconds) if strategy == "self_speculative" else 1.0
+        return ls.Generation(tokens=[0] * n, seconds=seconds, rounds=n, drafted=n, accepted=n // 2)
+
+    monkeypatch.setattr(ls, "generate", fake_generate)
+    table, error = demo_app.compare(str(tiny_checkpoint), VERSE, 2, 8, "threshold", 0.4, max_new_tokens=16)
+    assert demo_app.COMPARE_REPEATS == 3 and error == ""
+    assert [c for c, _ in calls] == ["autoregressive", "self_speculative"] * 2 + \
+        ["self_speculative", "autoregressive", "autoregressive", "self_speculative"]
+    assert {(kw["exit_layer"], kw["num_speculations"], kw["draft_threshold"]) for c, kw in calls
+            if c == "self_speculative"} == {(2, 8, 0.4)}
+    assert '<div class="v">2.00×</div>' in table and "(passes: 2.00–10.00×)" in table
+
+
 def test_logits_processors_reach_generation_and_compare_and_keep_greedy_outputs_equal(tiny_checkpoint):
     """The repetition penalty and no-repeat n-grams of the demo's controls reach generation (the text equals
     layerskip.generate's with them, and differs from the plain greedy text) and compare, where greedy
@@ -998,7 +1019,8 @@ def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, app_url, dem
     page.wait_for_selector("#sweep_note progress", timeout=120_000)  # progress while it runs
     page.wait_for_selector("#sweep_note .ls-status:text('done')", timeout=300_000)
     note = page.locator("#sweep_note").inner_text()
-    assert "Sanity check: exit" in note and "median" in note and f"at every exit {demo_app.rule_text(s)}" in note
+    rule = demo_app.rule_text(s).split(" (")[0]  # "d ≤ 24, cost-model stop": the rule it ran, named
+    assert "Sanity check: exit" in note and "median" in note and f"at every exit {rule}" in note
     exits = page.locator("#sweep_note table tr td:first-child").all_inner_texts()
     assert exits == [str(E) for E in demo_app.sweep_exits(L)]
     for plot in ("#acceptance_plot", "#speedup_plot"):
