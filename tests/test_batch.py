@@ -233,3 +233,42 @@ def test_cli_batch_bad_input(lines, flags, message, tmp_path, tiny_checkpoint, c
         (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
         argv += ["--prompt_file", tmp_path / "p.jsonl"]
     assert_one_line_error(generate.main, argv, capsys, message)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bench.py --batch_sizes
+
+
+def test_bench_batch_sizes_reports_every_batch_size(tiny_checkpoint, tmp_path, capsys):
+    """One interleaved run over batch sizes 1 and 3: a row per size with both strategies' tokens/s, identical
+    outputs, throughput over batch 1 exactly 1 at batch 1, the draft cost it used; a plot in --out_dir."""
+    import json
+    import bench
+    from model_io import save_checkpoint
+    model, tok = __import__("model_io").load_model(tiny_checkpoint)
+    ckpt = tmp_path / "rec.pt"  # a stored cost rule, to be rescaled per batch size
+    save_checkpoint(ckpt, model, tok, metadata={"recommended": {"exit_layer": 2, "num_speculations": 4,
+                                                                "draft_cost": 0.3, "draft_gamma": 1.0}})
+    bench.main(["--checkpoint", str(ckpt), "--baseline", "", "--prompts", "shakespeare", "--n_prompts", "4",
+                "--max_new_tokens", "8", "--repeats", "2", "--batch_sizes", "1", "3", "--out_dir", str(tmp_path),
+                "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert "| batch | autoregressive tok/s | self-speculative tok/s | speedup |" in out
+    report = json.loads((tmp_path / "b.json").read_text())["batches"]
+    assert set(report) == {"1", "3"}
+    assert report["1"]["self_speculative_over_batch_1"] == 1.0 and report["1"]["draft_cost"] == 0.3
+    assert all(r["identical"] and r["autoregressive_tokens_per_s"] > 0 for r in report.values())
+    assert 0 < report["3"]["draft_cost"] <= 1
+    assert (tmp_path / "batch.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--batch_sizes", "1", "4", "--sweep"], "--batch_sizes is a run of its own"),
+    (["--batch_sizes", "1", "64", "--n_prompts", "3"], "--batch_sizes 64 needs at least that many prompts"),
+    (["--batch_sizes", "0"], "argument --batch_sizes: must be at least 1"),
+])
+def test_bench_batch_sizes_bad_input(argv, match, tiny_checkpoint, capsys):
+    import bench
+    from conftest import assert_one_line_error
+    assert_one_line_error(bench.main, ["--checkpoint", tiny_checkpoint, "--baseline", "", "--prompts", "shakespeare",
+                                       *argv], capsys, match)
