@@ -27,8 +27,8 @@ STDLIB=$(python -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
 python data/prepare.py --tokenizer smollm2 --input "$STDLIB/*.py" --out_dir out/smollm2/data \
     --val_fraction 0.05 --test_fraction 0.05
 
-# 2. Continual pretraining with the recipe: 180 steps of 4 x 256 tokens (184k tokens)
-python train.py --init_from smollm2 --data out/smollm2/data --out_dir out/smollm2/run --threads 1 \
-    --batch_size 4 --block_size 256 --max_iters 180 --lr 5e-5 --warmup_iters 18 \
+# 2. Continual pretraining with the recipe: 96 steps of 4 x 256 tokens (98k tokens, as many as the pilot)
+python train.py --init_from smollm2 --data out/smollm2/data --out_dir out/smollm2/run --threads 1 --force \
+    --batch_size 4 --block_size 256 --max_iters 96 --lr 5e-5 --warmup_iters 10 \
     --p_max 0.05 --e_scale 0.05 --curriculum rotational --rotation 10 --exit_always 8 --exit_always_weight 0.25 \
-    --eval_interval 60 --eval_iters 2 --log_interval 5
+    --eval_interval 32 --eval_iters 2 --log_interval 4

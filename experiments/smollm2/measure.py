@@ -96,6 +96,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="smollm2")
     p.add_argument("--split", choices=["dev", "test"], default="dev")
+    p.add_argument("--data", default="out/smollm2/data", help="a folder of data/prepare.py --tokenizer")
     p.add_argument("--windows", type=int, default=8, help="windows of --block_size tokens, teacher-forced")
     p.add_argument("--block_size", type=int, default=256)
     p.add_argument("--code_prompts", type=int, default=3, help="window starts used as prompts (plus 2 chat ones)")
@@ -110,7 +111,7 @@ def main():
     torch.set_num_threads(1)
     t0 = time.time()
     model, tok = load_model(args.checkpoint, dtype=torch.float32)
-    wins = windows(args.split, args.windows, args.block_size)
+    wins = windows(args.split, args.windows, args.block_size, args.data)
     result = {"checkpoint": args.checkpoint, "split": args.split, "block_size": args.block_size,
               "teacher_forced": teacher_forced(model, wins)}
     if not args.skip_decoding:
