@@ -1,5 +1,10 @@
 """The Gradio demo: its event functions called directly, the served app driven by gradio_client, and the page
-driven in a real browser (Debian's Chromium through Playwright)."""
+driven in a real browser (Debian's Chromium through Playwright). The browser tests also take the README's
+screenshots, on the shipped model:
+
+    LAYERSKIP_DEMO_CHECKPOINT=checkpoints/layerskip-python-deep.pt LAYERSKIP_SCREENSHOTS=docs \
+        python -m pytest tests/test_demo.py -k browser      # docs/demo*.png, at 1280 and 820 px
+"""
 
 import os
 import re
