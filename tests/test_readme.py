@@ -36,7 +36,8 @@ def test_readme_states_the_shipped_models_shape_and_parameter_count():
         model, _ = load_model(ROOT / "checkpoints" / f"{name}.pt")
         n = sum(p.numel() for p in model.parameters())
         assert (model.params.n_layers, model.params.dim, f"{n / 1e6:.1f}") == (int(layers), int(dim), millions), name
-    [(layers, dim, millions)] = re.findall(r"(\d+) layers of\s+width (\d+), ([\d.]+)M parameters", DOCS["docs/results.md"])
+    [(layers, dim, millions)] = re.findall(r"(\d+) layers of\s+width (\d+), ([\d.]+)M parameters",
+                                           DOCS["docs/results.md"])
     model, _ = load_model(ROOT / "checkpoints" / "layerskip-python.pt")
     n = sum(p.numel() for p in model.parameters())
     assert (model.params.n_layers, model.params.dim, f"{n / 1e6:.1f}") == (int(layers), int(dim), millions)
@@ -49,7 +50,8 @@ def test_docs_state_the_stored_setting():
     model, _ = load_model(ROOT / "checkpoints" / "layerskip-python-deep.pt")
     rec = model.metadata["recommended"]
     stored = (rec["exit_layer"], rec["num_speculations"])
-    said = [(int(e), int(d)) for text in DOCS.values() for e, d in re.findall(r"exit (\d+), at most (\d+) drafts", text)]
+    said = [(int(e), int(d)) for text in DOCS.values()
+            for e, d in re.findall(r"exit (\d+), at most\s+(\d+) drafts", text)]
     assert len(said) >= 3 and set(said) == {stored}, said
     [(cost, gamma)] = re.findall(r"--draft_cost ([\d.]+)\s+--draft_gamma ([\d.]+)", README)
     assert (float(cost), float(gamma)) == (rec["draft_cost"], rec["draft_gamma"]) and rec["draft_threshold"] is None
