@@ -39,8 +39,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import layerskip as ls
-from common import (ArgumentParser, decoding_settings, int_range, interleaved_runs, recommendation, round_pieces,
-                    unfinished_tail)
+from common import ArgumentParser, decoding_settings, int_range, interleaved_runs, round_pieces, unfinished_tail
 from model_io import load_model, token_texts
 
 ROOT = Path(__file__).resolve().parent

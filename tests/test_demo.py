@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import html
 import threading
 import time
 from html import unescape

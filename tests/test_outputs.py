@@ -11,12 +11,10 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from conftest import ROOT
 
-import bench  # noqa: E402
-import eval as evaluate  # noqa: E402
+import bench
+import eval as evaluate
 
 _recording = []  # the list the audit hook appends to while a `written()` block runs; the hook stays installed
 
