@@ -892,7 +892,7 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
 
 def test_browser_first_click_waits_for_the_model_and_runs_the_stored_setting(browser, recommended_checkpoint,
                                                                               monkeypatch):
-    """On a fresh server whose model panel takes 2 s to load: right after the page loads, Generate, Compare, Lens
+    """On a fresh server whose model panel takes 3 s to load: right after the page loads, Generate, Compare, Lens
     and Sweep are disabled (as served; the page draws a tab's button when its tab opens) while the controls
     already show the stored setting (exit 3, d 2, threshold 0.3, as the API's defaults); a click then waits, and
     the run uses the stored setting, never other values."""
@@ -901,7 +901,7 @@ def test_browser_first_click_waits_for_the_model_and_runs_the_stored_setting(bro
     describe = demo_app.describe
 
     def slowly(*args):  # the model panel is the last thing to arrive: the run buttons wait for it
-        time.sleep(2)
+        time.sleep(3)
         return describe(*args)
 
     monkeypatch.setattr(demo_app, "describe", slowly)
