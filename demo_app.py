@@ -39,6 +39,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import layerskip as ls
+from batcher import Batcher, Busy
 from common import ArgumentParser, decoding_settings, int_range, interleaved_runs, round_pieces, unfinished_tail
 from model_io import load_model, token_texts
 
@@ -67,6 +68,8 @@ RULE_DEFAULTS = dict(draft_threshold=0.5, draft_cost=0.15, draft_gamma=1.0)
 REJECTED_VIEWS = {"count": "count", "text": "struck through", "hidden": "hidden"}
 REJECTED_SHOWN = 4
 DEVICE = "cpu"  # set by --device
+BATCH_SIZE, MAX_QUEUE = 8, 64  # set by --batch_size and --max_queue: requests decoded together, requests waiting
+BATCHER = None  # batcher.Batcher when BATCH_SIZE > 1, made by build_demo
 ALLOW_ANY = False  # set by --allow_any_checkpoint: load any path load_model reads, not only the served ones
 REFUSED = ("this checkpoint is not served here: choose a model from the menu (whoever runs the demo can add "
            "others with --checkpoint, or allow any path with --allow_any_checkpoint)")
@@ -453,7 +456,10 @@ def decode_pieces(model, tokenizer, prompt_ids, max_new_tokens, **settings):
     return a generator of (pieces, text, stats) after every round: pieces is the list of (text, kind, round) so
     far in reading order, kind one of KINDS; text is the decoded continuation, which "".join of the non-rejected
     pieces equals exactly once decoding ends."""
-    stream = ls.generate_stream(model, prompt_ids, max_new_tokens, eos_id=tokenizer.stop_ids, **settings)
+    if BATCHER is None:  # --batch_size 1: one request at a time
+        stream = ls.generate_stream(model, prompt_ids, max_new_tokens, eos_id=tokenizer.stop_ids, **settings)
+    else:  # joins the requests that arrive together into one batch; this request's rounds come back live
+        stream = BATCHER.submit(model, prompt_ids, max_new_tokens, eos_id=tokenizer.stop_ids, **settings)
     end = min(model.params.max_seq_len, len(prompt_ids) + max_new_tokens)  # where generate_stream stops
     return rounds_as_pieces(stream, tokenizer, prompt_ids, end, TOKEN_KIND.get(settings.get("strategy")))
 
@@ -562,7 +568,7 @@ def generate(checkpoint, prompt, strategy="self_speculative", exit_layer=None, n
         rejected = check_view(rejected)
         prompt_ids = tok.encode(prompt)
         rounds = decode_pieces(model, tok, prompt_ids, max_new_tokens, **settings)  # checks the rest, here
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError; so are generate_stream's checks
+    except (ValueError, OSError, Busy) as e:  # CheckpointError is a ValueError; so are generate_stream's checks
         yield unchanged(), unchanged(), unchanged(), error_text(e)
         return
     strategy = settings["strategy"]
@@ -854,6 +860,9 @@ def build_demo(checkpoints=(DEFAULT_CHECKPOINT,)):
     start with; the run buttons wait for the page's own load of the model panel."""
     import gradio as gr
 
+    global BATCHER
+    if BATCH_SIZE > 1 and BATCHER is None:  # one batcher per process, for every app it builds
+        BATCHER = Batcher(BATCH_SIZE, MAX_QUEUE)
     checkpoints = [str(checkpoints)] if isinstance(checkpoints, (str, Path)) else [str(c) for c in checkpoints]
     serve(*checkpoints)
     choices = menu(checkpoints)
@@ -870,7 +879,7 @@ def build_demo(checkpoints=(DEFAULT_CHECKPOINT,)):
             prompt_and_output(ui, choices, selected, example_prompts())
             settings_and_tabs(ui, initial_values(selected))
         wire(demo, ui)
-    demo.queue(max_size=16, default_concurrency_limit=1)
+    demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
     return demo
 
 
@@ -996,12 +1005,15 @@ def wire(demo, ui):
     gen_inputs = [ui.checkpoint, ui.prompt, ui.strategy, *drafting, ui.temperature, ui.top_p, ui.max_new, ui.seed,
                   ui.rejected, *processors, ui.control]
     gen_outputs = [ui.out, ui.stats, ui.text, ui.error]
-    gen = ui.go.click(generate, gen_inputs, gen_outputs, api_name="generate", show_progress="hidden", **model_events)
+    # Generation: one request at a time (--batch_size 1), or as many at once as may wait, joined into batches
+    generating = model_events if BATCHER is None else dict(concurrency_id="generate", concurrency_limit=MAX_QUEUE,
+                                                           preprocess=False)
+    gen = ui.go.click(generate, gen_inputs, gen_outputs, api_name="generate", show_progress="hidden", **generating)
     lens_inputs = [ui.checkpoint, ui.prompt, ui.text, ui.exit_layer]
     lens_after = gen.then(lens, lens_inputs, [ui.lens_out, ui.lens_error], api_visibility="private",
                           show_progress="hidden", **model_events)
     ui.prompt.submit(generate, gen_inputs, gen_outputs, api_visibility="private", show_progress="hidden",
-                     **model_events)
+                     **generating)
     cmp = ui.compare.click(compare, [ui.checkpoint, ui.prompt, *drafting, ui.max_new, *processors],
                            [ui.compare_out, ui.compare_error], api_name="compare", **model_events)
     lns = ui.lens.click(lens, lens_inputs, [ui.lens_out, ui.lens_error], api_name="logit_lens", **model_events)
@@ -1018,6 +1030,7 @@ def wire(demo, ui):
 
 
 def main(argv=None):
+    global DEVICE, ALLOW_ANY, BATCH_SIZE, MAX_QUEUE
     parser = ArgumentParser(description="Serve the LayerSkip demo: self-speculative decoding, live.")
     parser.add_argument("--checkpoint", action="append",
                         help=f"a checkpoint to serve besides checkpoints/*.pt, any path load_model reads; repeat for "
@@ -1032,11 +1045,16 @@ def main(argv=None):
     parser.add_argument("--threads", type=int_range(1, os.cpu_count() or 1),
                         help="torch CPU threads (default on CPU: 1; with another process busy, 2 made decoding "
                              "15-50x slower)")
+    parser.add_argument("--batch_size", type=int_range(1, 256), default=BATCH_SIZE,
+                        help=f"generation requests that arrive together decode as one batch of at most this many "
+                             f"(default {BATCH_SIZE}; 1 = one at a time)")
+    parser.add_argument("--max_queue", type=int_range(1, 10_000), default=MAX_QUEUE,
+                        help=f"requests that may wait at once; more are refused with a busy message "
+                             f"(default {MAX_QUEUE})")
     args = parser.parse_args(argv)
     args.checkpoint = args.checkpoint or [DEFAULT_CHECKPOINT]
     print(f"config: {vars(args)}")
-    global DEVICE, ALLOW_ANY
-    DEVICE, ALLOW_ANY = args.device, args.allow_any_checkpoint
+    DEVICE, ALLOW_ANY, BATCH_SIZE, MAX_QUEUE = args.device, args.allow_any_checkpoint, args.batch_size, args.max_queue
     threads = args.threads or (1 if args.device == "cpu" else None)
     if threads:
         import torch

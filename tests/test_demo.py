@@ -592,6 +592,31 @@ def test_gradio_client_streams_and_matches_generate(app_url, tiny_checkpoint):
         assert results[i][-1][2] == want, strategy
 
 
+def test_concurrent_clients_are_batched_and_each_gets_its_own_text(app_url, tiny_checkpoint):
+    """Twelve API clients at once, the same setting: none is refused, each gets exactly its prompt's text alone,
+    and the server decoded them in batches (demo_app.BATCHER joined several requests into one)."""
+    from gradio_client import Client
+    prompts = [CODE[:8 + 3 * i] for i in range(12)]
+    results, gate = [None] * 12, threading.Barrier(12)
+    demo_app.BATCHER.largest = 0  # the largest batch from here on
+
+    def run(i):
+        client = Client(app_url, verbose=False)
+        gate.wait()
+        results[i] = client.submit(checkpoint=str(tiny_checkpoint), prompt=prompts[i], exit_layer=2, num_speculations=3,
+                                   stop_rule="fixed", max_new_tokens=12, api_name="/generate").result(timeout=300)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    for i, prompt in enumerate(prompts):
+        assert results[i][3] == "" and results[i][2] == expected(tiny_checkpoint, prompt, 12, strategy="self_speculative",
+                                                                 exit_layer=2, num_speculations=3)[0]
+    assert demo_app.BATCHER.largest > 1
+
+
 def test_api_refuses_unserved_paths_without_telling_whether_they_exist(app_url, tiny_checkpoint, tmp_path):
     """Over HTTP (the public API), /generate and /model_info answer any path outside checkpoints/*.pt and the
     launch-given ones with the same one-line refusal, whether the file exists, is a checkpoint or is missing."""
