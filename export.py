@@ -335,6 +335,9 @@ def check_out_dir(out: Path, checkpoint: Path, force: bool):
     not an earlier export: --force replaces a folder whole, so it must not be, say, out/ full of training runs."""
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out} is a file: give a folder to export into")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise CheckpointError(f"{out} would be a folder under {blocking}, which is a file: give a folder path")
     if checkpoint.resolve().is_relative_to(out.resolve()):
         raise CheckpointError(f"{out} holds the checkpoint {checkpoint}: export into another folder")
     if not out.is_dir() or not any(out.iterdir()):

@@ -2,7 +2,7 @@
 Train a Llama with the LayerSkip recipe: layer dropout (eq. 1-4) and the early-exit loss (eq. 5-6).
 
     python train.py --preset toy                           # a CPU toy: about a minute on one core
-    python train.py --preset python --out_dir out/python   # the shipped reference model
+    python train.py --preset python --out_dir out/python   # the first, 12-layer shipped model's shape
     python train.py --preset python --p_max 0 --e_scale 0  # its baseline twin: an ordinary Llama
     torchrun --nproc_per_node=8 train.py --preset llama1.5b --data data/mytext
     python train.py --preset llama1.5b --dry_run           # parameter count and memory, nothing allocated

@@ -347,6 +347,7 @@ BAD = {  # case: (make(tmp_path) -> (checkpoint, OUT_DIR), words the error must 
     "missing checkpoint": (lambda t: (t / "no.pt", t / "out"), "no such file", []),
     "corrupt checkpoint": (corrupt, "cannot be read", []),
     "OUT_DIR is a file": (out_is_a_file, "is a file", ["--force"]),
+    "OUT_DIR under a file": (lambda t: (out_is_a_file(t)[0], t / "out" / "sub"), "under", []),
     "OUT_DIR not empty": (out_not_empty, "--force", []),
     "--force on a folder not an export": (out_not_an_export, "not an earlier export", ["--force"]),
     "OUT_DIR holds the checkpoint": (lambda t: (DEEP, ROOT / "checkpoints"), "holds the checkpoint", ["--force"]),
