@@ -347,7 +347,6 @@ BAD = {  # case: (make(tmp_path) -> (checkpoint, OUT_DIR), words the error must 
     "missing checkpoint": (lambda t: (t / "no.pt", t / "out"), "no such file", []),
     "corrupt checkpoint": (corrupt, "cannot be read", []),
     "OUT_DIR is a file": (out_is_a_file, "is a file", ["--force"]),
-    "OUT_DIR under a file": (lambda t: (out_is_a_file(t)[0], t / "out" / "sub"), "under", []),
     "OUT_DIR not empty": (out_not_empty, "--force", []),
     "--force on a folder not an export": (out_not_an_export, "not an earlier export", ["--force"]),
     "OUT_DIR holds the checkpoint": (lambda t: (DEEP, ROOT / "checkpoints"), "holds the checkpoint", ["--force"]),
@@ -372,6 +371,14 @@ def test_bad_export_is_one_line_and_leaves_nothing(tmp_path, capsys, case, fmt):
     assert leftovers(out.parent) == []
     after = sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.is_dir() else out.exists()
     assert after == before
+
+
+def test_out_dir_under_a_file_is_one_line(tmp_path, capsys):
+    """An OUT_DIR whose parent is a file: one line that names the file, and the file untouched."""
+    (tmp_path / "notes.txt").write_text("x")
+    code, err = run_main([DEEP, tmp_path / "notes.txt" / "sub", "--format", "hf"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "under" in err and "notes.txt, which is a file" in err, err
+    assert (tmp_path / "notes.txt").read_text() == "x" and sorted(tmp_path.iterdir()) == [tmp_path / "notes.txt"]
 
 
 def test_failure_midway_keeps_the_previous_export(tmp_path, capsys, monkeypatch):
