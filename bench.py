@@ -504,36 +504,44 @@ def measure_memory(checkpoint, settings: dict, prompt, max_new_tokens, threads) 
 
 
 @torch.inference_mode()
-def batch_cost_ratio(model, E: int, B: int, context: int = 128, k: int = 4, repeats: int = 20) -> float:
-    """(one draft step + the verification of one more position per row) / (the verification of a round without
-    drafts), for B rows after `context` cached positions: the draft's cost in verifications, at batch B."""
+def batch_costs(model, E: int, B: int, context: int = 128, k: int = 4, repeats: int = 20) -> dict:
+    """Median milliseconds, for B rows at different lengths (context - b cached positions for row b, as in a real
+    batch): one autoregressive step, one draft step, and the verification of 0 and of k drafts (blocks 0..E-1 on
+    the last draft, E..L-1 on every row's j + 1 positions). cost_ratio is what the cost rule's draft cost means at
+    batch B: (a draft step + the verification of one more position per row) / a verification without drafts."""
     L = model.params.n_layers
-    context = max(1, min(context, model.params.max_seq_len - k - 1))
+    context = max(B + 1, min(context, model.params.max_seq_len - k - 1))
+    pos = [context - b for b in range(B)] if B > 1 else context
     cache = ls.Cache(model, context + k + 1, batch=B)
     ids = torch.randint(model.params.vocab_size, (B, context), device=model.tok_embeddings.weight.device)
     model.run_blocks(model.tok_embeddings(ids), 0, L, 0, cache)
     one = ids[:, :1]
+    at = (lambda j: [p + j for p in pos]) if B > 1 else (lambda j: pos + j)
+
+    def ar_step():
+        model.head(model.run_blocks(model.tok_embeddings(one), 0, L, pos, cache)[:, -1]).argmax(-1).tolist()
 
     def draft_step():
-        h = model.run_blocks(model.tok_embeddings(one), 0, E, context, cache)
-        cache.write_exit(context, h)
+        h = model.run_blocks(model.tok_embeddings(one), 0, E, pos, cache)
+        cache.write_exit(pos, h)
         model.head(h[:, -1]).argmax(-1).tolist()
 
-    def verify(j):  # blocks 0..E-1 on the last draft, E..L-1 on j + 1 positions of every row
-        cache.write_exit(context + j, model.run_blocks(model.tok_embeddings(one), 0, E, context + j, cache))
-        model.head(model.run_blocks(cache.read_exit(context, j + 1), E, L, context, cache)).argmax(-1).tolist()
+    def verify(j):
+        cache.write_exit(at(j), model.run_blocks(model.tok_embeddings(one), 0, E, at(j), cache))
+        model.head(model.run_blocks(cache.read_exit(pos, j + 1), E, L, pos, cache)).argmax(-1).tolist()
 
-    fns = {"draft": draft_step, 0: lambda: verify(0), k: lambda: verify(k)}
+    fns = {"ar_step": ar_step, "draft_step": draft_step, "verify_0": lambda: verify(0), f"verify_{k}": lambda: verify(k)}
     times = {name: [] for name in fns}
     for fn in fns.values():
         fn()  # warm-up
-    for _ in range(repeats):
+    for _ in range(repeats):  # interleaved: a slow moment of the machine hits every piece alike
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(t) for name, t in times.items()}
-    return (med["draft"] + (med[k] - med[0]) / k) / med[0]
+    ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
+    ms["cost_ratio"] = (ms["draft_step"] + (ms[f"verify_{k}"] - ms["verify_0"]) / k) / ms["verify_0"]
+    return ms
 
 
 def peer_batch_decode(hf, stop_ids):
@@ -560,7 +568,8 @@ def run_batches(args, model, tok, setting: dict, prompts: list[str], peer=None) 
     sizes = sorted(set(args.batch_sizes))
     ids = [crop_prompt(model, tok.encode(p), args.max_new_tokens) for p in prompts]
     base = setting.get("draft_cost")
-    ratio = {B: batch_cost_ratio(model, setting["exit_layer"], B) for B in sizes} if base else {}
+    costs = {B: batch_costs(model, setting["exit_layer"], B) for B in sizes}
+    ratio = {B: costs[B]["cost_ratio"] for B in sizes}
     settings = {B: dict(setting, draft_cost=round(min(1.0, base * ratio[B] / ratio[sizes[0]]), 3)) if base
                 else setting for B in sizes}
     decoders = {"autoregressive": lambda prompts, B: ls.generate(
@@ -596,7 +605,7 @@ def run_batches(args, model, tok, setting: dict, prompts: list[str], peer=None) 
     reference = outputs[("autoregressive", sizes[0])]
     results = {}
     for B in sizes:
-        row = {"draft_cost": settings[B].get("draft_cost"), "cost_ratio": ratio.get(B),
+        row = {"draft_cost": settings[B].get("draft_cost"), "costs_ms": costs[B],
                "tokens_per_round": sum(map(len, outputs[("self_speculative", B)])) / rounds[("self_speculative", B)],
                "identical": all(outputs[(name, B)] == reference for name in ("autoregressive", "self_speculative")),
                "speedup": statistics.median(s / a for s, a in zip(tps[("self_speculative", B)],
@@ -626,6 +635,18 @@ def print_batches(results: dict, n_prompts: int, max_new_tokens: int, repeats: i
               f"{'yes' if r['identical'] else 'NO'} |"
               + (f" {r[f'{PEER_AR}_tokens_per_s']:.1f}{'' if r['transformers_identical'] else ' (differs)'} |"
                  if peers else ""))
+
+
+def print_batch_costs(results: dict):
+    """The pieces of a round at each batch size, in autoregressive steps of that batch size: what the speedup is
+    made of (bench.batch_costs)."""
+    print("\nThe pieces of a round, per batch size (rows at different lengths), in autoregressive steps of that batch:")
+    print("| batch | autoregressive step | draft step | verification, no drafts | verification, 4 drafts | draft cost |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for B, r in results.items():
+        c = r["costs_ms"]
+        print(f"| {B} | {c['ar_step']:.1f} ms | {c['draft_step'] / c['ar_step']:.2f} | {c['verify_0'] / c['ar_step']:.2f} "
+              f"| {c['verify_4'] / c['ar_step']:.2f} | {r['draft_cost']} |")
 
 
 def plot_batches(results: dict, path, title: str):
@@ -940,6 +961,7 @@ def measure_and_report(args, models, setting, processors, prompts, report, peer=
     if args.batch_sizes:
         report["batches"] = run_batches(args, model, tok, setting, prompts, peer)
         print_batches(report["batches"], len(prompts), args.max_new_tokens, args.repeats)
+        print_batch_costs(report["batches"])
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
         plot_batches(report["batches"], Path(args.out_dir) / "batch.png", f"{len(prompts)} {args.prompts} prompts, "
                      f"{args.max_new_tokens} new tokens, greedy; {report['machine']}")
