@@ -706,8 +706,8 @@ def token_tensor(ids: list[int], model: Transformer) -> torch.Tensor:
 
 class Rows:
     """The sequences decoded together, row b of the batch being seqs[b]. Its first cached[b] tokens have been
-    through every block (their keys and values are in the cache); the rest are the next round's input: the prompt
-    at first, then the newest token. A row whose sequence is done (an EOS, its end) leaves the batch, or hands its
+    through every block (their keys and values are in the cache): all but the newest, which is the next round's
+    input (a new prompt's others go through the blocks at once, alone: start). A row whose sequence is done (an EOS, its end) leaves the batch, or hands its
     place (and its cache row) to the next waiting prompt when at most batch_size are decoded at once. With one
     sequence all of this is plain decoding; Positions handles rows at different lengths."""
 
@@ -729,7 +729,8 @@ class Rows:
         i = self.waiting.pop()
         prompt = list(self.prompts[i])
         if len(prompt) > 1:
-            self.model.run_blocks(self.embed([prompt[:-1]]), 0, self.blocks, 0, self.cache.rows(b))
+            self.model.run_blocks(self.model.tok_embeddings(token_tensor(prompt[:-1], self.model)), 0, self.blocks,
+                                  0, self.cache.rows(b))
         row = (i, prompt, self.all_ends[i], self.all_samplers[i], len(prompt) - 1)
         for name, value in zip(("ids", "seqs", "ends", "samplers", "cached"), row):
             getattr(self, name)[b:b + 1] = [value]
@@ -742,19 +743,9 @@ class Rows:
         pos = [c + (offsets[b] if offsets else 0) for b, c in enumerate(self.cached)]
         return pos[0] if len(set(pos)) == 1 else pos
 
-    def embed(self, tokens: list[list[int]]) -> torch.Tensor:
-        """Each row's tokens, right-padded to one [B, T, dim] tensor."""
-        T = max(map(len, tokens))
-        ids = torch.tensor([t + [0] * (T - len(t)) for t in tokens], device=self.model.tok_embeddings.weight.device)
-        return self.model.tok_embeddings(ids)
-
-    def last(self, h, lengths: list[int], n: int = 1) -> torch.Tensor:
-        """Row b's n hidden states ending at its own last real position lengths[b] - 1: [B, n, dim]. A row with
-        fewer than n real positions (shorter rounds) is padded with its last one; the caller reads what it needs."""
-        if len(h) == 1:
-            return h[:, lengths[0] - n:lengths[0]]
-        t = torch.tensor(lengths, device=h.device)[:, None] - n + torch.arange(n, device=h.device)
-        return h[torch.arange(len(h), device=h.device)[:, None], t.clamp(min=0, max=h.shape[1] - 1)]
+    def embed(self, tokens: list[int]) -> torch.Tensor:
+        """One token per row, [B, 1, dim]."""
+        return self.model.tok_embeddings(torch.tensor(tokens, device=self.model.tok_embeddings.weight.device)[:, None])
 
     def advance(self, events: list["Round"]) -> list[Optional["Round"]]:
         """Append each row's round and roll back: slots after the accepted tokens hold rejected drafts and are
@@ -782,9 +773,9 @@ class Rows:
 def autoregressive_rounds(model, rows: Rows, E: int) -> Iterator[list]:
     """One token per row and round from blocks 0..E-1: E = L is plain autoregressive decoding, E < L early exit."""
     while rows:
-        x = [seq[c:] for seq, c in zip(rows.seqs, rows.cached)]  # tokens not yet seen by any block
+        x = [seq[-1] for seq in rows.seqs]  # each row's newest token, the only one not yet through the blocks
         h = model.run_blocks(rows.embed(x), 0, E, rows.positions(), rows.cache)
-        logits = model.head(rows.last(h, list(map(len, x)))[:, 0])  # [B, vocab]: after each row's last token
+        logits = model.head(h[:, 0])  # [B, vocab]
         yield rows.advance([Round(drafted=[], accepted=0, token=sampler.sample(row, seq)[0])
                             for sampler, row, seq in zip(rows.samplers, logits, rows.seqs)])
 
@@ -799,24 +790,24 @@ def self_speculative_rounds(model, rows: Rows, E: int, num_speculations: int, ke
         # KV and keeps the exit states x_E of its input for verification. d shrinks so that a round can never
         # emit more than max_new_tokens or pass the context window. A row stops drafting at d, at an EOS draft or
         # when its stop rule says so; its last draft still needs blocks 0..E-1 (its KV and exit state), so a row
-        # steps once more after its last draft. In a batch the rows step together until all are done, the rows
-        # already done on padding (their x is empty).
+        # steps once more after its last draft. In a batch the rows step together until every row is done; a row
+        # done early steps on a copy of its last token at its next free slot (padding: Positions).
         d = [min(num_speculations, end - len(seq) - 1) for seq, end in zip(rows.seqs, rows.ends)]
-        x = [seq[c:] for seq, c in zip(rows.seqs, rows.cached)]  # tokens not yet seen by any block
+        x = [seq[-1] for seq in rows.seqs]  # each row's newest token, the only one not yet through the blocks
+        pending = [True] * B  # rows whose x still needs blocks 0..E-1
         drafting = [db > 0 for db in d]
         seen = [0] * B  # tokens of this round that blocks 0..E-1 have seen, per row
         drafts, draft_probs, confidences = [[] for _ in range(B)], [[] for _ in range(B)], [[] for _ in range(B)]
-        while any(x):
+        while any(pending):
             pos = rows.positions(seen)
-            h = model.run_blocks(rows.embed([t or [0] for t in x]), 0, E, pos, rows.cache)
+            h = model.run_blocks(rows.embed(x), 0, E, pos, rows.cache)
             rows.cache.write_exit(pos, h)
-            lengths = list(map(len, x))
-            seen = [s + n for s, n in zip(seen, lengths)]
-            sampling = [b for b in range(B) if lengths[b] and drafting[b]]  # rows that draft one more token
-            x = [[] for _ in range(B)]
+            seen = [s + p for s, p in zip(seen, pending)]
+            sampling = [b for b in range(B) if pending[b] and drafting[b]]  # rows that draft one more token
+            pending = [False] * B
             if not sampling:
                 continue
-            logits = model.head(rows.last(h, lengths)[sampling, 0])  # [rows drafting, vocab]
+            logits = model.head(h[sampling, 0])  # [rows drafting, vocab]
             samplers = [rows.samplers[b] for b in sampling]
             if all(s.plain_greedy for s in samplers):  # one argmax for every row
                 picks = [(token, None) for token in logits.argmax(-1).tolist()]
@@ -830,18 +821,17 @@ def self_speculative_rounds(model, rows: Rows, E: int, num_speculations: int, ke
                 draft_probs[b].append(probs)
                 if keep_drafting is not None:
                     confidences[b].append(float(probs[token]) if probs is not None else greedy_confidence[i])
-                x[b] = [token]
-            able = [bool(x[b]) and len(drafts[b]) < d[b] and drafts[b][-1] not in rows.stop for b in range(B)]
+                x[b], pending[b] = token, True
+            able = [pending[b] and len(drafts[b]) < d[b] and drafts[b][-1] not in rows.stop for b in range(B)]
             drafting = able if keep_drafting is None else keep_drafting(confidences, able)
-        # Verify: blocks E..L-1 run once over every position of the round (x and the drafts), starting from the
-        # cached exit states; the verifier predicts after x and after each draft.
+        # Verify: blocks E..L-1 run once over the round's positions (its first token and the drafts), starting
+        # from the cached exit states; row b's verifier predicts after each of its n = seen[b] tokens.
         pos = rows.positions()
         h = model.run_blocks(rows.cache.read_exit(pos, max(seen)), E, L, pos, rows.cache)
-        n = [len(t) + 1 for t in drafts]
-        logits = model.head(rows.last(h, seen, max(n)))  # [B, max(n), vocab]; row b's are its last n[b]
+        logits = model.head(h)  # [B, max(seen), vocab]
         events = []
         for b in range(B):
-            accepted, token = rows.samplers[b].verify(drafts[b], draft_probs[b], logits[b, -n[b]:], rows.seqs[b])
+            accepted, token = rows.samplers[b].verify(drafts[b], draft_probs[b], logits[b, :seen[b]], rows.seqs[b])
             if accepted and drafts[b][accepted - 1] in rows.stop:
                 token = None  # an accepted EOS draft ends the text: no token after it
             events.append(Round(drafted=drafts[b], accepted=accepted, token=token))
