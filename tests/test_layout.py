@@ -23,14 +23,15 @@ def our_imports(path) -> set:
 
 def test_imports_flow_one_way():
     """layerskip.py imports nothing of ours, model_io.py only layerskip.py, common.py only those two (and the
-    corpus package for prompt sets); no script imports a script, and nothing imports the lab record."""
+    corpus package for prompt sets, which may read a checkpoint's tokenizer with model_io); no script imports a
+    script, and nothing imports the lab record."""
     for i, name in enumerate(LIBRARY):
         allowed = set(LIBRARY[:i]) | ({"data"} if name == "common" else set())
         assert our_imports(ROOT / f"{name}.py") <= allowed, name
     for name in SCRIPTS:
         assert our_imports(ROOT / f"{name}.py") <= set(LIBRARY) | {"data"}, name
-    for path in (ROOT / "data").rglob("*.py"):
-        assert our_imports(path) <= {"data"}, path
+    for path in (ROOT / "data").rglob("*.py"):  # data/ sits between model_io (a checkpoint's tokenizer) and common
+        assert our_imports(path) <= {"data", "model_io"}, path
 
 
 def test_the_method_file_holds_the_method():
