@@ -20,6 +20,7 @@ def alone(model, prompts, max_new_tokens, **kw):
     return [ls.generate(model, p, m, **kw).tokens for p, m in zip(prompts, budgets)]
 
 
+@pytest.mark.method
 @pytest.mark.parametrize("B", [1, 2, 5, 16])
 def test_batched_greedy_equals_each_prompt_alone(B):
     """Ragged prompts x strategies x exits {1, middle, L-1} x d {1, 4, 8}: every row equals its batch-1 run,
@@ -42,6 +43,7 @@ def test_batched_greedy_equals_each_prompt_alone(B):
                     assert [g.tokens for g in got] == want, (B, E, d, kw, m)
 
 
+@pytest.mark.method
 def test_rows_that_stop_at_eos_in_drafts_and_as_the_verifier_token():
     """The EOS paths are really exercised in a batch: some rows accept an EOS draft, some stop on the verifier's
     EOS, while other rows of the same batch go on; every row still equals its run alone."""
@@ -65,6 +67,7 @@ def test_rows_that_stop_at_eos_in_drafts_and_as_the_verifier_token():
     assert len({len(w) for w in want}) > 3  # rows really finished at different lengths
 
 
+@pytest.mark.method
 def test_stop_rules_and_processors_per_row():
     """The confidence threshold and the cost-model stop act per row (rows draft different numbers of tokens in
     the same round), and the logits processors read each row's own context: rows still equal their runs alone."""
@@ -81,6 +84,7 @@ def test_stop_rules_and_processors_per_row():
             assert any(len({len(e.drafted) for e in r if e}) > 1 for r in rounds)
 
 
+@pytest.mark.method
 def test_a_batch_runs_as_one():
     """Counts of work: each round calls every block once for the whole batch (drafting: blocks 0..E-1 once per
     draft step; verification: blocks E..L-1 once), not once per row; finished rows leave the batch."""
@@ -110,6 +114,7 @@ def test_a_batch_runs_as_one():
     assert rows[prefills] == B and rows[-1] == 1
 
 
+@pytest.mark.method
 def test_batched_sampling_keeps_the_full_models_distribution():
     """Sampled rows of a batch: the first two tokens of every row follow the full model's distribution (chi-square
     over 2,000 batches of 4 rows, each row its own random stream), and the draft's own distribution is rejected."""
@@ -137,6 +142,7 @@ def test_batched_sampling_keeps_the_full_models_distribution():
     assert chi_square(counts, p_draft)[0] > 10 * bound
 
 
+@pytest.mark.method
 def test_a_sampled_row_is_its_own_seeded_stream():
     """Row b with seed s + b draws what prompt b alone draws with that seed (the rows' random streams are apart)."""
     model = tiny_model(n_layers=4, seed=6)
@@ -158,6 +164,7 @@ def test_bad_batches():
     assert [g.tokens for g in ls.generate(model, [[1], [2, 3]], [0, 2])][0] == []
 
 
+@pytest.mark.method
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_at_most_batch_size_at_once(batch_size):
     """batch_size B: at most B rows decode at once, a waiting prompt taking each finished row's place (and its

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 import layerskip as ls
 
+pytestmark = pytest.mark.method  # the whole file: `pytest -m method` checks the method alone
+
 
 def tiny_model(n_layers=4, vocab_size=32, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=64, seed=0,
                dtype=torch.float64, spread=4.0, **kw):
