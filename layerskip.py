@@ -765,7 +765,8 @@ class Rows:
         if len(keep) < len(events):
             for name in ("ids", "seqs", "ends", "samplers", "cached"):
                 setattr(self, name, [getattr(self, name)[b] for b in keep])
-            self.cache.keep(keep)
+            if keep:  # the last rows finishing end decoding: nothing to keep
+                self.cache.keep(keep)
         return out
 
 
