@@ -41,7 +41,7 @@ from types import SimpleNamespace
 import layerskip as ls
 from batcher import Batcher, Busy
 from common import ArgumentParser, decoding_settings, int_range, interleaved_runs, round_pieces, unfinished_tail
-from model_io import load_model, token_texts
+from model_io import INSTALLED_MODELS, chat_prompt, installed_model, load_model, token_texts
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = "checkpoints/layerskip-python-deep.pt"  # selected at start; the menu lists every checkpoints/*.pt
@@ -171,7 +171,10 @@ _served = set()  # resolved paths given at launch (build_demo's checkpoints), se
 
 
 def resolve(path: str) -> Path:
-    """A checkpoint path as typed, or relative to the repository if it is not found from here."""
+    """A checkpoint path as typed, or relative to the repository if it is not found from here; a short name of an
+    installed model (model_io.INSTALLED_MODELS, e.g. smollm2) is its file."""
+    if str(path).strip() in INSTALLED_MODELS:
+        return installed_model(str(path).strip())
     p = Path(str(path).strip()).expanduser()
     if not p.is_absolute() and not p.exists() and (ROOT / p).exists():
         p = ROOT / p
@@ -550,7 +553,7 @@ def plural(n: int, word: str) -> str:
 def generate(checkpoint, prompt, strategy="self_speculative", exit_layer=None, num_speculations=None,
              stop_rule=None, draft_threshold=None, draft_cost=None, draft_gamma=None, temperature=0.0, top_p=1.0,
              max_new_tokens=64, seed=0, rejected="count", repetition_penalty=1.0, no_repeat_ngram_size=0,
-             control=None):
+             chat=False, control=None):
     """The Generate button: yields (text HTML, stats HTML, plain continuation, error text) after every round.
     Exit layer, d and stop rule left None come from common.decoding_settings (the stored recommendation). control
     is the session's dict that Stop sets control["stop"] in: decoding then ends after the round on screen and
@@ -566,7 +569,9 @@ def generate(checkpoint, prompt, strategy="self_speculative", exit_layer=None, n
                                  draft_cost, draft_gamma, temperature, top_p, seed, repetition_penalty,
                                  no_repeat_ngram_size)
         rejected = check_view(rejected)
-        prompt_ids = tok.encode(prompt)
+        if chat not in (True, False):
+            raise ValueError(f"chat is true or false, got {chat!r}")
+        prompt_ids = chat_prompt(tok, prompt)[1] if chat else tok.encode(prompt)  # the model's own template
         rounds = decode_pieces(model, tok, prompt_ids, max_new_tokens, **settings)  # checks the rest, here
     except (ValueError, OSError, Busy) as e:  # CheckpointError is a ValueError; so are generate_stream's checks
         yield unchanged(), unchanged(), unchanged(), error_text(e)
@@ -935,7 +940,11 @@ def settings_and_tabs(ui, init):
 
     L, rule = init["n_layers"], init["stop_rule"]
     with gr.Column(elem_id="col_settings"):
-        ui.strategy = gr.Radio(list(ls.STRATEGIES), value="self_speculative", label="strategy", elem_id="strategy")
+        with gr.Row():
+            ui.strategy = gr.Radio(list(ls.STRATEGIES), value="self_speculative", label="strategy", elem_id="strategy",
+                                   scale=4)
+            ui.chat = gr.Checkbox(False, label="chat: the prompt as a user message, in the model's template",
+                                  elem_id="chat", scale=1)
         with gr.Row():  # the exit, d, and the boxes of the stop rule chosen below
             ui.exit_layer = box(init["exit_layer"], f"exit layer E (1–{L})", "exit_layer", 1, L, whole=True)
             ui.num_spec = box(init["num_speculations"], "drafts per round d (at most)", "num_spec", 1,
@@ -1003,7 +1012,7 @@ def wire(demo, ui):
     processors = [ui.repetition, ui.ngram]
     drafting = [ui.exit_layer, ui.num_spec, *rule]
     gen_inputs = [ui.checkpoint, ui.prompt, ui.strategy, *drafting, ui.temperature, ui.top_p, ui.max_new, ui.seed,
-                  ui.rejected, *processors, ui.control]
+                  ui.rejected, *processors, ui.chat, ui.control]
     gen_outputs = [ui.out, ui.stats, ui.text, ui.error]
     # Generation: one request at a time (--batch_size 1), or as many at once as may wait, joined into batches
     generating = model_events if BATCHER is None else dict(concurrency_id="generate", concurrency_limit=MAX_QUEUE,
@@ -1060,7 +1069,11 @@ def main(argv=None):
         import torch
         torch.set_num_threads(threads)
     for c in args.checkpoint:
-        if not resolve(c).exists():
+        try:
+            path = resolve(c)  # a short name whose package is missing says which pip command brings it
+        except ValueError as e:
+            parser.error(str(e))
+        if not path.exists():
             print(f"note: {c} does not exist yet; the app starts anyway. Pick another model in it, or train one "
                   f"(python train.py --preset toy) and pass --checkpoint out/toy/model.pt", file=sys.stderr)
     build_demo(args.checkpoint).launch(server_name=args.host, server_port=args.port, share=args.share)

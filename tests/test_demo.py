@@ -645,14 +645,15 @@ def test_api_calls_with_bad_values_get_a_clear_error_and_no_traceback(app_url, t
              ["parameters"]]
     assert names == ["checkpoint", "prompt", "strategy", "exit_layer", "num_speculations", "stop_rule",
                      "draft_threshold", "draft_cost", "draft_gamma", "temperature", "top_p", "max_new_tokens", "seed",
-                     "rejected", "repetition_penalty", "no_repeat_ngram_size"]
+                     "rejected", "repetition_penalty", "no_repeat_ngram_size", "chat"]
     ck = str(tiny_checkpoint)
     cases = {"unknown strategy 'beam'": dict(strategy="beam"),
              "max new tokens must be a whole number in 1..512, got 100000": dict(max_new_tokens=100000),
              "exit layer E must be a whole number in 1..4, got 999": dict(exit_layer=999),
              "temperature (0 = greedy) must be a number in [0, 2], got 'hot'": dict(temperature="hot"),
              "the stop rule must be one of fixed, threshold, cost, got 'auto'": dict(stop_rule="auto"),
-             "no-repeat n-gram size (0 = off) must be a whole number in 0..32, got -2": dict(no_repeat_ngram_size=-2)}
+             "no-repeat n-gram size (0 = off) must be a whole number in 0..32, got -2": dict(no_repeat_ngram_size=-2),
+             "this model has no chat template": dict(chat=True)}
     capfd.readouterr()
     for message, change in cases.items():
         job = client.submit(ck, VERSE, **change, api_name="/generate")
@@ -1061,3 +1062,29 @@ def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, app_url, dem
     page.locator("#sweep").evaluate("e => e.scrollIntoView()")
     page.wait_for_timeout(500)  # the plots redraw at the new width
     page.screenshot(path=screenshot(tmp_path, "demo_sweep_820.png"))
+
+
+def test_chat_wraps_the_prompt_in_the_models_template(tiny_checkpoint, monkeypatch):
+    """chat=True: the prompt goes in as a user message under the model's chat template (the text decoded is the
+    continuation of the templated prompt, as layerskip.generate decodes it); a model without a template refuses
+    in one line of error text and runs nothing."""
+    from model_io import chat_prompt
+    model, tok = demo_app.get_model(str(tiny_checkpoint))
+    *_, error = list(demo_app.generate(str(tiny_checkpoint), "Hello", chat=True, max_new_tokens=8))[-1]
+    assert "no chat template" in error and "\n" not in error
+    monkeypatch.setattr(tok, "chat_template", "{% for m in messages %}USER: {{ m['content'] }}\n{% endfor %}BOT:")
+    frames = list(demo_app.generate(str(tiny_checkpoint), "Hello", strategy="autoregressive", chat=True,
+                                    max_new_tokens=8))
+    out_html, _, text, error = frames[-1]
+    text_in, ids = chat_prompt(tok, "Hello")
+    assert text_in == "USER: Hello\nBOT:" and error == ""
+    g = ls.generate(model, ids, 8, eos_id=tok.stop_ids)
+    assert text == tok.decode(ids + g.tokens)[len(tok.decode(ids)):]
+    assert "USER: Hello" in unescape(out_html)  # the page shows the prompt as the model saw it
+
+
+def test_short_names_of_installed_models_resolve_to_their_file(tmp_path, monkeypatch):
+    """--checkpoint smollm2 (model_io.INSTALLED_MODELS) serves the installed file; other names stay paths."""
+    monkeypatch.setattr(demo_app, "installed_model", lambda name: tmp_path / f"{name}.gguf")
+    assert demo_app.resolve("smollm2") == tmp_path / "smollm2.gguf"
+    assert demo_app.resolve("checkpoints/x.pt") == Path("checkpoints/x.pt")
