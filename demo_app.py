@@ -940,11 +940,9 @@ def settings_and_tabs(ui, init):
 
     L, rule = init["n_layers"], init["stop_rule"]
     with gr.Column(elem_id="col_settings"):
-        with gr.Row():
-            ui.strategy = gr.Radio(list(ls.STRATEGIES), value="self_speculative", label="strategy", elem_id="strategy",
-                                   scale=4)
-            ui.chat = gr.Checkbox(False, label="chat: the prompt as a user message, in the model's template",
-                                  elem_id="chat", scale=1)
+        ui.strategy = gr.Radio(list(ls.STRATEGIES), value="self_speculative", label="strategy", elem_id="strategy")
+        ui.chat = gr.Checkbox(False, label="chat: the prompt as a user message, in the model's chat template",
+                              elem_id="chat", container=False)
         with gr.Row():  # the exit, d, and the boxes of the stop rule chosen below
             ui.exit_layer = box(init["exit_layer"], f"exit layer E (1–{L})", "exit_layer", 1, L, whole=True)
             ui.num_spec = box(init["num_speculations"], "drafts per round d (at most)", "num_spec", 1,
