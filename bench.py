@@ -280,6 +280,11 @@ def peer_setting(hf) -> dict:
             "transformers_defaults": unset}
 
 
+def up_to_stop(tokens: list, stop_ids) -> list:
+    """tokens up to and including the first stop id (transformers pads a finished row on after it)."""
+    return tokens[:next((k + 1 for k, t in enumerate(tokens) if t in stop_ids), len(tokens))]
+
+
 def peer_decode(hf, stop_ids, **generate_kwargs):
     """A decode function for common.interleaved_runs: transformers' greedy generate on our token ids, stopping at
     our stop ids, as an ls.Generation of the new tokens up to and including the first stop id. It reports no
@@ -292,9 +297,8 @@ def peer_decode(hf, stop_ids, **generate_kwargs):
         out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=max_new_tokens,
                           eos_token_id=stops, pad_token_id=stops[0], **generate_kwargs)
         seconds = time.perf_counter() - start
-        tokens = out[0, len(ids):].tolist()
-        end = next((k + 1 for k, t in enumerate(tokens) if t in stop_ids), len(tokens))
-        return ls.Generation(tokens=tokens[:end], seconds=seconds, rounds=0, drafted=0, accepted=0)
+        return ls.Generation(tokens=up_to_stop(out[0, len(ids):].tolist(), stop_ids), seconds=seconds, rounds=0,
+                             drafted=0, accepted=0)
     return decode
 
 
@@ -522,12 +526,11 @@ def batch_costs(model, E: int, B: int, context: int = 128, k: int = 4, repeats: 
         model.head(model.run_blocks(model.tok_embeddings(one), 0, L, pos, cache)[:, -1]).argmax(-1).tolist()
 
     def draft_step():
-        h = model.run_blocks(model.tok_embeddings(one), 0, E, pos, cache)
-        cache.write_exit(pos, h)
+        h = model.run_blocks(model.tok_embeddings(one), 0, E, pos, cache, keep_exit=True)
         model.head(h[:, -1]).argmax(-1).tolist()
 
     def verify(j):
-        cache.write_exit(at(j), model.run_blocks(model.tok_embeddings(one), 0, E, at(j), cache))
+        model.run_blocks(model.tok_embeddings(one), 0, E, at(j), cache, keep_exit=True)
         model.head(model.run_blocks(cache.read_exit(pos, j + 1), E, L, pos, cache)).argmax(-1).tolist()
 
     fns = {"ar_step": ar_step, "draft_step": draft_step, "verify_0": lambda: verify(0), f"verify_{k}": lambda: verify(k)}
@@ -555,7 +558,7 @@ def peer_batch_decode(hf, stop_ids):
         mask = torch.tensor([[0] * (T - len(ids)) + [1] * len(ids) for ids in batch])
         out = hf.generate(x, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
                           eos_token_id=stops, pad_token_id=stops[0])[:, T:].tolist()
-        return [row[:next((k + 1 for k, t in enumerate(row) if t in stop_ids), len(row))] for row in out]
+        return [up_to_stop(row, stop_ids) for row in out]
     return decode
 
 

@@ -407,7 +407,7 @@ def run_batch(args, model, tokenizer, dec: dict, prompts: list[str]):
     if args.compare:
         ar_seconds, identical = 0.0, 0
         for b, (prompt_ids, g) in enumerate(zip(ids, gens)):
-            kw = dict(sampling(args), seed=None if args.seed is None else args.seed + b)
+            kw = dict(sampling(args), seed=args.seed + b)  # row b's own stream, as in the batch
             ar = ls.generate(model, prompt_ids, args.max_new_tokens, eos_id=tokenizer.stop_ids, **kw)
             ar_seconds += ar.seconds
             verdict = compare_verdict(ar.tokens, g.tokens, args.temperature, model.tok_embeddings.weight.dtype)

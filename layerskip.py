@@ -215,15 +215,18 @@ class Transformer(nn.Module):
         """The LM head g shared by every exit: final RMSNorm, then the output projection (trap: never skip the norm)."""
         return at_least_fp32(self.output(self.norm(h)))
 
-    def run_blocks(self, h, start: int, end: int, pos=0, cache=None):
+    def run_blocks(self, h, start: int, end: int, pos=0, cache=None, keep_exit: bool = False):
         """Blocks start..end-1 on hidden states h [B, T, dim] at positions pos..pos+T-1, reading and writing the
         KV cache if one is given. One function for prefill, drafting (0..E-1) and verification (E..L-1). pos is
-        one int for every row, or a list with each row's own (rows of a batch at different lengths: Positions)."""
+        one int for every row, or a list with each row's own (rows of a batch at different lengths: Positions).
+        keep_exit: also keep the output, block end-1's, as the exit states of these positions (cache.exit_h)."""
         where = Positions(pos, h.shape[1], h.device, self.params.max_seq_len)
         rope = where.rope(self.rope_rotations)
         mask = where.mask(h.dtype) if cache is not None else None
         for l in range(start, end):
             h = self.layers[l](h, rope, cache.kv[l] if cache is not None else None, where, mask)
+        if keep_exit:
+            where.write(cache.exit_h, h, dim=1)
         return h
 
     def forward(self, tokens, targets=None, *, exit_weights=None, drop_rates=None, seed=0, step=0):
@@ -416,10 +419,6 @@ class Cache:
             mine.k, mine.v = kv.k[b:b + 1], kv.v[b:b + 1]
         view.exit_h = self.exit_h[b:b + 1]
         return view
-
-    def write_exit(self, pos, h):
-        """Keep the exit states h [B, T, dim] of the tokens at positions pos (Positions' pos)."""
-        Positions(pos, h.shape[1], h.device).write(self.exit_h, h, dim=1)
 
     def read_exit(self, pos, T: int):
         """The exit states of T positions from pos, [B, T, dim]."""
@@ -623,7 +622,7 @@ def generate_stream(model: Transformer, prompt_ids, max_new_tokens, strategy: st
     decode at most this many at once, a waiting prompt taking the place of each one that finishes (default: all
     at once). A prompt's tokens are those of decoding it alone. Bad arguments raise a ValueError that names the problem and the valid
     range here, at the call, before any round is decoded."""
-    batched = isinstance(prompt_ids, (list, tuple)) and len(prompt_ids) > 0 and isinstance(prompt_ids[0], (list, tuple))
+    batched = is_batch(prompt_ids)
     prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
     n = len(prompts)
     budgets = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n
@@ -673,6 +672,11 @@ def generate_stream(model: Transformer, prompt_ids, max_new_tokens, strategy: st
         rows = Rows(model, prompts, ends, samplers, stop, E, 1, batch_size)
         rounds = autoregressive_rounds(model, rows, E)
     return rounds if batched else (events[0] for events in rounds)
+
+
+def is_batch(prompt_ids) -> bool:
+    """Several prompts (a list of id lists), not one (a list of ids)."""
+    return isinstance(prompt_ids, (list, tuple)) and len(prompt_ids) > 0 and isinstance(prompt_ids[0], (list, tuple))
 
 
 def random_stream(seed: Optional[int], device) -> torch.Generator:
@@ -801,8 +805,7 @@ def self_speculative_rounds(model, rows: Rows, E: int, num_speculations: int, ke
         drafts, draft_probs, confidences = [[] for _ in range(B)], [[] for _ in range(B)], [[] for _ in range(B)]
         while any(pending):
             pos = rows.positions(seen)
-            h = model.run_blocks(rows.embed(x), 0, E, pos, rows.cache)
-            rows.cache.write_exit(pos, h)
+            h = model.run_blocks(rows.embed(x), 0, E, pos, rows.cache, keep_exit=True)
             seen = [s + p for s, p in zip(seen, pending)]
             sampling = [b for b in range(B) if pending[b] and drafting[b]]  # rows that draft one more token
             pending = [False] * B
@@ -844,7 +847,7 @@ def generate(model: Transformer, prompt_ids, max_new_tokens, **kwargs):
     prompts (each timed to the round that finished it); takes generate_stream's arguments."""
     start = time.perf_counter()
     stream = generate_stream(model, prompt_ids, max_new_tokens, **kwargs)
-    if not (prompt_ids and isinstance(prompt_ids[0], (list, tuple))):
+    if not is_batch(prompt_ids):
         events = list(stream)
         return Generation.from_events(events, time.perf_counter() - start)
     events, seconds = [[] for _ in prompt_ids], [0.0] * len(prompt_ids)
