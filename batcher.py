@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import layerskip as ls
+from settings import Settings
 
 DONE = object()  # the end of a request's stream
 
@@ -54,7 +55,7 @@ class Batcher:
     def submit(self, model, prompt_ids, max_new_tokens: int, seed: Optional[int] = None, **setting) -> Iterator:
         """Queue a request and return its rounds as they are decoded. Its arguments are checked here, at the call
         (generate_stream's ValueError), and a full waiting line raises Busy, both before anything waits."""
-        ls.generate_stream(model, prompt_ids, max_new_tokens, seed=seed, **setting)  # checks, decodes nothing
+        ls.generate_stream(model, prompt_ids, max_new_tokens, Settings(seed=seed, **setting))  # checks, decodes nothing
         request = Request(model, list(prompt_ids), max_new_tokens, seed, setting)
         with self.lock:
             if len(self.waiting) >= self.max_waiting:
@@ -87,7 +88,7 @@ class Batcher:
             first = batch[0]
             try:
                 stream = ls.generate_stream(first.model, [r.prompt_ids for r in batch], [r.max_new_tokens for r in batch],
-                                            seed=[r.seed for r in batch], **first.setting)
+                                            Settings(seed=[r.seed for r in batch], **first.setting))
                 for rounds in stream:
                     for request, event in zip(batch, rounds):
                         if event is not None:

@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 
 import layerskip as ls
+from settings import Settings
 from common import (MAX_THREADS, ArgumentParser, crop_prompt, decoding_settings, fail, float_range, int_range,
                     interleaved_runs, machine, prompt_set)
 from model_io import CheckpointError, atomic_save, load_checkpoint, load_model
@@ -756,7 +757,7 @@ def check_settings(args, models: dict, setting: dict, processors: dict, prompts=
     for role, (m, _) in models.items():
         which = "" if role == "checkpoint" else f"--{role} {getattr(args, role)}: "
         try:
-            ls.generate_stream(m, [0], 1, **({} if role == "reference" else setting), **processors)
+            ls.generate_stream(m, [0], 1, Settings(**({} if role == "reference" else setting), **processors))
         except ValueError as e:
             fail(f"{which}{e}")
         if args.max_new_tokens >= m.params.max_seq_len:

@@ -1,7 +1,7 @@
 """
 What the scripts share, and nothing of the method. Imports flow one way:
 
-    layerskip.py  <-  model_io.py  <-  common.py  <-  train.py, generate.py, bench.py, eval.py, onpolicy.py,
+    settings.py  <-  layerskip.py  <-  model_io.py  <-  common.py  <-  train.py, generate.py, bench.py, eval.py, onpolicy.py,
                                                       demo_app.py, export.py
 
 Here: one-line errors and flag checks, the decoding setting from a checkpoint's recommendation and the user's
@@ -22,6 +22,7 @@ import torch
 import layerskip as ls
 from layerskip import Round
 from model_io import token_texts
+from settings import DEFAULT_NUM_SPECULATIONS, recommended  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------------------
 # Errors: bad input gets one line that says what to do, exit code 2 (argparse's), and never a traceback.
@@ -81,47 +82,9 @@ def float_range(low: Optional[float] = None, high: Optional[float] = None, low_o
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The decoding setting. bench.py --auto stores the fastest exit layer E, draft length d and draft threshold in a
-# checkpoint (metadata["recommended"]); the command line, the demo and the benchmark all turn that plus the
-# user's choices into generate_stream's arguments with this one rule.
+# The decoding setting: settings.recommended, under the name the scripts have used.
 
-DEFAULT_NUM_SPECULATIONS = 4
-
-
-def recommendation(model) -> dict:
-    """The checkpoint's stored {exit_layer, num_speculations, draft_threshold, draft_cost, draft_gamma}, or {}."""
-    return (getattr(model, "metadata", None) or {}).get("recommended") or {}
-
-
-def decoding_settings(model, strategy: Optional[str] = None, exit_layer: Optional[int] = None,
-                      num_speculations: Optional[int] = None, draft_threshold: Optional[float] = None,
-                      draft_cost: Optional[float] = None, draft_gamma: Optional[float] = None) -> dict:
-    """generate_stream's strategy, exit_layer, num_speculations and stop rule (draft_threshold, or draft_cost and
-    draft_gamma). What the user gave wins (None = not given; a threshold or cost of 0 = off). Without a strategy:
-    self-speculative if an exit layer is given or recommended, else autoregressive. Without an exit layer: the
-    recommended one, else L // 4. The recommended d and stop rule were tuned together at the recommended exit, so
-    they fill in only there, and only when the user named no stop rule; elsewhere d is DEFAULT_NUM_SPECULATIONS and
-    drafting runs to d. draft_gamma, the calibration of the draft's confidences, is the recommended one (else 1)
-    unless given."""
-    rec = recommendation(model)
-    if strategy is None:
-        strategy = "self_speculative" if exit_layer is not None or rec.get("exit_layer") else "autoregressive"
-    if strategy == "autoregressive":
-        return dict(strategy=strategy)
-    if exit_layer is None:
-        exit_layer = rec.get("exit_layer") or max(1, model.params.n_layers // 4)
-    if strategy != "self_speculative":
-        return dict(strategy=strategy, exit_layer=exit_layer)
-    at_recommended = exit_layer == rec.get("exit_layer")
-    if num_speculations is None:
-        num_speculations = (rec.get("num_speculations") if at_recommended else None) or DEFAULT_NUM_SPECULATIONS
-    if (draft_threshold is None and draft_cost is None and at_recommended
-            and num_speculations == rec.get("num_speculations")):
-        draft_threshold, draft_cost = rec.get("draft_threshold"), rec.get("draft_cost")
-    if draft_gamma is None:
-        draft_gamma = rec.get("draft_gamma") or 1.0
-    return dict(strategy=strategy, exit_layer=exit_layer, num_speculations=num_speculations,
-                draft_threshold=draft_threshold or None, draft_cost=draft_cost or None, draft_gamma=draft_gamma)
+decoding_settings = recommended
 
 
 def crop_prompt(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

@@ -39,6 +39,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import layerskip as ls
+from settings import STRATEGIES, Settings
 from batcher import Batcher, Busy
 from common import ArgumentParser, decoding_settings, int_range, interleaved_runs, round_pieces, unfinished_tail
 from model_io import INSTALLED_MODELS, chat_prompt, installed_model, load_model, token_texts
@@ -460,7 +461,7 @@ def decode_pieces(model, tokenizer, prompt_ids, max_new_tokens, **settings):
     far in reading order, kind one of KINDS; text is the decoded continuation, which "".join of the non-rejected
     pieces equals exactly once decoding ends."""
     if BATCHER is None:  # --batch_size 1: one request at a time
-        stream = ls.generate_stream(model, prompt_ids, max_new_tokens, eos_id=tokenizer.stop_ids, **settings)
+        stream = ls.generate_stream(model, prompt_ids, max_new_tokens, Settings(eos_id=tokenizer.stop_ids, **settings))
     else:  # joins the requests that arrive together into one batch; this request's rounds come back live
         stream = BATCHER.submit(model, prompt_ids, max_new_tokens, eos_id=tokenizer.stop_ids, **settings)
     end = min(model.params.max_seq_len, len(prompt_ids) + max_new_tokens)  # where generate_stream stops
@@ -624,7 +625,7 @@ def compare(checkpoint, prompt, exit_layer=None, num_speculations=None, stop_rul
                              draft_cost, draft_gamma, repetition_penalty=repetition_penalty,
                              no_repeat_ngram_size=no_repeat_ngram_size)
         ids = tok.encode(prompt)
-        ls.generate_stream(model, ids, n, **spec)  # checks every argument at the call, before any timing
+        ls.generate_stream(model, ids, n, Settings(**spec))  # checks every argument at the call, before any timing
     except (ValueError, OSError) as e:
         return unchanged(), error_text(e)
     processors = dict(repetition_penalty=spec["repetition_penalty"], no_repeat_ngram_size=spec["no_repeat_ngram_size"])
@@ -746,7 +747,7 @@ def sweep(checkpoint, prompt, exit_layer=None, num_speculations=None, stop_rule=
         spec = read_settings(model, "self_speculative", exit_layer, num_speculations, stop_rule, draft_threshold,
                              draft_cost, draft_gamma, repetition_penalty=repetition_penalty,
                              no_repeat_ngram_size=no_repeat_ngram_size)
-        ls.generate_stream(model, tok.encode(prompt), n, **spec)  # checks every argument at the call
+        ls.generate_stream(model, tok.encode(prompt), n, Settings(**spec))  # checks every argument at the call
     except (ValueError, OSError) as e:
         yield unchanged(), unchanged(), unchanged(), error_text(e)
         return
@@ -940,7 +941,7 @@ def settings_and_tabs(ui, init):
 
     L, rule = init["n_layers"], init["stop_rule"]
     with gr.Column(elem_id="col_settings"):
-        ui.strategy = gr.Radio(list(ls.STRATEGIES), value="self_speculative", label="strategy", elem_id="strategy")
+        ui.strategy = gr.Radio(list(STRATEGIES), value="self_speculative", label="strategy", elem_id="strategy")
         ui.chat = gr.Checkbox(False, label="chat: the prompt as a user message, in the model's chat template",
                               elem_id="chat", container=False)
         with gr.Row():  # the exit, d, and the boxes of the stop rule chosen below

@@ -42,6 +42,7 @@ from typing import Optional
 import torch
 
 import layerskip as ls
+from settings import STRATEGIES, Settings
 from common import (DEFAULT_NUM_SPECULATIONS, ArgumentParser, decoding_settings, fail, float_range, int_range,
                     round_pieces, unfinished_tail)
 from model_io import INSTALLED_MODELS, CheckpointError, chat_prompt, load_model
@@ -89,7 +90,7 @@ def parse_args(argv=None):
     p.add_argument("--chat", action="store_true",
                    help="send the prompt as a user message under the checkpoint's chat template and decode the "
                         "answer, up to its end-of-turn token (instruct models only)")
-    p.add_argument("--strategy", choices=ls.STRATEGIES,
+    p.add_argument("--strategy", choices=STRATEGIES,
                    help="decoding strategy (default: self_speculative with --exit or a recommended exit, "
                         "else autoregressive)")
     p.add_argument("--exit", "--exit_layer", dest="exit_layer", type=int_range(1),
@@ -375,8 +376,8 @@ def run_batch(args, model, tokenizer, dec: dict, prompts: list[str]):
     each row against its own autoregressive run, and the batch's throughput against those runs'."""
     chats = [chat_prompt(tokenizer, p) for p in prompts] if args.chat else [(p, tokenizer.encode(p)) for p in prompts]
     ids = [i for _, i in chats]
-    stream = ls.generate_stream(model, ids, args.max_new_tokens, eos_id=tokenizer.stop_ids,
-                                batch_size=args.batch_size, **dec, **sampling(args))  # checks every row first
+    stream = ls.generate_stream(model, ids, args.max_new_tokens,  # checks every row first
+                                Settings(eos_id=tokenizer.stop_ids, **dec, **sampling(args)), args.batch_size)
     colour = sys.stdout.isatty()
     print_header(args, model, tokenizer, dec, max(ids, key=len), colour)
     B = min(args.batch_size or len(ids), len(ids))
@@ -443,8 +444,8 @@ def run(args):
         prompt_ids = tokenizer.encode(prompt)
     # generate_stream checks every argument at the call (exit layer, a prompt too long for the context, ...):
     # bad input stops here, before anything is printed
-    stream = ls.generate_stream(model, prompt_ids, args.max_new_tokens, eos_id=tokenizer.stop_ids, **dec,
-                                **sampling(args))
+    stream = ls.generate_stream(model, prompt_ids, args.max_new_tokens,
+                                Settings(eos_id=tokenizer.stop_ids, **dec, **sampling(args)))
     colour = sys.stdout.isatty()
     print_header(args, model, tokenizer, dec, prompt_ids, colour)
     if args.compare:  # warm up both strategies (allocator, kernels) so that neither pays first-call costs

@@ -26,11 +26,13 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from settings import Settings
 
 
 
@@ -230,38 +232,17 @@ class Transformer(nn.Module):
         return h
 
     def forward(self, tokens, targets=None, *, exit_weights=None, drop_rates=None, seed=0, step=0):
-        """Without targets: the last layer's logits [B, T, vocab]. With targets: (loss, {block: its exit's CE}),
-        where loss = sum_l exit_weights[l] * CE(g(x_{l+1}), targets) (eq. 5; default: last layer only) and, in
-        training mode, block l is skipped for a sample with probability drop_rates[l] (eq. 1), drawn from
-        (seed, step, l): pass a counter that is unique per micro-batch as step. The layer loop is run_blocks'
-        loop with layer dropout and the exits added."""
-        B, T = tokens.shape
+        """Without targets: the last layer's logits [B, T, vocab]. With targets, the training loss: (loss, {block l:
+        its exit's CE}), the early-exit loss (eq. 5, section 3) over the blocks' outputs under layer dropout (eq. 1,
+        section 2). drop_rates[l]: block l's skip probability, in training mode only (default: none); exit_weights
+        {l: weight} (default: the last layer alone); seed and step key the dropout draws: pass a step that is unique
+        per micro-batch."""
         h = self.tok_embeddings(tokens)
         if targets is None:
             return self.head(self.run_blocks(h, 0, len(self.layers)))
-        rope = Positions(0, T, h.device, self.params.max_seq_len).rope(self.rope_rotations)
-        exit_weights = exit_weights or {len(self.layers) - 1: 1.0}
-        loss, exit_losses = 0.0, {}
-        self.last_skips = torch.zeros(len(self.layers), B, dtype=torch.bool)  # what was drawn, for checks
-        for l, layer in enumerate(self.layers):
-            p = drop_rates[l] if (drop_rates is not None and self.training) else 0.0
-            if p > 0:  # eq. 1: x_{l+1} = x_l + M(p) f_l(x_l), per sample, no 1/(1-p) rescaling
-                self.last_skips[l] = layer_dropout_mask(B, p, seed, step, l)
-                kept = (~self.last_skips[l]).nonzero().squeeze(1).to(h.device)
-                if len(kept) == B:
-                    h = layer(h, rope)
-                elif len(kept) > 0:  # run block l only on the kept rows: a real compute saving
-                    h = h.index_copy(0, kept, layer(h[kept], rope))
-                # else: every sample skips block l, h passes through unchanged
-            else:
-                h = layer(h, rope)
-            w = exit_weights.get(l, 0.0)
-            if w > 0:  # eq. 5, one exit at a time: no stacked [exits, B, T, vocab] tensor (autograd still keeps
-                # each trained exit's [B*T, vocab] softmax until backward, so memory grows with the exits)
-                ce = F.cross_entropy(self.head(h).flatten(0, 1), targets.flatten(), ignore_index=-1)
-                loss = loss + w * ce
-                exit_losses[l] = ce.detach()
-        return loss, exit_losses
+        rates = drop_rates if drop_rates is not None and self.training else [0.0] * len(self.layers)
+        outputs = layer_dropout(self.layers, h, self.rope_rotations[:tokens.shape[1]], rates, seed, step)
+        return early_exit_loss(self.head, outputs, targets, exit_weights or {len(self.layers) - 1: 1.0})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -286,6 +267,24 @@ def layer_dropout_mask(batch: int, p: float, seed: int, step: int, layer: int) -
     return torch.rand(batch, generator=g) < p  # True = skip
 
 
+def layer_dropout(blocks, h, rope, rates: list[float], seed: int, step: int):
+    """Run the blocks on h [B, T, dim] with layer dropout, yielding each block's output x_{l+1} in turn. Eq. 1:
+    x_{l+1} = x_l + M(p_l) f_l(x_l), per sample, with no 1/(1-p) rescaling. A skipped sample passes block l
+    unchanged, so block l runs only on the kept rows: a real compute saving."""
+    B = h.shape[0]
+    for l, (block, p) in enumerate(zip(blocks, rates)):
+        if p > 0:
+            kept = (~layer_dropout_mask(B, p, seed, step, l)).nonzero().squeeze(1).to(h.device)
+            if len(kept) == B:
+                h = block(h, rope)
+            elif len(kept) > 0:
+                h = h.index_copy(0, kept, block(h[kept], rope))
+            # else: every sample skips block l
+        else:
+            h = block(h, rope)
+        yield h
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 3. Early-exit loss (paper §4.1.2). Every exit uses the same head g; later exits weigh quadratically more,
 #    and a curriculum C(t, l) decides which exits are trained at step t.
@@ -305,6 +304,20 @@ def early_exit_weights(n_layers: int, e_scale: float, enabled) -> dict[int, floa
     if total == 0:  # a one-block model: e(0) = 0, so the only exit takes all the weight
         return {n_layers - 1: 1.0}
     return {l: e[l] / total for l in sorted(enabled)}
+
+
+def early_exit_loss(head, outputs, targets, exit_weights: dict[int, float]):
+    """Eq. 5: loss = sum_l ẽ(t, l) CE(g(x_{l+1}), targets), every exit through the one head g, summed one exit at a
+    time as the blocks' outputs arrive: no stacked [exits, B, T, vocab] tensor (autograd still keeps each trained
+    exit's softmax until backward, so memory grows with the exits). Returns (loss, {l: exit l's CE})."""
+    loss, exit_losses = 0.0, {}
+    for l, h in enumerate(outputs):
+        w = exit_weights.get(l, 0.0)
+        if w > 0:
+            ce = F.cross_entropy(head(h).flatten(0, 1), targets.flatten(), ignore_index=-1)
+            loss = loss + w * ce
+            exit_losses[l] = ce.detach()
+    return loss, exit_losses
 
 
 CURRICULA = ("none", "rotational", "gradual")
@@ -428,9 +441,7 @@ class Cache:
 # ---------------------------------------------------------------------------------------------------------
 # 5. Sampling. Greedy is an exact argmax. With temperature > 0, self-speculative decoding accepts a draft
 #    token with probability min(1, p/q) and otherwise resamples from max(p - q, 0), which makes its output
-#    follow the full model's distribution exactly (Leviathan et al. 2023, Chen et al. 2023). Logits processors
-#    (a repetition penalty, no repeated n-grams) change the distribution itself; they keep decoding exact as long
-#    as drafts and verifier apply them alike, each position with the tokens before it.
+#    follow the full model's distribution exactly (Leviathan et al. 2023, Chen et al. 2023).
 
 
 def probabilities(logits, temperature: float, top_k: Optional[int] = None, top_p: Optional[float] = None):
@@ -447,24 +458,6 @@ def probabilities(logits, temperature: float, top_k: Optional[int] = None, top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
         probs = probs / probs.sum(-1, keepdim=True)
     return probs
-
-
-def process_logits(logits, context: list[int], repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0):
-    """The logits [V] of the token after `context`, through two of Hugging Face's processors (the official LayerSkip
-    generator applies them to drafts and verification alike): the repetition penalty of CTRL (a seen token's logit
-    is divided by it when positive, multiplied when negative) and no_repeat_ngram_size n (a token that would
-    complete an n-gram already in the context is banned)."""
-    if repetition_penalty != 1.0 and context:
-        seen = torch.tensor(sorted(set(context)), device=logits.device)
-        x = logits[seen]
-        logits = logits.index_copy(0, seen, torch.where(x > 0, x / repetition_penalty, x * repetition_penalty))
-    n = no_repeat_ngram_size
-    if n > 0 and len(context) >= n:
-        ctx = torch.tensor(context)
-        ngrams = ctx.unfold(0, n, 1)  # [len - n + 1, n]: every n-gram of the context
-        repeats = (ngrams[:, :-1] == ctx[len(context) - n + 1:]).all(-1)  # those that start like the context ends
-        logits = logits.index_fill(0, ngrams[repeats, -1].to(logits.device), float("-inf"))
-    return logits
 
 
 def sample(logits, temperature, top_k, top_p, rng):
@@ -501,38 +494,35 @@ def verify(drafts: list[int], draft_probs, logits, temperature=0.0, top_k=None, 
 
 @dataclass
 class Sampler:
-    """How every next token is chosen, by drafts and verifier alike: the logits processors with the tokens before
-    it, then an argmax (temperature 0) or a draw with the seeded generator rng."""
+    """How one sequence's next tokens are chosen, by drafts and verifier alike: its logits processor (a hook from
+    settings.py, or None) with the tokens before each position, then an argmax (temperature 0) or a draw from its
+    own seeded generator rng."""
     temperature: float = 0.0
     top_k: Optional[int] = None
     top_p: Optional[float] = None
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
+    processor: Optional[Callable] = None
     rng: Optional[torch.Generator] = None
 
     @property
     def plain_greedy(self) -> bool:
-        """An argmax of the logits as they are: no temperature, no processors."""
-        return self.temperature == 0 and self.repetition_penalty == 1.0 and not self.no_repeat_ngram_size
+        """An argmax of the logits as they are."""
+        return self.temperature == 0 and self.processor is None
 
-    def process(self, logits, context):
-        return process_logits(logits, context, self.repetition_penalty, self.no_repeat_ngram_size)
+    def token(self, logits, context) -> tuple[int, Optional[torch.Tensor]]:
+        """The token after context, and the distribution it was drawn from (None for greedy)."""
+        if self.processor is not None:
+            logits = self.processor(logits, context)
+        return sample(logits, self.temperature, self.top_k, self.top_p, self.rng)
 
-    def sample(self, logits, context) -> tuple[int, Optional[torch.Tensor]]:
-        return sample(self.process(logits, context), self.temperature, self.top_k, self.top_p, self.rng)
-
-    def verify(self, drafts, draft_probs, logits, context) -> tuple[int, int]:
+    def accept(self, drafts, draft_probs, logits, context) -> tuple[int, int]:
         """verify(), with row i of the verifier's logits processed after context + drafts[:i], as the draft was."""
-        if self.repetition_penalty != 1.0 or self.no_repeat_ngram_size:
-            logits = torch.stack([self.process(row, context + drafts[:i]) for i, row in enumerate(logits)])
+        if self.processor is not None:
+            logits = torch.stack([self.processor(row, context + drafts[:i]) for i, row in enumerate(logits)])
         return verify(drafts, draft_probs, logits, self.temperature, self.top_k, self.top_p, self.rng)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # 6. Decoding. One generator of events serves every caller (command line, demo, benchmarks); generate() drains it.
-
-STRATEGIES = ("autoregressive", "early_exit", "self_speculative")
-
 
 @dataclass
 class Round:
@@ -579,97 +569,40 @@ class Generation:
         return len(self.tokens) / max(self.rounds, 1)
 
 
-def worth_drafting_on(confidences, draft_cost: float, gamma: float = 1.0, drafting=None) -> bool:
-    """Beyond the paper: a stop rule from the cost model. Take a_i = c_i^gamma, the draft's probability c_i of each
-    token it drafted, calibrated (gamma is fitted on held-out drafts: for our 32-layer model's exit 4, about 0.4),
-    as the chance that the verifier accepts it, and measure costs in verifications (a draft step costs r =
-    draft_cost). After k drafts, all k survive with chance P = a_1 ... a_k, so verifying now yields T = 1 + P_1 +
-    ... + P_k tokens (the verifier adds one) for C = k r + 1. One more draft adds about P a_k tokens for r more:
-    it raises the round's tokens per unit cost, (T + P a_k) / (C + r) > T / C, exactly when P a_k C > r T.
-    A batch drafts in step, so its rows share one decision: confidences is then one list per row, drafting says
-    which rows can draft on, and the gain P a_k and the yield T are sums over the rows."""
-    if confidences and not isinstance(confidences[0], (list, tuple)):
-        confidences, drafting = [confidences], [True]
-    gain, T = 0.0, 0.0
-    for c, on in zip(confidences, drafting):
-        P = 1.0
-        for a in c:
-            P *= a ** gamma
-            T += P
-        T += 1
-        gain += P * c[-1] ** gamma if on and c else 0.0
-    k = max(map(len, confidences))
-    return gain * (k * draft_cost + 1) > draft_cost * T
-
-
-def generate_stream(model: Transformer, prompt_ids, max_new_tokens, strategy: str = "autoregressive",
-                    exit_layer: Optional[int] = None, num_speculations: Optional[int] = None,
-                    temperature: float = 0.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                    eos_id=None, seed=None, draft_threshold: Optional[float] = None,
-                    repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-                    draft_cost: Optional[float] = None, draft_gamma: float = 1.0,
+def generate_stream(model: Transformer, prompt_ids, max_new_tokens, settings: Settings = Settings(),
                     batch_size: Optional[int] = None) -> Iterator:
-    """Decode after prompt_ids, yielding one Round per model round. Stops at an EOS (which is emitted; eos_id
-    is one id or several, e.g. Llama 3's <|end_of_text|> and <|eot_id|>), max_new_tokens, or the context window.
-    draft_threshold: stop drafting early once the draft's own probability of its token falls below this (an
-    adaptive draft length; None or 0 = off). draft_cost: instead, stop by the cost model (worth_drafting_on), with
-    a draft step costing this fraction of a verification and the draft's confidences calibrated by draft_gamma;
-    num_speculations is then the most a round drafts. Neither changes greedy output; sampled text changes (other
-    random draws), though the distribution it is drawn from does not.
-    A batch: prompt_ids may be a list of prompts (lists of ids, of any lengths), decoded together. Each round then
-    yields a list with every prompt's Round, None for a prompt that has finished; max_new_tokens and seed may be
-    lists with one value per prompt (an int seed s gives prompt b the random stream of seed s + b). batch_size:
-    decode at most this many at once, a waiting prompt taking the place of each one that finishes (default: all
-    at once). A prompt's tokens are those of decoding it alone. Bad arguments raise a ValueError that names the problem and the valid
-    range here, at the call, before any round is decoded."""
+    """Decode after prompt_ids as settings say, yielding one Round per model round. Stops at an EOS (which is
+    emitted), max_new_tokens, or the context window. A batch: prompt_ids may be a list of prompts (lists of ids, of
+    any lengths), decoded together; each round then yields a list with every prompt's Round, None for a prompt that
+    has finished. max_new_tokens may be a list with one budget per prompt. batch_size: decode at most this many at
+    once, a waiting prompt taking the place of each one that finishes (default: all at once). A prompt's tokens are
+    those of decoding it alone. Bad input raises a ValueError that says what to do, before any round is decoded."""
     batched = is_batch(prompt_ids)
     prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
-    n = len(prompts)
+    n, s = len(prompts), settings.check(model.params.n_layers)
     budgets = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n
-    seeds = list(seed) if isinstance(seed, (list, tuple)) else [None if seed is None else seed + b for b in range(n)]
+    seeds = list(s.seed) if isinstance(s.seed, (list, tuple)) else [None if s.seed is None else s.seed + b
+                                                                     for b in range(n)]
     L, ctx = model.params.n_layers, model.params.max_seq_len
-    name = (lambda b: f"prompt {b}") if batched else (lambda b: "the prompt")
-    checks = [
-        (strategy in STRATEGIES, f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}"),
-        (strategy == "autoregressive" or (isinstance(exit_layer, int) and 1 <= exit_layer <= L),
-         f"exit layer {exit_layer} is out of range: this model has {L} layers, use 1..{L}"),
-        (strategy != "self_speculative" or (isinstance(num_speculations, int) and num_speculations >= 1),
-         f"num_speculations must be at least 1 (a whole number), got {num_speculations}"),
-        (len(budgets) == n and len(seeds) == n, f"give one max_new_tokens and one seed per prompt ({n} prompts)"),
-        (batch_size is None or batch_size >= 1, f"batch_size must be at least 1, got {batch_size}"),
-        *[(len(p) > 0, f"{name(b)} is empty: give at least one token") for b, p in enumerate(prompts)],
-        *[(len(p) < ctx, f"{name(b)} has {len(p)} tokens but the context window holds {ctx}: use a prompt of at "
-                         f"most {ctx - 1} tokens") for b, p in enumerate(prompts)],
-        *[(m >= 0, f"max_new_tokens must be 0 or more, got {m}") for m in budgets],
-        (math.isfinite(temperature) and temperature >= 0,
-         f"temperature must be 0 (greedy) or a finite positive number, got {temperature}"),
-        (top_k is None or top_k >= 1, f"top_k must be at least 1, got {top_k}"),
-        (top_p is None or 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
-        (draft_threshold is None or 0 <= draft_threshold <= 1,
-         f"the draft threshold is a probability in [0, 1] (0 = off), got {draft_threshold}"),
-        (draft_cost is None or 0 < draft_cost <= 1,
-         f"the draft cost is a fraction of a verification's cost in (0, 1], got {draft_cost}"),
-        (not (draft_threshold and draft_cost), "give a draft threshold or a draft cost, not both: one stop rule"),
-        (0 < draft_gamma <= 10, f"draft_gamma calibrates the draft's confidences: a number in (0, 10], got {draft_gamma}"),
-        (0.01 <= repetition_penalty <= 100,
-         f"repetition_penalty must be in [0.01, 100] (1 = off; CTRL used 1.2), got {repetition_penalty}"),
-        (no_repeat_ngram_size >= 0, f"no_repeat_ngram_size must be 0 (off) or more, got {no_repeat_ngram_size}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    if len(budgets) != n or len(seeds) != n:
+        raise ValueError(f"give one max_new_tokens and one seed per prompt ({n} prompts)")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if any(m < 0 for m in budgets):
+        raise ValueError(f"max_new_tokens must be 0 or more, got {min(budgets)}")
+    for b, p in enumerate(prompts):
+        if not 0 < len(p) < ctx:
+            raise ValueError(f"{f'prompt {b}' if batched else 'the prompt'} has {len(p)} tokens: give 1 to {ctx - 1} "
+                             f"(the context window holds {ctx})")
     device = model.tok_embeddings.weight.device
-    samplers = [Sampler(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, random_stream(s, device))
-                for s in seeds]
-    stop = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
+    samplers = [Sampler(s.temperature, s.top_k, s.top_p, s.processor(), random_stream(seed, device)) for seed in seeds]
     ends = [min(ctx, len(p) + m) for p, m in zip(prompts, budgets)]  # a sequence never grows past its end
-    if strategy == "self_speculative":
-        rows = Rows(model, prompts, ends, samplers, stop, L, num_speculations + 1, batch_size)
-        rounds = self_speculative_rounds(model, rows, exit_layer, num_speculations,
-                                         stop_rule(draft_threshold or None, draft_cost, draft_gamma))
+    if s.strategy == "self_speculative":
+        rows = Rows(model, prompts, ends, samplers, s.stop_ids, L, s.num_speculations + 1, batch_size)
+        rounds = self_speculative_rounds(model, rows, s.exit_layer, s.num_speculations, s.stop_rule())
     else:
-        E = L if strategy == "autoregressive" else exit_layer
-        rows = Rows(model, prompts, ends, samplers, stop, E, 1, batch_size)
+        E = L if s.strategy == "autoregressive" else s.exit_layer
+        rows = Rows(model, prompts, ends, samplers, s.stop_ids, E, 1, batch_size)
         rounds = autoregressive_rounds(model, rows, E)
     return rounds if batched else (events[0] for events in rounds)
 
@@ -687,20 +620,6 @@ def random_stream(seed: Optional[int], device) -> torch.Generator:
     else:
         rng.seed()
     return rng
-
-
-def stop_rule(draft_threshold: Optional[float], draft_cost: Optional[float], draft_gamma: float):
-    """Which rows draft on, from their drafts' confidences so far and the rows that still can (`able`: below d,
-    no EOS). The threshold stops each row on its own: an unsure draft is likely rejected; the batch steps on while
-    any row drafts. The cost model decides for the batch as a whole (worth_drafting_on). None: draft to d."""
-    if draft_threshold is not None:
-        return lambda confidences, able: [on and c[-1] >= draft_threshold for c, on in zip(confidences, able)]
-    if draft_cost is not None:
-        def for_the_batch(confidences, able):
-            go = worth_drafting_on(confidences, draft_cost, draft_gamma, able)
-            return [on and go for on in able]
-        return for_the_batch
-    return None
 
 
 def token_tensor(ids: list[int], model: Transformer) -> torch.Tensor:
@@ -781,7 +700,7 @@ def autoregressive_rounds(model, rows: Rows, E: int) -> Iterator[list]:
         x = [seq[-1] for seq in rows.seqs]  # each row's newest token, the only one not yet through the blocks
         h = model.run_blocks(rows.embed(x), 0, E, rows.positions(), rows.cache)
         logits = model.head(h[:, 0])  # [B, vocab]
-        yield rows.advance([Round(drafted=[], accepted=0, token=sampler.sample(row, seq)[0])
+        yield rows.advance([Round(drafted=[], accepted=0, token=sampler.token(row, seq)[0])
                             for sampler, row, seq in zip(rows.samplers, logits, rows.seqs)])
 
 
@@ -816,7 +735,7 @@ def self_speculative_rounds(model, rows: Rows, E: int, num_speculations: int, ke
             if all(s.plain_greedy for s in samplers):  # one argmax for every row
                 picks = [(token, None) for token in logits.argmax(-1).tolist()]
             else:
-                picks = [s.sample(row, rows.seqs[b] + drafts[b]) for s, b, row in zip(samplers, sampling, logits)]
+                picks = [s.token(row, rows.seqs[b] + drafts[b]) for s, b, row in zip(samplers, sampling, logits)]
             if keep_drafting is not None:  # the stop rule reads the draft's confidence in its own token
                 tokens = torch.tensor([[token] for token, _ in picks], device=logits.device)
                 greedy_confidence = torch.softmax(logits, -1).gather(-1, tokens)[:, 0].tolist()
@@ -835,18 +754,21 @@ def self_speculative_rounds(model, rows: Rows, E: int, num_speculations: int, ke
         logits = model.head(h)  # [B, max(seen), vocab]
         events = []
         for b in range(B):
-            accepted, token = rows.samplers[b].verify(drafts[b], draft_probs[b], logits[b, :seen[b]], rows.seqs[b])
+            accepted, token = rows.samplers[b].accept(drafts[b], draft_probs[b], logits[b, :seen[b]], rows.seqs[b])
             if accepted and drafts[b][accepted - 1] in rows.stop:
                 token = None  # an accepted EOS draft ends the text: no token after it
             events.append(Round(drafted=drafts[b], accepted=accepted, token=token))
         yield rows.advance(events)
 
 
-def generate(model: Transformer, prompt_ids, max_new_tokens, **kwargs):
+def generate(model: Transformer, prompt_ids, max_new_tokens, settings: Optional[Settings] = None,
+             batch_size: Optional[int] = None, **keywords):
     """Decode and return the new tokens with their statistics: a Generation, or one per prompt for a list of
-    prompts (each timed to the round that finished it); takes generate_stream's arguments."""
+    prompts (each timed to the round that finished it). The setting is `settings`, or made from the keywords:
+    generate(model, ids, 64, strategy="self_speculative", exit_layer=4, num_speculations=3, eos_id=2)."""
+    settings = settings or Settings(**keywords)
     start = time.perf_counter()
-    stream = generate_stream(model, prompt_ids, max_new_tokens, **kwargs)
+    stream = generate_stream(model, prompt_ids, max_new_tokens, settings, batch_size)
     if not is_batch(prompt_ids):
         events = list(stream)
         return Generation.from_events(events, time.perf_counter() - start)

@@ -722,7 +722,7 @@ def train_step(run, step, skips):
                 onpolicy_sum += onpolicy.item() / cfg.grad_accum
             (total / cfg.grad_accum).backward()
         loss_sum += loss.item() / cfg.grad_accum
-        skips.update(raw.last_skips.numpy().tobytes())
+        skips.update(torch.stack([ls.layer_dropout_mask(len(x), p, cfg.seed, step * cfg.grad_accum + micro, l) for l, p in enumerate(rates)]).numpy().tobytes())
     loss_sum = run.ranks.mean(loss_sum, run.device)  # the global batch's loss, not this rank's share
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)

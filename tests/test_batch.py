@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import layerskip as ls
+from settings import Settings
 from test_layerskip import chi_square, tiny_model
 
 
@@ -55,8 +56,8 @@ def test_rows_that_stop_at_eos_in_drafts_and_as_the_verifier_token():
     eos_in_draft = eos_by_verifier = 0
     for E in (1, 2, 3):
         for d in (2, 4, 8):
-            rounds = list(ls.generate_stream(model, prompts, 30, strategy="self_speculative", exit_layer=E,
-                                             num_speculations=d, eos_id=eos))
+            rounds = list(ls.generate_stream(model, prompts, 30, Settings(strategy="self_speculative", exit_layer=E,
+                                             num_speculations=d, eos_id=eos)))
             got = [[t for r in rounds if r[b] is not None for t in r[b].tokens] for b in range(16)]
             assert got == want
             for r in rounds:
@@ -78,7 +79,7 @@ def test_stop_rules_and_processors_per_row():
         spec = dict(strategy="self_speculative", exit_layer=2, num_speculations=8, **kw)
         processors = {k: v for k, v in kw.items() if k in ("repetition_penalty", "no_repeat_ngram_size")}
         want = alone(model, prompts, 30, **processors)
-        rounds = list(ls.generate_stream(model, prompts, 30, **spec))
+        rounds = list(ls.generate_stream(model, prompts, 30, Settings(**spec)))
         assert [[t for r in rounds if r[b] for t in r[b].tokens] for b in range(5)] == want
         if "draft_threshold" in kw or "draft_cost" in kw:  # rows disagreed on a round's draft length
             assert any(len({len(e.drafted) for e in r if e}) > 1 for r in rounds)
@@ -101,8 +102,8 @@ def test_a_batch_runs_as_one():
     handles = [layer.register_forward_hook(hook(l)) for l, layer in enumerate(model.layers)]
     prompts = ragged_prompts(B, seed=5)
     budgets = [6, 10, 14, 18, 22]
-    rounds = list(ls.generate_stream(model, prompts, budgets, strategy="self_speculative", exit_layer=E,
-                                     num_speculations=d))
+    rounds = list(ls.generate_stream(model, prompts, budgets, Settings(strategy="self_speculative", exit_layer=E,
+                                     num_speculations=d)))
     for h in handles:
         h.remove()
     per_round_drafts = [max(len(e.drafted) for e in r if e) for r in rounds]
@@ -176,7 +177,7 @@ def test_at_most_batch_size_at_once(batch_size):
     want = alone(model, prompts, budgets, eos_id=eos)
     for kw in ({}, dict(strategy="self_speculative", exit_layer=2, num_speculations=4),
                dict(strategy="self_speculative", exit_layer=3, num_speculations=8, draft_cost=0.2)):
-        rounds = list(ls.generate_stream(model, prompts, budgets, eos_id=eos, batch_size=batch_size, **kw))
+        rounds = list(ls.generate_stream(model, prompts, budgets, Settings(eos_id=eos, **kw), batch_size))
         assert max(sum(e is not None for e in r) for r in rounds) == batch_size
         assert [[t for r in rounds if r[b] for t in r[b].tokens] for b in range(7)] == want
 

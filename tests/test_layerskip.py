@@ -7,6 +7,15 @@ import torch
 import torch.nn.functional as F
 
 import layerskip as ls
+from settings import STRATEGIES, Settings, no_repeat_ngram, repetition_penalty, worth_drafting_on
+
+
+def process(logits, context, repetition_penalty=1.0, no_repeat_ngram_size=0):
+    """Both logits processors, as Settings.processor applies them."""
+    return no_repeat_ngram(_penalty(logits, context, repetition_penalty), context, no_repeat_ngram_size)
+
+
+_penalty = repetition_penalty
 
 pytestmark = pytest.mark.method  # the whole file: `pytest -m method` checks the method alone
 
@@ -309,14 +318,14 @@ def test_cost_stop_rule_literals():
     """worth_drafting_on: draft on while P a_k (k r + 1) > r T, with a_i = c_i^gamma, P the product of the a_i and
     T = 1 + the sum of the running products. r = 0.15: after 0.9, 0.9 * 0.9 * 1.15 = 0.93 > 0.15 * 1.9 = 0.285 (on); after
     0.9, 0.5: 0.45 * 0.5 * 1.3 = 0.2925 < 0.15 * 2.35 = 0.3525 (stop); after 0.3: 0.1035 < 0.195 (stop)."""
-    assert ls.worth_drafting_on([0.9], 0.15)
-    assert not ls.worth_drafting_on([0.9, 0.5], 0.15)
-    assert not ls.worth_drafting_on([0.3], 0.15)
-    assert ls.worth_drafting_on([0.9, 0.5], 0.11)  # cheaper drafts: 0.2925 > 0.11 * 2.35 = 0.2585
-    assert not ls.worth_drafting_on([1.0] * 50, 1.0) and ls.worth_drafting_on([1.0] * 50, 0.99)  # 51 > 50 * 1
+    assert worth_drafting_on([0.9], 0.15)
+    assert not worth_drafting_on([0.9, 0.5], 0.15)
+    assert not worth_drafting_on([0.3], 0.15)
+    assert worth_drafting_on([0.9, 0.5], 0.11)  # cheaper drafts: 0.2925 > 0.11 * 2.35 = 0.2585
+    assert not worth_drafting_on([1.0] * 50, 1.0) and worth_drafting_on([1.0] * 50, 0.99)  # 51 > 50 * 1
     # calibrated, a = c^gamma: after 0.25 with gamma 0.5, a = 0.5: 0.5 * 0.5 * 1.15 = 0.2875 > 0.15 * 1.5 (on);
     # uncalibrated, 0.25 * 0.25 * 1.15 = 0.0719 < 0.15 * 1.25 (stop)
-    assert ls.worth_drafting_on([0.25], 0.15, gamma=0.5) and not ls.worth_drafting_on([0.25], 0.15, gamma=1.0)
+    assert worth_drafting_on([0.25], 0.15, gamma=0.5) and not worth_drafting_on([0.25], 0.15, gamma=1.0)
 
 
 def test_cost_stop_rule_keeps_the_output():
@@ -359,8 +368,8 @@ def test_self_speculative_stats_and_stream():
     assert out.drafted == sum(len(e.drafted) for e in out.events)
     assert len(out.tokens) == out.accepted + out.rounds
     assert 0 <= out.acceptance_rate <= 1 and out.tokens_per_round >= 1
-    stream = list(ls.generate_stream(model, prompt, 40, strategy="self_speculative", exit_layer=4,
-                                     num_speculations=4))
+    stream = list(ls.generate_stream(model, prompt, 40, Settings(strategy="self_speculative", exit_layer=4,
+                                     num_speculations=4)))
     assert stream == out.events
     assert all(1 <= len(e.drafted) <= 4 and 0 <= e.accepted <= len(e.drafted) for e in stream[:-1])
 
@@ -438,7 +447,7 @@ def test_top_k_top_p_filtering():
 def test_sampling_is_reproducible_with_a_seed():
     """The same seed gives the same sampled text for every strategy."""
     model = tiny_model(n_layers=4)
-    for strategy in ls.STRATEGIES:
+    for strategy in STRATEGIES:
         kw = dict(strategy=strategy, exit_layer=2, num_speculations=3, temperature=0.8, top_p=0.9, top_k=20)
         a = ls.generate(model, [1, 2, 3], 20, seed=5, **kw).tokens
         assert a == ls.generate(model, [1, 2, 3], 20, seed=5, **kw).tokens
@@ -505,7 +514,7 @@ def test_generate_stream_checks_at_the_call():
                    dict(repetition_penalty=0.0), dict(repetition_penalty=1e-300),
                    dict(repetition_penalty=float("nan")), dict(no_repeat_ngram_size=-1)):
         with pytest.raises(ValueError):
-            ls.generate_stream(model, [1, 2], 5, **kwargs)  # never iterated
+            ls.generate_stream(model, [1, 2], 5, Settings(**kwargs))  # never iterated
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -516,16 +525,16 @@ def test_process_logits_literals():
     """CTRL's repetition penalty divides a seen token's positive logit and multiplies a negative one; no-repeat
     n-gram bans exactly the tokens that would complete an n-gram already in the context."""
     logits = torch.tensor([2.0, -1.0, 0.5, 3.0, 0.0, 1.0])
-    assert ls.process_logits(logits, [0, 1, 0], repetition_penalty=2.0).tolist() == [1.0, -2.0, 0.5, 3.0, 0.0, 1.0]
-    assert ls.process_logits(logits, [0, 1], repetition_penalty=1.0).tolist() == logits.tolist()
+    assert process(logits, [0, 1, 0], repetition_penalty=2.0).tolist() == [1.0, -2.0, 0.5, 3.0, 0.0, 1.0]
+    assert process(logits, [0, 1], repetition_penalty=1.0).tolist() == logits.tolist()
     inf = float("-inf")
     # bigrams: context 5 1 2 1 ends in 1, and "1 2" was seen: 2 is banned
-    assert ls.process_logits(logits, [5, 1, 2, 1], no_repeat_ngram_size=2).tolist() == [2.0, -1.0, inf, 3.0, 0.0, 1.0]
+    assert process(logits, [5, 1, 2, 1], no_repeat_ngram_size=2).tolist() == [2.0, -1.0, inf, 3.0, 0.0, 1.0]
     # trigrams: context 1 2 3 1 2 ends in "1 2", and "1 2 3" was seen: 3 is banned; "2 3 1" bans nothing here
-    assert ls.process_logits(logits, [1, 2, 3, 1, 2], no_repeat_ngram_size=3).tolist() == [2.0, -1.0, 0.5, inf, 0.0, 1.0]
+    assert process(logits, [1, 2, 3, 1, 2], no_repeat_ngram_size=3).tolist() == [2.0, -1.0, 0.5, inf, 0.0, 1.0]
     # 1-grams: every seen token; a context shorter than n bans nothing
-    assert ls.process_logits(logits, [4, 0], no_repeat_ngram_size=1).tolist() == [inf, -1.0, 0.5, 3.0, inf, 1.0]
-    assert ls.process_logits(logits, [1, 2], no_repeat_ngram_size=3).tolist() == logits.tolist()
+    assert process(logits, [4, 0], no_repeat_ngram_size=1).tolist() == [inf, -1.0, 0.5, 3.0, inf, 1.0]
+    assert process(logits, [1, 2], no_repeat_ngram_size=3).tolist() == logits.tolist()
 
 
 def test_self_speculative_equals_autoregressive_under_logits_processors():
@@ -564,10 +573,10 @@ def test_speculative_sampling_keeps_the_distribution_under_a_repetition_penalty(
     def joint(rep):  # exact joint distribution of the next two tokens under the full model
         p = torch.zeros(V, V, dtype=torch.float64)
         with torch.no_grad():
-            first = ls.process_logits(model(torch.tensor([prompt]))[0, -1], prompt, rep)
+            first = process(model(torch.tensor([prompt]))[0, -1], prompt, rep)
             p1 = torch.softmax(first, -1)
             for a in range(V):
-                second = ls.process_logits(model(torch.tensor([prompt + [a]]))[0, -1], prompt + [a], rep)
+                second = process(model(torch.tensor([prompt + [a]]))[0, -1], prompt + [a], rep)
                 p[a] = p1[a] * torch.softmax(second, -1)
         return p.flatten()
 
