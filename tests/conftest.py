@@ -1,7 +1,11 @@
-"""Shared fixtures: a tiny checkpoint with a real sentencepiece tokenizer, made in seconds without network."""
+"""Shared fixtures, one per model and corpus: tiny_model (a random float64 Llama, in memory), tiny_tokenizer and
+tiny_checkpoint (a random model with a real sentencepiece tokenizer, on disk), shakespeare (the shipped corpus,
+tokenized). All made in seconds, without network."""
 
 import sys
 from pathlib import Path
+
+import subprocess
 
 import pytest
 import torch
@@ -11,6 +15,31 @@ sys.path.insert(0, str(ROOT))
 
 import layerskip as ls  # noqa: E402
 from model_io import SentencePieceTokenizer, save_checkpoint  # noqa: E402
+
+
+def tiny_model(n_layers=4, vocab_size=32, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=64, seed=0,
+               dtype=torch.float64, spread=4.0, **kw) -> ls.Transformer:
+    """A random Llama whose logits are spread out (so greedy choices are far from ties), in float64 by default
+    so that batched verification and one-token drafting agree to the last bit that matters."""
+    torch.manual_seed(seed)
+    args = ls.ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                        vocab_size=vocab_size, multiple_of=16, max_seq_len=max_seq_len, **kw)
+    model = ls.Transformer(args).to(dtype).eval()
+    with torch.no_grad():
+        model.output.weight.mul_(spread)
+        for layer in model.layers:  # stronger residual updates: deeper blocks really change the prediction
+            layer.attention.wo.weight.mul_(8)
+            layer.feed_forward.w2.weight.mul_(8)
+    return model
+
+
+@pytest.fixture(scope="session")
+def shakespeare():
+    """The shipped Shakespeare corpus folder, tokenized (about a second the first time; the bins are not committed)."""
+    folder = ROOT / "data/shakespeare"
+    if not (folder / "train.bin").exists():
+        subprocess.run([sys.executable, "data/shakespeare/prepare.py"], cwd=ROOT, check=True, capture_output=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

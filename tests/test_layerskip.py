@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import layerskip as ls
+from conftest import tiny_model
 from settings import STRATEGIES, Settings, no_repeat_ngram, repetition_penalty, worth_drafting_on
 
 
@@ -18,22 +19,6 @@ def process(logits, context, repetition_penalty=1.0, no_repeat_ngram_size=0):
 _penalty = repetition_penalty
 
 pytestmark = pytest.mark.method  # the whole file: `pytest -m method` checks the method alone
-
-
-def tiny_model(n_layers=4, vocab_size=32, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=64, seed=0,
-               dtype=torch.float64, spread=4.0, **kw):
-    """A random Llama whose logits are spread out (so greedy choices are far from ties), in float64 by default
-    so that batched verification and one-token drafting agree to the last bit that matters."""
-    torch.manual_seed(seed)
-    args = ls.ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                        vocab_size=vocab_size, multiple_of=16, max_seq_len=max_seq_len, **kw)
-    model = ls.Transformer(args).to(dtype).eval()
-    with torch.no_grad():
-        model.output.weight.mul_(spread)
-        for layer in model.layers:  # stronger residual updates: deeper blocks really change the prediction
-            layer.attention.wo.weight.mul_(8)
-            layer.feed_forward.w2.weight.mul_(8)
-    return model
 
 
 # ---------------------------------------------------------------------------------------------------------
