@@ -22,7 +22,7 @@ import torch
 import layerskip as ls
 from layerskip import Round
 from model_io import token_texts
-from settings import DEFAULT_NUM_SPECULATIONS, recommended  # noqa: F401
+from settings import DEFAULT_NUM_SPECULATIONS, RANGES, recommended  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------------------
 # Errors: bad input gets one line that says what to do, exit code 2 (argparse's), and never a traceback.
@@ -79,6 +79,47 @@ def float_range(low: Optional[float] = None, high: Optional[float] = None, low_o
             raise argparse.ArgumentTypeError(f"must be a finite number {span}, got {text}")
         return value
     return parse
+
+
+def setting_flag(name: str):
+    """An argparse type for the decoding setting `name`, in its range from settings.RANGES (written there once)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            return RANGES[name].check(name, int(value) if value.is_integer() else value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # --dtype's choices
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def check_device(name: str):
+    """A ValueError naming the fix if tensors cannot be put on device `name` (unknown, no CUDA, no such GPU)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: unknown device: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {name}: {why}: use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    try:
+        torch.empty(1, device=device)
+    except Exception as e:  # mps, xpu, ... not built or not present
+        raise ValueError(f"--device {name}: not available in this torch build or on this machine "
+                         f"({type(e).__name__}): use --device cpu") from None
 
 
 # ---------------------------------------------------------------------------------------------------------

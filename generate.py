@@ -42,15 +42,14 @@ from typing import Optional
 import torch
 
 import layerskip as ls
-from settings import STRATEGIES, Settings
-from common import (DEFAULT_NUM_SPECULATIONS, ArgumentParser, decoding_settings, fail, float_range, int_range,
-                    round_pieces, unfinished_tail)
+from common import (DEFAULT_NUM_SPECULATIONS, DTYPES, ArgumentParser, check_device, decoding_settings, fail, float_range,
+                    int_range, plural, round_pieces, setting_flag, unfinished_tail)
 from model_io import INSTALLED_MODELS, CheckpointError, chat_prompt, load_model
+from settings import STRATEGIES, Settings
 
 DEFAULT_CHECKPOINT = "checkpoints/layerskip-python-deep.pt"  # 32 layers; it stores its best exit, d, threshold
 # the start of a HumanEval-style prompt: a signature and a docstring, the function body left to the model
 DEFAULT_PROMPT = 'def fibonacci(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Below these, dividing float32 logits by the temperature or the penalty overflows to inf and sampling breaks.
 MIN_TEMPERATURE, MIN_REPETITION_PENALTY = 1e-3, 1e-2
 MAX_CONTEXT = 2 ** 20  # --max_seq_len: RoPE tables past a million positions would fill memory, not help
@@ -61,10 +60,6 @@ ACCEPTED, CORRECTION, BONUS, REJECTED, RESET = "\033[32m", "\033[36m", "\033[35m
 STYLES = {"accepted": ACCEPTED, "correction": CORRECTION, "bonus": BONUS, "rejected": REJECTED}
 LEGEND = {"accepted": "accepted draft", "correction": "correction", "bonus": "bonus token",
           "rejected": "rejected draft"}
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def temperature(text: str) -> float:
@@ -137,26 +132,6 @@ def parse_args(argv=None):
     p.add_argument("--stream", action="store_true",
                    help="print each round as it is decoded (on a terminal, rejected drafts struck through)")
     return p.parse_args(argv)
-
-
-def check_device(name: str):
-    """A ValueError naming the fix if tensors cannot be put on device `name` (unknown, no CUDA, no such GPU)."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name}: unknown device: use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise ValueError(f"--device {name}: {why}: use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
-    try:
-        torch.empty(1, device=device)
-    except Exception as e:  # mps, xpu, ... not built or not present
-        raise ValueError(f"--device {name}: not available in this torch build or on this machine "
-                         f"({type(e).__name__}): use --device cpu") from None
 
 
 def read_prompt(args) -> str:
