@@ -17,6 +17,9 @@ train.py reads random windows of them as it does of train.bin: a window can hold
 human-written start of the next, as train.bin's windows can span two files. The .json beside the tokens lists
 where each sample starts, for `train.py --onpolicy_aligned` (windows that start with a sample, and a loss on its
 greedy tokens only).
+
+The second half of this file is what train.py takes from it: the --onpolicy_* flags, the text read back (random
+windows, or whole samples), and exit E's loss on it, cross-entropy or a distance from the last layer's distribution.
 """
 
 import json
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 
 import layerskip as ls
-from common import ArgumentParser, device_memory, fail, int_range
+from common import ArgumentParser, device_memory, fail, float_range, int_range
 from model_io import SentencePieceTokenizer, atomic_write, load_model
 
 
@@ -150,11 +153,123 @@ def main(argv=None):
     tokens = load_training_tokens(args.data, tokenizer, args.checkpoint, args.prefix)
     t0 = time.time()
     out, starts = write_samples(model, tokens, args.samples, args.prefix, args.new_tokens, args.batch, args.seed,
-                        tokenizer.eos_id)
+                                tokenizer.eos_id)
     atomic_write(path, lambda f: f.write(out.tobytes()))  # makes the folder too
     meta = dict(vars(args), tokens=int(len(out)), seconds=round(time.time() - t0, 1), starts=starts.tolist())
     atomic_write(path.with_suffix(".json"), lambda f: f.write((json.dumps(meta, indent=1) + "\n").encode()))
     print(f"wrote {path}: {len(out):,} tokens ({args.samples} samples) in {time.time() - t0:.0f} s")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training on the text: train.py --exit_always E --onpolicy_data FILE adds exit E's loss on a micro-batch of it
+# to every micro-batch's loss. Exit E runs blocks 0..E-1 only; the blocks after E get no gradient from it.
+
+DEFAULTS = dict(onpolicy_data=None, onpolicy_weight=1.0, onpolicy_loss="ce", onpolicy_aligned=False)  # train.py's
+LOSSES = ("ce", "kl", "tvd")
+
+
+def add_train_flags(group):
+    """train.py's --onpolicy_* flags, in their own group of its --help."""
+    group.add_argument("--onpolicy_data", metavar="FILE",
+                       help="also fit exit --exit_always to the model's own greedy text in FILE (written by "
+                            "onpolicy.py): each micro-batch adds a window of it, through the first E blocks only")
+    group.add_argument("--onpolicy_weight", type=float_range(0, 100), metavar="W",
+                       help="weight of that loss (default 1.0)")
+    group.add_argument("--onpolicy_loss", choices=LOSSES,
+                       help="ce: cross-entropy on the greedy tokens (default); kl / tvd: distance from the last "
+                            "layer's full distribution on that text, KL(last || exit) or total variation (DistillSpec)")
+    group.add_argument("--onpolicy_aligned", action="store_true",
+                       help="on-policy windows start where a sample starts, and only its greedy tokens count")
+
+
+def remedy(cfg) -> str:
+    return f"write it with `python onpolicy.py --out {cfg.onpolicy_data}`"
+
+
+def check_train_flags(cfg, distributed: bool):
+    """The --onpolicy_* flags of train.py agree with each other, --exit_always and the processes; the file exists."""
+    if cfg.onpolicy_data and cfg.exit_always is None:
+        fail("--onpolicy_data trains the draft exit: name it with --exit_always E")
+    if "onpolicy_weight" in cfg.cli and not cfg.onpolicy_data:
+        fail("--onpolicy_weight weighs the loss on --onpolicy_data FILE: give the file too")
+    for flag in ("onpolicy_loss", "onpolicy_aligned"):
+        if flag in cfg.cli and not cfg.onpolicy_data:
+            fail(f"--{flag} shapes the loss on --onpolicy_data FILE: give the file too")
+    if cfg.onpolicy_data and distributed:
+        fail("--onpolicy_data runs in one process: drop torchrun, or train without it")
+    if cfg.onpolicy_data and not cfg.dry_run and not Path(cfg.onpolicy_data).exists():
+        fail(f"--onpolicy_data {cfg.onpolicy_data}: no such file; {remedy(cfg)}")
+
+
+class OnPolicyText:
+    """The on-policy text as train.py reads it: random windows of the token file, like train.bin's, or with
+    --onpolicy_aligned whole samples (aligned_samples); and exit E's loss on a micro-batch of it."""
+
+    def __init__(self, cfg, tokens: np.ndarray):
+        self.cfg, self.tokens = cfg, tokens  # tokens: checked by train.py (length, ids)
+        self.samples = aligned_samples(cfg, tokens) if cfg.onpolicy_aligned else None
+
+    def batch(self, g: torch.Generator, device):
+        """x, y [batch_size, block_size] drawn with the generator g (train.py's, one per micro-batch)."""
+        B, T = self.cfg.batch_size, self.cfg.block_size
+        if self.samples is not None:
+            x, y = self.samples
+            rows = torch.randint(len(x), (B,), generator=g)
+            return x[rows].to(device), y[rows].to(device)
+        starts = torch.randint(len(self.tokens) - T - 1, (B,), generator=g).tolist()
+        x = torch.stack([torch.from_numpy(self.tokens[i:i + T].astype(np.int64)) for i in starts])
+        y = torch.stack([torch.from_numpy(self.tokens[i + 1:i + 1 + T].astype(np.int64)) for i in starts])
+        return x.to(device), y.to(device)
+
+    def loss(self, model, g: torch.Generator, device):
+        """Exit --exit_always's loss (--onpolicy_loss) on a micro-batch of the text."""
+        x, y = self.batch(g, device)
+        if self.cfg.onpolicy_loss == "ce":
+            return exit_loss(model, x, y, self.cfg.exit_always)
+        return distill_loss(model, x, y, self.cfg.exit_always, self.cfg.onpolicy_loss)
+
+
+def aligned_samples(cfg, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """--onpolicy_aligned: every sample of the on-policy file as one window (x, y) [n_samples, block_size], y = -1
+    (no loss) where the target is a human-written prefix token or past the sample's end."""
+    sidecar = Path(cfg.onpolicy_data).with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text())
+        starts, prefix = [int(i) for i in meta["starts"]], int(meta["prefix"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        fail(f"--onpolicy_aligned needs {sidecar} with the samples' starts ({type(e).__name__}): {remedy(cfg)}")
+    T, ends = cfg.block_size, starts[1:] + [len(tokens)]
+    if prefix >= T:
+        fail(f"--onpolicy_aligned: the samples' prefix of {prefix} tokens fills the window of {T}: use a longer "
+             f"--block_size, or samples with a shorter --prefix")
+    x = torch.zeros(len(starts), T, dtype=torch.long)
+    y = torch.full((len(starts), T), -1, dtype=torch.long)
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        sample = torch.from_numpy(tokens[a:min(b, a + T + 1)].astype(np.int64))
+        x[i, :len(sample) - 1] = sample[:-1]
+        y[i, prefix - 1:len(sample) - 1] = sample[prefix:]  # targets: the greedy tokens only
+    return x, y
+
+
+def exit_loss(model, x, y, exit_layer):
+    """Cross-entropy of exit E (the shared head after blocks 0..E-1) on x -> y: the blocks after E do not run."""
+    h = model.run_blocks(model.tok_embeddings(x), 0, exit_layer)
+    return torch.nn.functional.cross_entropy(model.head(h).flatten(0, 1), y.flatten(), ignore_index=-1)
+
+
+def distill_loss(model, x, y, exit_layer, kind):
+    """Distance of exit E's next-token distribution q from the last layer's p (a fixed target: no gradient flows
+    into it) at every position whose target y is not -1: KL(p || q) = sum p (log p - log q), or the total
+    variation 1/2 sum |p - q|, the acceptance a sampling draft loses (DistillSpec, Zhou et al. 2023)."""
+    h = model.run_blocks(model.tok_embeddings(x), 0, exit_layer)
+    with torch.no_grad():  # the last layer continues from exit E's states
+        p = torch.softmax(model.head(model.run_blocks(h.detach(), exit_layer, model.params.n_layers)).float(), -1)
+    keep = y >= 0
+    log_q = torch.log_softmax(model.head(h).float(), -1)[keep]
+    p = p[keep]
+    if kind == "kl":
+        return (p * (p.clamp_min(1e-30).log() - log_q)).sum(-1).mean()
+    return 0.5 * (p - log_q.exp()).abs().sum(-1).mean()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import common
 import layerskip as ls
+import onpolicy
 from common import ArgumentParser, device_memory, fail, float_range, int_range
 from model_io import CheckpointError, SentencePieceTokenizer, build_model, load_checkpoint, load_model
 from model_io import save_checkpoint, tokenizer_fingerprint, tokenizer_from_dict
@@ -52,9 +54,8 @@ PRESETS = {
                    batch_size=16, max_iters=1600, lr=2e-3, warmup_iters=100, eval_interval=200, eval_iters=10,
                    p_max=0.1, e_scale=0.5, curriculum="rotational", rotation=4, tie_embeddings=True),
     # The deep, narrow reference models (checkpoints/): 32 blocks of width 128, so that drafting with the first
-    # 4 blocks costs about 0.15 of a full step. Stdlib + torch source, a 2048-piece vocabulary. The baseline twin
-    # is the same command with --p_max 0 --e_scale 0. Shape and recipe: experiments/pilots.md; the fine-tuning phases
-    # that followed: recipes/python-deep.sh.
+    # 4 blocks costs about 0.15 of a full step. Stdlib + torch source, a 2048-piece vocabulary. Shape and recipe:
+    # experiments/pilots.md; the fine-tuning phases that followed: recipes/python-deep.sh.
     "python-deep": dict(data="data/python", dim=128, n_layers=32, n_heads=4, n_kv_heads=2, block_size=256,
                         vocab_size=2048, batch_size=16, max_iters=1000, lr=2e-3, warmup_iters=100, eval_interval=100,
                         eval_iters=10, p_max=0.1, e_scale=1.0, curriculum="rotational", rotation=4,
@@ -74,12 +75,10 @@ DEFAULTS = dict(data="data/shakespeare", dim=256, n_layers=12, n_heads=8, n_kv_h
                 max_iters=1000, lr=1e-3, min_lr_ratio=0.1, warmup_iters=100, weight_decay=0.1, beta2=0.95,
                 grad_clip=1.0, eval_interval=250, eval_iters=20, log_interval=10, p_max=0.0, e_scale=0.0,
                 curriculum="rotational", rotation=4, exit_always=None, exit_always_weight=0.0, final_iters=0,
-                final_e_scale=1.0, onpolicy_data=None, onpolicy_weight=1.0, onpolicy_loss="ce",
-                onpolicy_aligned=False,
-                device="cpu", dtype="float32", compile=False, fsdp=False, seed=1337, threads=None,
-                preset=None, init_from=None, resume=False, stop_after=None, force=False, dry_run=False)
+                final_e_scale=1.0, **onpolicy.DEFAULTS, device="cpu", dtype="float32", compile=False, fsdp=False,
+                seed=1337, threads=None, preset=None, init_from=None, resume=False, stop_after=None, force=False,
+                dry_run=False)
 
-ONPOLICY_LOSSES = ("ce", "kl", "tvd")
 DEFAULT_THREADS = max(1, (os.cpu_count() or 2) // 2)  # torch's default (every core) starves a shared machine
 STEPS = 10**9  # more optimizer steps than any run takes: a larger count is a typo
 RUN_FILES = ("ckpt.pt", "model.pt", "log.jsonl")  # what a run writes into --out_dir
@@ -104,57 +103,46 @@ def parse_args(argv=None):
     a("--dry_run", action="store_true", help="build the model on the meta device, print size and memory, exit")
     a("--threads", type=int_range(1, os.cpu_count() or 1),
       help=f"torch CPU threads (default {DEFAULT_THREADS}: half the cores, so a shared machine keeps the rest)")
-    g = p.add_argument_group("model")
-    g.add_argument("--dim", type=int_range(1, 65536), help="model width")
-    g.add_argument("--n_layers", type=int_range(1, 1024), help="number of transformer blocks L")
-    g.add_argument("--n_heads", type=int_range(1, 1024), help="attention heads (must divide --dim)")
-    g.add_argument("--n_kv_heads", type=int_range(1, 1024), help="key/value heads (grouped-query attention)")
-    g.add_argument("--vocab_size", type=int_range(1, 2**20), help="vocabulary size (default: the tokenizer's)")
-    g.add_argument("--block_size", type=int_range(1, 2**20), help="training sequence length = the context window")
-    g.add_argument("--tie_embeddings", action=argparse.BooleanOptionalAction, help="share embedding and head")
-    g = p.add_argument_group("optimisation (AdamW, linear warm-up, cosine decay to 10%)")
-    g.add_argument("--batch_size", type=int_range(1, 65536), help="sequences per micro-batch per process")
-    g.add_argument("--grad_accum", type=int_range(1, 65536), help="micro-batches per optimizer step")
-    g.add_argument("--max_iters", type=int_range(1, STEPS), help="optimizer steps T of the whole run")
-    g.add_argument("--lr", type=float_range(0, 1, low_open=True),
-                   help="peak learning rate (the paper doubles it with layer dropout)")
-    g.add_argument("--warmup_iters", type=int_range(0, STEPS), help="linear warm-up steps before the cosine decay")
-    g = p.add_argument_group("LayerSkip")
-    g.add_argument("--p_max", type=float_range(0, 1), help="layer dropout rate of the last block (0 = off)")
-    g.add_argument("--e_scale", type=float_range(0, 100), help="early-exit loss scale (0 = last layer only)")
-    g.add_argument("--curriculum", choices=ls.CURRICULA, help="which exits are trained at each step")
-    g.add_argument("--rotation", type=int_range(1), help="R of the rotational curriculum: every R-th block")
-    g.add_argument("--exit_always", type=int_range(1), metavar="E",
-                   help="train exit E (after E blocks) at every step, whatever the curriculum, with its eq. 6 weight")
-    g.add_argument("--exit_always_weight", type=float_range(0, 1), metavar="W",
-                   help="...or with the fixed share W < 1 of the loss, the other exits scaled by 1 - W: the two-exit "
-                        "loss of the LayerSkip fine-tuning scripts, (e CE_E + CE_L) / (1 + e), is W = e / (1 + e)")
-    g.add_argument("--final_iters", type=int_range(0, STEPS),
-                   help="the last this many steps use --final_e_scale (the paper finetunes with e_scale 1.0)")
-    g.add_argument("--final_e_scale", type=float_range(0, 100), help="early-exit loss scale of the final phase "
-                                                                     "(default 1.0)")
-    g.add_argument("--onpolicy_data", metavar="FILE",
-                   help="also fit exit --exit_always to the model's own greedy text in FILE (written by onpolicy.py): "
-                        "each micro-batch adds a window of it, through the first E blocks only")
-    g.add_argument("--onpolicy_weight", type=float_range(0, 100), metavar="W", help="weight of that loss (default 1.0)")
-    g.add_argument("--onpolicy_loss", choices=ONPOLICY_LOSSES,
-                   help="ce: cross-entropy on the greedy tokens (default); kl / tvd: distance from the last layer's "
-                        "full distribution on that text, KL(last || exit) or total variation (DistillSpec)")
-    g.add_argument("--onpolicy_aligned", action="store_true",
-                   help="on-policy windows start where a sample starts, and only its greedy tokens count")
-    g = p.add_argument_group("run")
-    g.add_argument("--eval_interval", type=int_range(1), help="evaluate and checkpoint every this many steps")
-    g.add_argument("--eval_iters", type=int_range(1, 100_000), help="validation batches per evaluation")
-    g.add_argument("--log_interval", type=int_range(1), help="print a progress line every this many steps")
-    g.add_argument("--device", help="cpu, cuda, cuda:1, mps ...")
-    g.add_argument("--dtype", choices=["float32", "bfloat16"], help="bfloat16 = autocast on CUDA")
-    g.add_argument("--compile", action="store_true", help="torch.compile each block (skip logic stays eager)")
-    g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
-    g.add_argument("--seed", type=int_range(0, 2**63 - 1), help="seed of data order, initialisation and layer dropout")
+    g = p.add_argument_group("model").add_argument
+    g("--dim", type=int_range(1, 65536), help="model width")
+    g("--n_layers", type=int_range(1, 1024), help="number of transformer blocks L")
+    g("--n_heads", type=int_range(1, 1024), help="attention heads (must divide --dim)")
+    g("--n_kv_heads", type=int_range(1, 1024), help="key/value heads (grouped-query attention)")
+    g("--vocab_size", type=int_range(1, 2**20), help="vocabulary size (default: the tokenizer's)")
+    g("--block_size", type=int_range(1, 2**20), help="training sequence length = the context window")
+    g("--tie_embeddings", action=argparse.BooleanOptionalAction, help="share embedding and head")
+    g = p.add_argument_group("optimisation (AdamW, linear warm-up, cosine decay to 10%)").add_argument
+    g("--batch_size", type=int_range(1, 65536), help="sequences per micro-batch per process")
+    g("--grad_accum", type=int_range(1, 65536), help="micro-batches per optimizer step")
+    g("--max_iters", type=int_range(1, STEPS), help="optimizer steps T of the whole run")
+    g("--lr", type=float_range(0, 1, low_open=True), help="peak learning rate (the paper doubles it with layer "
+                                                           "dropout)")
+    g("--warmup_iters", type=int_range(0, STEPS), help="linear warm-up steps before the cosine decay")
+    g = p.add_argument_group("LayerSkip").add_argument
+    g("--p_max", type=float_range(0, 1), help="layer dropout rate of the last block (0 = off)")
+    g("--e_scale", type=float_range(0, 100), help="early-exit loss scale (0 = last layer only)")
+    g("--curriculum", choices=ls.CURRICULA, help="which exits are trained at each step")
+    g("--rotation", type=int_range(1), help="R of the rotational curriculum: every R-th block")
+    g("--exit_always", type=int_range(1), metavar="E",
+      help="train exit E (after E blocks) at every step, whatever the curriculum, with its eq. 6 weight")
+    g("--exit_always_weight", type=float_range(0, 1), metavar="W",
+      help="...or with the fixed share W < 1 of the loss, the other exits scaled by 1 - W: the two-exit loss of the "
+           "LayerSkip fine-tuning scripts, (e CE_E + CE_L) / (1 + e), is W = e / (1 + e)")
+    g("--final_iters", type=int_range(0, STEPS),
+      help="the last this many steps use --final_e_scale (the paper finetunes with e_scale 1.0)")
+    g("--final_e_scale", type=float_range(0, 100), help="early-exit loss scale of the final phase (default 1.0)")
+    onpolicy.add_train_flags(p.add_argument_group("the draft exit on the model's own text (onpolicy.py)"))
+    g = p.add_argument_group("run").add_argument
+    g("--eval_interval", type=int_range(1), help="evaluate and checkpoint every this many steps")
+    g("--eval_iters", type=int_range(1, 100_000), help="validation batches per evaluation")
+    g("--log_interval", type=int_range(1), help="print a progress line every this many steps")
+    g("--device", help="cpu, cuda, cuda:1, mps ...")
+    g("--dtype", choices=["float32", "bfloat16"], help="bfloat16 = autocast on CUDA")
+    g("--compile", action="store_true", help="torch.compile each block (skip logic stays eager)")
+    g("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
+    g("--seed", type=int_range(0, 2**63 - 1), help="seed of data order, initialisation and layer dropout")
     args = p.parse_args(argv)
-    cfg = dict(DEFAULTS)
-    cfg.update(PRESETS.get(args.preset, {}))
-    cfg.update({k: v for k, v in vars(args).items() if v is not None})
+    cfg = {**DEFAULTS, **PRESETS.get(args.preset, {}), **{k: v for k, v in vars(args).items() if v is not None}}
     cfg["out_dir"] = cfg.get("out_dir") or f"out/{args.preset or 'run'}"
     cfg["cli"] = sorted(k for k, v in vars(args).items() if v is not None and v is not False)  # flags given
     return argparse.Namespace(**cfg)
@@ -176,7 +164,7 @@ def resume_config(cfg):
 
 
 def check_flags(cfg, ranks):
-    """The checks that join two flags, or a flag and the processes."""
+    """The checks that join two flags, or a flag and the processes or the machine."""
     if cfg.final_iters > cfg.max_iters:
         fail(f"--final_iters {cfg.final_iters} is more than --max_iters {cfg.max_iters}: the final phase is the "
              f"last part of the run")
@@ -184,33 +172,16 @@ def check_flags(cfg, ranks):
         fail(f"--exit_always_weight must be below 1 (the other exits keep 1 - W), got {cfg.exit_always_weight}")
     if cfg.exit_always_weight > 0 and cfg.exit_always is None:
         fail("--exit_always_weight W is the share of one exit: name it with --exit_always E")
-    if cfg.onpolicy_data and cfg.exit_always is None:
-        fail("--onpolicy_data trains the draft exit: name it with --exit_always E")
-    if "onpolicy_weight" in cfg.cli and not cfg.onpolicy_data:
-        fail("--onpolicy_weight weighs the loss on --onpolicy_data FILE: give the file too")
-    for flag in ("onpolicy_loss", "onpolicy_aligned"):
-        if flag in cfg.cli and not cfg.onpolicy_data:
-            fail(f"--{flag} shapes the loss on --onpolicy_data FILE: give the file too")
-    if cfg.onpolicy_data and ranks.distributed:
-        fail("--onpolicy_data runs in one process: drop torchrun, or train without it")
-
-
-def check_device(cfg):
-    """--device names a device this machine has (a dry run allocates nothing, so it may name any)."""
-    try:
+    onpolicy.check_train_flags(cfg, ranks.distributed)
+    try:  # a dry run allocates nothing, so it may name a device this machine lacks (cuda on a laptop)
         device = torch.device(cfg.device)
-    except (RuntimeError, ValueError):
-        fail(f"--device {cfg.device!r} is not a device: use cpu, cuda, cuda:N or mps")
+        if not cfg.dry_run:
+            common.check_device(cfg.device)
+    except (RuntimeError, ValueError) as e:
+        fail(str(e) if isinstance(e, ValueError) else f"--device {cfg.device}: unknown device: use cpu, cuda, "
+                                                      f"cuda:N or mps")
     if device.type not in ("cpu", "cuda", "mps"):
         fail(f"--device {cfg.device}: train on cpu, cuda or mps")
-    if cfg.dry_run:
-        return
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but no CUDA GPU is visible: use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        fail(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0 first")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        fail("--device mps but MPS is not available here: use --device cpu")
 
 
 def check_model(cfg):
@@ -228,22 +199,14 @@ def check_model(cfg):
         fail(f"--exit_always {cfg.exit_always} is not an exit of this model: use 1..{cfg.n_layers}")
 
 
-def onpolicy_remedy(cfg) -> str:
-    return f"write it with `python onpolicy.py --out {cfg.onpolicy_data}`"
-
-
 def check_paths(cfg):
-    """--data can be read or built, --onpolicy_data is a file of tokens, --out_dir can hold this run."""
+    """--data can be read or built, --out_dir can hold this run."""
     folder = Path(cfg.data)
     if folder.is_file():
         fail(f"--data {folder} is a file: give the folder written by a data/*/prepare.py script")
     if not data_ready(folder) and builder(folder) is None:
         missing = next((name for name in DATA_FILES if not (folder / name).exists()), TOKENIZER_FILES[0])
         fail(f"{folder / missing} is missing: prepare the data with data/prepare.py --input ... --out_dir {folder}")
-    if cfg.onpolicy_data:
-        if not Path(cfg.onpolicy_data).exists():
-            fail(f"--onpolicy_data {cfg.onpolicy_data}: no such file; {onpolicy_remedy(cfg)}")
-        token_file(cfg.onpolicy_data, f"--onpolicy_data {cfg.onpolicy_data}", onpolicy_remedy(cfg))
     out = Path(cfg.out_dir)
     nearest = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
     if not nearest.is_dir():
@@ -264,7 +227,6 @@ def configure(argv, ranks):
         cfg, state = resume_config(cfg)
     torch.set_num_threads(cfg.threads or DEFAULT_THREADS)  # before anything runs: loading uses the threads too
     check_flags(cfg, ranks)
-    check_device(cfg)
     if not cfg.dry_run:
         check_paths(cfg)
     return cfg, state
@@ -286,7 +248,6 @@ class Ranks:
         self.master = self.rank == 0
 
     def log(self, *args, **kwargs):
-        """print, on rank 0 only."""
         if self.master:
             print(*args, **kwargs)
 
@@ -300,10 +261,6 @@ class Ranks:
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
         return device
 
-    def barrier(self):
-        if self.distributed:
-            dist.barrier()
-
     def mean(self, value: float, device) -> float:
         """The mean of every rank's value."""
         if not self.distributed:
@@ -314,10 +271,9 @@ class Ranks:
 
     def gather(self, text: str) -> list[str]:
         """Every rank's text, in rank order."""
-        if not self.distributed:
-            return [text]
-        texts = [None] * self.world
-        dist.all_gather_object(texts, text)
+        texts = [text] * self.world
+        if self.distributed:
+            dist.all_gather_object(texts, text)
         return texts
 
     def wrap(self, model, fsdp: bool, find_unused: bool):
@@ -329,36 +285,34 @@ class Ranks:
             from torch.distributed.fsdp import fully_shard
             for block in model.layers:
                 fully_shard(block)
-            fully_shard(model)
-            return model
-        from torch.nn.parallel import DistributedDataParallel
+            return fully_shard(model)
         # A block that every sample skipped in a step has no gradient: DDP must look for unused parameters.
-        return DistributedDataParallel(model, find_unused_parameters=find_unused)
+        return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused)
 
     def accumulate(self, model, fsdp: bool, last: bool):
         """The context of one micro-batch's backward: gradients are reduced across ranks on the last one only."""
-        if not self.distributed:
-            return nullcontext()
-        if fsdp:
+        if self.distributed and fsdp:
             model.set_requires_gradient_sync(last)  # reduce-scatter once per step
-            return nullcontext()
-        return nullcontext() if last else model.no_sync()
+        return model.no_sync() if self.distributed and not fsdp and not last else nullcontext()
 
     def full_state(self, model, optimizer, fsdp: bool):
         """The model's and the optimizer's full state dicts (under FSDP every rank helps gather them)."""
         if not (self.distributed and fsdp):
             return model.state_dict(), optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=full), get_optimizer_state_dict(model, optimizer, options=full)
+        from torch.distributed.checkpoint import state_dict as sd
+        full = sd.StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return sd.get_model_state_dict(model, options=full), sd.get_optimizer_state_dict(model, optimizer, options=full)
 
     def load_optimizer(self, model, optimizer, state, fsdp: bool):
         """Load a full optimizer state dict (under FSDP, each rank takes its shards)."""
         if not (self.distributed and fsdp):
             return optimizer.load_state_dict(state)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        from torch.distributed.checkpoint import state_dict as sd
+        sd.set_optimizer_state_dict(model, optimizer, state, options=sd.StateDictOptions(full_state_dict=True))
+
+    def barrier(self):
+        if self.distributed:
+            dist.barrier()
 
     def close(self):
         if self.distributed:
@@ -427,8 +381,8 @@ def data_tokenizer(folder: Path, rebuild: str):
 
 
 def load_data(cfg, ranks, init_tokenizer=None):
-    """The token splits (and the on-policy text) and the tokenizer, checked against the model to be trained:
-    same tokenizer as --init_from, ids inside the vocabulary, at least one window of block_size + 1 tokens."""
+    """The token splits and the tokenizer, checked against the model to be trained: same tokenizer as
+    --init_from, ids inside the vocabulary, at least one window of block_size + 1 tokens; and the on-policy text."""
     prepare_data(cfg.data, ranks)
     folder, rebuild = Path(cfg.data), f"rebuild it with its prepare.py (or data/prepare.py --out_dir {cfg.data})"
     try:
@@ -448,12 +402,8 @@ def load_data(cfg, ranks, init_tokenizer=None):
         fail(f"--vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} in {cfg.data}: "
              f"pass a larger one, or rebuild the data (an older build?) with its prepare.py")
     if cfg.onpolicy_data:
-        data["onpolicy"] = token_file(cfg.onpolicy_data, f"--onpolicy_data {cfg.onpolicy_data}", onpolicy_remedy(cfg))
-    if cfg.onpolicy_aligned:
-        data["onpolicy_samples"] = onpolicy_samples(cfg, data["onpolicy"])
+        data["onpolicy"] = token_file(cfg.onpolicy_data, f"--onpolicy_data {cfg.onpolicy_data}", onpolicy.remedy(cfg))
     for name, split in data.items():
-        if name == "onpolicy_samples":
-            continue
         where = f"--onpolicy_data {cfg.onpolicy_data}" if name == "onpolicy" else str(folder / f"{name}.bin")
         if len(split) <= cfg.block_size + 1:
             fail(f"{where} has {len(split)} tokens, fewer than one training window of {cfg.block_size + 1}: use a "
@@ -461,41 +411,19 @@ def load_data(cfg, ranks, init_tokenizer=None):
         if int(split[:2**26].max()) >= tokenizer.vocab_size:  # its first 128 MB: a wrong build shows there
             fail(f"{where} holds token ids past the tokenizer of {cfg.data}: "
                  + ("write it with a model trained on it" if name == "onpolicy" else rebuild))
-    return data, tokenizer
-
-
-def onpolicy_samples(cfg, tokens) -> tuple[torch.Tensor, torch.Tensor]:
-    """--onpolicy_aligned: every sample of the on-policy file as one window (x, y) [n_samples, block_size], y = -1
-    (no loss) where the target is a human-written prefix token or past the sample's end."""
-    sidecar = Path(cfg.onpolicy_data).with_suffix(".json")
-    try:
-        meta = json.loads(sidecar.read_text())
-        starts, prefix = [int(i) for i in meta["starts"]], int(meta["prefix"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        fail(f"--onpolicy_aligned needs {sidecar} with the samples' starts ({type(e).__name__}): "
-             f"{onpolicy_remedy(cfg)}")
-    T, ends = cfg.block_size, starts[1:] + [len(tokens)]
-    if prefix >= T:
-        fail(f"--onpolicy_aligned: the samples' prefix of {prefix} tokens fills the window of {T}: use a longer "
-             f"--block_size, or samples with a shorter --prefix")
-    x = torch.zeros(len(starts), T, dtype=torch.long)
-    y = torch.full((len(starts), T), -1, dtype=torch.long)
-    for i, (a, b) in enumerate(zip(starts, ends)):
-        sample = torch.from_numpy(tokens[a:min(b, a + T + 1)].astype(np.int64))
-        x[i, :len(sample) - 1] = sample[:-1]
-        y[i, prefix - 1:len(sample) - 1] = sample[prefix:]  # targets: the greedy tokens only
-    return x, y
+    text = onpolicy.OnPolicyText(cfg, data.pop("onpolicy")) if cfg.onpolicy_data else None
+    return data, tokenizer, text
 
 
 def batch_generator(cfg, step, micro) -> torch.Generator:
     """The generator of one micro-batch's windows: a function of (seed, step, micro-batch) alone, so a resumed run
-    draws the same windows."""
+    draws the same windows. (The on-policy text takes micro-batch ids past grad_accum: other windows.)"""
     return torch.Generator().manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + micro) % 2**63)
 
 
 def get_batch(data, cfg, step, micro, rank, world, device):
-    g = batch_generator(cfg, step, micro)
-    T = cfg.block_size
+    """This rank's share of the micro-batch's windows: x [batch_size, block_size] and y, x shifted by one."""
+    T, g = cfg.block_size, batch_generator(cfg, step, micro)
     starts = torch.randint(len(data) - T - 1, (cfg.batch_size * world,), generator=g)
     starts = starts[rank * cfg.batch_size:(rank + 1) * cfg.batch_size].tolist()
     x = torch.stack([torch.from_numpy(data[i:i + T].astype(np.int64)) for i in starts])
@@ -508,8 +436,8 @@ def get_batch(data, cfg, step, micro, rank, world, device):
 
 
 def load_init(cfg):
-    """--init_from (ours, or a Meta / Hugging Face Llama): the model and its tokenizer, or (None, None). Its shape,
-    context and head replace the configuration's; a shape flag given on the command line must agree."""
+    """--init_from (ours, Meta's, Hugging Face's or a GGUF file): the model and its tokenizer, or (None, None). Its
+    shape, context and head replace the configuration's; a shape flag given on the command line must agree."""
     if not cfg.init_from or cfg.resume:
         return None, None
     try:
@@ -524,8 +452,7 @@ def load_init(cfg):
         fail(f"--init_from {cfg.init_from} does not match the model asked for: "
              + ", ".join(f"{k}: {a} here vs {b} in the checkpoint" for k, (a, b) in clash.items())
              + "; drop those flags or pass matching ones")
-    for k, v in theirs.items():
-        setattr(cfg, k, v)
+    vars(cfg).update(theirs)
     cfg.block_size = min(cfg.block_size, a.max_seq_len)  # train on windows that fit its context
     cfg.tie_embeddings = a.tie_word_embeddings
     return init, init_tokenizer
@@ -537,27 +464,20 @@ def model_args(cfg) -> ls.ModelArgs:
                         tie_word_embeddings=bool(cfg.tie_embeddings))
 
 
-def memory_estimate(n_params, cfg, world, fsdp):
-    """Bytes per GPU: fp32 weights, gradients and AdamW moments (sharded under FSDP) plus activations."""
-    states = 16 * n_params / (world if fsdp else 1)
-    act_bytes = 2 if cfg.dtype == "bfloat16" else 4
-    tokens = cfg.batch_size * cfg.block_size
-    activations = tokens * cfg.n_layers * cfg.dim * 17 * act_bytes  # ~34 half-words per token, layer and width
-    exits = 1
-    if cfg.e_scale > 0:
-        exits += math.ceil(cfg.n_layers / cfg.rotation) if cfg.curriculum == "rotational" else cfg.n_layers
-    logits = tokens * cfg.vocab_size * 4 * 2 * exits  # fp32 logits and their softmax, per trained exit
-    return states, activations + logits
-
-
 def size_model(cfg, ranks, device=None) -> dict:
-    """The model's size from one block built on the meta device (nothing allocated): print it and the memory it
-    needs, and stop if that is more than the device has. Returns the sizes."""
+    """The parameters (from one block built on the meta device: nothing allocated) and the memory per GPU: fp32
+    weights, gradients and AdamW moments (sharded under FSDP), activations, and every trained exit's logits. Prints
+    both and stops if they pass what the device has. Returns the sizes."""
     with torch.device("meta"):
         block = ls.TransformerBlock(model_args(cfg))  # the model: L blocks, the embedding, the head, a norm
     heads = 1 if cfg.tie_embeddings else 2
     n_params = cfg.n_layers * sum(p.numel() for p in block.parameters()) + heads * cfg.vocab_size * cfg.dim + cfg.dim
-    states, activations = memory_estimate(n_params, cfg, ranks.world, cfg.fsdp)
+    states = 16 * n_params / (ranks.world if cfg.fsdp else 1)
+    tokens = cfg.batch_size * cfg.block_size
+    activations = tokens * cfg.n_layers * cfg.dim * 17 * (2 if cfg.dtype == "bfloat16" else 4)  # ~34 half-words
+    exits = 1 + (0 if cfg.e_scale == 0 else math.ceil(cfg.n_layers / cfg.rotation) if cfg.curriculum == "rotational"
+                 else cfg.n_layers)
+    activations += tokens * cfg.vocab_size * 4 * 2 * exits  # fp32 logits and their softmax, per trained exit
     need = states + activations
     ranks.log(f"model: {n_params / 1e6:.2f}M parameters, dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads "
               f"({cfg.n_kv_heads or cfg.n_heads} kv), context {cfg.block_size}, vocab {cfg.vocab_size}")
@@ -575,7 +495,7 @@ def size_model(cfg, ranks, device=None) -> dict:
 
 
 def new_model(cfg, init, resume_state, device):
-    """The model to train, in fp32 on this rank's device."""
+    """The model to train, in fp32 on this rank's device: --init_from's, the stopped run's, or a new one."""
     torch.manual_seed(cfg.seed)
     if init is not None:
         return init.to(device).train()
@@ -598,8 +518,8 @@ def fmt_time(s):
 
 
 def make_optimizer(model, cfg, resume_state, ranks):
-    """AdamW, weight decay on matrices only; on --resume with the stopped run's state. Returns it and the step to
-    start from (the RNG state is the stopped run's too)."""
+    """AdamW, weight decay on matrices only; on --resume with the stopped run's state and RNG. Returns it and the
+    step to start from."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -621,66 +541,23 @@ def lr_at(step, cfg):
 
 
 def layerskip_schedule(step, cfg, from_scratch):
-    """This step's layer dropout rates (eq. 2-4) and early-exit weights (eq. 6 with the curriculum), keyed by
-    block l."""
+    """This step's layer dropout rates (eq. 2-4; zeros when off) and early-exit weights (eq. 6 with the
+    curriculum), keyed by block l."""
     L = cfg.n_layers
-    rates = None
+    rates = [0.0] * L
     if cfg.p_max > 0:
         rates = ls.layer_dropout_rates(L, cfg.p_max, step if from_scratch else None, cfg.max_iters)
     weights = None
-    final_phase = step >= cfg.max_iters - cfg.final_iters
-    e_scale = cfg.final_e_scale if final_phase else cfg.e_scale
+    e_scale = cfg.final_e_scale if step >= cfg.max_iters - cfg.final_iters else cfg.e_scale
     always = ls.block_of_exit(cfg.exit_always) if cfg.exit_always else None  # the block that exit E reads
     if e_scale > 0:
         exits = ls.early_exit_curriculum(L, step, cfg.curriculum, cfg.rotation, cfg.max_iters)
-        if always is not None:
-            exits = sorted(set(exits) | {always})
-        weights = ls.early_exit_weights(L, e_scale, exits)
+        weights = ls.early_exit_weights(L, e_scale, sorted(set(exits) | {always}) if always is not None else exits)
     w = cfg.exit_always_weight
     if always is not None and w > 0:  # a fixed share for the draft exit, the rest as eq. 6 (or the last layer) says
         weights = {l: (1 - w) * v for l, v in (weights or {L - 1: 1.0}).items()}
         weights[always] = weights.get(always, 0.0) + w
     return rates, weights
-
-
-def exit_loss(model, x, y, exit_layer):
-    """Cross-entropy of exit E (the shared head after blocks 0..E-1) on x -> y: the blocks after E do not run."""
-    h = model.run_blocks(model.tok_embeddings(x), 0, exit_layer)
-    return torch.nn.functional.cross_entropy(model.head(h).flatten(0, 1), y.flatten(), ignore_index=-1)
-
-
-def distill_loss(model, x, y, exit_layer, kind):
-    """Distance of exit E's next-token distribution q from the last layer's p (a fixed target: no gradient flows
-    into it) at every position whose target y is not -1: KL(p || q) = sum p (log p - log q), or the total
-    variation 1/2 sum |p - q|, the acceptance a sampling draft loses (DistillSpec, Zhou et al. 2023)."""
-    h = model.run_blocks(model.tok_embeddings(x), 0, exit_layer)
-    with torch.no_grad():  # the last layer continues from exit E's states
-        p = torch.softmax(model.head(model.run_blocks(h.detach(), exit_layer, model.params.n_layers)).float(), -1)
-    keep = y >= 0
-    log_q = torch.log_softmax(model.head(h).float(), -1)[keep]
-    p = p[keep]
-    if kind == "kl":
-        return (p * (p.clamp_min(1e-30).log() - log_q)).sum(-1).mean()
-    return 0.5 * (p - log_q.exp()).abs().sum(-1).mean()
-
-
-def onpolicy_batch(run, step, micro):
-    """A micro-batch of the model's own text: random windows of the file, or whole samples (--onpolicy_aligned);
-    micro-batch ids past grad_accum, so that the windows differ from the real data's."""
-    cfg = run.cfg
-    if not cfg.onpolicy_aligned:
-        return get_batch(run.data["onpolicy"], cfg, step, cfg.grad_accum + micro, 0, 1, run.device)
-    x, y = run.data["onpolicy_samples"]
-    rows = torch.randint(len(x), (cfg.batch_size,), generator=batch_generator(cfg, step, cfg.grad_accum + micro))
-    return x[rows].to(run.device), y[rows].to(run.device)
-
-
-def onpolicy_loss(run, step, micro):
-    """Exit --exit_always's loss on a micro-batch of the model's own text (--onpolicy_loss)."""
-    x, y = onpolicy_batch(run, step, micro)
-    if run.cfg.onpolicy_loss == "ce":
-        return exit_loss(run.raw, x, y, run.cfg.exit_always)
-    return distill_loss(run.raw, x, y, run.cfg.exit_always, run.cfg.onpolicy_loss)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -693,18 +570,19 @@ class Run:
     cfg: argparse.Namespace
     ranks: Ranks
     device: str
-    data: dict
+    data: dict  # "train", "val": token memmaps
     tokenizer: object
     model: torch.nn.Module  # as this rank trains it (DDP / FSDP under torchrun)
     raw: ls.Transformer  # the model itself
     optimizer: torch.optim.Optimizer
     autocast: object
+    onpolicy: Optional[onpolicy.OnPolicyText]  # --onpolicy_data: the model's own text, or None
 
 
 def train_step(run, step, skips):
     """One optimizer step of grad_accum micro-batches. Returns the learning rate, the loss (mean over the global
     batch) and the on-policy loss (this rank's mean). Every layer-dropout draw goes into the digest `skips`."""
-    cfg, model, raw = run.cfg, run.model, run.raw
+    cfg = run.cfg
     lr = lr_at(step, cfg)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
@@ -712,20 +590,23 @@ def train_step(run, step, skips):
     loss_sum = onpolicy_sum = 0.0
     for micro in range(cfg.grad_accum):
         x, y = get_batch(run.data["train"], cfg, step, micro, run.ranks.rank, run.ranks.world, run.device)
-        with run.ranks.accumulate(model, cfg.fsdp, last=micro == cfg.grad_accum - 1), run.autocast:
-            loss, _ = model(x, y, exit_weights=weights, drop_rates=rates, seed=cfg.seed,
-                            step=step * cfg.grad_accum + micro)
+        seed, draw = cfg.seed, step * cfg.grad_accum + micro  # one layer-dropout draw per micro-batch
+        with run.ranks.accumulate(run.model, cfg.fsdp, last=micro == cfg.grad_accum - 1), run.autocast:
+            loss, _ = run.model(x, y, exit_weights=weights, drop_rates=rates, seed=seed, step=draw)
             total = loss
-            if cfg.onpolicy_data:
-                onpolicy = onpolicy_loss(run, step, micro)
-                total = loss + cfg.onpolicy_weight * onpolicy
-                onpolicy_sum += onpolicy.item() / cfg.grad_accum
+            if run.onpolicy is not None:  # exit --exit_always on the model's own text (onpolicy.py)
+                g = batch_generator(cfg, step, cfg.grad_accum + micro)  # other windows than the real data's
+                extra = run.onpolicy.loss(run.raw, g, run.device)
+                total = loss + cfg.onpolicy_weight * extra
+                onpolicy_sum += extra.item() / cfg.grad_accum
             (total / cfg.grad_accum).backward()
         loss_sum += loss.item() / cfg.grad_accum
-        skips.update(torch.stack([ls.layer_dropout_mask(len(x), p, cfg.seed, step * cfg.grad_accum + micro, l) for l, p in enumerate(rates)]).numpy().tobytes())
+        # what every sample skipped, [L, batch] booleans: the very masks the forward pass drew
+        skipped = torch.stack([ls.layer_dropout_mask(len(x), p, seed, draw, l) for l, p in enumerate(rates)])
+        skips.update(skipped.numpy().tobytes())
     loss_sum = run.ranks.mean(loss_sum, run.device)  # the global batch's loss, not this rank's share
     if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(run.raw.parameters(), cfg.grad_clip)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return lr, loss_sum, onpolicy_sum
@@ -736,12 +617,11 @@ def evaluate(model, data, cfg, device, autocast):
     """Mean validation loss at every block l's output (exit E = l + 1), on fixed windows of the validation split."""
     model.eval()
     L = cfg.n_layers
-    every_exit = {l: 1.0 / L for l in range(L)}
     totals = torch.zeros(L)
     for i in range(cfg.eval_iters):
         x, y = get_batch(data, cfg, step=-1 - i, micro=0, rank=0, world=1, device=device)
         with autocast:
-            _, per_exit = model(x, y, exit_weights=every_exit)
+            _, per_exit = model(x, y, exit_weights={l: 1.0 / L for l in range(L)})
         totals += torch.tensor([per_exit[l].item() for l in range(L)])
     model.train()
     return (totals / cfg.eval_iters).tolist()
@@ -798,15 +678,15 @@ def train(run, step, val_losses, t_start):
     try:
         while step < cfg.max_iters and (cfg.stop_after is None or step - first < cfg.stop_after):
             t0 = time.time()
-            lr, loss, onpolicy = train_step(run, step, skips)
+            lr, loss, onpolicy_loss = train_step(run, step, skips)
             step += 1
             step_times.append(time.time() - t0)
             if step % cfg.log_interval == 0 or step == cfg.max_iters:
                 if ranks.distributed:  # checked as the run goes, not hours later
                     check_same_skips(skips, ranks)
                 dt = sorted(step_times[-50:])[len(step_times[-50:]) // 2]
-                onpolicy_note = f" | exit {cfg.exit_always} on-policy {onpolicy:.4f}" if cfg.onpolicy_data else ""
-                ranks.log(f"step {step:>6}/{cfg.max_iters} | loss {loss:.4f}{onpolicy_note} | lr {lr:.2e} | "
+                note = f" | exit {cfg.exit_always} on-policy {onpolicy_loss:.4f}" if run.onpolicy is not None else ""
+                ranks.log(f"step {step:>6}/{cfg.max_iters} | loss {loss:.4f}{note} | lr {lr:.2e} | "
                           f"{tokens_per_step / dt:,.0f} tok/s | {1000 * dt:.0f} ms/step | ETA "
                           f"{fmt_time(dt * (cfg.max_iters - step))}", flush=True)
             if step % cfg.eval_interval == 0 or step == cfg.max_iters:
@@ -822,12 +702,11 @@ def finish(run, step, saved_at, val_losses, skips, t_start):
     that every rank drew the same layer dropout and (DDP) holds the same weights."""
     cfg, ranks = run.cfg, run.ranks
     model_state = save(run, step, val_losses, write=saved_at != step)
-    out_dir = Path(cfg.out_dir)
     if ranks.master and step == cfg.max_iters:
-        export = out_dir / "model.pt"  # weights only, fp16: the file to share or ship
+        export = Path(cfg.out_dir) / "model.pt"  # weights only, fp16: the file to share or ship
         save_checkpoint(export, run.raw, run.tokenizer, state_dict=model_state, half=True, config=vars(cfg),
                         step=step, metadata={"val_loss_per_exit": val_losses} if val_losses else {})
-        print(f"done: {out_dir / 'ckpt.pt'} (full state) and {export} (fp16 weights, "
+        print(f"done: {Path(cfg.out_dir) / 'ckpt.pt'} (full state) and {export} (fp16 weights, "
               f"{export.stat().st_size / 2**20:.1f} MiB) in {fmt_time(time.time() - t_start)}")
     if ranks.distributed:
         check_same_skips(skips, ranks, announce=ranks.master)
@@ -843,13 +722,10 @@ def finish(run, step, saved_at, val_losses, skips, t_start):
 
 def open_out_dir(cfg, ranks):
     """Create --out_dir (rank 0); --force clears the run it held, so that its files never mix with this one's."""
-    if not ranks.master:
-        return
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.force:
-        for name in RUN_FILES:
-            (out_dir / name).unlink(missing_ok=True)
+    if ranks.master:
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES if cfg.force else ():
+            (Path(cfg.out_dir) / name).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -867,7 +743,7 @@ def main(argv=None):
         ranks.log(json.dumps(size_model(cfg, ranks)))
         return
     device = ranks.start(cfg.device)  # 2. processes: one, or torchrun's ranks
-    data, tokenizer = load_data(cfg, ranks, init_tokenizer)  # 3. data, built on first use
+    data, tokenizer, onpolicy_text = load_data(cfg, ranks, init_tokenizer)  # 3. data, built on first use
     size_model(cfg, ranks, device)  # 4. the model: does it fit?
     model = new_model(cfg, init, resume_state, device)
     ranks.log("config: " + json.dumps({k: v for k, v in sorted(vars(cfg).items())}))
@@ -879,7 +755,7 @@ def main(argv=None):
     optimizer, step = make_optimizer(model, cfg, resume_state, ranks)  # 5. optimizer (resumed)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
                 and str(device).startswith("cuda") else nullcontext())
-    run = Run(cfg, ranks, device, data, tokenizer, wrapped, model, optimizer, autocast)
+    run = Run(cfg, ranks, device, data, tokenizer, wrapped, model, optimizer, autocast, onpolicy_text)
     val_losses = (resume_state or {}).get("metadata", {}).get("val_loss_per_exit")
     t_start = time.time()
     step, saved_at, val_losses, skips = train(run, step, val_losses, t_start)  # 6. train
