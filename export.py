@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 
-from common import ArgumentParser, fail, recommendation
+from common import DTYPES, ArgumentParser, fail
 from model_io import HF_TO_META, LLAMA3_PAT_STR, LLAMA3_SPECIAL_TOKENS, CheckpointError, load_model
 
 FORMATS = ("hf", "meta")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,8 +109,8 @@ def hf_rope(p) -> dict:
 
 
 def layerskip_fields(model) -> dict:
-    """The checkpoint's stored decoding recommendation (bench.py --auto), for config.json's "layerskip" field."""
-    rec = recommendation(model)
+    """The checkpoint's stored decoding setting (bench.py --auto), for config.json's "layerskip" field; {} if none."""
+    rec = (getattr(model, "metadata", None) or {}).get("recommended") or {}
     return {k: rec[k] for k in ("exit_layer", "num_speculations", "draft_threshold", "draft_cost", "draft_gamma")
             if k in rec}
 

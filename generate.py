@@ -11,13 +11,13 @@ Generate text with a LayerSkip model: autoregressive, early-exit or self-specula
     python generate.py --checkpoint smollm2 --chat --prompt "What is the capital of France?"   # a GGUF chat model
     python generate.py --prompt_file prompts.jsonl --batch_size 4 --compare   # several prompts, 4 decoded at once
 
-Without --strategy: self_speculative if --exit is given, else the checkpoint's recommended exit layer if bench.py
-stored one, else autoregressive; --strategy early_exit or self_speculative without any exit layer drafts with
-the first L // 4 blocks. The recommended speculation count and draft threshold were tuned at the recommended
-exit and apply only there: at any other exit the count is 4 and there is no threshold, unless given. A flag
-that would do nothing (--exit with autoregressive decoding, --top_p when greedy, ...) is refused, not ignored.
---repetition_penalty and --no_repeat_ngram_size change the distribution for drafts and verifier alike, so
-greedy self-speculative output still equals autoregressive output.
+Without --strategy: self_speculative if --exit is given, else the setting bench.py --auto stored in the
+checkpoint, else autoregressive. The stored setting (exit, speculation count and stop rule, tuned together) applies
+when none of --exit, --num_speculations, --draft_threshold, --draft_cost, --draft_gamma is given; name one and the
+others take their defaults: exit L // 4, 4 speculations, no stop rule, gamma 1. Every decoding flag's range is the
+one settings.RANGES writes. A flag that would do nothing (--exit with autoregressive decoding, --top_p when greedy,
+...) is refused, not ignored. --repetition_penalty and --no_repeat_ngram_size change the distribution for drafts
+and verifier alike, so greedy self-speculative output still equals autoregressive output.
 
 --prompt_file F.jsonl holds several prompts, one a line: a JSON string, or an object with a "prompt" field. They
 are decoded together, at most --batch_size at once (a finished row's place goes to the next prompt), and each
@@ -30,28 +30,26 @@ bonus tokens, and with --stream the rejected drafts appear struck through. Piped
 --threads defaults to 1.
 """
 
-import argparse
 import itertools
 import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 import layerskip as ls
-from common import (DEFAULT_NUM_SPECULATIONS, DTYPES, ArgumentParser, check_device, decoding_settings, fail, float_range,
-                    int_range, plural, round_pieces, setting_flag, unfinished_tail)
+from common import (DEFAULT_NUM_SPECULATIONS, DTYPES, ArgumentParser, check_device, decoding_settings, fail, int_range,
+                    plural, round_pieces, setting_flag, unfinished_tail)
 from model_io import INSTALLED_MODELS, CheckpointError, chat_prompt, load_model
 from settings import STRATEGIES, Settings
 
-DEFAULT_CHECKPOINT = "checkpoints/layerskip-python-deep.pt"  # 32 layers; it stores its best exit, d, threshold
+DEFAULT_CHECKPOINT = "checkpoints/layerskip-python-deep.pt"  # 32 layers; it stores its best exit, d, stop rule
 # the start of a HumanEval-style prompt: a signature and a docstring, the function body left to the model
 DEFAULT_PROMPT = 'def fibonacci(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
-# Below these, dividing float32 logits by the temperature or the penalty overflows to inf and sampling breaks.
-MIN_TEMPERATURE, MIN_REPETITION_PENALTY = 1e-3, 1e-2
 MAX_CONTEXT = 2 ** 20  # --max_seq_len: RoPE tables past a million positions would fill memory, not help
 
 # ANSI styles for the roles a token plays in self-speculative decoding (round_pieces' kinds); "token", a round
@@ -60,14 +58,6 @@ ACCEPTED, CORRECTION, BONUS, REJECTED, RESET = "\033[32m", "\033[36m", "\033[35m
 STYLES = {"accepted": ACCEPTED, "correction": CORRECTION, "bonus": BONUS, "rejected": REJECTED}
 LEGEND = {"accepted": "accepted draft", "correction": "correction", "bonus": "bonus token",
           "rejected": "rejected draft"}
-
-
-def temperature(text: str) -> float:
-    """An argparse type: 0 (greedy) or a finite temperature of at least MIN_TEMPERATURE."""
-    value = float_range(0)(text)
-    if 0 < value < MIN_TEMPERATURE:
-        raise argparse.ArgumentTypeError(f"use 0 for greedy decoding or at least {MIN_TEMPERATURE}, got {text}")
-    return value
 
 
 def parse_args(argv=None):
@@ -86,37 +76,38 @@ def parse_args(argv=None):
                    help="send the prompt as a user message under the checkpoint's chat template and decode the "
                         "answer, up to its end-of-turn token (instruct models only)")
     p.add_argument("--strategy", choices=STRATEGIES,
-                   help="decoding strategy (default: self_speculative with --exit or a recommended exit, "
-                        "else autoregressive)")
-    p.add_argument("--exit", "--exit_layer", dest="exit_layer", type=int_range(1),
+                   help="decoding strategy (default: self_speculative with --exit or a stored setting, else "
+                        "autoregressive)")
+    p.add_argument("--exit", "--exit_layer", dest="exit_layer", type=setting_flag("exit_layer"),
                    help="exit layer E: the draft (or the early-exit model) runs blocks 0..E-1 (default: the "
-                        "checkpoint's recommended one, else L // 4)")
-    p.add_argument("--num_speculations", type=int_range(1),
-                   help="tokens drafted per self-speculative round (default: the checkpoint's recommended one "
-                        "if E is its recommended exit layer, else %d)" % DEFAULT_NUM_SPECULATIONS)
-    p.add_argument("--draft_threshold", type=float_range(0, 1),
-                   help="stop drafting early when the draft's confidence falls below this, in [0, 1], 0 = off "
-                        "(default: the recommended one if E and the speculation count are the recommended ones, "
-                        "else off)")
-    p.add_argument("--draft_cost", type=float_range(0, 1, low_open=True),
+                        "checkpoint's stored setting, which applies when none of --exit, --num_speculations, "
+                        "--draft_threshold, --draft_cost, --draft_gamma is given; else L // 4)")
+    p.add_argument("--num_speculations", type=setting_flag("num_speculations"),
+                   help="tokens drafted per self-speculative round, at most (default: the stored setting's, as "
+                        f"for --exit; else {DEFAULT_NUM_SPECULATIONS})")
+    p.add_argument("--draft_threshold", type=setting_flag("draft_threshold"),
+                   help="stop drafting when the draft's confidence falls below this; 0 = off (default: the stored "
+                        "setting's, as for --exit; else off)")
+    p.add_argument("--draft_cost", type=setting_flag("draft_cost"),
                    help="stop drafting by the cost model instead (beyond the paper): a draft step costs this "
-                        "fraction of a verification, e.g. 0.13; --num_speculations is then the most per round")
-    p.add_argument("--draft_gamma", type=float_range(0, 10, low_open=True),
-                   help="with --draft_cost: the draft's confidence c counts as c^gamma (default: the checkpoint's "
-                        "calibrated one, else 1)")
+                        "fraction of a verification, e.g. 0.13; 0 = off; --num_speculations is then the most per "
+                        "round (default: the stored setting's, as for --exit; else off)")
+    p.add_argument("--draft_gamma", type=setting_flag("draft_gamma"),
+                   help="with --draft_cost: the draft's confidence c counts as c^gamma (default: the stored "
+                        "setting's, as for --exit; else 1)")
     p.add_argument("--max_new_tokens", type=int_range(0), default=128,
                    help="tokens to generate at most (default: %(default)s)")
-    p.add_argument("--temperature", type=temperature, default=0.0,
-                   help=f"0 = greedy (default); at least {MIN_TEMPERATURE} samples")
-    p.add_argument("--top_k", type=int_range(1), help="sample only among the k most likely tokens")
-    p.add_argument("--top_p", type=float_range(0, 1, low_open=True),
+    p.add_argument("--temperature", type=setting_flag("temperature"), default=0.0,
+                   help="0 = greedy (default); above 0 samples")
+    p.add_argument("--top_k", type=setting_flag("top_k"), help="sample only among the k most likely tokens")
+    p.add_argument("--top_p", type=setting_flag("top_p"),
                    help="sample only from the smallest set of tokens with this probability, in (0, 1]")
-    p.add_argument("--repetition_penalty", type=float_range(MIN_REPETITION_PENALTY), default=1.0,
+    p.add_argument("--repetition_penalty", type=setting_flag("repetition_penalty"), default=1.0,
                    help="divide the logit of every token already in the text by this (multiply if negative), "
                         "as CTRL and Hugging Face do; 1 = off (default), 1.1-1.3 curbs loops")
-    p.add_argument("--no_repeat_ngram_size", type=int_range(0), default=0,
+    p.add_argument("--no_repeat_ngram_size", type=setting_flag("no_repeat_ngram_size"), default=0,
                    help="never emit a token that would repeat an n-gram of the text; 0 = off (default)")
-    p.add_argument("--seed", type=int_range(0, 2 ** 64 - 1), help="seed of the sampler (default: random, printed)")
+    p.add_argument("--seed", type=setting_flag("seed"), help="seed of the sampler (default: random, printed)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu, cuda, cuda:1, ... (default: %(default)s)")
     p.add_argument("--threads", type=int_range(1, os.cpu_count() or 1),
@@ -188,14 +179,17 @@ def read_prompts(args) -> Optional[list[str]]:
     return prompts
 
 
-def check_flags_apply(args, dec: dict, n_layers: int):
-    """A flag that the resolved decoding would ignore is a ValueError that says what to do, not silence."""
+def check_flags_apply(args, dec: dict, n_layers: int, stored: bool):
+    """A flag that the resolved decoding would ignore is a ValueError that says what to do, not silence.
+    stored: the checkpoint stores a setting (which applies only when no drafting flag is given)."""
     strategy = dec["strategy"]
-    if strategy == "autoregressive" and not args.strategy:  # no --exit, and the checkpoint recommends none
+    if strategy == "autoregressive" and not args.strategy:  # no --exit, and no stored setting in use
         for flag in ("num_speculations", "draft_threshold", "draft_cost", "draft_gamma", "compare"):
             if getattr(args, flag) not in (None, False):
-                raise ValueError(f"--{flag} needs an exit layer to draft with, and this checkpoint stores no "
-                                 f"recommended one: add --exit E (1..{n_layers})")
+                why = ("the checkpoint's stored setting applies only when no drafting flag is given"
+                       if stored and flag != "compare" else "this checkpoint stores no setting")
+                raise ValueError(f"--{flag} needs an exit layer to draft with, and {why}: add --exit E "
+                                 f"(1..{n_layers})")
     if args.exit_layer is not None and strategy == "autoregressive":
         raise ValueError(f"--exit has no effect with --strategy autoregressive, which runs all {n_layers} layers: "
                          f"drop --exit, or use --strategy self_speculative or early_exit")
@@ -213,33 +207,34 @@ def check_flags_apply(args, dec: dict, n_layers: int):
                              f"T (e.g. 0.8) or drop --{flag}")
 
 
-def sampling(args) -> dict:
-    """generate_stream's sampling and logits-processor arguments from the flags."""
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size)
+def settings(args, tokenizer, dec: Optional[dict] = None) -> Settings:
+    """The flags as one Settings (checked when made): the strategy, exit, d and stop rule resolved (dec; none:
+    autoregressive), the sampling and logits-processor flags, and the tokenizer's stop ids."""
+    return Settings(**(dec or {}), temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    seed=args.seed, repetition_penalty=args.repetition_penalty,
+                    no_repeat_ngram_size=args.no_repeat_ngram_size, eos_id=tokenizer.stop_ids)
 
 
-def describe(dec: dict, args, n_layers: int) -> str:
-    words = [dec["strategy"]]
-    if "exit_layer" in dec:
-        words.append(f"exit layer {dec['exit_layer']} of {n_layers}")
-    if "num_speculations" in dec:
-        words.append(plural(dec["num_speculations"], "speculation"))
-    if dec.get("draft_threshold"):
-        words.append(f"drafting stops below confidence {dec['draft_threshold']}")
-    if dec.get("draft_cost"):
-        words.append(f"drafting stops by the cost model (draft cost {dec['draft_cost']}, gamma {dec['draft_gamma']})")
-    if args.temperature == 0:
+def describe(s: Settings, n_layers: int) -> str:
+    words = [s.strategy]
+    if s.exit_layer is not None:
+        words.append(f"exit layer {s.exit_layer} of {n_layers}")
+    if s.num_speculations is not None:
+        words.append(plural(s.num_speculations, "speculation"))
+    if s.draft_threshold:
+        words.append(f"drafting stops below confidence {s.draft_threshold}")
+    if s.draft_cost:
+        words.append(f"drafting stops by the cost model (draft cost {s.draft_cost}, gamma {s.draft_gamma})")
+    if s.temperature == 0:
         words.append("greedy")
     else:
-        words.append(f"temperature {args.temperature}")
-        words += [f"{name} {value}" for name, value in (("top_k", args.top_k), ("top_p", args.top_p))
-                  if value is not None]
-        words.append(f"seed {args.seed}")
-    if args.repetition_penalty != 1.0:
-        words.append(f"repetition penalty {args.repetition_penalty}")
-    if args.no_repeat_ngram_size:
-        words.append(f"no repeated {args.no_repeat_ngram_size}-grams")
+        words.append(f"temperature {s.temperature}")
+        words += [f"{name} {value}" for name, value in (("top_k", s.top_k), ("top_p", s.top_p)) if value is not None]
+        words.append(f"seed {s.seed}")
+    if s.repetition_penalty != 1.0:
+        words.append(f"repetition penalty {s.repetition_penalty}")
+    if s.no_repeat_ngram_size:
+        words.append(f"no repeated {s.no_repeat_ngram_size}-grams")
     return ", ".join(words)
 
 
@@ -291,8 +286,8 @@ def stop_reason(g: ls.Generation, n_prompt: int, max_new_tokens: int, context: i
     return f"max_new_tokens ({max_new_tokens})"
 
 
-def summary(g: ls.Generation, dec: dict, stopped: str) -> str:
-    drafted = dec["strategy"] == "self_speculative" and g.drafted  # n/a when nothing was drafted
+def summary(g: ls.Generation, s: Settings, stopped: str) -> str:
+    drafted = s.strategy == "self_speculative" and g.drafted  # n/a when nothing was drafted
     rate = f"acceptance rate {g.acceptance_rate:.0%}" if drafted else "acceptance rate n/a"
     return (f"{plural(len(g.tokens), 'token')} in {g.seconds:.2f} s: {g.tokens_per_s:.1f} tokens/s | {rate} | "
             f"{g.tokens_per_round:.2f} tokens per round ({plural(g.rounds, 'round')}) | stopped at {stopped}")
@@ -312,7 +307,7 @@ def compare_verdict(ar_tokens: list, tokens: list, temperature: float, dtype: to
     return verdict
 
 
-def print_header(args, model, tokenizer, dec, prompt_ids, colour: bool):
+def print_header(args, model, tokenizer, s: Settings, prompt_ids, colour: bool):
     """The checkpoint, the decoding setting and where it runs; the colour legend on a terminal."""
     p = model.params
     trained = getattr(model, "trained_context", None)
@@ -327,39 +322,39 @@ def print_header(args, model, tokenizer, dec, prompt_ids, colour: bool):
     where = f"{args.device} {str(model.tok_embeddings.weight.dtype)[6:]}"
     if torch.device(args.device).type == "cpu":
         where += f", {plural(torch.get_num_threads(), 'thread')}"
-    print(f"decoding: {describe(dec, args, p.n_layers)} | prompt {plural(len(prompt_ids), 'token')}, up to "
+    print(f"decoding: {describe(s, p.n_layers)} | prompt {plural(len(prompt_ids), 'token')}, up to "
           f"{args.max_new_tokens} new{fits} | {where}")
-    if colour and dec["strategy"] == "self_speculative":
+    if colour and s.strategy == "self_speculative":
         shown = [k for k in STYLES if k != "rejected" or args.stream]
         print("colours: " + " ".join(f"{STYLES[k]}{LEGEND[k]}{RESET}" for k in shown))
 
 
-def print_comparison(model, tokenizer, prompt_ids, args, dec, g: ls.Generation):
-    """--compare: decode autoregressively with the same sampling, stop ids and processors; speedup and verdict."""
-    ar = ls.generate(model, prompt_ids, args.max_new_tokens, eos_id=tokenizer.stop_ids, **sampling(args))
-    print(f"autoregressive: {plural(len(ar.tokens), 'token')} in {ar.seconds:.2f} s: {ar.tokens_per_s:.1f} tokens/s")
-    verdict = compare_verdict(ar.tokens, g.tokens, args.temperature, model.tok_embeddings.weight.dtype)
-    if ar.tokens and g.tokens:
-        print(f"speedup {ar.time_per_token / g.time_per_token:.2f}x ({1000 * ar.time_per_token:.1f} ms/token "
-              f"autoregressive, {1000 * g.time_per_token:.1f} ms/token {dec['strategy']}) | {verdict}")
+def print_comparison(model, prompt_ids, args, s: Settings, ar: Settings, g: ls.Generation):
+    """--compare: decode autoregressively with the same sampling, stop ids and processors (ar); speedup, verdict.
+    The same stop ids matter: otherwise the two could stop at different places."""
+    a = ls.generate(model, prompt_ids, args.max_new_tokens, ar)
+    print(f"autoregressive: {plural(len(a.tokens), 'token')} in {a.seconds:.2f} s: {a.tokens_per_s:.1f} tokens/s")
+    verdict = compare_verdict(a.tokens, g.tokens, s.temperature, model.tok_embeddings.weight.dtype)
+    if a.tokens and g.tokens:
+        print(f"speedup {a.time_per_token / g.time_per_token:.2f}x ({1000 * a.time_per_token:.1f} ms/token "
+              f"autoregressive, {1000 * g.time_per_token:.1f} ms/token {s.strategy}) | {verdict}")
     else:
         print(f"speedup n/a (no tokens generated) | {verdict}")
 
 
-def run_batch(args, model, tokenizer, dec: dict, prompts: list[str]):
+def run_batch(args, model, tokenizer, s: Settings, ar: Settings, prompts: list[str]):
     """Several prompts decoded together (layerskip.generate_stream with a list), printed row by row; --compare:
     each row against its own autoregressive run, and the batch's throughput against those runs'."""
     chats = [chat_prompt(tokenizer, p) for p in prompts] if args.chat else [(p, tokenizer.encode(p)) for p in prompts]
     ids = [i for _, i in chats]
-    stream = ls.generate_stream(model, ids, args.max_new_tokens,  # checks every row first
-                                Settings(eos_id=tokenizer.stop_ids, **dec, **sampling(args)), args.batch_size)
+    stream = ls.generate_stream(model, ids, args.max_new_tokens, s, args.batch_size)  # checks every row first
     colour = sys.stdout.isatty()
-    print_header(args, model, tokenizer, dec, max(ids, key=len), colour)
+    print_header(args, model, tokenizer, s, max(ids, key=len), colour)
     B = min(args.batch_size or len(ids), len(ids))
     print(f"batch: {plural(len(ids), 'prompt')}, at most {B} decoded at once")
-    if args.compare:
-        for warm in (dec, dict(strategy="autoregressive")):
-            ls.generate(model, ids[:B], min(8, args.max_new_tokens), eos_id=tokenizer.stop_ids, seed=0, **warm)
+    if args.compare:  # warm up both strategies (allocator, kernels) so that neither pays first-call costs
+        for warm in (s, ar):
+            ls.generate(model, ids[:B], min(8, args.max_new_tokens), warm)
     events, seconds, start = [[] for _ in ids], [0.0] * len(ids), time.perf_counter()
     for rounds in stream:
         for b, event in enumerate(rounds):
@@ -367,26 +362,25 @@ def run_batch(args, model, tokenizer, dec: dict, prompts: list[str]):
                 events[b].append(event)
                 seconds[b] = time.perf_counter() - start
     total = time.perf_counter() - start
-    drafting = dec["strategy"] == "self_speculative"
     gens = []
     for b, ((text, prompt_ids), row) in enumerate(zip(chats, events)):
         print(f"{'-' * 30} prompt {b + 1} of {len(ids)} {'-' * 30}")
         print(text, end="")
-        g = decode(iter(row), tokenizer, prompt_ids, False, colour, drafting)
+        g = decode(iter(row), tokenizer, prompt_ids, False, colour, s.strategy == "self_speculative")
         g.seconds = seconds[b]
         gens.append(g)
-        print(f"[{summary(g, dec, stop_reason(g, len(prompt_ids), args.max_new_tokens, model.params.max_seq_len, tokenizer.stop_ids))}]")
+        stopped = stop_reason(g, len(prompt_ids), args.max_new_tokens, model.params.max_seq_len, s.stop_ids)
+        print(f"[{summary(g, s, stopped)}]")
     print("-" * 80)
     n_tokens = sum(len(g.tokens) for g in gens)
     print(f"all prompts: {plural(n_tokens, 'token')} in {total:.2f} s: {n_tokens / total:.1f} tokens/s "
-          f"({dec['strategy']}, at most {B} at once)")
+          f"({s.strategy}, at most {B} at once)")
     if args.compare:
         ar_seconds, identical = 0.0, 0
         for b, (prompt_ids, g) in enumerate(zip(ids, gens)):
-            kw = dict(sampling(args), seed=args.seed + b)  # row b's own stream, as in the batch
-            ar = ls.generate(model, prompt_ids, args.max_new_tokens, eos_id=tokenizer.stop_ids, **kw)
-            ar_seconds += ar.seconds
-            verdict = compare_verdict(ar.tokens, g.tokens, args.temperature, model.tok_embeddings.weight.dtype)
+            a = ls.generate(model, prompt_ids, args.max_new_tokens, replace(ar, seed=s.seed + b))  # row b's stream
+            ar_seconds += a.seconds
+            verdict = compare_verdict(a.tokens, g.tokens, s.temperature, model.tok_embeddings.weight.dtype)
             identical += verdict == "outputs identical"
             print(f"prompt {b + 1}: {verdict}")
         ar_tokens_per_s = n_tokens / ar_seconds if ar_seconds else float("inf")
@@ -410,30 +404,30 @@ def run(args):
                                   max_seq_len=args.max_seq_len)
     dec = decoding_settings(model, args.strategy, args.exit_layer, args.num_speculations, args.draft_threshold,
                             args.draft_cost, args.draft_gamma)
-    check_flags_apply(args, dec, model.params.n_layers)
+    stored = decoding_settings(model)["strategy"] != "autoregressive"
+    check_flags_apply(args, dec, model.params.n_layers, stored)
+    s, ar = settings(args, tokenizer, dec), settings(args, tokenizer)  # ar: --compare's autoregressive twin
     if prompts is not None:
-        return run_batch(args, model, tokenizer, dec, prompts)
+        return run_batch(args, model, tokenizer, s, ar, prompts)
     if args.chat:  # shown as the model sees it: the template around the question
         prompt, prompt_ids = chat_prompt(tokenizer, prompt)
     else:
         prompt_ids = tokenizer.encode(prompt)
     # generate_stream checks every argument at the call (exit layer, a prompt too long for the context, ...):
     # bad input stops here, before anything is printed
-    stream = ls.generate_stream(model, prompt_ids, args.max_new_tokens,
-                                Settings(eos_id=tokenizer.stop_ids, **dec, **sampling(args)))
+    stream = ls.generate_stream(model, prompt_ids, args.max_new_tokens, s)
     colour = sys.stdout.isatty()
-    print_header(args, model, tokenizer, dec, prompt_ids, colour)
+    print_header(args, model, tokenizer, s, prompt_ids, colour)
     if args.compare:  # warm up both strategies (allocator, kernels) so that neither pays first-call costs
-        for warm in (dec, dict(strategy="autoregressive")):
-            ls.generate(model, prompt_ids, min(8, args.max_new_tokens), eos_id=tokenizer.stop_ids, seed=0, **warm)
+        for warm in (s, ar):
+            ls.generate(model, prompt_ids, min(8, args.max_new_tokens), warm)
     print("-" * 80)
     print(prompt, end="")
-    g = decode(stream, tokenizer, prompt_ids, args.stream, colour, dec["strategy"] == "self_speculative")
+    g = decode(stream, tokenizer, prompt_ids, args.stream, colour, s.strategy == "self_speculative")
     print("-" * 80)
-    print(summary(g, dec, stop_reason(g, len(prompt_ids), args.max_new_tokens, model.params.max_seq_len,
-                                      tokenizer.stop_ids)))
-    if args.compare:  # the same stop ids as the strategy above: otherwise the two could stop at different places
-        print_comparison(model, tokenizer, prompt_ids, args, dec, g)
+    print(summary(g, s, stop_reason(g, len(prompt_ids), args.max_new_tokens, model.params.max_seq_len, s.stop_ids)))
+    if args.compare:
+        print_comparison(model, prompt_ids, args, s, ar, g)
 
 
 def main(argv=None):
