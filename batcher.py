@@ -1,22 +1,24 @@
 """
 Serve several users at once: requests that arrive together decode together, as one batch.
 
-A Batcher owns a worker thread. Callers submit a prompt with their decoding setting and get back an iterator of
-their own rounds (layerskip.Round), live, as the batch decodes them. The worker takes the oldest waiting request,
-joins every other waiting request with the same model and setting (up to batch_size of them), and decodes them
-with one layerskip.generate_stream over the list; each round's events go to their requests' own queues. Requests
+A Batcher owns a worker thread. Callers submit a prompt with their decoding setting (a settings.Settings) and get
+back an iterator of their own rounds (layerskip.Round), live, as the batch decodes them. The worker takes the oldest
+waiting request, joins every other waiting request with the same model and the same setting but for its seed (up to
+batch_size of them), and decodes them with one layerskip.generate_stream over the list, each row with its own
+seed; each round's events go to their requests' own queues. Requests
 that arrive while a batch decodes wait for the next one. Each row's tokens are those of decoding it alone
 (layerskip's batched decoding is exact), so a user sees the same text whoever else is served beside them.
 
     batcher = Batcher(batch_size=8, max_waiting=64)
-    for event in batcher.submit(model, prompt_ids, 64, eos_id=tok.stop_ids, strategy="self_speculative", ...):
+    setting = Settings(strategy="self_speculative", exit_layer=4, num_speculations=3, eos_id=tok.stop_ids, seed=0)
+    for event in batcher.submit(model, prompt_ids, 64, setting):
         print(event.tokens)
 """
 
 import queue
 import threading
-from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import layerskip as ls
 from settings import Settings
@@ -33,12 +35,12 @@ class Request:
     model: object
     prompt_ids: list
     max_new_tokens: int
-    seed: Optional[int]
-    setting: dict  # generate_stream's other keyword arguments, the same for every request of a batch
+    settings: Settings
     events: queue.Queue = field(default_factory=queue.Queue)
 
-    def key(self):
-        return id(self.model), sorted((k, repr(v)) for k, v in self.setting.items())
+    def joins(self, other: "Request") -> bool:
+        """Whether this request may share other's batch: the same model and setting, the seed aside."""
+        return self.model is other.model and replace(self.settings, seed=None) == replace(other.settings, seed=None)
 
 
 class Batcher:
@@ -52,11 +54,11 @@ class Batcher:
         self.largest = 0
         threading.Thread(target=self.work, daemon=True, name="batcher").start()
 
-    def submit(self, model, prompt_ids, max_new_tokens: int, seed: Optional[int] = None, **setting) -> Iterator:
+    def submit(self, model, prompt_ids, max_new_tokens: int, settings: Settings = Settings()) -> Iterator:
         """Queue a request and return its rounds as they are decoded. Its arguments are checked here, at the call
         (generate_stream's ValueError), and a full waiting line raises Busy, both before anything waits."""
-        ls.generate_stream(model, prompt_ids, max_new_tokens, Settings(seed=seed, **setting))  # checks, decodes nothing
-        request = Request(model, list(prompt_ids), max_new_tokens, seed, setting)
+        ls.generate_stream(model, prompt_ids, max_new_tokens, settings)  # checks, decodes nothing
+        request = Request(model, list(prompt_ids), max_new_tokens, settings)
         with self.lock:
             if len(self.waiting) >= self.max_waiting:
                 raise Busy(f"the server is busy: {len(self.waiting)} requests are waiting; try again shortly")
@@ -76,8 +78,7 @@ class Batcher:
         with self.lock:
             while not self.waiting:
                 self.lock.wait()
-            key = self.waiting[0].key()
-            batch = [r for r in self.waiting if r.key() == key][:self.batch_size]
+            batch = [r for r in self.waiting if r.joins(self.waiting[0])][:self.batch_size]
             self.waiting = [r for r in self.waiting if r not in batch]
             return batch
 
@@ -85,10 +86,10 @@ class Batcher:
         while True:
             batch = self.next_batch()
             self.batches, self.largest = self.batches + 1, max(self.largest, len(batch))
-            first = batch[0]
+            settings = replace(batch[0].settings, seed=[r.settings.seed for r in batch])  # a seed per row
             try:
-                stream = ls.generate_stream(first.model, [r.prompt_ids for r in batch], [r.max_new_tokens for r in batch],
-                                            Settings(seed=[r.seed for r in batch], **first.setting))
+                stream = ls.generate_stream(batch[0].model, [r.prompt_ids for r in batch],
+                                            [r.max_new_tokens for r in batch], settings)
                 for rounds in stream:
                     for request, event in zip(batch, rounds):
                         if event is not None:

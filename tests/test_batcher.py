@@ -4,32 +4,37 @@ waiting line is refused with Busy, and bad settings are refused at submit."""
 import threading
 
 import pytest
+import torch
 
 import layerskip as ls
 from batcher import Batcher, Busy
-from test_layerskip import tiny_model
-from test_batch import ragged_prompts
+from conftest import tiny_model
+from settings import Settings
 
 
 def test_concurrent_clients_each_get_their_own_text():
-    """32 clients at once, several settings among them: every stream equals that prompt decoded alone, and
-    the clients were served in batches (fewer batches than clients, some of several rows)."""
+    """32 clients at once, three settings among them (greedy autoregressive, greedy self-speculative, sampled
+    self-speculative with each client's own seed): every stream equals that prompt decoded alone, and the clients
+    were served in batches (fewer batches than clients, some of several rows)."""
     model = tiny_model(n_layers=6, seed=9)
-    prompts = ragged_prompts(32, seed=9)
-    settings = [{}, dict(strategy="self_speculative", exit_layer=2, num_speculations=4)]
+    g = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(0, 32, (int(n),), generator=g).tolist() for n in torch.randint(1, 12, (32,), generator=g)]
+    speculative = dict(strategy="self_speculative", exit_layer=2, num_speculations=4)
+    settings = [[Settings(), Settings(**speculative), Settings(**speculative, temperature=0.8, seed=b)][b % 3]
+                for b in range(32)]
     batcher = Batcher(batch_size=8, max_waiting=64)
     results, start = [None] * 32, threading.Barrier(32)
 
     def client(b):
         start.wait()
-        results[b] = [t for e in batcher.submit(model, prompts[b], 10 + b % 7, **settings[b % 2]) for t in e.tokens]
+        results[b] = [t for e in batcher.submit(model, prompts[b], 10 + b % 7, settings[b]) for t in e.tokens]
 
     threads = [threading.Thread(target=client, args=(b,)) for b in range(32)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert results == [ls.generate(model, p, 10 + b % 7, **settings[b % 2]).tokens for b, p in enumerate(prompts)]
+    assert results == [ls.generate(model, p, 10 + b % 7, settings[b]).tokens for b, p in enumerate(prompts)]
     assert batcher.batches < 32 and 1 < batcher.largest <= 8
 
 
@@ -37,7 +42,7 @@ def test_full_line_is_busy_and_bad_settings_fail_at_submit():
     model = tiny_model(n_layers=2)
     batcher = Batcher(batch_size=1, max_waiting=1)
     with pytest.raises(ValueError, match="exit layer 9 is out of range"):
-        batcher.submit(model, [1, 2], 4, strategy="early_exit", exit_layer=9)
+        batcher.submit(model, [1, 2], 4, Settings(strategy="early_exit", exit_layer=9))
     with batcher.lock:  # hold the worker off while the line fills
         batcher.waiting.append(object())
         with pytest.raises(Busy, match="busy"):
