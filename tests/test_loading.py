@@ -1,10 +1,9 @@
-"""Tests of model_io.py: Meta and Hugging Face Llama layouts give transformers' logits and greedy tokens exactly,
-the tokenizers round-trip text, and every bad input is one CheckpointError that names the problem."""
+"""model_io.py: Meta and Hugging Face Llama layouts give transformers' logits and greedy tokens, the tokenizers
+round-trip text, and one table of bad files, each a CheckpointError that names the file and the problem."""
 
 import base64
 import json
 import os
-import shutil
 
 import pytest
 import torch
@@ -13,16 +12,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers must never try the 
 
 import layerskip as ls  # noqa: E402
 import model_io  # noqa: E402
+from conftest import tiny_model  # noqa: E402
 from model_io import CheckpointError, load_model, save_checkpoint, token_texts  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.integration
 
 # Meta key names by Hugging Face key, written out here independently of model_io.HF_TO_META.
-HF_TO_META_BLOCK = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
-                    "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
-                    "mlp.gate_proj": "feed_forward.w1", "mlp.up_proj": "feed_forward.w3",
-                    "mlp.down_proj": "feed_forward.w2", "input_layernorm": "attention_norm",
-                    "post_attention_layernorm": "ffn_norm"}
+HF_TO_META = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
+              "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1", "mlp.up_proj": "feed_forward.w3",
+              "mlp.down_proj": "feed_forward.w2", "input_layernorm": "attention_norm",
+              "post_attention_layernorm": "ffn_norm", "model.embed_tokens": "tok_embeddings", "model.norm": "norm",
+              "lm_head": "output"}
 SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1, "tok_embeddings": 1}
 ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64}  # with head_dim 16, this scales the slow, blends the middle bands
@@ -45,37 +46,21 @@ def write_meta(hf, folder, tokenizer_bytes, n_shards=1):
     permuted back to Meta's interleaved RoPE order, matrices split across n_shards model-parallel ranks."""
     c = hf.config
     head_dim = c.hidden_size // c.num_attention_heads
-
-    def to_meta(w, n_heads):  # inverse of transformers' permute(w, n_heads, rows, cols)
-        return w.view(n_heads, 2, head_dim // 2, w.shape[1]).transpose(1, 2).reshape(w.shape)
-
-    state = {}
+    state = {"rope.freqs": torch.zeros(head_dim // 2)}  # the stray buffer real Meta checkpoints carry
     for key, w in hf.state_dict().items():
-        if key == "model.embed_tokens.weight":
-            name = "tok_embeddings.weight"
-        elif key == "model.norm.weight":
-            name = "norm.weight"
-        elif key == "lm_head.weight":
-            if c.tie_word_embeddings:
-                continue  # Meta's tied checkpoints carry no output.weight
-            name = "output.weight"
-        else:
-            parts = key.split(".")  # model.layers.{i}.{module}.weight
-            i, module = parts[2], ".".join(parts[3:-1])
-            name = f"layers.{i}.{HF_TO_META_BLOCK[module]}.weight"
-            if module == "self_attn.q_proj":
-                w = to_meta(w, c.num_attention_heads)
-            elif module == "self_attn.k_proj":
-                w = to_meta(w, c.num_key_value_heads)
-        state[name] = w.clone()
-    state["rope.freqs"] = torch.zeros(head_dim // 2)  # the stray buffer real Meta checkpoints carry
+        if key == "lm_head.weight" and c.tie_word_embeddings:
+            continue  # Meta's tied checkpoints carry no output.weight
+        module = key.removesuffix(".weight").split(".")
+        name = f"layers.{module[2]}.{HF_TO_META['.'.join(module[3:])]}" if module[1:2] == ["layers"] else \
+            HF_TO_META[".".join(module)]
+        if name.endswith((".wq", ".wk")):  # the inverse of transformers' permute(w, n_heads, rows, cols)
+            heads = c.num_attention_heads if name.endswith("wq") else c.num_key_value_heads
+            w = w.view(heads, 2, head_dim // 2, w.shape[1]).transpose(1, 2).reshape(w.shape)
+        state[f"{name}.weight"] = w.clone()
     folder.mkdir(parents=True, exist_ok=True)
     for r in range(n_shards):
-        shard = {}
-        for k, w in state.items():
-            kind = k.split(".")[-2]
-            shard[k] = w if w.dim() == 1 else w.chunk(n_shards, dim=SPLIT_DIM[kind])[r].clone()
-        torch.save(shard, folder / f"consolidated.{r:02d}.pth")
+        torch.save({k: w if w.dim() == 1 else w.chunk(n_shards, dim=SPLIT_DIM[k.split(".")[-2]])[r].clone()
+                    for k, w in state.items()}, folder / f"consolidated.{r:02d}.pth")
     params = dict(dim=c.hidden_size, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,
                   n_kv_heads=c.num_key_value_heads, vocab_size=-1, multiple_of=32, norm_eps=c.rms_norm_eps,
                   rope_theta=500000.0, use_scaled_rope=True, rope_scaling=dict(ROPE))
@@ -84,15 +69,14 @@ def write_meta(hf, folder, tokenizer_bytes, n_shards=1):
     return folder
 
 
-def write_hf(hf, folder, tokenizer_bytes, **kw):
+def write_hf(hf, folder, tokenizer_bytes, bin=False, **kw):
+    """save_pretrained's folder (safetensors, sharded with max_shard_size; bin: pytorch_model.bin instead)."""
     hf.save_pretrained(folder, **kw)
+    if bin:
+        (folder / "model.safetensors").unlink()
+        torch.save(hf.state_dict(), folder / "pytorch_model.bin")
     (folder / "tokenizer.model").write_bytes(tokenizer_bytes)
     return folder
-
-
-@pytest.fixture(scope="module")
-def tied_hf(tiny_tokenizer):
-    return hf_llama(tiny_tokenizer.vocab_size, tied=True, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -100,70 +84,36 @@ def untied_hf(tiny_tokenizer):
     return hf_llama(tiny_tokenizer.vocab_size, tied=False, seed=2)
 
 
-def prompt_ids(tokenizer):
-    return tokenizer.encode("First Citizen:\nBefore we proceed any further, hear me speak.")
+LAYOUTS = {  # name: (tied, write(hf, folder, tokenizer), the context window and trained context it loads with)
+    "hf": (False, write_hf, 256, 256),
+    "hf tied": (True, write_hf, 256, 256),
+    "hf sharded": (False, lambda *a: write_hf(*a, max_shard_size="100KB"), 256, 256),
+    "hf pytorch_model.bin": (False, lambda *a: write_hf(*a, bin=True), 256, 256),
+    "meta": (False, write_meta, 4096, 131072),  # scaled RoPE: Llama 3.1 on, trained to 128K
+    "meta 2 shards": (False, lambda *a: write_meta(*a, n_shards=2), 4096, 131072),
+    "meta 2 shards tied": (True, lambda *a: write_meta(*a, n_shards=2), 4096, 131072),
+}
 
 
-def assert_same_logits(model, hf, ids):
-    with torch.no_grad():
-        expected = hf(torch.tensor([ids])).logits[0]
-        got = model(torch.tensor([ids]))[0]
-    assert got.shape == expected.shape
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
-
-
-def assert_same_greedy(model, hf, ids, tokenizer, n=24):
-    ours = ls.generate(model, ids, n, eos_id=tokenizer.eos_id).tokens
-    with torch.no_grad():
-        theirs = hf.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=tokenizer.eos_id,
-                             pad_token_id=0)[0, len(ids):].tolist()
-    assert ours == theirs[:len(ours)] and (len(ours) == n or ours[-1] == tokenizer.eos_id)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Hugging Face and Meta layouts against transformers
-
-
-@pytest.mark.parametrize("tied", [True, False])
-def test_hf_layout_matches_transformers(tmp_path, tiny_tokenizer, tied_hf, untied_hf, tied):
-    """An HF safetensors dir (tied or untied) gives transformers' logits (atol 1e-4) and greedy tokens."""
-    hf = tied_hf if tied else untied_hf
-    model, tok = load_model(write_hf(hf, tmp_path / "hf", tiny_tokenizer.model_proto))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_llama_layout_gives_transformers_logits_and_greedy_tokens(tmp_path, tiny_tokenizer, untied_hf, layout):
+    """Each layout (tied or untied head, GQA, Llama 3 RoPE scaling, shards, vocab -1 in params.json) loads to
+    transformers' logits (atol 1e-4) and greedy tokens."""
+    tied, write, window, trained = LAYOUTS[layout]
+    hf = hf_llama(tiny_tokenizer.vocab_size, tied=True, seed=1) if tied else untied_hf
+    model, tok = load_model(write(hf, tmp_path / "model", tiny_tokenizer.model_proto))
     p = model.params
     assert (p.use_scaled_rope, p.rope_scale_factor, p.rope_original_max_seq_len, p.rope_theta) == (True, 32, 64, 5e5)
-    assert (p.tie_word_embeddings, p.n_kv_heads, p.max_seq_len, tok.vocab_size) == (tied, 2, 256, 600)
-    assert model.trained_context == 256  # max_position_embeddings
-    assert model.layers[0].feed_forward.w1.weight.shape == (192, 64)
-    ids = prompt_ids(tok)
-    assert_same_logits(model, hf, ids)
-    assert_same_greedy(model, hf, ids, tok)
-
-
-@pytest.mark.parametrize("tied,n_shards", [(False, 1), (False, 2), (True, 2)])
-def test_meta_layout_matches_transformers(tmp_path, tiny_tokenizer, tied_hf, untied_hf, tied, n_shards):
-    """A Meta dir (1 or 2 shards, tied or not, vocab -1) gives transformers' logits and greedy tokens."""
-    hf = tied_hf if tied else untied_hf
-    folder = write_meta(hf, tmp_path / "meta", tiny_tokenizer.model_proto, n_shards)
-    model, tok = load_model(folder)
-    assert (model.params.tie_word_embeddings, model.params.vocab_size, model.params.max_seq_len) == (tied, 600, 4096)
-    assert model.trained_context == 131072  # scaled RoPE: Llama 3.1+, trained to 128K
-    ids = prompt_ids(tok)
-    assert_same_logits(model, hf, ids)
-    assert_same_greedy(model, hf, ids, tok)
-
-
-def test_hf_sharded_safetensors_and_pytorch_bin(tmp_path, tiny_tokenizer, untied_hf):
-    """Sharded safetensors (index.json) and pytorch_model.bin load to transformers' logits."""
-    ids = prompt_ids(tiny_tokenizer)
-    sharded = write_hf(untied_hf, tmp_path / "sharded", tiny_tokenizer.model_proto, max_shard_size="100KB")
-    assert len(list(sharded.glob("model-*.safetensors"))) > 1
-    assert_same_logits(load_model(sharded)[0], untied_hf, ids)
-    pt = write_hf(untied_hf, tmp_path / "bin", tiny_tokenizer.model_proto)
-    (pt / "model.safetensors").unlink()
-    torch.save(untied_hf.state_dict(), pt / "pytorch_model.bin")
-    model, _ = load_model(pt, dtype=torch.bfloat16)
-    assert model.tok_embeddings.weight.dtype == torch.bfloat16
-    assert_same_logits(load_model(pt)[0], untied_hf, ids)
+    assert (p.tie_word_embeddings, p.n_kv_heads, p.vocab_size, model.layers[0].feed_forward.w1.weight.shape) == \
+        (tied, 2, 600, (192, 64))
+    assert (p.max_seq_len, model.trained_context) == (window, trained)
+    ids = tok.encode("First Citizen:\nBefore we proceed any further, hear me speak.")
+    with torch.no_grad():
+        torch.testing.assert_close(model(torch.tensor([ids]))[0], hf(torch.tensor([ids])).logits[0], atol=1e-4, rtol=0)
+        theirs = hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_id,
+                             pad_token_id=0)[0, len(ids):].tolist()
+    ours = ls.generate(model, ids, 24, eos_id=tok.eos_id).tokens
+    assert ours == theirs[:len(ours)] and (len(ours) == 24 or ours[-1] == tok.eos_id)
 
 
 def test_unpermute_inverts_transformers_permute():
@@ -269,10 +219,7 @@ def test_tokenizer_json_through_tokenizers(tmp_path, untied_hf):
 def test_meta_layout_with_tiktoken_tokenizer_and_our_checkpoint(tmp_path):
     """A Llama 3-style Meta dir sizes vocab from tiktoken; our checkpoints carry tiktoken too."""
     pytest.importorskip("tiktoken")
-    torch.manual_seed(0)
-    args = ls.ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=518, multiple_of=16,
-                        rope_theta=500000.0, max_seq_len=64)
-    ours = ls.Transformer(args).eval()
+    ours = tiny_model(n_layers=2, vocab_size=518, dtype=torch.float32, rope_theta=500000.0)
     folder = tmp_path / "meta"
     folder.mkdir()
     torch.save(ours.state_dict(), folder / "consolidated.00.pth")
@@ -290,64 +237,9 @@ def test_meta_layout_with_tiktoken_tokenizer_and_our_checkpoint(tmp_path):
     assert again.trained_context == 8192 and model.trained_context == 8192  # as saved, not the override
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Bad input: one CheckpointError (a ValueError) naming the problem and the fix
-
-
-def test_bad_paths_and_layouts(tmp_path, tiny_checkpoint):
-    """Missing path, unknown layout, a Meta file for its dir, a truncated file: CheckpointError."""
-    with pytest.raises(CheckpointError, match="no such file or directory"):
-        load_model(tmp_path / "nope.pt")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="not a model directory of a known layout: expected params.json"):
-        load_model(tmp_path / "empty")
-    (tmp_path / "consolidated.00.pth").write_bytes(b"\0" * 100)
-    with pytest.raises(CheckpointError, match="give the directory that holds it"):
-        load_model(tmp_path / "consolidated.00.pth")
-    data = tiny_checkpoint.read_bytes()
-    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        load_model(tmp_path / "cut.pt")
-    assert issubclass(CheckpointError, ValueError)
-
-
-def test_bad_weights_and_configs(tmp_path, tiny_tokenizer, untied_hf):
-    """Truncated/corrupt weights, too-large tokenizer, unknown key, odd head_dim: named errors."""
-    proto = tiny_tokenizer.model_proto
-    hf = write_hf(untied_hf, tmp_path / "hf", proto)
-    data = (hf / "model.safetensors").read_bytes()
-    (hf / "model.safetensors").write_bytes(data[:len(data) // 3])
-    with pytest.raises(CheckpointError, match="model.safetensors: cannot be read as weights.*truncated or corrupt"):
-        load_model(hf)
-    meta = write_meta(untied_hf, tmp_path / "meta", proto)
-    (meta / "consolidated.00.pth").write_bytes(b"not a zip file at all")
-    with pytest.raises(CheckpointError, match="consolidated.00.pth: cannot be read as weights"):
-        load_model(meta)
-
-    small = hf_llama(300, tied=True)  # 300 embeddings, a 600-token tokenizer
-    with pytest.raises(CheckpointError, match="tokenizer has 600 tokens but the model embeds only 300"):
-        load_model(write_hf(small, tmp_path / "small", proto))
-
-    odd = write_hf(untied_hf, tmp_path / "odd", proto)
-    state = {k: v.clone() for k, v in untied_hf.state_dict().items()}
-    state["model.layers.0.self_attn.q_norm.weight"] = torch.ones(16)
-    from safetensors.torch import save_file
-    save_file(state, odd / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"does not know: \['model.layers.0.self_attn.q_norm.weight'\]"):
-        load_model(odd)
-
-    cfg = json.loads((odd / "config.json").read_text())
-    (odd / "config.json").write_text(json.dumps(dict(cfg, head_dim=32)))
-    with pytest.raises(CheckpointError, match="head_dim 32 x 4 heads != hidden_size 64"):
-        load_model(odd)
-    shutil.rmtree(odd)
-
-
 def test_train_output_directory_loads_model_pt_else_ckpt_pt(tmp_path, tiny_tokenizer):
     """A train.py --out_dir folder is a model: its model.pt (the export) if there, else its ckpt.pt."""
-    torch.manual_seed(0)
-    model = ls.Transformer(ls.ModelArgs(dim=32, n_layers=2, n_heads=4, vocab_size=600, multiple_of=16,
-                                        max_seq_len=64))
+    model = tiny_model(n_layers=2, vocab_size=600, dtype=torch.float32)
     out = tmp_path / "toy"
     save_checkpoint(out / "ckpt.pt", model, tiny_tokenizer, step=10, metadata={"file": "ckpt.pt"})
     loaded, tok = load_model(out)
@@ -355,42 +247,74 @@ def test_train_output_directory_loads_model_pt_else_ckpt_pt(tmp_path, tiny_token
     save_checkpoint(out / "model.pt", model, tiny_tokenizer, half=True, metadata={"file": "model.pt"})
     loaded, _ = load_model(out, max_seq_len=128)
     assert loaded.metadata == {"file": "model.pt"} and loaded.params.max_seq_len == 128
-    assert load_model(out)[0].metadata == {"file": "model.pt"}  # layerskip.load_model("out/toy") too
-    (out / "model.pt").unlink()
-    (out / "ckpt.pt").unlink()
-    with pytest.raises(CheckpointError, match=r"toy: not a model directory .* or model.pt / ckpt.pt \(train.py\)"):
-        load_model(out)
 
 
-def test_empty_tokenizer_corrupt_index_incomplete_checkpoint(tmp_path, tiny_tokenizer, untied_hf, tiny_checkpoint):
-    """An empty tokenizer.model, a corrupt or weightless index.json, a checkpoint with our marker but no model
-    args or an unreadable tokenizer: each a CheckpointError that names the file, never a crash later on."""
-    with pytest.raises(CheckpointError, match=r"meta/tokenizer.model: the file is empty"):
-        load_model(write_meta(untied_hf, tmp_path / "meta", b""))
-    with pytest.raises(CheckpointError, match=r"hf/tokenizer.model: the file is empty"):
-        load_model(write_hf(untied_hf, tmp_path / "hf", b"\n"))
+# ---------------------------------------------------------------------------------------------------------
+# Bad files: one CheckpointError (a ValueError) naming the file, the problem and the fix
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, tiny_tokenizer, tiny_checkpoint, untied_hf):
+    """A folder of broken models, each broken one way."""
+    d, proto = tmp_path_factory.mktemp("broken"), tiny_tokenizer.model_proto
+    (d / "empty").mkdir()
+    (d / "toy").mkdir()  # a train.py --out_dir with neither model.pt nor ckpt.pt
+    (d / "consolidated.00.pth").write_bytes(b"\0" * 100)
+    data = tiny_checkpoint.read_bytes()
+    (d / "cut.pt").write_bytes(data[:len(data) // 2])
+    hf = write_hf(untied_hf, d / "hf-cut", proto)
+    (hf / "model.safetensors").write_bytes((hf / "model.safetensors").read_bytes()[:100_000])
+    meta = write_meta(untied_hf, d / "meta-bad-weights", proto)
+    (meta / "consolidated.00.pth").write_bytes(b"not a zip file at all")
+    write_hf(hf_llama(300, tied=True), d / "small", proto)  # 300 embeddings, a 600-token tokenizer
+    odd = write_hf(untied_hf, d / "unknown-key", proto)
+    from safetensors.torch import save_file
+    save_file({**untied_hf.state_dict(), "model.layers.0.self_attn.q_norm.weight": torch.ones(16)},
+              odd / "model.safetensors")
+    heads = write_hf(untied_hf, d / "head-dim", proto)
+    (heads / "config.json").write_text(json.dumps({**json.loads((heads / "config.json").read_text()), "head_dim": 32}))
+    write_meta(untied_hf, d / "meta-empty-tok", b"")
+    write_hf(untied_hf, d / "hf-empty-tok", b"\n")
+    for name, index in (("no-json", '{"weight_map": {"model.norm.weight": '), ("no-map", '{"metadata": {}}'),
+                        ("not-object", "[]")):
+        sharded = write_hf(untied_hf, d / f"index-{name}", proto, max_shard_size="100KB")
+        (sharded / "model.safetensors.index.json").write_text(index)
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    torch.save({k: v for k, v in ckpt.items() if k != "model_args"}, d / "no_args.pt")
+    torch.save(dict(ckpt, tokenizer={"kind": "sentencepiece", "model": b"\0garbage"}), d / "bad_tok.pt")
+    torch.save(dict(ckpt, tokenizer={"kind": "sentencepiece"}), d / "no_tok.pt")
+    return d
+
+
+BROKEN = [  # (path in the broken folder, what the error says)
+    ("nope.pt", "no such file or directory"),
+    ("empty", "not a model directory of a known layout: expected params.json"),
+    ("toy", r"toy: not a model directory .* or model.pt / ckpt.pt \(train.py\)"),
+    ("consolidated.00.pth", "give the directory that holds it"),
+    ("cut.pt", "truncated or corrupt"),
+    ("hf-cut", "model.safetensors: cannot be read as weights.*truncated or corrupt"),
+    ("meta-bad-weights", "consolidated.00.pth: cannot be read as weights"),
+    ("small", "tokenizer has 600 tokens but the model embeds only 300"),
+    ("unknown-key", r"does not know: \['model.layers.0.self_attn.q_norm.weight'\]"),
+    ("head-dim", "head_dim 32 x 4 heads != hidden_size 64"),
+    ("meta-empty-tok", "meta-empty-tok/tokenizer.model: the file is empty"),
+    ("hf-empty-tok", "hf-empty-tok/tokenizer.model: the file is empty"),
+    ("index-no-json", "index-no-json/model.safetensors.index.json: not valid JSON"),
+    ("index-no-map", "index-no-map/model.safetensors.index.json: no weight_map"),
+    ("index-not-object", "index-not-object/model.safetensors.index.json: not a JSON object"),
+    ("no_args.pt", "no_args.pt: a layerskip checkpoint without model_args"),
+    ("bad_tok.pt", r"bad_tok.pt: its tokenizer cannot be loaded \(RuntimeError"),
+    ("no_tok.pt", r"no_tok.pt: its tokenizer cannot be loaded \(KeyError"),
+]
+
+
+@pytest.mark.parametrize("name, match", BROKEN, ids=[n for n, _ in BROKEN])
+def test_a_broken_model_is_one_checkpoint_error(broken, name, match):
+    with pytest.raises(CheckpointError, match=match):
+        load_model(broken / name)
+
+
+def test_an_empty_sentencepiece_model_is_refused():
+    assert issubclass(CheckpointError, ValueError)  # the scripts print it as one line
     with pytest.raises(CheckpointError, match="the sentencepiece model is empty"):
         model_io.SentencePieceTokenizer(b"")
-
-    sharded = write_hf(untied_hf, tmp_path / "sharded", tiny_tokenizer.model_proto, max_shard_size="100KB")
-    index = sharded / "model.safetensors.index.json"
-    index.write_text(index.read_text()[:100])
-    with pytest.raises(CheckpointError, match=r"sharded/model.safetensors.index.json: not valid JSON"):
-        load_model(sharded)
-    index.write_text('{"metadata": {"total_size": 1}}')
-    with pytest.raises(CheckpointError, match=r"sharded/model.safetensors.index.json: no weight_map"):
-        load_model(sharded)
-    index.write_text("[]")
-    with pytest.raises(CheckpointError, match=r"sharded/model.safetensors.index.json: not a JSON object"):
-        load_model(sharded)
-
-    ckpt = torch.load(tiny_checkpoint, weights_only=True)
-    torch.save({k: v for k, v in ckpt.items() if k != "model_args"}, tmp_path / "no_args.pt")
-    with pytest.raises(CheckpointError, match=r"no_args.pt: a layerskip checkpoint without model_args"):
-        load_model(tmp_path / "no_args.pt")
-    torch.save(dict(ckpt, tokenizer={"kind": "sentencepiece", "model": b"\0garbage"}), tmp_path / "bad_tok.pt")
-    with pytest.raises(CheckpointError, match=r"bad_tok.pt: its tokenizer cannot be loaded \(RuntimeError"):
-        load_model(tmp_path / "bad_tok.pt")
-    torch.save(dict(ckpt, tokenizer={"kind": "sentencepiece"}), tmp_path / "no_tok.pt")
-    with pytest.raises(CheckpointError, match=r"no_tok.pt: its tokenizer cannot be loaded \(KeyError"):
-        load_model(tmp_path / "no_tok.pt")
