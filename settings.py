@@ -143,8 +143,10 @@ def recommended(model, strategy: Optional[str] = None, exit_layer: Optional[int]
     given = dict(exit_layer=exit_layer, num_speculations=num_speculations, draft_threshold=draft_threshold,
                  draft_cost=draft_cost, draft_gamma=draft_gamma)
     if strategy in (None, "self_speculative") and rec.get("exit_layer") and all(v is None for v in given.values()):
-        keys = ("exit_layer", "num_speculations", "draft_threshold", "draft_cost", "draft_gamma")
-        return dict(strategy="self_speculative", **{k: rec.get(k) for k in keys if rec.get(k) is not None})
+        return dict(strategy="self_speculative", exit_layer=rec["exit_layer"],
+                    num_speculations=rec.get("num_speculations") or DEFAULT_NUM_SPECULATIONS,
+                    draft_threshold=rec.get("draft_threshold") or None, draft_cost=rec.get("draft_cost") or None,
+                    draft_gamma=rec.get("draft_gamma") or 1.0)
     strategy = strategy or ("self_speculative" if exit_layer is not None else "autoregressive")
     if strategy == "autoregressive":
         return dict(strategy=strategy)
