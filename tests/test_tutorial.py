@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from functools import partial
 
 import pytest
 
@@ -19,8 +20,7 @@ spec.loader.exec_module(mt)
 
 EXERCISES = ROOT / "tests" / "exercises"
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # a small model on a busy machine: one thread is far faster
-EXERCISE_FILES = ["test_ex1_layer_dropout.py", "test_ex2_exit_weights.py", "test_ex3_greedy_verify.py",
-                  "test_ex4_round.py", "test_ex5_speculative_sampling.py", "test_ex6_speedup.py"]
+EXERCISE_FILES = sorted(path.name for path in EXERCISES.glob("test_ex*.py"))
 
 
 def load(path, name):
@@ -29,6 +29,8 @@ def load(path, name):
     spec.loader.exec_module(module)
     return module
 
+
+PLANTED = load(EXERCISES / "planted_wrong.py", "planted")
 
 def tutorial():
     return mt.parse(mt.DOC.read_text())
@@ -146,16 +148,26 @@ def test_checkers_fail_on_a_planted_wrong_answer_to_each_exercise(tmp_path):
     """Every exercise's checker fails on planted_wrong.py, whose answer to each exercise has one classic mistake.
     (That they pass on reference_solutions.py, the default, the suite shows: it collects tests/exercises.)"""
     wrong = grade(EXERCISES / "planted_wrong.py", tmp_path)
-    assert sorted(wrong) == sorted(EXERCISE_FILES)
+    assert sorted(wrong) == EXERCISE_FILES and len(EXERCISE_FILES) == 7
     for name in EXERCISE_FILES:
         assert wrong[name][1] >= 1, f"{name}: the planted wrong answer passes"
+
+
+@pytest.mark.parametrize("mistake", PLANTED.TRAINING_LOSS_MISTAKES)
+def test_the_training_loss_checker_catches_every_planted_mistake(mistake):
+    """Exercise 3's checker fails on each of six ways to get the training forward wrong (rescaling by 1/(1-p), the
+    exits unweighted, block 0 never run, exit l read as exit E, one draw per batch, the draw keyed by E)."""
+    checker = load(EXERCISES / "test_ex3_training_loss.py", "ex3")
+    wrong = partial(PLANTED.wrong_training_loss, mistake=mistake)
+    with pytest.raises(AssertionError):
+        checker.test_the_same_loss_as_the_models_forward(solved=lambda _: wrong)
 
 
 def test_template_and_reference_define_the_same_functions():
     """The template a student copies names every function the checkers call, with the reference's parameters."""
     template = load(EXERCISES / "solution_template.py", "template")
     reference = load(EXERCISES / "reference_solutions.py", "reference")
-    names = ["layer_dropout_rates", "exit_loss_weights", "greedy_verify", "self_speculative_round",
+    names = ["layer_dropout_rates", "exit_loss_weights", "training_loss", "greedy_verify", "self_speculative_round",
              "speculative_accept", "predicted_speedup"]
     for name in names:
         assert list(inspect.signature(getattr(template, name)).parameters) == \

@@ -2,8 +2,8 @@
 The exercise checkers grade one solutions file: tests/exercises/reference_solutions.py unless --solution names
 another.
 
-    pytest tests/exercises --solution my_solutions.py           # all six
-    pytest tests/exercises/test_ex3_greedy_verify.py --solution my_solutions.py   # one
+    pytest tests/exercises --solution my_solutions.py           # all seven
+    pytest tests/exercises/test_ex4_greedy_verify.py --solution my_solutions.py   # one
 """
 
 import importlib.util

@@ -1,4 +1,4 @@
-"""Exercise 3: greedy verification, the longest accepted prefix plus one (docs/exercises.md)."""
+"""Exercise 4: greedy verification, the longest accepted prefix plus one (docs/exercises.md)."""
 
 import pytest
 import torch
