@@ -1,5 +1,5 @@
-"""Tests of bench.py and eval.py: the analytic speedup formula, loops, the sweep/auto selection, the reports, and
-one-line errors for bad input."""
+"""Tests of bench.py (and its pieces in benchmarks/) and eval.py: loops, the analytic speedup formulas, the tables,
+the sweep and --auto/--store, peers, memory, and one-line errors for bad input (one table per script)."""
 
 import csv
 import json
@@ -8,67 +8,61 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, assert_one_line_error
+import torch
 
 import bench
 import eval as evaluate
 import layerskip as ls
-from common import crop_prompt, prompt_set
-from model_io import load_model
+from benchmarks import memory, tables, timing
+from benchmarks.loops import in_loops, loop_share
+from benchmarks.sweep import calibrate_gamma, store_recommendation
+from common import crop_prompt, interleaved_runs, prompt_set
+from conftest import ROOT, assert_one_line_error, tiny_model
+from model_io import load_model, save_checkpoint
 
 
 def test_loop_share_of_literal_sequences():
     """A token is in a loop when it lies in a stretch whose block of p <= 12 tokens is said twice in a row
     (min_repeats 2); a block said once, a near miss, or a period over max_period is not a loop."""
-    assert bench.loop_share([]) == 0.0
-    assert bench.loop_share([1, 2, 3, 4, 5]) == 0.0
-    assert bench.loop_share([7, 7]) == 1.0  # period 1, twice
-    assert bench.loop_share([1, 2, 3, 1, 2, 3]) == 1.0  # period 3, twice
-    assert bench.loop_share([9, 1, 2, 3, 1, 2, 3, 8]) == 6 / 8  # the tokens around the loop are not in it
-    assert bench.loop_share([1, 2, 1, 2, 1]) == 1.0  # 1212 and 2121 overlap
-    assert bench.loop_share([5, 1, 2, 3, 1, 2, 4]) == 0.0  # 1 2 3 1 2 4: the block breaks off before repeating
-    assert bench.loop_share([1, 2, 1, 3]) == 0.0
-    assert bench.in_loops([4, 1, 1, 5, 6, 5, 6]) == [False, True, True, True, True, True, True]
+    assert loop_share([]) == 0.0
+    assert loop_share([1, 2, 3, 4, 5]) == 0.0
+    assert loop_share([7, 7]) == 1.0  # period 1, twice
+    assert loop_share([1, 2, 3, 1, 2, 3]) == 1.0  # period 3, twice
+    assert loop_share([9, 1, 2, 3, 1, 2, 3, 8]) == 6 / 8  # the tokens around the loop are not in it
+    assert loop_share([1, 2, 1, 2, 1]) == 1.0  # 1212 and 2121 overlap
+    assert loop_share([5, 1, 2, 3, 1, 2, 4]) == 0.0  # 1 2 3 1 2 4: the block breaks off before repeating
+    assert loop_share([1, 2, 1, 3]) == 0.0
+    assert in_loops([4, 1, 1, 5, 6, 5, 6]) == [False, True, True, True, True, True, True]
     thirteen = list(range(13)) * 2
-    assert bench.loop_share(thirteen) == 0.0 and bench.loop_share(thirteen, max_period=13) == 1.0
-    assert bench.loop_share([1, 2, 1, 2], min_repeats=3) == 0.0
-    assert bench.loop_share([0, 1, 2, 1, 2, 1, 2], min_repeats=3) == 6 / 7
+    assert loop_share(thirteen) == 0.0 and loop_share(thirteen, max_period=13) == 1.0
+    assert loop_share([1, 2, 1, 2], min_repeats=3) == 0.0
+    assert loop_share([0, 1, 2, 1, 2, 1, 2], min_repeats=3) == 6 / 7
     with pytest.raises(ValueError):
-        bench.in_loops([1, 1], min_repeats=1)
+        in_loops([1, 1], min_repeats=1)
 
 
 def test_calibrate_gamma_finds_the_power_that_predicts_acceptance():
     """Drafts of confidence 0.25 accepted half the time and of 0.64 four times in five: c^0.5 is exactly right, so the
     likelihood fit gives 0.5; accepted as often as c itself says, it gives 1."""
     pairs = [(1, 0.25), (0, 0.25)] + [(1, 0.64)] * 4 + [(0, 0.64)]
-    assert bench.calibrate_gamma(pairs) == 0.5
-    assert bench.calibrate_gamma([(1, 0.5), (0, 0.5), (1, 0.8)] * 4 + [(1, 0.8)] * 12 + [(0, 0.8)] * 4) == 1.0
+    assert calibrate_gamma(pairs) == 0.5
+    assert calibrate_gamma([(1, 0.5), (0, 0.5), (1, 0.8)] * 4 + [(1, 0.8)] * 12 + [(0, 0.8)] * 4) == 1.0
 
 
-def test_predicted_speedup_formula():
-    """d drafts accepted i.i.d. with probability a give (1 - a^(d+1)) / (1 - a) tokens per round, which cost
-    d draft steps and one verification: AR 1.0, draft 0.25, verify 1.2, a 0.5, d 3 -> 1.875 / 1.95."""
-    costs = {"ar_step": 1.0, "draft_step": 0.25, "verify_pass": 1.2}
-    assert bench.predicted_speedup(costs, 0.5, 3) == pytest.approx(1.875 / 1.95)
-    assert bench.predicted_speedup(costs, 0.0, 3) == pytest.approx(1 / 1.95)  # nothing accepted: pure overhead
-    assert bench.predicted_speedup(costs, 1.0, 3) == pytest.approx(4 / 1.95)  # everything accepted
-
-
-def test_prediction_from_rounds_counts_the_rounds_that_happened():
-    """Rounds of 3 drafts (twice) and 1 draft (once; a draft threshold stopped it) that made 9 tokens, with
-    verification costs by draft count [0.9, 1.0, 1.1, 1.2]: 2 x (3 x 0.25 + 1.2) + (0.25 + 1.0) = 5.15 AR steps."""
-    costs = {"ar_step": 1.0, "draft_step": 0.25, "verify_by_drafts": [0.9, 1.0, 1.1, 1.2]}
-    assert bench.predicted_from_rounds(costs, {3: 2, 1: 1}, 9) == pytest.approx(9 / 5.15)
-    assert bench.per_token_acceptance(accepted=6, rejections=2) == 0.75
-
-
-def test_round_analysis_of_a_run_without_drafts():
-    """A run whose rounds drafted nothing (every draft stopped by the threshold, or one-token runs) is priced as
-    verifications of 0 drafts, 3 rounds for 3 tokens: AR 1.0 / verify(0) 0.9 -> 1/0.9; with alpha None the
-    fixed-d formula gets alpha 0: 1 token per round of d = 2 draft steps and a verification, 1 / 1.7."""
-    costs = {"ar_step": 1.0, "draft_step": 0.25, "verify_pass": 1.2, "verify_by_drafts": [0.9, 1.0, 1.2]}
+def test_predicted_speedup_formulas():
+    """Fixed d: d drafts accepted i.i.d. with probability a give (1 - a^(d+1)) / (1 - a) tokens per round, which cost
+    d draft steps and one verification: AR 1.0, draft 0.25, verify 1.2, a 0.5, d 3 -> 1.875 / 1.95. From a run's
+    rounds: 3 drafts twice and 1 once for 9 tokens, verification by draft count [0.9, 1.0, 1.1, 1.2]: 2 x (3 x 0.25 +
+    1.2) + (0.25 + 1.0) = 5.15 AR steps. A run without drafts is priced as verifications of 0 drafts (3 rounds, 3
+    tokens: 1/0.9); with alpha None the fixed-d formula gets alpha 0 (1 token per 2 drafts + a verification)."""
+    costs = {"ar_step": 1.0, "draft_step": 0.25, "verify_pass": 1.2, "verify_by_drafts": [0.9, 1.0, 1.1, 1.2]}
+    assert timing.predicted_speedup(costs, 0.5, 3) == pytest.approx(1.875 / 1.95)
+    assert timing.predicted_speedup(costs, 0.0, 3) == pytest.approx(1 / 1.95)  # nothing accepted: pure overhead
+    assert timing.predicted_speedup(costs, 1.0, 3) == pytest.approx(4 / 1.95)  # everything accepted
+    assert timing.predicted_from_rounds(costs, {3: 2, 1: 1}, 9) == pytest.approx(9 / 5.15)
+    assert timing.per_token_acceptance(accepted=6, rejections=2) == 0.75
     passes = [dict(seconds=3.0, tokens=3, rounds=3, drafted=0, drafts_per_round={0: 3})]
-    r = bench.round_analysis(passes, costs, speedup=1.0, alpha=None, d=2)
+    r = timing.round_analysis(passes, {**costs, "verify_by_drafts": [0.9, 1.0, 1.2]}, speedup=1.0, alpha=None, d=2)
     assert r["predicted_speedup"] == pytest.approx(1 / 0.9) and r["measured_over_predicted"] == pytest.approx(0.9)
     assert r["predicted_fixed_d"] == pytest.approx(1 / 1.7) and r["round_ms"]["drafting"] == 0.0
 
@@ -86,38 +80,39 @@ def test_per_token_alpha_not_the_acceptance_rate_feeds_the_fixed_d_formula():
             n += 1
         accepted, rejections, drafted, tokens = accepted + n, rejections + (n < d), drafted + d, tokens + n + 1
     costs = {"ar_step": 1.0, "draft_step": 0.1, "verify_pass": 1.0, "verify_by_drafts": [1.0] * (d + 1)}
-    from_rounds = bench.predicted_from_rounds(costs, {d: 20000}, tokens)
-    a = bench.per_token_acceptance(accepted, rejections)
+    from_rounds = timing.predicted_from_rounds(costs, {d: 20000}, tokens)
+    a = timing.per_token_acceptance(accepted, rejections)
     assert a == pytest.approx(alpha, abs=0.01)
-    assert bench.predicted_speedup(costs, a, d) == pytest.approx(from_rounds, rel=0.01)
-    assert bench.predicted_speedup(costs, accepted / drafted, d) < 0.85 * from_rounds
+    assert timing.predicted_speedup(costs, a, d) == pytest.approx(from_rounds, rel=0.01)
+    assert timing.predicted_speedup(costs, accepted / drafted, d) < 0.85 * from_rounds
 
 
-def test_bench_runs_on_a_short_context_model_and_auto_writes_only_after_success(tiny_tokenizer, tmp_path,
-                                                                                 monkeypatch):
-    """A toy model with a 64-token window runs to the end; when a measurement fails after the sweep, --auto
-    leaves the checkpoint untouched."""
-    import torch
-    from model_io import save_checkpoint
-    torch.manual_seed(0)
-    args = ls.ModelArgs(dim=32, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=tiny_tokenizer.vocab_size,
-                        max_seq_len=64)
+def test_bench_on_a_short_context_model_and_auto_writes_only_with_store_after_success(tiny_tokenizer, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """A toy model with a 64-token window runs to the end; --auto alone sweeps, measures the setting it found and
+    says how to store it, leaving the checkpoint's bytes as they were; with --store, a measurement that fails after
+    the sweep leaves the checkpoint untouched too."""
+    model = tiny_model(vocab_size=tiny_tokenizer.vocab_size, max_seq_len=64, dtype=torch.float32)
     ckpt = tmp_path / "toy.pt"
-    save_checkpoint(ckpt, ls.Transformer(args), tiny_tokenizer)
+    save_checkpoint(ckpt, model, tiny_tokenizer)
+    before = ckpt.read_bytes()
     common = ["--checkpoint", str(ckpt), "--baseline", "", "--prompts", "shakespeare", "--n_prompts", "2",
               "--max_new_tokens", "16", "--repeats", "1", "--threads", "1", "--out_dir", str(tmp_path)]
     bench.main(common + ["--json", str(tmp_path / "r.json")])
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["greedy_outputs_identical"] is True and report["predicted_speedup"] > 0
-    before = ckpt.read_bytes()
+    sweep = ["--auto", "--sweep_exits", "1", "2", "--sweep_specs", "1", "--sweep_thresholds", "0.5", "--sweep_prompts",
+             "1"]
+    bench.main(common + sweep)
+    assert ckpt.read_bytes() == before and (tmp_path / "sweep.csv").exists()
+    assert f"not stored (add --store to write it into {ckpt})" in capsys.readouterr().out
 
     def broken(*a, **k):
         raise RuntimeError("a measurement failed")
 
-    monkeypatch.setattr(bench, "round_costs", broken)
+    monkeypatch.setattr(tables, "round_costs", broken)
     with pytest.raises(RuntimeError):
-        bench.main(common + ["--auto", "--store", "--sweep_exits", "1", "2", "--sweep_specs", "1",
-                             "--sweep_thresholds", "0.5", "--sweep_prompts", "1"])
+        bench.main(common + sweep + ["--store"])
     assert ckpt.read_bytes() == before
 
 
@@ -177,7 +172,6 @@ def test_eval_reports_every_exit(tiny_checkpoint, tmp_path, capsys):
 
 def test_last_exit_loss_is_the_models_own(tiny_checkpoint):
     """per_exit_metrics' last exit equals the full model's forward loss and accuracy on the same windows."""
-    import torch
     import torch.nn.functional as F
     model, tok = load_model(tiny_checkpoint)
     docs = evaluate.validation_documents("shakespeare")[:1]
@@ -210,7 +204,7 @@ def test_bench_prints_a_second_table_with_loops_suppressed(tiny_checkpoint, tmp_
 
     def share(**kw):
         outs = [ls.generate(model, ids, 40, eos_id=tok.stop_ids, seed=0, **kw).tokens for ids in prompts]
-        return bench.loop_share([t for o in outs for t in o]), outs
+        return loop_share([t for o in outs for t in o]), outs
 
     plain, _ = share()
     suppressed, outs = share(no_repeat_ngram_size=2)
@@ -220,7 +214,7 @@ def test_bench_prints_a_second_table_with_loops_suppressed(tiny_checkpoint, tmp_
     assert processed["summary"]["baseline autoregressive"]["in_loops"] == pytest.approx(suppressed)
     setting = dict(strategy="self_speculative", exit_layer=1, num_speculations=4, draft_threshold=None)
     both = {"checkpoint": (model, tok), "baseline": (model, tok), "reference": (model, tok)}
-    variants = bench.table_variants(both, setting, {"no_repeat_ngram_size": 2}, "reference autoregressive")
+    variants = tables.table_variants(both, setting, {"no_repeat_ngram_size": 2}, "reference autoregressive")
     assert len(variants) == 6 and all(kw["no_repeat_ngram_size"] == 2 for _, _, kw in variants.values())
 
 
@@ -229,8 +223,8 @@ def test_peak_memory_is_the_fresh_process_own(tiny_checkpoint):
     ru_maxrss would have passed on to the child) does not show up in it; decoding adds to the loaded model."""
     ballast = bytearray(2**29)
     ballast[::4096] = b"\1" * len(ballast[::4096])  # touch every page, so that it is resident
-    here = bench.resident_bytes("VmRSS")
-    mem = bench.measure_memory(tiny_checkpoint, {"autoregressive": {}}, "To be", 8, 1)["autoregressive"]
+    here = memory.resident_bytes("VmRSS")
+    mem = memory.measure_memory(tiny_checkpoint, {"autoregressive": {}}, "To be", 8, 1)["autoregressive"]
     assert here > 2**29 and mem["peak_bytes"] < here - 2**28
     assert 0 <= mem["above_loaded_bytes"] < mem["peak_bytes"]
 
@@ -248,49 +242,31 @@ def bad_files(tmp_path):
 
 BENCH_BAD = [  # (argv after --checkpoint CKPT --baseline '', what the one line says)
     (["--max_new_tokens", "0"], "--max_new_tokens: must be at least 1, got 0"),
-    (["--max_new_tokens", "-5"], "--max_new_tokens: must be at least 1"),
-    (["--max_new_tokens", "ten"], "--max_new_tokens: expected a whole number"),
-    (["--max_new_tokens", "2.5"], "--max_new_tokens: expected a whole number"),
     (["--max_new_tokens", "1000000000"], "--max_new_tokens 1000000000 leaves no room for a prompt"),
-    (["--n_prompts", "0"], "--n_prompts"),
-    (["--repeats", "-1"], "--repeats"),
-    (["--threads", "0"], "--threads"),
-    (["--threads", "100000"], "--threads"),
-    (["--exit", "0"], "--exit"),
+    (["--exit", "0"], "argument --exit/--exit_layer: exit_layer must be a whole number >= 1"),  # settings.RANGES
     (["--exit", "99"], "exit layer 99 is out of range: this model has 4 layers"),
-    (["--num_speculations", "0"], "--num_speculations"),
-    (["--num_speculations", "1000000"], "a round of 1000000 drafts does not fit"),
-    (["--draft_threshold", "nan"], "--draft_threshold: must be a finite number"),
-    (["--draft_threshold", "inf"], "--draft_threshold: must be a finite number"),
-    (["--draft_threshold", "1.5"], "--draft_threshold"),
-    (["--draft_threshold", "-0.1"], "--draft_threshold"),
-    (["--repetition_penalty", "0"], "--repetition_penalty"),
-    (["--repetition_penalty", "nan"], "--repetition_penalty"),
-    (["--repetition_penalty", "-inf"], "--repetition_penalty"),
-    (["--no_repeat_ngram_size", "-1"], "--no_repeat_ngram_size"),
-    (["--no_repeat_ngram_size", "three"], "--no_repeat_ngram_size"),
-    (["--sweep", "--sweep_specs", "0"], "--sweep_specs"),
-    (["--sweep", "--sweep_specs", "200"], "the sweep tries d, 2d and 4d"),
+    (["--draft_threshold", "nan"], "argument --draft_threshold: draft_threshold must be 0 or a number in (0, 1]"),
+    (["--draft_threshold", "0.5", "--draft_cost", "0.2"], "give a draft threshold or a draft cost, not both"),
+    (["--sweep", "--sweep_specs", "64"], "the sweep tries d, 2d and 4d"),
     (["--sweep", "--sweep_exits", "9"], "--sweep_exits 9 is out of range"),
-    (["--sweep", "--sweep_thresholds", "0"], "--sweep_thresholds"),
-    (["--sweep", "--sweep_thresholds", "nan"], "--sweep_thresholds"),
-    (["--sweep", "--sweep_prompts", "0"], "--sweep_prompts"),
     (["--sweep", "--out_dir", "{tmp}/a_file"], "--out_dir"),
+    (["--batch_sizes", "4", "--n_prompts", "2", "--prompts", "shakespeare"], "--batch_sizes 4 needs at least that"),
+    (["--batch_sizes", "2", "--sweep"], "--batch_sizes is a run of its own"),
     (["--prompts", "nosuchset"], "--prompts nosuchset: not humaneval, dev, shakespeare or an existing text file"),
-    (["--prompts", "{tmp}/folder"], "is a folder"),
     (["--prompts", "{tmp}/binary.pt"], "not UTF-8 text"),
     (["--prompts", "{tmp}/empty.txt"], "has no prompts"),
     (["--json", "{tmp}/no/such/folder/r.json"], "--json"),
-    (["--json", "{tmp}/folder"], "--json"),
     (["--reference", "{tmp}/missing.pt"], "no such file"),
-    (["--baseline", "{tmp}/binary.pt"], "cannot be read as a checkpoint"),
-    (["--unknown_flag"], "unrecognized arguments"),
+    (["--store"], "--store writes what --auto finds: give --auto too"),
+    (["--auto", "--store", "--checkpoint", "{tmp}/folder"], "give a writable checkpoint file"),
 ]
 
 
 @pytest.mark.parametrize("argv, match", BENCH_BAD)
 def test_bench_refuses_bad_input_in_one_line(tiny_checkpoint, bad_files, capsys, argv, match):
-    """Each bad value stops bench.py before it measures anything, with exit code 2 and one line naming it."""
+    """Each bad value stops bench.py before it measures anything, with exit code 2 and one line naming it. (--store
+    writes into --checkpoint, so a train.py output folder, which loads, is refused.)"""
+    shutil.copy(tiny_checkpoint, bad_files / "folder" / "model.pt")
     argv = [a.replace("{tmp}", str(bad_files)) for a in argv]
     assert_one_line_error(bench.main, ["--checkpoint", tiny_checkpoint, "--baseline", "", *argv], capsys, match)
 
@@ -304,47 +280,14 @@ def test_bench_and_eval_refuse_bad_checkpoints(bad_files, capsys, checkpoint, ma
     assert_one_line_error(evaluate.main, ["--checkpoints", path], capsys, match)
 
 
-def test_bench_store_needs_auto_and_a_checkpoint_file(tiny_checkpoint, bad_files, capsys):
-    """--store writes --auto's recommendation into --checkpoint, so a train.py output folder (which loads) is
-    refused, and so is --store alone."""
-    shutil.copy(tiny_checkpoint, bad_files / "folder" / "model.pt")
-    assert_one_line_error(bench.main, ["--checkpoint", bad_files / "folder", "--baseline", "", "--auto", "--store"],
-                          capsys, "give a writable checkpoint file")
-    assert_one_line_error(bench.main, ["--checkpoint", tiny_checkpoint, "--baseline", "", "--store"], capsys,
-                          "--store writes what --auto finds: give --auto too")
-
-
-def test_bench_auto_without_store_leaves_the_checkpoint_alone(tiny_checkpoint, tmp_path, capsys):
-    """--auto alone sweeps and measures the setting it found, says how to store it, and leaves the checkpoint's
-    bytes as they were: only --store rewrites a checkpoint."""
-    ckpt = tmp_path / "model.pt"
-    shutil.copy(tiny_checkpoint, ckpt)
-    before = ckpt.read_bytes()
-    bench.main(["--checkpoint", str(ckpt), "--baseline", "", "--auto", "--sweep_exits", "1", "2", "--sweep_specs",
-                "1", "--sweep_thresholds", "0.5", "--n_prompts", "1", "--sweep_prompts", "1", "--max_new_tokens", "4",
-                "--repeats", "1", "--out_dir", str(tmp_path)])
-    assert ckpt.read_bytes() == before and (tmp_path / "sweep.csv").exists()
-    assert f"not stored (add --store to write it into {ckpt})" in capsys.readouterr().out
-
-
 EVAL_BAD = [  # (argv after --checkpoints CKPT --data SHORT_TEXT, what the one line says)
     (["--windows", "0"], "--windows"),
-    (["--windows", "nan"], "--windows: expected a whole number"),
-    (["--block_size", "-1"], "--block_size"),
-    (["--n_prompts", "0"], "--n_prompts"),
-    (["--max_new_tokens", "0"], "--max_new_tokens"),
-    (["--max_new_tokens", "1000000000"], "leaves no room for a prompt"),
-    (["--threads", "0"], "--threads"),
-    (["--threads", "1e9"], "--threads"),
     (["--data", "nosuchcorpus"], "--data nosuchcorpus: not python, python-stdlib, shakespeare"),
-    (["--data", "{tmp}/folder"], "is a folder"),
     (["--data", "{tmp}/binary.pt"], "not UTF-8 text"),
     (["--block_size", "32"], "less than one window of 33"),  # "To be" is a few tokens
     (["--block_size", "100000"], "--block_size 100000 does not fit"),  # never clamped without a word
     (["--block_size", "256"], "context window of 256 tokens: use at most 255"),
-    (["--prompts", "nosuchset"], "--prompts nosuchset"),
-    (["--prompts", "{tmp}/binary.pt"], "not UTF-8 text"),
-    (["--json", "{tmp}/no/such/folder/e.json"], "--json"),
+    (["--max_new_tokens", "1000000000"], "leaves no room for a prompt"),
     (["--out_dir", "{tmp}/a_file"], "--out_dir"),
     (["--checkpoints", "{ckpt}", "{ckpt}"], "two are named tiny"),
 ]
@@ -377,7 +320,7 @@ def test_peers_rows_decode_our_greedy_tokens_in_the_same_run(tiny_checkpoint, tm
     default schedule; with one pass, each printed ratio is exactly the ratio of the two rows' tokens/s."""
     ckpt = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint, ckpt)
-    bench.store_recommendation(ckpt, {"exit_layer": 2, "num_speculations": 3, "draft_threshold": 0.3, "speedup": 1.0},
+    store_recommendation(ckpt, {"exit_layer": 2, "num_speculations": 3, "draft_threshold": 0.3, "speedup": 1.0},
                                "shakespeare")
     bench.main(["--checkpoint", str(ckpt), "--baseline", "", "--prompts", "shakespeare", "--n_prompts", "2",
                 "--max_new_tokens", "12", "--repeats", "1", "--peers", "--json", str(tmp_path / "r.json")])
@@ -415,7 +358,7 @@ def test_peers_refuses_in_one_line_before_timing(tiny_checkpoint, capsys, monkey
     def timed(*a, **k):
         raise AssertionError("timed")
 
-    monkeypatch.setattr(bench, "measure", timed)
+    monkeypatch.setattr(tables, "measure", timed)
     argv = ["--checkpoint", tiny_checkpoint, "--baseline", "", "--peers"]
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError
     assert_one_line_error(bench.main, argv, capsys, "it is not installed: pip install transformers")
@@ -434,7 +377,6 @@ def test_peers_refuses_in_one_line_before_timing(tiny_checkpoint, capsys, monkey
 def test_interleaved_runs_take_a_variants_own_decode_function(tiny_checkpoint):
     """A variant whose kwargs hold "decode" is decoded by it, with the prompt ids encoded and cropped as for the
     others: one 4-token warm-up per variant, then passes in rotating order, each run's Generation yielded as is."""
-    from common import interleaved_runs
     model, tok = load_model(tiny_checkpoint)
     calls = []
 
