@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import layerskip as ls  # noqa: E402
-from common import ArgumentParser, decoding_settings, fail, int_range, machine, prompt_set  # noqa: E402
+from common import ArgumentParser, fail, int_range, machine, prompt_set  # noqa: E402
 from model_io import load_model  # noqa: E402
+from settings import Settings, recommended  # noqa: E402
 
 CHECKPOINT = "checkpoints/layerskip-python-deep.pt"
 
@@ -104,10 +105,11 @@ def main(argv=None):
     if not fits:
         fail(f"--prompts {args.prompts}: no prompt leaves room for {args.max_new_tokens} new tokens")
     prompts = (fits * args.clients)[:args.clients]
-    setting = decoding_settings(model)
+    stored = recommended(model)  # the demo's defaults: the stored setting, greedy, seed 0
+    setting = Settings(**stored, eos_id=tok.stop_ids, seed=0)
     print(f"# {shlex.join(['python', 'scripts/serve_load.py', *(sys.argv[1:] if argv is None else argv)])}")
-    print(f"# machine: {machine()}; demo at its defaults (the stored setting: {setting})")
-    alone = [ls.generate(model, tok.encode(q), args.max_new_tokens, eos_id=tok.stop_ids, **setting).tokens
+    print(f"# machine: {machine()}; demo at its defaults (the stored setting: {stored})")
+    alone = [ls.generate(model, tok.encode(q), args.max_new_tokens, setting).tokens
              for q in prompts]  # what each client must see: its prompt decoded alone, as the demo shows it
     want = [tok.decode(tok.encode(q) + new)[len(tok.decode(tok.encode(q))):] for q, new in zip(prompts, alone)]
     report = {"clients": args.clients, "max_new_tokens": args.max_new_tokens, "machine": machine(), "servers": {}}

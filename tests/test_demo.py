@@ -1,6 +1,6 @@
-"""The Gradio demo: its event functions called directly, the served app driven by gradio_client, and the page
-driven in a real browser (Debian's Chromium through Playwright). The browser tests also take the README's
-screenshots, on the shipped model:
+"""The Gradio demo: its events called directly, the served app driven by gradio_client, and the page driven in a
+real browser (Debian's Chromium through Playwright). The browser tests also take the README's screenshots, on the
+shipped model:
 
     LAYERSKIP_DEMO_CHECKPOINT=checkpoints/layerskip-python-deep.pt LAYERSKIP_SCREENSHOTS=docs \
         python -m pytest tests/test_demo.py -k browser      # docs/demo*.png, at 1280 and 820 px
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from html import unescape
 from pathlib import Path
 
@@ -21,8 +22,9 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry attempts from the test machine
 
 import layerskip as ls  # noqa: E402
+from conftest import ROOT, assert_one_line_error  # noqa: E402
 from model_io import load_model  # noqa: E402
-from conftest import ROOT  # noqa: E402
+from settings import Settings  # noqa: E402
 
 gr = pytest.importorskip("gradio")  # the demo's dependencies are optional (requirements-demo.txt)
 import demo_app  # noqa: E402
@@ -37,14 +39,426 @@ VERSE = "ROMEO:\nBut soft"
 # the browser tests' prompt: CODE on the tiny model; for the README's screenshots ($LAYERSKIP_DEMO_CHECKPOINT, a
 # trained model) the first example, a HumanEval problem: what the app shows on its first Generate
 SHOWN = demo_app.example_prompts()[0] if os.environ.get("LAYERSKIP_DEMO_CHECKPOINT") else CODE
+UNCHANGED = {"__type__": "update"}
 
 
-def expected(checkpoint, prompt, max_new_tokens, **kw):
-    """The continuation layerskip.generate decodes for these settings, as text after the prompt."""
-    model, tok = demo_app.get_model(str(checkpoint))
+@pytest.fixture
+def app(tiny_checkpoint):
+    """The demo's events over the tiny checkpoint (as if given at launch), one request at a time."""
+    return demo_app.Demo(demo_app.Config(checkpoint=[str(tiny_checkpoint)], batch_size=1))
+
+
+@pytest.fixture(scope="module")
+def recommended_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny model with a stored setting (what bench.py --auto writes): exit 3, d=2, threshold 0.3; and the
+    validation loss of each exit (what train.py writes)."""
+    from model_io import save_checkpoint
+    model, tok = load_model(tiny_checkpoint)
+    path = tmp_path_factory.mktemp("rec") / "recommended.pt"
+    save_checkpoint(path, model, tok, metadata=dict(val_loss_per_exit=[4.0, 3.5, 3.2, 3.0], recommended=dict(
+        exit_layer=3, num_speculations=2, draft_threshold=0.3)))
+    return path
+
+
+def expected(app, checkpoint, prompt, max_new_tokens, settings=None, **kw):
+    """(the continuation layerskip.generate decodes for this setting, as text after the prompt; its Generation)."""
+    model, tok = app.models.get(str(checkpoint))
     ids = tok.encode(prompt)
-    g = ls.generate(model, ids, max_new_tokens, eos_id=tok.eos_id, **kw)
+    g = ls.generate(model, ids, max_new_tokens, replace(settings or Settings(**kw), eos_id=tok.stop_ids))
     return tok.decode(ids + g.tokens)[len(tok.decode(ids)):], g
+
+
+def spans(page_html):
+    """(kind, text) of every token span in the output HTML."""
+    return [(k, unescape(t)) for k, t in re.findall(r'<span class="ls-tok (\w+)"[^>]*>(.*?)</span>', page_html, re.S)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The events, called directly
+
+
+def test_pieces_stream_round_by_round_and_rebuild_the_generated_text(app, tiny_checkpoint):
+    """Each event extends the last by one round, kinds run accepted* rejected* then one correction (a draft was
+    rejected) or bonus (all accepted) within a round; the statistics are generate()'s Generation, and the
+    non-rejected pieces join to generate()'s decoded text."""
+    model, tok = app.models.get(str(tiny_checkpoint))
+    settings = Settings(strategy="self_speculative", exit_layer=2, num_speculations=4, eos_id=tok.stop_ids)
+    want, g = expected(app, tiny_checkpoint, CODE, 48, settings)
+    events = list(app.decode_pieces(model, tok, tok.encode(CODE), 48, settings))
+    previous = []
+    for r, ((pieces, text, so_far, _), event) in enumerate(zip(events, g.events, strict=True), start=1):
+        assert pieces[:len(previous)] == previous and so_far.rounds == r
+        assert {rnd for _, _, rnd in pieces[len(previous):]} == {r}
+        verdict = "bonus" if event.accepted == len(event.drafted) else "correction"
+        assert [kind for _, kind, _ in pieces[len(previous):]] == ["accepted"] * event.accepted + \
+            ["rejected"] * (len(event.drafted) - event.accepted) + [verdict] * (event.token is not None)
+        previous = pieces
+    pieces, text, stats, _ = events[-1]
+    kinds = [kind for _, kind, _ in pieces]
+    assert (stats.tokens, stats.drafted, stats.accepted, stats.rounds) == (g.tokens, g.drafted, g.accepted, g.rounds)
+    assert kinds.count("accepted") == g.accepted > 0 and kinds.count("rejected") == g.drafted - g.accepted > 0
+    corrections = sum(e.token is not None and e.accepted < len(e.drafted) for e in g.events)
+    assert kinds.count("correction") == corrections > 0 and kinds.count("bonus") == g.rounds - corrections > 0
+    assert text == want == "".join(t for t, kind, _ in pieces if kind != "rejected") and len(g.tokens) == 48
+    assert demo_app.KINDS["correction"][0] != demo_app.KINDS["bonus"][0]  # told apart on screen and in the legend
+    legend = demo_app.render_text("", [], "self_speculative")
+    assert re.findall(r'<span class="key (\w+)">', legend) == ["accepted", "correction", "bonus", "rejected"]
+
+
+@pytest.mark.parametrize("settings", [
+    dict(strategy="autoregressive"),
+    dict(strategy="early_exit", exit_layer=1),
+    dict(strategy="self_speculative", exit_layer=3, num_speculations=2, temperature=0.9, top_p=0.9, seed=7),
+])
+def test_generate_event_streams_html_and_ends_on_generates_text(app, tiny_checkpoint, settings):
+    """Generate streams (text HTML, stats HTML, text) and ends on layerskip.generate's decoded text for every
+    strategy, greedy or sampled; its spans carry the strategy's kinds; the cards are the Generation's numbers."""
+    kw = dict(exit_layer=2, num_speculations=4, temperature=0.0, top_p=1.0, seed=0) | settings
+    want, g = expected(app, tiny_checkpoint, VERSE, 24, **kw)
+    updates = list(app.generate(str(tiny_checkpoint), VERSE, max_new_tokens=24, stop_rule="fixed", **kw))
+    assert len(updates) == g.rounds + 2  # an empty frame, one per round, the final one
+    assert {error for *_, error in updates} == {""}  # no error: the error place stays empty (hidden)
+    out, stats, text, _ = updates[-1]
+    assert text == want and "done" in stats and '<div class="v">24</div><div class="k">tokens</div>' in stats
+    if kw["strategy"] == "self_speculative":
+        assert f'<div class="v">{g.acceptance_rate:.0%}</div><div class="k">acceptance rate</div>' in stats
+        assert f'<div class="v">{g.tokens_per_round:.2f}</div><div class="k">tokens/round</div>' in stats
+    assert set(demo_app.LEGEND[kw["strategy"]]) >= {k for k, _ in spans(out)} != set()
+
+
+def test_output_is_contiguous_escaped_text(app, tiny_checkpoint):
+    """The HTML is the escaped prompt followed by one span per piece: stripping the tags, the rejected drafts and
+    their counts gives back exactly prompt + continuation, with '<' and newlines intact."""
+    prompt = "if a < b:\n    return"
+    *_, (out, _, text, _) = app.generate(str(tiny_checkpoint), prompt, "self_speculative", 2, 4, "fixed",
+                                         max_new_tokens=32)
+    _, tok = app.models.get(str(tiny_checkpoint))
+    body = re.sub(r'<span class="ls-tok rejected"[^>]*>.*?</span>|<sup class="\w+">.*?</sup>', "",
+                  out.split('<div class="ls-text">')[1], flags=re.S)
+    assert unescape(re.sub(r"<[^>]+>", "", body)) == tok.decode(tok.encode(prompt)) + text
+    assert "if a &lt; b:\n    return" in out
+
+
+def test_rejected_drafts_sit_together_counted_and_capped():
+    """A round's rejected drafts sit together where they stood, between its accepted drafts and its correction:
+    one red count, all their text in its hover, at most REJECTED_SHOWN of them as struck-through spans and "+k"
+    for the rest. Which of these shows (or none, the legend's entry too) is a class on the output."""
+    pieces = ([("a", "accepted", 1)] + [(f"r{i}", "rejected", 1) for i in range(6)] + [("c", "correction", 1)] +
+              [("x", "rejected", 2), ("d", "correction", 2)])
+    page = demo_app.render_text("p", pieces, "self_speculative")
+    assert 'class="ls-out rej-count"' in page and page.count('class="ls-rej"') == 2
+    assert [k for k, _ in spans(page)] == ["accepted"] + ["rejected"] * demo_app.REJECTED_SHOWN + \
+        ["correction", "rejected", "correction"]
+    assert page.index(">a</span>") < page.index('<span class="ls-rej"') < page.index(">c</span>")
+    assert "round 1: 6 rejected drafts: &#x27;r0r1r2r3r4r5&#x27;" in page and '<sup class="n">6</sup>' in page
+    assert '<sup class="more">+2</sup>' in page and '<sup class="n">1</sup>' in page and page.count("+") == 1
+    for view in demo_app.REJECTED_VIEWS:
+        assert f'class="ls-out rej-{view}"' in demo_app.render_text("p", pieces, "self_speculative", view)
+
+
+BAD = [  # (event, its arguments, the one line it answers): "corrupt" and "missing" stand for such checkpoints
+    ("generate", dict(exit_layer=999), "exit layer 999 is out of range: this model has 4 layers, use 1..4"),
+    ("generate", dict(num_speculations=0), "num_speculations must be a whole number in [1, 64]"),
+    ("generate", dict(stop_rule="auto"), "stop_rule must be one of fixed, threshold, cost, got 'auto'"),
+    ("generate", dict(stop_rule="threshold", draft_threshold=0), "the threshold stop rule needs draft_threshold"),
+    ("generate", dict(temperature=float("nan")), "temperature must be 0 or a number in [0.01, 100]"),
+    ("generate", dict(max_new_tokens=None), "max_new_tokens is empty: give a whole number in [1, 512]"),
+    ("generate", dict(rejected=True), "rejected must be one of count, text, hidden, got True"),
+    ("generate", dict(prompt="to be or not " * 200), "context window holds 256"),
+    ("generate", dict(checkpoint="corrupt"), "truncated or corrupt"),
+    ("compare", dict(checkpoint="missing"), "no such file"),
+    ("lens", dict(prompt=""), "the prompt is empty: generate something first"),
+    ("sweep", dict(repetition_penalty=0), "repetition_penalty must be a number in [0.01, 100]"),
+    ("main", ["--port", "0"], "argument --port: must be 1..65535, got 0"),
+    ("main", ["--chekpoint", "x.pt"], "unrecognized arguments: --chekpoint x.pt"),
+]
+
+
+@pytest.mark.parametrize("event, args, message", BAD)
+def test_bad_input_is_one_line_of_plain_text_and_runs_nothing(app, tiny_checkpoint, tmp_path, monkeypatch, capsys,
+                                                              event, args, message):
+    """Bad input to any event: one frame that leaves every output as it is on screen and says why in the error
+    place, one line of plain text; not one block of the model runs (not with a clamped value either). A bad flag:
+    exit code 2, one line, and no server."""
+    if event == "main":
+        monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: pytest.fail("launched"))
+        assert_one_line_error(demo_app.main, args, capsys, message)
+        return
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    app.models.serve(tmp_path / "corrupt.pt", tmp_path / "missing.pt")  # as if given at launch: they may say more
+    args = dict(checkpoint=str(tiny_checkpoint), prompt=VERSE) | args
+    args["checkpoint"] = {k: str(tmp_path / f"{k}.pt") for k in ("corrupt", "missing")}.get(args["checkpoint"],
+                                                                                             args["checkpoint"])
+    ran = []
+    monkeypatch.setattr(ls.Transformer, "run_blocks", lambda *a, **k: ran.append(1))
+    frames = getattr(app, event)(**args)
+    [(*outputs, error)] = list(frames) if event in ("generate", "sweep") else [frames]
+    assert outputs == [UNCHANGED] * len(outputs) and ran == []
+    assert message in error and "<" not in error and "\n" not in error, error
+
+
+def test_compare_lens_and_sweep(app, tiny_checkpoint):
+    """Compare shows both timings, the speedup and identical greedy outputs; the lens has one row per exit
+    with the chosen one marked; the sweep gives acceptance and speedup for exits 1..L, updating after every run,
+    as two plots of measured exits only whose x-axis ends at exit L."""
+    ck = str(tiny_checkpoint)
+    table, error = app.compare(ck, VERSE, 2, 4, "fixed", max_new_tokens=32)
+    assert "✓ identical (32 tokens)" in table and "speedup" in table and "ms/token" in table and error == ""
+    assert "both with" not in table and "E=2, d = 4, fixed" in table  # no logits processor on; the rule named
+    lens, error = app.lens(ck, VERSE, " and the", 3)
+    assert len(re.findall(r'<td class="row-label">exit \d', lens)) == 4 and "exit 3 ◀ E" in lens and error == ""
+    assert "average layers needed" in lens
+    *progress, (acceptance, speedup, note, error) = app.sweep(ck, VERSE, num_speculations=4, max_new_tokens=16)
+    assert error == "" and {p[3] for p in progress} == {""}
+    assert len(progress) == demo_app.SWEEP_REPEATS * 5  # one update per run (AR and exits 1..4): the plots fill in
+    assert "<progress" in progress[0][2] and "pass 1 of" in progress[0][2]
+    first_pass = [p[1]["value"] for p in progress[:5]]  # speedups need AR and the exit in the same pass
+    assert len(first_pass[-1]) == 4 and len(first_pass[0]) == 0
+    assert acceptance["x_lim"] == speedup["x_lim"] == [0, 4.5]  # the axis ends at exit L = 4
+    acc, fast = acceptance["value"], speedup["value"]
+    assert acc.exit_layer.dtype.kind == "i" and list(acc.exit_layer) == list(fast.exit_layer) == [1, 2, 3, 4]
+    assert acc.acceptance.between(0, 1).all() and acc.acceptance.iloc[-1] == 1.0  # exit L: the full model drafts
+    assert (fast.speedup > 0).all() and speedup["y_lim"][0] == 0
+    assert ("Fastest: exit" in note or "No exit beat" in note) and "Sanity check: exit 4" in note
+    rows = re.findall(r"<tr><td>(\d+)</td><td>[\d.]+%</td><td>[\d.]+×</td><td>[\d.]+–[\d.]+×</td><td>(\d+)</td>",
+                      note)
+    assert rows == [(str(E), str(demo_app.SWEEP_REPEATS)) for E in (1, 2, 3, 4)]  # each exit: median, range, passes
+
+
+def test_sweep_and_compare_interleave_their_runs_and_take_medians_of_per_pass_ratios(app, tiny_checkpoint,
+                                                                                     monkeypatch):
+    """The sweep times as the benchmark does (common.interleaved_runs): a warm-up per variant, then passes that run
+    autoregressive decoding and each exit once, the order rotating; an exit's speedup is the median over passes of
+    AR time / its time in the same pass, so one wild run (10x at exit L in pass 2) moves neither the speedup nor the
+    fastest exit, and exit L is never the fastest. The controls' d, stop rule and processors reach every run; the
+    cost model's draft cost, given at the controls' exit, is priced by the blocks a draft runs. Compare likewise."""
+    calls, ratio = [], {1: 0.5, 2: 1.5, 3: 1.2, 4: 1.0}
+
+    def fake_generate(model, ids, n, strategy="autoregressive", exit_layer=None, **kw):
+        calls.append((exit_layer if strategy == "self_speculative" else "AR", kw))
+        seconds = 1.0 if strategy == "autoregressive" else 1.0 / ratio[exit_layer]
+        if exit_layer == 4 and sum(c == 4 for c, _ in calls) == 3:
+            seconds = 0.1  # one run caught the machine idle and its pass's AR run busy
+        return ls.Generation(tokens=[0] * n, seconds=seconds, rounds=n, drafted=n, accepted=n // 2)
+
+    monkeypatch.setattr(ls, "generate", fake_generate)
+    ck = str(tiny_checkpoint)
+    *_, (_, speedup, note, _) = app.sweep(ck, VERSE, 2, 4, "threshold", 0.3, max_new_tokens=16,
+                                          repetition_penalty=1.2, no_repeat_ngram_size=3)
+    order = [c for c, _ in calls]
+    assert order[:5] == ["AR", 1, 2, 3, 4] and len(order) == 5 * (demo_app.SWEEP_REPEATS + 1)  # warm-ups first
+    assert order[5:20] == ["AR", 1, 2, 3, 4, 1, 2, 3, 4, "AR", 2, 3, 4, "AR", 1]
+    drafting = [kw for c, kw in calls[5:] if c != "AR"]
+    assert {(kw["num_speculations"], kw["draft_threshold"], kw["draft_cost"]) for kw in drafting} == {(4, 0.3, None)}
+    assert {(kw["repetition_penalty"], kw["no_repeat_ngram_size"]) for _, kw in calls[5:]} == {(1.2, 3)}
+    assert dict(zip(speedup["value"].exit_layer, speedup["value"].speedup)) == pytest.approx(ratio)
+    assert "Fastest: exit 2, 1.50×" in note and "it measured 1.00× (passes 1.00–10.00×)" in note
+    assert "far from 1×" not in note and ("16 greedy tokens per run, at every exit d ≤ 4, stop below confidence "
+                                          "0.3, repetition penalty 1.2, no repeated 3-grams;") in note
+    calls.clear()
+    ratio[4] = 3.0  # exit L measured fastest: a busy machine, not a finding
+    *_, (_, _, note, _) = app.sweep(ck, VERSE, 2, 4, "cost", 0.3, 0.2, 0.5, max_new_tokens=16)
+    assert "Fastest: exit 2, 1.50×" in note and "it measured 3.00×" in note and "far from 1×" in note
+    costs = {c: (kw["draft_cost"], kw["draft_gamma"], kw["draft_threshold"]) for c, kw in calls if c != "AR"}
+    assert costs == {E: (pytest.approx(0.2 * E / 2), 0.5, None) for E in (1, 2, 3, 4)}  # 0.2 at exit 2, x E/2
+    assert "d ≤ 4, cost-model stop (draft cost 0.2 at exit 2, × E/2 at exit E, γ 0.5)" in note
+    calls.clear()
+    *_, (_, _, note, _) = app.sweep(ck, VERSE, 2, 4, "fixed", 0.3, 0.2, max_new_tokens=16)
+    assert {(kw["draft_threshold"], kw["draft_cost"]) for c, kw in calls if c != "AR"} == {(0, 0)}
+    assert "at every exit d = 4, fixed;" in note  # the boxes of the other rules are not read
+
+    calls.clear()
+    ss_seconds = iter([1.0, 0.5, 0.1, 0.5])  # Compare: the warm-up, then passes 1..3 (10x in pass 2)
+    monkeypatch.setattr(ls, "generate", lambda model, ids, n, strategy, **kw: calls.append((strategy, kw)) or
+                        ls.Generation([0] * n, next(ss_seconds) if strategy != "autoregressive" else 1.0, n, n, n // 2))
+    table, error = app.compare(ck, VERSE, 2, 8, "threshold", 0.4, max_new_tokens=16)
+    assert [c for c, _ in calls] == ["autoregressive", "self_speculative"] * 2 + \
+        ["self_speculative", "autoregressive", "autoregressive", "self_speculative"]
+    assert {(kw["exit_layer"], kw["num_speculations"], kw["draft_threshold"]) for c, kw in calls
+            if c == "self_speculative"} == {(2, 8, 0.4)}
+    assert '<div class="v">2.00×</div>' in table and "(passes: 2.00–10.00×)" in table and error == ""
+
+
+def test_logits_processors_reach_generation_and_compare_and_keep_greedy_outputs_equal(app, tiny_checkpoint):
+    """The repetition penalty and no-repeat n-grams reach generation (the text equals layerskip.generate's with
+    them, and differs from the plain greedy text) and compare, where greedy self-speculative output stays
+    identical to autoregressive output with each processor on."""
+    ck = str(tiny_checkpoint)
+    plain, _ = expected(app, tiny_checkpoint, VERSE, 40)
+    for processor in (dict(repetition_penalty=1.5), dict(no_repeat_ngram_size=2)):
+        want, _ = expected(app, tiny_checkpoint, VERSE, 40, **processor)
+        *_, (_, stats, text, _) = app.generate(ck, VERSE, "self_speculative", 2, 3, "fixed", max_new_tokens=40,
+                                               **processor)
+        assert text == want != plain, processor
+        assert ("repetition penalty 1.5" if "repetition_penalty" in processor else "no repeated 2-grams") in stats
+        table, _ = app.compare(ck, VERSE, 2, 3, "fixed", max_new_tokens=40, **processor)
+        assert "✓ identical (40 tokens)" in table and "both with " in table, processor
+
+
+def test_stop_ends_generation_and_the_sweep_after_the_step_on_screen_and_says_so(app, tiny_checkpoint):
+    """Stop (control["stop"]) ends decoding after the round being shown; the last frame keeps that text and says
+    it stopped, after how many tokens. A new run clears the request. The sweep stops likewise, after a run."""
+    control, ck = {}, str(tiny_checkpoint)
+    run = app.generate(ck, VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=200, control=control)
+    frames = [next(run) for _ in range(4)]  # the empty frame and three rounds
+    app.stop(control)
+    [(out, stats, text, error)], shown = list(run), frames[-1]
+    tokens = int(re.search(r'<div class="v">(\d+)</div><div class="k">tokens</div>', shown[1]).group(1))
+    assert 3 <= tokens < 200 and text == shown[2] and out == shown[0] and error == ""
+    assert f"stopped: Stop pressed after {tokens} new tokens (3 rounds)" in stats and "generating" not in stats
+    *_, (_, stats, _, _) = app.generate(ck, VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=20,
+                                        control=control)
+    assert "done" in stats and control == {"stop": False}
+    run = app.sweep(ck, VERSE, num_speculations=4, max_new_tokens=16, control=control)
+    for _ in range(3):  # the first pass: autoregressive, exit 1, exit 2
+        next(run)
+    app.stop(control)
+    [(_, speedup, note, _)] = list(run)
+    assert "stopped: Stop pressed in pass 1" in note and list(speedup["value"].exit_layer) == [1, 2]
+
+
+def test_switching_model_resets_its_settings_and_a_failed_one_keeps_the_last(app, tiny_checkpoint,
+                                                                            recommended_checkpoint, tmp_path):
+    """Selecting a model sets exit, d and the stop rule (with its value) to its stored setting, or exit L//4, d=4
+    and fixed d; shows only the chosen rule's boxes, fits the exit and max-new-tokens boxes to it, enables the run
+    buttons and describes it in two lines, the per-exit losses folded away as a plot of L points; a checkpoint
+    that fails leaves the last good one selected, with one error line. Moving the exit applies the rule: the
+    stored d and stop rule only at the stored exit; an exit the model lacks changes nothing."""
+    app.models.serve(recommended_checkpoint)
+    menu, loaded, info, exit_layer, d, rule, threshold, cost, gamma, max_new, *buttons = app.switch_model(
+        str(recommended_checkpoint), None, 64)
+    assert loaded == menu["value"] == str(recommended_checkpoint)
+    assert (exit_layer["value"], exit_layer["maximum"], d["value"], rule["value"]) == (3, 4, 2, "threshold")
+    assert (threshold["value"], threshold["visible"], cost["visible"], gamma["visible"]) == (0.3, True, False, False)
+    assert exit_layer["label"] == "exit layer E (1–4)"
+    assert (max_new["maximum"], max_new["value"]) == (255, 64)  # a 256-token context, not 512
+    assert buttons == [{"__type__": "update", "interactive": True}] * len(demo_app.RUN_BUTTONS)
+    folded = re.fullmatch(r'<div class="ls-status">(.*)<details><summary>(.*)</summary>(<svg .*</svg>)</details></div>',
+                          info, re.S)
+    assert folded and "4 layers" in folded[1] and "<br>" not in folded[1]
+    assert "recommended: exit 3, d ≤ 2, stop below confidence 0.3" in folded[1]
+    assert folded[3].count("<circle") == 4 and "exit 2: 3.500" in folded[3] and "3.50" not in folded[1] + folded[2]
+    d, rule, *boxes = app.exit_changed(loaded, 2)  # another exit: d = 4 drafted to the end
+    assert (d["value"], rule["value"]) == (4, "fixed") and [b.get("visible") for b in boxes] == [False] * 3
+    assert all("value" not in b for b in boxes)  # the boxes of the other rules keep what they hold
+    d, rule, threshold, cost, gamma = app.exit_changed(loaded, 3)  # back at the stored exit
+    assert (d["value"], rule["value"], threshold["value"], threshold["visible"], cost["visible"]) == \
+        (2, "threshold", 0.3, True, False)
+    for bad in (999, 0, 2.5, "x", None):
+        assert app.exit_changed(loaded, bad) == (UNCHANGED,) * 5
+    assert [u["visible"] for u in demo_app.rule_changed("cost")] == [False, True, True]
+
+    _, loaded, _, exit_layer, d, rule, threshold, cost, gamma, max_new, *_ = app.switch_model(
+        str(tiny_checkpoint), loaded, 500)
+    assert (exit_layer["value"], d["value"], rule["value"], max_new["value"]) == (1, 4, "fixed", 255)  # L//4, d=4
+    assert (threshold["value"], cost["value"], gamma["value"]) == (0.5, 0.15, 1.0)  # RULE_DEFAULTS, hidden
+    assert not (threshold["visible"] or cost["visible"] or gamma["visible"])
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    app.models.serve(tmp_path / "bad.pt")
+    for path in (str(tmp_path / "bad.pt"), "/etc/passwd", ""):
+        menu, still, info, *controls = app.switch_model(path, loaded, 64)
+        assert menu["value"] == still == loaded == str(tiny_checkpoint), path
+        assert info.count("ls-error") == 1 and f"Still using {loaded}." in info
+        assert controls == [UNCHANGED] * (7 + len(demo_app.RUN_BUTTONS))  # the good model's settings stay
+
+
+def test_only_served_checkpoints_load_and_at_most_two_stay_loaded(app, tiny_checkpoint, tmp_path, monkeypatch):
+    """Only checkpoints/*.pt and launch-given paths load: any other path, existing or not, checkpoint or not, gets
+    the same one-line refusal from every event and loads nothing. Of those served, the two most recently used stay
+    loaded. A short name of an installed model (smollm2) is its file; other names stay paths."""
+    shutil.copy(tiny_checkpoint, tmp_path / "copy.pt")
+    for path in [str(tmp_path / "copy.pt"), str(tmp_path / "missing.pt"), "/etc/passwd", "checkpoints/../README.md",
+                 "../" * 8 + "etc/hostname", "a\x00b"]:
+        [(*_, error)] = app.generate(path, VERSE)
+        assert error == demo_app.REFUSED == app.compare(path, VERSE)[1] == app.lens(path, VERSE)[1], path
+        assert list(app.sweep(path, VERSE))[0][3] == error
+    assert not app.models.loaded and "\n" not in demo_app.REFUSED
+    assert app.models.is_served(ROOT / "checkpoints/layerskip-python-deep.pt")  # whatever checkpoints/*.pt holds
+    a, b, c = (shutil.copy(tiny_checkpoint, tmp_path / f"{name}.pt") for name in "abc")
+    app.models.serve(a, b, c)
+    first_a = app.models.get(a)
+    app.models.get(b)
+    assert app.models.get(a) is first_a  # a hit, and a is now the most recent
+    app.models.get(c)
+    assert [Path(k).name for k in app.models.loaded] == ["a.pt", "c.pt"]
+    monkeypatch.setattr(demo_app, "installed_model", lambda name: tmp_path / f"{name}.gguf")
+    assert demo_app.resolve("smollm2") == tmp_path / "smollm2.gguf"
+    assert demo_app.resolve("checkpoints/x.pt") == Path("checkpoints/x.pt")
+
+
+def test_flags_make_the_config_and_examples_start_with_text(tiny_checkpoint, tmp_path, monkeypatch):
+    """--checkpoint (several) serves exactly those besides checkpoints/*.pt, the first selected; --threads defaults
+    to 1 on CPU; --allow_any_checkpoint serves any path. The examples start with text, not blank lines."""
+    import torch
+    built = []
+    monkeypatch.setattr(demo_app.Demo, "build", lambda self: built.append(self) or gr.Blocks())
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: built.append(kw))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        demo_app.main(["--checkpoint", str(tiny_checkpoint), "--checkpoint", str(tmp_path / "other.pt")])
+        demo, launched = built[-2:]
+        assert torch.get_num_threads() == 1 and launched["server_name"] == "127.0.0.1"
+        assert demo.config.checkpoint[0] == str(tiny_checkpoint) and demo.batcher.batch_size == 8
+        assert demo.models.is_served(tiny_checkpoint) and demo.models.is_served(tmp_path / "other.pt")
+        assert not demo.models.is_served(tmp_path / "third.pt")
+        n = min(2, os.cpu_count() or 1)  # --threads takes at most the cores there are
+        demo_app.main(["--allow_any_checkpoint", "--threads", str(n), "--batch_size", "1"])
+        assert built[-2].models.is_served(tmp_path / "third.pt") and torch.get_num_threads() == n
+        assert built[-2].batcher is None and built[-2].config.checkpoint == [demo_app.DEFAULT_CHECKPOINT]
+    finally:
+        torch.set_num_threads(threads)
+    from data.prepare import load_prompts
+    assert any(p.startswith("\n") for p in load_prompts("humaneval"))  # as stored: after two blank lines
+    assert len(demo_app.example_prompts()) == 6 and all(e.split("\n")[0].strip() for e in demo_app.example_prompts())
+
+
+def test_chat_wraps_the_prompt_in_the_models_template(app, tiny_checkpoint, monkeypatch):
+    """chat=True: the prompt goes in as a user message under the model's chat template (the text decoded is the
+    continuation of the templated prompt); a model without a template refuses in one line and runs nothing."""
+    from model_io import chat_prompt
+    model, tok = app.models.get(str(tiny_checkpoint))
+    [(*_, error)] = app.generate(str(tiny_checkpoint), "Hello", chat=True, max_new_tokens=8)
+    assert "no chat template" in error and "\n" not in error
+    monkeypatch.setattr(tok, "chat_template", "{% for m in messages %}USER: {{ m['content'] }}\n{% endfor %}BOT:")
+    *_, (out, _, text, error) = app.generate(str(tiny_checkpoint), "Hello", "autoregressive", chat=True,
+                                             max_new_tokens=8)
+    text_in, ids = chat_prompt(tok, "Hello")
+    assert text_in == "USER: Hello\nBOT:" and error == ""
+    g = ls.generate(model, ids, 8, eos_id=tok.stop_ids)
+    assert text == tok.decode(ids + g.tokens)[len(tok.decode(ids)):]
+    assert "USER: Hello" in unescape(out)  # the page shows the prompt as the model saw it
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The served app, over HTTP
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(tiny_checkpoint):
+    """The app's start-up model: the tiny one, or $LAYERSKIP_DEMO_CHECKPOINT for a README screenshot."""
+    return os.environ.get("LAYERSKIP_DEMO_CHECKPOINT") or str(tiny_checkpoint)
+
+
+def launch(config):
+    """A Demo and its app, served headless on a free local port: (demo, url, the Blocks to close)."""
+    demo = demo_app.Demo(config)
+    blocks = demo.build()
+    _, url, _ = blocks.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    return demo, url, blocks
+
+
+@pytest.fixture(scope="module")
+def served(demo_checkpoint):
+    """(Demo, url): the demo as `python demo_app.py` serves it, batching, on one torch thread (with two, and
+    Chromium busy on the same two cores, the sweep's timings are not the ones a user sees)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    demo, url, blocks = launch(demo_app.Config(checkpoint=[demo_checkpoint]))
+    yield demo, url
+    blocks.close()
+    torch.set_num_threads(threads)
 
 
 def generate_py(checkpoint, prompt, *flags):
@@ -57,667 +471,121 @@ def generate_py(checkpoint, prompt, *flags):
     return text[len(prompt):-1]
 
 
-KIND_COLOURS = {kind: colour for kind, (colour, _) in demo_app.KINDS.items()}
-
-
-def spans(page_html):
-    """(kind, text) of every token span in the output HTML."""
-    return [(k, unescape(t)) for k, t in re.findall(r'<span class="ls-tok (\w+)"[^>]*>(.*?)</span>', page_html, re.S)]
-
-
-@pytest.fixture(autouse=True)
-def served(tiny_checkpoint, monkeypatch):
-    """The app serves only checkpoints/*.pt and launch-given paths: the tiny one counts as launch-given. Each test
-    starts from that alone, whatever earlier tests served."""
-    monkeypatch.setattr(demo_app, "_served", set())
-    demo_app.serve(tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def recommended_checkpoint(tiny_checkpoint, tmp_path_factory):
-    """The tiny model with a stored recommendation (what bench.py --auto writes): exit 3, d=2, threshold 0.3; and
-    the validation loss of each exit (what train.py writes)."""
-    from model_io import save_checkpoint
-    model, tok = load_model(tiny_checkpoint)
-    path = tmp_path_factory.mktemp("rec") / "recommended.pt"
-    save_checkpoint(path, model, tok, metadata=dict(recommended=dict(exit_layer=3, num_speculations=2,
-                                                                     draft_threshold=0.3),
-                                                    val_loss_per_exit=[4.0, 3.5, 3.2, 3.0]))
-    return path
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Event functions, called directly
-
-
-def test_pieces_stream_round_by_round_and_rebuild_the_generated_text(tiny_checkpoint):
-    """Each event extends the last by one round, kinds run accepted* rejected* then one correction (a draft was
-    rejected) or bonus (all accepted) within a round, the counts equal generate()'s statistics, and the
-    non-rejected pieces join to generate()'s decoded text."""
-    model, tok = demo_app.get_model(str(tiny_checkpoint))
-    ids = tok.encode(CODE)
-    settings = dict(strategy="self_speculative", exit_layer=2, num_speculations=4)
-    want, g = expected(tiny_checkpoint, CODE, 48, **settings)
-    events = list(demo_app.decode_pieces(model, tok, ids, 48, **settings))
-    assert len(events) == g.rounds
-    previous = []
-    for r, ((pieces, text, stats), event) in enumerate(zip(events, g.events), start=1):
-        assert pieces[:len(previous)] == previous and stats["rounds"] == r
-        new = [kind for _, kind, rnd in pieces[len(previous):]]
-        assert {rnd for _, _, rnd in pieces[len(previous):]} == {r}
-        verdict = "bonus" if event.accepted == len(event.drafted) else "correction"
-        assert new == ["accepted"] * event.accepted + ["rejected"] * (len(event.drafted) - event.accepted) + \
-            [verdict] * (event.token is not None)  # drafts first, the verifier's token last
-        previous = pieces
-    pieces, text, stats = events[-1]
-    kinds = [kind for _, kind, _ in pieces]
-    assert kinds.count("accepted") == g.accepted > 0
-    assert kinds.count("rejected") == g.drafted - g.accepted > 0
-    corrections = sum(e.token is not None and e.accepted < len(e.drafted) for e in g.events)
-    assert kinds.count("correction") == stats["corrections"] == corrections > 0
-    assert kinds.count("bonus") == stats["bonus"] == sum(e.token is not None for e in g.events) - corrections > 0
-    assert text == want == "".join(t for t, kind, _ in pieces if kind != "rejected")
-    assert stats["tokens"] == len(g.tokens) == 48
-    assert KIND_COLOURS["correction"] != KIND_COLOURS["bonus"]  # told apart on screen, and in the legend:
-    legend = demo_app.render_text("", [], "self_speculative")
-    assert [k for k in re.findall(r'<span class="key (\w+)">', legend)] == ["accepted", "correction", "bonus",
-                                                                            "rejected"]
-
-
-@pytest.mark.parametrize("settings", [
-    dict(strategy="autoregressive"),
-    dict(strategy="early_exit", exit_layer=1),
-    dict(strategy="self_speculative", exit_layer=3, num_speculations=2, temperature=0.9, top_p=0.9, seed=7),
-])
-def test_generate_event_streams_html_and_ends_on_generates_text(tiny_checkpoint, settings):
-    """The Generate handler streams (text HTML, stats HTML, text) and ends on layerskip.generate's decoded text
-    for every strategy, greedy or sampled; its spans carry the strategy's kinds."""
-    kw = dict(exit_layer=2, num_speculations=4, temperature=0.0, top_p=1.0, seed=0) | settings
-    want, g = expected(tiny_checkpoint, VERSE, 24, **kw)
-    updates = list(demo_app.generate(str(tiny_checkpoint), VERSE, max_new_tokens=24, stop_rule="fixed", **kw))
-    assert len(updates) == g.rounds + 2  # an empty frame, one per round, the final one
-    assert {error for *_, error in updates} == {""}  # no error: the error place stays empty (hidden)
-    out, stats, text, _ = updates[-1]
-    assert text == want
-    assert "done" in stats and ">24<" in stats
-    kinds = {k for k, _ in spans(out)}
-    assert kinds <= set(demo_app.LEGEND[kw["strategy"]]) and kinds
-
-
-def test_output_is_contiguous_escaped_text(tiny_checkpoint):
-    """The HTML is the escaped prompt followed by one span per piece: stripping the tags, the rejected drafts and
-    their counts gives back exactly prompt + continuation, with '<' and newlines intact."""
-    prompt = "if a < b:\n    return"
-    *_, (out, stats, text, _) = demo_app.generate(str(tiny_checkpoint), prompt, "self_speculative", 2, 4, "fixed",
-                                                  max_new_tokens=32)
-    model, tok = demo_app.get_model(str(tiny_checkpoint))
-    text_div = out.split('<div class="ls-text">')[1]
-    body = re.sub(r'<span class="ls-tok rejected"[^>]*>.*?</span>|<sup class="\w+">.*?</sup>', "", text_div,
-                  flags=re.S)
-    assert unescape(re.sub(r"<[^>]+>", "", body)) == tok.decode(tok.encode(prompt)) + text
-    assert "if a &lt; b:\n    return" in out and "white-space: pre-wrap" in demo_app.CSS
-
-
-def test_rejected_drafts_sit_together_counted_and_capped():
-    """A round's rejected drafts sit together where they stood, between its accepted drafts and its correction:
-    one red count, all their text in its hover, at most REJECTED_SHOWN of them as struck-through spans and "+k"
-    for the rest. Which of these shows is a class on the output (count by default), so switching the view needs
-    no new decoding; the CSS shows exactly one view at a time."""
-    pieces = ([("a", "accepted", 1)] + [(f"r{i}", "rejected", 1) for i in range(6)] + [("c", "correction", 1)] +
-              [("x", "rejected", 2), ("d", "correction", 2)])
-    page = demo_app.render_text("p", pieces, "self_speculative")
-    assert 'class="ls-out rej-count"' in page and page.count('class="ls-rej"') == 2
-    assert [k for k, _ in spans(page)] == ["accepted"] + ["rejected"] * demo_app.REJECTED_SHOWN + \
-        ["correction", "rejected", "correction"]
-    first = page.index('<span class="ls-rej"')
-    assert page.index(">a</span>") < first < page.index(">c</span>")
-    assert "round 1: 6 rejected drafts: &#x27;r0r1r2r3r4r5&#x27;" in page and '<sup class="n">6</sup>' in page
-    assert '<sup class="more">+2</sup>' in page and '<sup class="n">1</sup>' in page and page.count("+") == 1
-    for view in demo_app.REJECTED_VIEWS:
-        assert f'class="ls-out rej-{view}"' in demo_app.render_text("p", pieces, "self_speculative", view)
-    css = demo_app.CSS
-    assert ".ls-out.rej-count .ls-rej .ls-tok, .ls-out.rej-count .ls-rej .more, .ls-out.rej-text .ls-rej .n" in css
-
-
-BAD_CONTROLS = {  # what the one message says: generate()'s keyword arguments
-    "exit layer E must be a whole number in 1..4, got 999": dict(exit_layer=999),
-    "exit layer E must be a whole number in 1..4, got 9": dict(strategy="early_exit", exit_layer=9),
-    "exit layer E must be a whole number in 1..4, got 0": dict(exit_layer=0),
-    "exit layer E must be a whole number in 1..4, got 2.5": dict(exit_layer=2.5),
-    "exit layer E must be a whole number in 1..4, got 'two'": dict(exit_layer="two"),
-    "drafts per round d must be a whole number in 1..32, got 0": dict(num_speculations=0),
-    "drafts per round d must be a whole number in 1..32, got 1000": dict(num_speculations=1000),
-    "the stop rule must be one of fixed, threshold, cost, got 'auto'": dict(stop_rule="auto"),
-    "the draft threshold must be a number in (0, 1], got 0": dict(stop_rule="threshold", draft_threshold=0),
-    "the draft threshold must be a number in (0, 1], got 1.5": dict(stop_rule="threshold", draft_threshold=1.5),
-    "the draft threshold must be a number in (0, 1], got None": dict(stop_rule="threshold"),
-    "the draft cost must be a number in (0, 1], got 0": dict(stop_rule="cost", draft_cost=0, draft_gamma=1),
-    "the draft cost must be a number in (0, 1], got nan": dict(stop_rule="cost", draft_cost=float("nan")),
-    "the calibration gamma must be a number in (0, 10], got -1": dict(stop_rule="cost", draft_cost=0.1,
-                                                                      draft_gamma=-1),
-    "temperature (0 = greedy) must be a number in [0, 2], got nan": dict(temperature=float("nan")),
-    "temperature (0 = greedy) must be a number in [0, 2], got inf": dict(temperature=float("inf")),
-    "temperature (0 = greedy) must be a number in [0, 2], got -0.5": dict(temperature=-0.5),
-    "temperature must be 0 (greedy) or at least 0.01, got 1e-40": dict(temperature=1e-40),
-    "top-p must be a number in (0, 1], got 0": dict(temperature=0.8, top_p=0),
-    "max new tokens must be a whole number in 1..512, got 0": dict(max_new_tokens=0),
-    "max new tokens must be a whole number in 1..512, got 513": dict(max_new_tokens=513),
-    "max new tokens must be a whole number in 1..512, got 100000": dict(max_new_tokens=100000),
-    "max new tokens must be a whole number in 1..512, got None": dict(max_new_tokens=None),
-    "seed must be a whole number in 0..4294967295, got -1": dict(seed=-1),
-    "seed must be a whole number in 0..4294967295, got 1e+21": dict(seed=1e21),
-    "rejected drafts must be shown as one of count, text, hidden, got True": dict(rejected=True),
-    "repetition penalty (1 = off) must be a number in [0.01, 10], got 0": dict(repetition_penalty=0),
-    "repetition penalty (1 = off) must be a number in [0.01, 10], got nan": dict(repetition_penalty=float("nan")),
-    "no-repeat n-gram size (0 = off) must be a whole number in 0..32, got -1": dict(no_repeat_ngram_size=-1),
-    "unknown strategy 'beam': choose one of autoregressive, early_exit, self_speculative": dict(strategy="beam"),
-    "unknown strategy 7": dict(strategy=7),
-}
-
-
-def test_bad_inputs_become_messages_and_run_nothing(tiny_checkpoint, tmp_path, monkeypatch):
-    """Empty or over-long prompts, every control out of its range (NaN, infinity, zero, negative, huge, text,
-    None), an unknown stop rule, strategy or view, missing or corrupt checkpoints: one frame each, which leaves the
-    text, the statistics and the plain text as they are on screen and says why in the error place, as one line of
-    plain text; nothing is decoded (not with a clamped value either) and nothing raises. Compare, the lens and the
-    sweep say so in their own error place."""
-    corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes(b"not a checkpoint")
-    demo_app.serve(corrupt, tmp_path / "missing.pt")  # as if given at launch: then their errors may say more
-    ck = str(tiny_checkpoint)
-    cases = {message: ((ck, VERSE), controls) for message, controls in BAD_CONTROLS.items()}
-    cases |= {
-        "the prompt is empty": ((ck, "   "), {}),
-        "the prompt is empty: type some text or pick an example": ((ck, None), {}),
-        "at most 20,000": ((ck, "x" * 20_001), {}),
-        "context window holds 256": ((ck, "to be or not " * 200), {}),
-        "no such file": ((str(tmp_path / "missing.pt"), VERSE), {}),
-        "truncated or corrupt": ((str(corrupt), VERSE), {}),
-        "no checkpoint chosen": (("", VERSE), {}),
-    }
-    blocks_run = []
-    real_run_blocks = ls.Transformer.run_blocks
-    monkeypatch.setattr(ls.Transformer, "run_blocks", lambda *a, **k: blocks_run.append(1) or
-                        real_run_blocks(*a, **k))
-    unchanged = {"__type__": "update"}
-    for message, (args, controls) in cases.items():
-        updates = list(demo_app.generate(*args, **controls))
-        assert len(updates) == 1 and updates[0][:3] == (unchanged,) * 3, message
-        error = updates[0][3]
-        assert message in error and "<" not in error and "\n" not in error, (message, error)  # plain text, one line
-    assert blocks_run == []  # not one block of the model ran
-    assert demo_app.compare("", VERSE) == (unchanged, "no checkpoint chosen: pick a model from the menu")
-    assert demo_app.lens(ck, "")[1] == "the prompt is empty: generate something first"
-    assert demo_app.compare(ck, VERSE, max_new_tokens=0)[1] == "max new tokens must be a whole number in 1..512, got 0"
-    assert demo_app.compare(ck, VERSE, 99)[1] == "exit layer E must be a whole number in 1..4, got 99"
-    assert demo_app.lens(ck, VERSE, "", "x") == (unchanged, "exit layer E must be a whole number in 1..4, got 'x'")
-    [(acceptance, speedup, note, error)] = demo_app.sweep(str(corrupt), VERSE)
-    assert acceptance == speedup == note == unchanged and "corrupt" in error
-    [(*_, error)] = demo_app.sweep(ck, VERSE, num_speculations=0)
-    assert error == "drafts per round d must be a whole number in 1..32, got 0"
-
-
-def test_compare_lens_and_sweep(tiny_checkpoint):
-    """Compare shows both timings, the speedup and identical greedy outputs; the lens has one row per exit
-    with the chosen one marked; the sweep gives acceptance and speedup for exits 1..L, updating after every run,
-    as two plots of measured exits only whose x-axis ends at exit L."""
-    ck = str(tiny_checkpoint)
-    table, error = demo_app.compare(ck, VERSE, 2, 4, "fixed", max_new_tokens=32)
-    assert "✓ identical (32 tokens)" in table and "speedup" in table and "ms/token" in table and error == ""
-    assert "both with" not in table and "E=2, d = 4, fixed" in table  # no logits processor on; the rule named
-    lens, error = demo_app.lens(ck, VERSE, " and the", 3)
-    assert len(re.findall(r'<td class="row-label">exit \d', lens)) == 4 and "exit 3 ◀ E" in lens and error == ""
-    assert "average layers needed" in lens
-    *progress, (acceptance, speedup, note, error) = demo_app.sweep(ck, VERSE, num_speculations=4, max_new_tokens=16)
-    assert error == "" and {p[3] for p in progress} == {""}
-    assert len(progress) == demo_app.SWEEP_REPEATS * 5  # one update per run (AR and exits 1..4): the plots fill in
-    assert "<progress" in progress[0][2] and "pass 1 of" in progress[0][2]
-    first_pass = [p[1]["value"] for p in progress[:5]]  # speedups need AR and the exit in the same pass
-    assert [len(df) for df in first_pass][-1] == 4 and len(first_pass[0]) == 0
-    assert acceptance["x_lim"] == speedup["x_lim"] == [0, 4.5]  # the axis ends at exit L = 4
-    acc, fast = acceptance["value"], speedup["value"]
-    assert acc.exit_layer.dtype.kind == "i" and list(acc.exit_layer) == list(fast.exit_layer) == [1, 2, 3, 4]
-    assert acc.acceptance.between(0, 1).all() and acc.acceptance.iloc[-1] == 1.0  # exit L: the full model drafts
-    assert (fast.speedup > 0).all() and speedup["y_lim"][0] == 0
-    assert ("Fastest: exit" in note or "No exit beat" in note) and "Sanity check: exit 4" in note
-    rows = re.findall(r"<tr><td>(\d+)</td><td>[\d.]+%</td><td>[\d.]+×</td><td>[\d.]+–[\d.]+×</td><td>(\d+)</td>",
-                      note)
-    assert rows == [(str(E), str(demo_app.SWEEP_REPEATS)) for E in (1, 2, 3, 4)]  # each exit: median, range, passes
-
-
-def test_sweep_interleaves_its_runs_and_takes_medians_of_per_pass_ratios(tiny_checkpoint, monkeypatch):
-    """The sweep times as the benchmark does (common.interleaved_runs): one warm-up per variant, then every pass
-    runs autoregressive decoding and each exit once, the order rotating by one each pass; an exit's speedup is
-    the median over passes of the AR time / its time in the same pass, so one wild run (here 10x at exit L in
-    pass 2) moves neither the speedup nor the fastest exit; the E=L sanity line shows the spread, and is never
-    the fastest exit, even when it measures fastest. The controls' d, stop rule and logits processors reach every
-    run (the processors the autoregressive ones too) and are named in the note; the cost model's draft cost,
-    given at the controls' exit, is priced by the blocks a draft runs at each exit; a bad rule value is refused."""
-    calls, ratio = [], {1: 0.5, 2: 1.5, 3: 1.2, 4: 1.0}
-
-    def fake_generate(model, ids, n, strategy="autoregressive", exit_layer=None, **kw):
-        calls.append((exit_layer if strategy == "self_speculative" else "AR", kw))
-        seconds = 1.0 if strategy == "autoregressive" else 1.0 / ratio[exit_layer]
-        if exit_layer == 4 and sum(c == 4 for c, _ in calls) == 3:
-            seconds = 0.1  # one run caught the machine idle and its pass's AR run busy
-        return ls.Generation(tokens=[0] * n, seconds=seconds, rounds=n, drafted=n, accepted=n // 2)
-
-    monkeypatch.setattr(ls, "generate", fake_generate)
-    ck = str(tiny_checkpoint)
-    *_, (acceptance, speedup, note, _) = demo_app.sweep(ck, VERSE, 2, 4, "threshold", 0.3, max_new_tokens=16,
-                                                        repetition_penalty=1.2, no_repeat_ngram_size=3)
-    order = [c for c, _ in calls]
-    assert order[:5] == ["AR", 1, 2, 3, 4]  # warm-ups
-    passes = [order[5 + 5 * r:10 + 5 * r] for r in range(demo_app.SWEEP_REPEATS)]
-    assert passes[:3] == [["AR", 1, 2, 3, 4], [1, 2, 3, 4, "AR"], [2, 3, 4, "AR", 1]]
-    assert len(order) == 5 * (demo_app.SWEEP_REPEATS + 1)
-    drafting = [kw for c, kw in calls[5:] if c != "AR"]
-    assert {(kw["num_speculations"], kw["draft_threshold"], kw["draft_cost"]) for kw in drafting} == {(4, 0.3, None)}
-    assert {(kw["repetition_penalty"], kw["no_repeat_ngram_size"]) for _, kw in calls[5:]} == {(1.2, 3)}
-    fast = speedup["value"]
-    assert dict(zip(fast.exit_layer, fast.speedup)) == pytest.approx(ratio)
-    assert "Fastest: exit 2, 1.50×" in note and "it measured 1.00× (passes 1.00–10.00×)" in note
-    assert "far from 1×" not in note
-    assert ("16 greedy tokens per run, at every exit d ≤ 4, stop below confidence 0.3, repetition penalty 1.2, "
-            "no repeated 3-grams;") in note
-
-    calls.clear()
-    ratio[4] = 3.0  # exit L measured fastest: a busy machine, not a finding
-    *_, (_, _, note, _) = demo_app.sweep(ck, VERSE, 2, 4, "cost", 0.3, 0.2, 0.5, max_new_tokens=16)
-    assert "Fastest: exit 2, 1.50×" in note and "it measured 3.00×" in note and "far from 1×" in note
-    costs = {c: (kw["draft_cost"], kw["draft_gamma"], kw["draft_threshold"]) for c, kw in calls if c != "AR"}
-    assert costs == {E: (pytest.approx(0.2 * E / 2), 0.5, None) for E in (1, 2, 3, 4)}  # 0.2 at exit 2, x E/2
-    assert "d ≤ 4, cost-model stop (draft cost 0.2 at exit 2, × E/2 at exit E, γ 0.5)" in note
-
-    calls.clear()
-    *_, (_, _, fixed, _) = demo_app.sweep(ck, VERSE, 2, 4, "fixed", 0.3, 0.2, max_new_tokens=16)
-    assert {(kw["draft_threshold"], kw["draft_cost"]) for c, kw in calls if c != "AR"} == {(None, None)}
-    assert "at every exit d = 4, fixed;" in fixed  # the boxes of the other rules are not read
-    [(unchanged, _, _, refused)] = demo_app.sweep(ck, VERSE, 2, 4, "threshold", 1.5)
-    assert unchanged == {"__type__": "update"}
-    assert refused == "the draft threshold must be a number in (0, 1], got 1.5"
-
-
-def test_compare_interleaves_and_takes_the_median_of_per_pass_ratios(tiny_checkpoint, monkeypatch):
-    """Compare times as the sweep does: after a warm-up each, COMPARE_REPEATS passes that run both decodings in
-    alternating order; the speedup is the median of the per-pass ratios, so one wild run (10x in pass 2) does not
-    move it, and the note shows the spread; the self-speculative runs get the controls' rule."""
-    calls, ss_seconds = [], iter([1.0, 0.5, 0.1, 0.5])  # the warm-up, then passes 1..3
-
-    def fake_generate(model, ids, n, strategy="autoregressive", **kw):
-        calls.append((strategy, kw))
-        seconds = next(ss_seconds) if strategy == "self_speculative" else 1.0
-        return ls.Generation(tokens=[0] * n, seconds=seconds, rounds=n, drafted=n, accepted=n // 2)
-
-    monkeypatch.setattr(ls, "generate", fake_generate)
-    table, error = demo_app.compare(str(tiny_checkpoint), VERSE, 2, 8, "threshold", 0.4, max_new_tokens=16)
-    assert demo_app.COMPARE_REPEATS == 3 and error == ""
-    assert [c for c, _ in calls] == ["autoregressive", "self_speculative"] * 2 + \
-        ["self_speculative", "autoregressive", "autoregressive", "self_speculative"]
-    assert {(kw["exit_layer"], kw["num_speculations"], kw["draft_threshold"]) for c, kw in calls
-            if c == "self_speculative"} == {(2, 8, 0.4)}
-    assert '<div class="v">2.00×</div>' in table and "(passes: 2.00–10.00×)" in table
-
-
-def test_logits_processors_reach_generation_and_compare_and_keep_greedy_outputs_equal(tiny_checkpoint):
-    """The repetition penalty and no-repeat n-grams of the demo's controls reach generation (the text equals
-    layerskip.generate's with them, and differs from the plain greedy text) and compare, where greedy
-    self-speculative output stays identical to autoregressive output with each processor on."""
-    ck = str(tiny_checkpoint)
-    plain, _ = expected(tiny_checkpoint, VERSE, 40, strategy="autoregressive")
-    for processor in (dict(repetition_penalty=1.5), dict(no_repeat_ngram_size=2)):
-        args = (processor.get("repetition_penalty", 1.0), processor.get("no_repeat_ngram_size", 0))
-        want, _ = expected(tiny_checkpoint, VERSE, 40, strategy="autoregressive", **processor)
-        *_, (_, stats, text, _) = demo_app.generate(ck, VERSE, "self_speculative", 2, 3, "fixed", max_new_tokens=40,
-                                                    repetition_penalty=args[0], no_repeat_ngram_size=args[1])
-        assert text == want != plain, processor
-        assert ("repetition penalty 1.5" if args[0] != 1 else "no repeated 2-grams") in stats
-        table, _ = demo_app.compare(ck, VERSE, 2, 3, "fixed", max_new_tokens=40, repetition_penalty=args[0],
-                                    no_repeat_ngram_size=args[1])
-        assert "✓ identical (40 tokens)" in table and "both with " in table, processor
-
-
-def test_stop_ends_generation_after_the_round_on_screen_and_says_so(tiny_checkpoint):
-    """Stop (control["stop"]) ends decoding after the round being shown; the last frame keeps that text and
-    says it stopped, after how many tokens. A new run clears the request."""
-    control = {}
-    run = demo_app.generate(str(tiny_checkpoint), VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=200,
-                            control=control)
-    frames = [next(run) for _ in range(4)]  # the empty frame and three rounds
-    demo_app.stop(control)
-    rest = list(run)
-    assert len(rest) == 1
-    (out, stats, text, error), shown = rest[0], frames[-1]
-    tokens = int(re.search(r'<div class="v">(\d+)</div><div class="k">tokens</div>', shown[1]).group(1))
-    assert 3 <= tokens < 200 and text == shown[2] and out == shown[0] and error == ""
-    assert f"stopped: Stop pressed after {tokens} new tokens (3 rounds)" in stats and "generating" not in stats
-    *_, (out, stats, text, _) = demo_app.generate(str(tiny_checkpoint), VERSE, "self_speculative", 2, 4, "fixed",
-                                                  max_new_tokens=20, control=control)
-    assert "done" in stats and control == {"stop": False}
-    run = demo_app.sweep(str(tiny_checkpoint), VERSE, num_speculations=4, max_new_tokens=16, control=control)
-    for _ in range(3):  # the first pass: autoregressive, exit 1, exit 2
-        next(run)
-    demo_app.stop(control)
-    (acceptance, speedup, note, _), = list(run)
-    assert "stopped: Stop pressed in pass 1" in note and list(speedup["value"].exit_layer) == [1, 2]
-
-
-def test_switching_model_resets_its_settings_and_a_failed_one_keeps_the_last(tiny_checkpoint, recommended_checkpoint,
-                                                                            tmp_path):
-    """Selecting a model sets exit, d and the stop rule (with its value) to its recommendation
-    (common.decoding_settings) or exit L//4, d=4 and fixed d, shows only the chosen rule's boxes, fits the exit and
-    max-new-tokens boxes to it (the exit's label says its range), enables the four run buttons and describes it
-    in two lines, the per-exit validation losses folded away as a plot of L points; a checkpoint that fails leaves
-    the last good one selected (so Generate uses it) with one error line. Moving the exit applies the rule: the
-    recommended d and stop rule only at the recommended exit; an exit the model lacks changes nothing."""
-    demo_app.serve(recommended_checkpoint)
-    menu, loaded, info, exit_layer, d, rule, threshold, cost, gamma, max_new, *buttons = demo_app.switch_model(
-        str(recommended_checkpoint), None, 64)
-    assert loaded == menu["value"] == str(recommended_checkpoint) and "4 layers" in info
-    assert (exit_layer["value"], exit_layer["maximum"], d["value"], rule["value"]) == (3, 4, 2, "threshold")
-    assert (threshold["value"], threshold["visible"], cost["visible"], gamma["visible"]) == (0.3, True, False, False)
-    assert exit_layer["label"] == "exit layer E (1–4)"
-    assert (max_new["maximum"], max_new["value"]) == (255, 64)  # a 256-token context, not 512
-    assert buttons == [{"__type__": "update", "interactive": True}] * len(demo_app.RUN_BUTTONS)
-    folded = re.fullmatch(r'<div class="ls-status">(.*)<details><summary>(.*)</summary>(<svg .*</svg>)</details></div>',
-                          info)
-    assert folded and folded[1].count("<br>") == 0
-    assert "recommended: exit 3, d ≤ 2, stop below confidence 0.3" in folded[1]
-    assert folded[3].count("<circle") == 4 and "exit 2: 3.500" in folded[3] and "3.50" not in folded[1] + folded[2]
-    d, rule, *boxes = demo_app.exit_changed(loaded, 2)  # another exit: d = 4 drafted to the end
-    assert (d["value"], rule["value"]) == (4, "fixed") and [b.get("visible") for b in boxes] == [False] * 3
-    assert all("value" not in b for b in boxes)  # the boxes of the other rules keep what they hold
-    d, rule, threshold, cost, gamma = demo_app.exit_changed(loaded, 3)  # back at the recommended exit
-    assert (d["value"], rule["value"], threshold["value"], threshold["visible"], cost["visible"]) == \
-        (2, "threshold", 0.3, True, False)
-    for bad in (999, 0, 2.5, "x", None):
-        assert demo_app.exit_changed(loaded, bad) == ({"__type__": "update"},) * 5
-    assert [u["visible"] for u in demo_app.rule_changed("cost")] == [False, True, True]
-
-    _, loaded, _, exit_layer, d, rule, threshold, cost, gamma, max_new, *_ = demo_app.switch_model(
-        str(tiny_checkpoint), loaded, 500)
-    assert (exit_layer["value"], d["value"], rule["value"], max_new["value"]) == (1, 4, "fixed", 255)  # L//4, d=4
-    assert (threshold["value"], cost["value"], gamma["value"]) == (0.5, 0.15, 1.0)  # RULE_DEFAULTS, hidden
-    assert not (threshold["visible"] or cost["visible"] or gamma["visible"])
-
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"junk")
-    for path in (str(bad), "/etc/passwd", ""):
-        demo_app.serve(bad)
-        menu, still, info, *controls = demo_app.switch_model(path, loaded, 64)
-        assert menu["value"] == still == loaded == str(tiny_checkpoint), path
-        assert info.count("ls-error") == 1 and f"Still using {loaded}." in info
-        assert controls == [{"__type__": "update"}] * (7 + len(demo_app.RUN_BUTTONS))  # the good model's settings
-
-
-def test_unserved_checkpoints_are_refused_alike(tiny_checkpoint, tmp_path):
-    """Only checkpoints/*.pt and launch-given paths load: any other path, existing or not, checkpoint or not,
-    gets the same one-line refusal from every event and loads nothing."""
-    copy = tmp_path / "copy.pt"
-    shutil.copy(tiny_checkpoint, copy)
-    paths = [str(copy), str(tmp_path / "missing.pt"), "/etc/passwd", "/nonexistent/x.pt", "checkpoints/../README.md",
-             "../" * 8 + "etc/hostname", "a\x00b"]
-    loaded = set(demo_app._models)
-    for path in paths:
-        [(out, stats, text, error)] = demo_app.generate(path, VERSE)
-        assert error == demo_app.REFUSED, path
-        assert demo_app.compare(path, VERSE)[1] == demo_app.lens(path, VERSE)[1] == error
-        assert list(demo_app.sweep(path, VERSE))[0][3] == error
-    assert set(demo_app._models) == loaded and "\n" not in demo_app.REFUSED
-    assert demo_app.is_served(ROOT / "checkpoints/layerskip-python-deep.pt")  # shipped: whatever checkpoints/*.pt holds
-    assert demo_app.is_served("checkpoints/baseline-python-deep.pt")
-
-
-def test_model_cache_keeps_the_two_most_recently_used(tiny_checkpoint, tmp_path, monkeypatch):
-    """At most MAX_MODELS (2) models stay loaded: loading another drops the least recently used."""
-    from collections import OrderedDict
-    monkeypatch.setattr(demo_app, "_models", OrderedDict())
-    paths = []
-    for name in "abc":
-        paths.append(tmp_path / f"{name}.pt")
-        shutil.copy(tiny_checkpoint, paths[-1])
-    demo_app.serve(*paths)
-    a, b, c = (str(p) for p in paths)
-    first_a = demo_app.get_model(a)
-    demo_app.get_model(b)
-    assert demo_app.get_model(a) is first_a  # a hit, and a is now the most recent
-    demo_app.get_model(c)
-    assert [Path(k).name for k in demo_app._models] == ["a.pt", "c.pt"] and demo_app.MAX_MODELS == 2
-    assert demo_app.get_model(b) is not None and [Path(k).name for k in demo_app._models] == ["c.pt", "b.pt"]
-
-
-def test_examples_legend_and_flags(tiny_checkpoint, tmp_path, monkeypatch):
-    """Examples start with text, not blank lines; the rejected legend entry hides with the rejected drafts;
-    --checkpoint (several) serves exactly those besides checkpoints/*.pt, --threads defaults to 1 on CPU."""
-    from data.prepare import load_prompts
-    assert any(p.startswith("\n") for p in load_prompts("humaneval"))  # as stored: after two blank lines
-    examples = demo_app.example_prompts()
-    assert len(examples) == 6 and all(e.split("\n", 1)[0].strip() for e in examples)
-    page = demo_app.render_text("x", [("a", "rejected", 1)], "self_speculative", rejected="hidden")
-    assert 'class="ls-out rej-hidden"' in page and '<span class="key rejected">' in page
-    assert ".ls-out.rej-hidden .ls-rej, .ls-out.rej-hidden .key.rejected { display: none; }" in demo_app.CSS
-
-    import torch
-    launched = []
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.append(kw))
-    monkeypatch.setattr(demo_app, "_served", set())
-    monkeypatch.setattr(demo_app, "ALLOW_ANY", False)
-    monkeypatch.setattr(demo_app, "DEVICE", "cpu")
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        other = tmp_path / "other.pt"
-        demo_app.main(["--checkpoint", str(tiny_checkpoint), "--checkpoint", str(other)])
-        assert torch.get_num_threads() == 1 and launched[-1]["server_name"] == "127.0.0.1"
-        assert demo_app.is_served(tiny_checkpoint) and demo_app.is_served(other)
-        assert not demo_app.is_served(tmp_path / "third.pt")
-        n = min(2, os.cpu_count() or 1)  # --threads takes at most the cores there are
-        demo_app.main(["--allow_any_checkpoint", "--threads", str(n)])
-        assert demo_app.ALLOW_ANY and demo_app.is_served(tmp_path / "third.pt") and torch.get_num_threads() == n
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--port", "0"], "argument --port: must be 1..65535, got 0"),
-    (["--port", "http"], "argument --port: expected a whole number, got 'http'"),
-    (["--threads", "0"], "argument --threads: must be 1.."),
-    (["--threads", str(10 ** 9)], "argument --threads: must be 1.."),
-    (["--chekpoint", "x.pt"], "unrecognized arguments: --chekpoint x.pt"),
-])
-def test_bad_flags_are_one_line_errors(argv, message, capsys, monkeypatch):
-    """demo_app.py's bad flags: exit code 2 and one line naming the flag and its range, and no server started."""
-    from conftest import assert_one_line_error
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: pytest.fail("launched"))
-    assert_one_line_error(demo_app.main, argv, capsys, message)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The served app
-
-
-@pytest.fixture(scope="module")
-def demo_checkpoint(tiny_checkpoint):
-    """The app's start-up model: the tiny one, or $LAYERSKIP_DEMO_CHECKPOINT for a README screenshot."""
-    return os.environ.get("LAYERSKIP_DEMO_CHECKPOINT") or str(tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def app_url(demo_checkpoint):
-    """The demo served headless on a free local port, on one torch thread as `python demo_app.py` serves it (with
-    two, and Chromium busy on the same two cores, the sweep's timings are not the ones a user sees)."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        demo = demo_app.build_demo(demo_checkpoint)
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-        yield url
-        demo.close()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def test_gradio_client_streams_and_matches_generate(app_url, tiny_checkpoint):
-    """Over HTTP, /generate streams growing updates whose last text equals generate.py's (and
-    layerskip.generate's); three clients at once (queued behind one model lock) all get their own answer."""
+def api_clients(url, requests):
+    """Each request (the /generate keyword arguments) from its own client, all released at once: the last outputs."""
     from gradio_client import Client
-
-    def run(prompt, strategy, exit_layer, results, i):
-        job = Client(app_url, verbose=False).submit(checkpoint=str(tiny_checkpoint), prompt=prompt, strategy=strategy,
-                                                    exit_layer=exit_layer, num_speculations=3, stop_rule="fixed",
-                                                    max_new_tokens=20, api_name="/generate")
-        for _ in job:  # iterate the stream as a script would
-            pass
-        results[i] = job.outputs()
-
-    results = {}
-    run(CODE, "self_speculative", 2, results, 0)
-    outputs = results[0]
-    assert len(outputs) >= 4  # streamed, not one final answer
-    streamed = [o[2] for o in outputs]
-    assert all(a == b[:len(a)] for a, b in zip(streamed, streamed[1:]))  # each update extends the last
-    want = expected(tiny_checkpoint, CODE, 20, strategy="self_speculative", exit_layer=2, num_speculations=3)[0]
-    assert streamed[-1] == want == generate_py(tiny_checkpoint, CODE, "--exit", 2, "--num_speculations", 3,
-                                               "--max_new_tokens", 20, "--seed", 0)
-
-    jobs = [(CODE, "autoregressive", 2), (VERSE, "self_speculative", 1), (VERSE, "early_exit", 3)]
-    threads = [threading.Thread(target=run, args=(*job, results, i)) for i, job in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    for i, (prompt, strategy, exit_layer) in enumerate(jobs):
-        want = expected(tiny_checkpoint, prompt, 20, strategy=strategy, exit_layer=exit_layer, num_speculations=3)[0]
-        assert results[i][-1][2] == want, strategy
-
-
-def test_concurrent_clients_are_batched_and_each_gets_its_own_text(app_url, tiny_checkpoint):
-    """Twelve API clients at once, the same setting: none is refused, each gets exactly its prompt's text alone,
-    and the server decoded them in batches (demo_app.BATCHER joined several requests into one)."""
-    from gradio_client import Client
-    prompts = [CODE[:8 + 3 * i] for i in range(12)]
-    results, gate = [None] * 12, threading.Barrier(12)
-    demo_app.BATCHER.largest = 0  # the largest batch from here on
+    clients, results, gate = [Client(url, verbose=False) for _ in requests], [None] * len(requests), \
+        threading.Barrier(len(requests))
 
     def run(i):
-        client = Client(app_url, verbose=False)
         gate.wait()
-        results[i] = client.submit(checkpoint=str(tiny_checkpoint), prompt=prompts[i], exit_layer=2, num_speculations=3,
-                                   stop_rule="fixed", max_new_tokens=12, api_name="/generate").result(timeout=300)
+        results[i] = clients[i].submit(**requests[i], api_name="/generate").result(timeout=300)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(12)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=300)
-    for i, prompt in enumerate(prompts):
-        assert results[i][3] == "" and results[i][2] == expected(tiny_checkpoint, prompt, 12, strategy="self_speculative",
-                                                                 exit_layer=2, num_speculations=3)[0]
-    assert demo_app.BATCHER.largest > 1
+    return results
 
 
-def test_api_refuses_unserved_paths_without_telling_whether_they_exist(app_url, tiny_checkpoint, tmp_path):
-    """Over HTTP (the public API), /generate and /model_info answer any path outside checkpoints/*.pt and the
-    launch-given ones with the same one-line refusal, whether the file exists, is a checkpoint or is missing."""
+def test_gradio_client_streams_and_concurrent_clients_are_batched(served, tiny_checkpoint):
+    """Over HTTP, /generate streams growing updates whose last text equals generate.py's (and layerskip.generate's);
+    twelve clients at once, at several settings, are none refused, each gets exactly its prompt's text decoded
+    alone, and the server decoded them in batches (its batcher joined several requests into one)."""
     from gradio_client import Client
-    copy = tmp_path / "copy.pt"
-    shutil.copy(tiny_checkpoint, copy)
-    client = Client(app_url, verbose=False)
-    errors, infos = set(), set()
-    for path in (str(copy), str(tmp_path / "missing.pt"), "/etc/passwd", str(ROOT / "README.md")):
-        out, stats, text, error = client.predict(path, VERSE, max_new_tokens=8, api_name="/generate")
-        info = client.predict(path, 64, api_name="/model_info")[1]  # (menu, description, number boxes...)
-        errors.add(error)
-        infos.add(info)
-    assert errors == {demo_app.REFUSED} and infos == {demo_app.error_html(demo_app.REFUSED)}
-    assert str(copy.resolve()) not in demo_app._models
+    demo, url = served
+    ck = str(tiny_checkpoint)
+    job = Client(url, verbose=False).submit(checkpoint=ck, prompt=CODE, exit_layer=2, num_speculations=3,
+                                            stop_rule="fixed", max_new_tokens=20, api_name="/generate")
+    streamed = [o[2] for o in job]
+    assert len(streamed) >= 4 and all(a == b[:len(a)] for a, b in zip(streamed, streamed[1:]))  # each extends the last
+    want = expected(demo, ck, CODE, 20, strategy="self_speculative", exit_layer=2, num_speculations=3)[0]
+    assert streamed[-1] == want == generate_py(ck, CODE, "--exit", 2, "--num_speculations", 3, "--max_new_tokens",
+                                               20, "--seed", 0)
+    settings = [dict(strategy="self_speculative", exit_layer=2, num_speculations=3), dict(strategy="autoregressive"),
+                dict(strategy="early_exit", exit_layer=3)]
+    requests = [dict(checkpoint=ck, prompt=CODE[:8 + 3 * i], stop_rule="fixed", max_new_tokens=12,
+                     **({"num_speculations": 3} | settings[i % 3])) for i in range(12)]
+    demo.batcher.largest = 0  # the largest batch from here on
+    results = api_clients(url, requests)
+    for r, result in zip(requests, results):
+        s = {k: r[k] for k in ("strategy", "exit_layer", "num_speculations") if k in r}
+        assert result[3] == "" and result[2] == expected(demo, ck, r["prompt"], 12, **s)[0], r
+    assert demo.batcher.largest > 1
 
 
-def test_api_calls_with_bad_values_get_a_clear_error_and_no_traceback(app_url, tiny_checkpoint, capfd):
-    """Over HTTP, /generate with a bogus strategy, max_new_tokens 100000, exit 999 or text for a number answers
-    with one error (the last output) that names the value and its range, and leaves the other outputs alone;
-    /compare and /sweep too; the server prints no traceback for any of it. The API takes the logits processors
-    after the draft threshold (the order is the README's)."""
+def test_api_refuses_bad_values_and_unserved_paths_in_one_line(served, tiny_checkpoint, tmp_path, capfd):
+    """Over HTTP, /generate takes the README's arguments in its order; a bad value (a bogus strategy, text for a
+    number, an unknown stop rule, no chat template) gets one update whose error names it, the other outputs left
+    alone; /compare and /sweep too; any path outside the served ones gets the same refusal from /generate and
+    /model_info, whether it exists or not. The server prints no traceback for any of it."""
     from gradio_client import Client
-    client = Client(app_url, verbose=False)
+    client = Client(served[1], verbose=False)
     names = [p["parameter_name"] for p in client.view_api(return_format="dict")["named_endpoints"]["/generate"]
              ["parameters"]]
     assert names == ["checkpoint", "prompt", "strategy", "exit_layer", "num_speculations", "stop_rule",
                      "draft_threshold", "draft_cost", "draft_gamma", "temperature", "top_p", "max_new_tokens", "seed",
                      "rejected", "repetition_penalty", "no_repeat_ngram_size", "chat"]
     ck = str(tiny_checkpoint)
-    cases = {"unknown strategy 'beam'": dict(strategy="beam"),
-             "max new tokens must be a whole number in 1..512, got 100000": dict(max_new_tokens=100000),
-             "exit layer E must be a whole number in 1..4, got 999": dict(exit_layer=999),
-             "temperature (0 = greedy) must be a number in [0, 2], got 'hot'": dict(temperature="hot"),
-             "the stop rule must be one of fixed, threshold, cost, got 'auto'": dict(stop_rule="auto"),
-             "no-repeat n-gram size (0 = off) must be a whole number in 0..32, got -2": dict(no_repeat_ngram_size=-2),
-             "this model has no chat template": dict(chat=True)}
     capfd.readouterr()
-    for message, change in cases.items():
-        job = client.submit(ck, VERSE, **change, api_name="/generate")
-        [(out, stats, text, error)] = list(job)
+    for message, change in {"unknown strategy 'beam'": dict(strategy="beam"),
+                            "temperature must be 0 or a number in [0.01, 100] (0 = greedy), got 'hot'":
+                                dict(temperature="hot"),
+                            "stop_rule must be one of fixed, threshold, cost": dict(stop_rule="auto"),
+                            "this model has no chat template": dict(chat=True)}.items():
+        [(*outputs, error)] = list(client.submit(ck, VERSE, **change, api_name="/generate"))
         assert message in error and "<" not in error, (message, error)  # plain text
-        assert all(o["__type__"] == "update" and "value" not in o for o in (out, stats, text))  # left as they are
-    table, error = client.predict(ck, VERSE, 999, api_name="/compare")
-    assert error == "exit layer E must be a whole number in 1..4, got 999"
-    *_, note, error = client.predict(ck, VERSE, max_new_tokens=8, repetition_penalty=0.0, api_name="/sweep")
-    assert error == "repetition penalty (1 = off) must be a number in [0.01, 10], got 0.0"
+        assert all(o["__type__"] == "update" and "value" not in o for o in outputs)  # left as they are
+    assert client.predict(ck, VERSE, 999, api_name="/compare")[1] == \
+        "exit layer 999 is out of range: this model has 4 layers, use 1..4"
+    *_, error = client.predict(ck, VERSE, max_new_tokens=8, repetition_penalty=0.0, api_name="/sweep")
+    assert error.startswith("repetition_penalty must be a number in [0.01, 100]")
+    shutil.copy(tiny_checkpoint, tmp_path / "copy.pt")
+    for path in (str(tmp_path / "copy.pt"), str(tmp_path / "missing.pt"), "/etc/passwd", str(ROOT / "README.md")):
+        assert client.predict(path, VERSE, max_new_tokens=8, api_name="/generate")[3] == demo_app.REFUSED
+        assert client.predict(path, 64, api_name="/model_info")[1] == demo_app.fill("error", message=demo_app.REFUSED)
     assert "Traceback" not in capfd.readouterr().err
 
 
-def readme_api_example() -> str:
-    """The README's gradio_client example, as it is written there."""
-    readme = (ROOT / "README.md").read_text()
-    return next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "gradio_client" in block)
-
-
-def test_readme_api_example_runs_and_surfaces_errors(app_url, tiny_checkpoint, capsys):
+def test_readme_api_example_runs_and_surfaces_errors(served, tiny_checkpoint, capsys):
     """The README's API example, pointed at a served app, prints the continuation that the app's own defaults (its
     first model's stored setting) decode; with a value the client cannot even send (NaN), the same pattern raises
     instead of waiting forever."""
-    code = readme_api_example().replace("http://127.0.0.1:7860", app_url)
+    demo, url = served
+    readme = (ROOT / "README.md").read_text()
+    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "gradio_client" in b)
+    code = code.replace("http://127.0.0.1:7860", url)
     assert "job.result()" in code
     exec(compile(code, "README.md", "exec"), {})
-    printed = capsys.readouterr().out
-    model, tok = demo_app.get_model(str(tiny_checkpoint))
-    prompt = re.search(r'prompt=("[^"]*")', code)[1]
-    want, _ = expected(tiny_checkpoint, eval(prompt), 64, **demo_app.read_settings(model, "self_speculative"))
-    assert printed.endswith("\n" + want + "\n")  # after the client's "Loaded as API: ..." line
-
+    model, _ = demo.models.get(str(tiny_checkpoint))
+    want, _ = expected(demo, tiny_checkpoint, eval(re.search(r'prompt=("[^"]*")', code)[1]), 64,
+                       demo_app.read_settings(model))
+    assert capsys.readouterr().out.endswith("\n" + want + "\n")  # after the client's "Loaded as API: ..." line
     from gradio_client import Client
     failed = []
-
-    def broken():
-        try:
-            Client(app_url, verbose=False).submit(prompt="x", temperature=float("nan"), api_name="/generate").result()
-        except Exception as e:  # gradio_client cannot encode NaN: an error, not a hang
-            failed.append(e)
-
-    t = threading.Thread(target=broken, daemon=True)
+    t = threading.Thread(target=lambda: failed.append(pytest.raises(Exception, Client(url, verbose=False).submit(
+        prompt="x", temperature=float("nan"), api_name="/generate").result)), daemon=True)
     t.start()
     t.join(timeout=60)
-    assert not t.is_alive() and failed
+    assert not t.is_alive() and failed  # gradio_client cannot encode NaN: an error, not a hang
 
 
-def test_api_defaults_are_the_stored_recommendation():
+def test_api_defaults_are_the_stored_setting():
     """Served with the shipped model, /generate, /compare and /sweep take, for every argument left out, the initial
     value of its control, and those are the checkpoint's stored setting: exit 4, at most 24 drafts, the cost-model
     stop rule with its draft cost and gamma; the prompt is the first example."""
     from gradio_client import Client
-    model, _ = demo_app.get_model(demo_app.DEFAULT_CHECKPOINT)
-    rec = model.metadata["recommended"]
+    demo, url, blocks = launch(demo_app.Config())
+    try:
+        api = Client(url, verbose=False).view_api(return_format="dict")["named_endpoints"]
+    finally:
+        blocks.close()
+    rec = demo.models.get(demo_app.DEFAULT_CHECKPOINT)[0].metadata["recommended"]
     stored = dict(checkpoint=demo_app.DEFAULT_CHECKPOINT, prompt=demo_app.example_prompts()[0],
                   exit_layer=rec["exit_layer"], num_speculations=rec["num_speculations"], stop_rule="cost",
                   draft_cost=rec["draft_cost"], draft_gamma=rec["draft_gamma"])
     assert (stored["exit_layer"], stored["num_speculations"], stored["draft_cost"]) == (4, 24, 0.122)
-    demo = demo_app.build_demo()
-    try:
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-        api = Client(url, verbose=False).view_api(return_format="dict")["named_endpoints"]
-    finally:
-        demo.close()
     for endpoint in ("/generate", "/compare", "/sweep"):
         defaults = {p["parameter_name"]: p["parameter_default"] for p in api[endpoint]["parameters"]}
         assert all(p["parameter_has_default"] for p in api[endpoint]["parameters"]), endpoint
@@ -730,61 +598,52 @@ def test_api_defaults_are_the_stored_recommendation():
 def test_sweep_with_its_defaults_finds_an_early_exit_clearly_faster():
     """On a fresh server, /sweep called with its own defaults (the shipped model, the first example prompt, the
     stored d and cost-model stop rule) names an exit between 2 and 8 fastest, at 1.3x or more, and never the E=L
-    sanity row; that row measures about 1x."""
+    sanity row."""
     import torch
     from gradio_client import Client
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    demo = demo_app.build_demo()
+    _, url, blocks = launch(demo_app.Config())
     try:
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
         acceptance, speedup, note, error = Client(url, verbose=False).predict(api_name="/sweep")
     finally:
-        demo.close()
+        blocks.close()
         torch.set_num_threads(threads)
     text = re.sub(r"<[^>]+>", "", note)
     best = re.search(r"Fastest: exit (\d+), ([\d.]+)×", text)
-    assert error == "" and best, text
-    assert 2 <= int(best[1]) <= 8 and float(best[2]) >= 1.3, text
+    assert error == "" and best and 2 <= int(best[1]) <= 8 and float(best[2]) >= 1.3, text
     assert "cost-model stop (draft cost 0.122 at exit 4" in text
 
 
-def browser_or_fail():
-    """Playwright and Debian's Chromium, or a skip; in CI (CI=true) their absence is a failure."""
-    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        chromium = None
-    if chromium is None:
-        message = "needs `pip install playwright` and Debian's chromium (`apt-get install -y chromium`)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return chromium
+# ---------------------------------------------------------------------------------------------------------
+# The page, in Chromium
 
 
 @pytest.fixture
 def browser():
-    """Debian's Chromium through Playwright, headless."""
-    chromium = browser_or_fail()
-    from playwright.sync_api import sync_playwright
+    """Debian's Chromium through Playwright, headless; without them a skip (in CI, CI=true: a failure)."""
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        message = "needs `pip install playwright` and Debian's chromium (`apt-get install -y chromium`)"
+        pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+        yield browser
+        browser.close()
 
 
-def open_page(browser, url, width, height=800):
-    """A page of width x height (a laptop's 800 px high) on the served app, its model loaded."""
-    page = browser.new_page(viewport={"width": width, "height": height})
+def open_page(browser, url, width, wait=True):
+    """A page of width x 800 (a laptop's height) on the served app, its model loaded (the panel describes it)."""
+    page = browser.new_page(viewport={"width": width, "height": 800})
     page.set_default_timeout(120_000)  # a loaded CI machine is slow; the test waits, it does not time
     page.goto(url)
-    page.wait_for_selector("#info b")  # the model's description: it has loaded and set the controls
+    page.wait_for_selector("#info b" if wait else "#go")
     return page
 
 
@@ -829,11 +688,10 @@ def shown_settings(page) -> dict:
 
 
 def stored_settings(model) -> dict:
-    """What shown_settings should read for a model: its control_values (its stored setting), as text."""
+    """What shown_settings should read for a model: its stored setting (control_values), as text."""
     v = demo_app.control_values(model)
-    rule_boxes = {"fixed": [], "threshold": ["draft_threshold"], "cost": ["draft_cost", "draft_gamma"]}
-    return {k: v[k] if k == "stop_rule" else str(v[k]) for k in ["exit_layer", "num_speculations", "stop_rule",
-                                                                  *rule_boxes[v["stop_rule"]]]}
+    boxes = {"fixed": [], "threshold": ["draft_threshold"], "cost": ["draft_cost", "draft_gamma"]}[v["stop_rule"]]
+    return {k: v[k] if k == "stop_rule" else str(v[k]) for k in ["exit_layer", "num_speculations", "stop_rule", *boxes]}
 
 
 def error_shown(page, elem_id) -> str:
@@ -842,7 +700,8 @@ def error_shown(page, elem_id) -> str:
     return box.locator("textarea, input").first.input_value() if box.is_visible() else ""
 
 
-def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens(browser, app_url, demo_checkpoint,
+@pytest.mark.browser
+def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens(browser, served, demo_checkpoint,
                                                                                  tmp_path):
     """In Chromium at 1280 x 800: the prompt box holds the first example, so the first click on Generate works;
     the model's stored setting fills the controls (the exit, d, the stop rule and only its boxes); Generate and the
@@ -850,22 +709,23 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
     its own colour, each in the legend) and the rejected drafts, counted per round, read as the generated text, the
     stats cards, the logit lens. The rejected drafts' view switches between a count, struck-through text and
     nothing without a new run. Screenshot: demo.png. Another model from the menu brings its own settings."""
-    page = open_page(browser, app_url, 1280)
-    model, tok = demo_app.get_model(demo_checkpoint)
-    s = demo_app.read_settings(model, "self_speculative")  # the stored recommendation, or exit L//4 and d=4
-    L, top = model.params.n_layers, min(demo_app.MAX_NEW_TOKENS, model.params.max_seq_len - 1)
+    demo, url = served
+    page = open_page(browser, url, 1280)
+    model, tok = demo.models.get(demo_checkpoint)
+    s = demo_app.read_settings(model)  # the stored setting, or exit L//4 and d=4
+    L, top = model.params.n_layers, min(demo_app.MAX_NEW_TOKENS.high, model.params.max_seq_len - 1)
     page.wait_for_selector(f"#exit_layer input[type=number][max='{L}']")
     page.wait_for_selector(f"#max_new input[type=number][max='{top}']")  # the context window bounds it
     assert shown_settings(page) == stored_settings(model)
     first = demo_app.example_prompts()[0]
     assert page.locator("#prompt textarea").input_value() == first
     click_generate(page)  # nothing typed: the example runs
-    assert shown_text(page) == tok.decode(tok.encode(first)) + expected(demo_checkpoint, first, 64, **s)[0]
+    assert shown_text(page) == tok.decode(tok.encode(first)) + expected(demo, demo_checkpoint, first, 64, s)[0]
     assert in_view(page, "#go") == page.locator("#go").bounding_box()["height"]  # all of it, above the fold
     out_height = page.locator("#out .ls-text").bounding_box()["height"]  # all of a short output, 300 px of a long one
     assert in_view(page, "#out .ls-text") >= min(300, out_height) and error_shown(page, "error") == ""
 
-    want, g = expected(demo_checkpoint, SHOWN, 64, **s)
+    want, g = expected(demo, demo_checkpoint, SHOWN, 64, s)
     page.fill("#prompt textarea", SHOWN)
     click_generate(page)
     counts = {k: page.locator(f"#out .ls-tok.{k}").count() for k in ("accepted", "correction", "bonus")}
@@ -883,9 +743,9 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
     assert not page.locator("#out .ls-tok.rejected").first.is_visible()  # the count shows, not the drafts
     assert shown_text(page) == tok.decode(tok.encode(SHOWN)) + want
     stats = page.locator("#stats").inner_text()
-    assert "acceptance rate" in stats and f"{g.accepted / g.drafted:.0%}" in stats and "tokens/s" in stats
+    assert "acceptance rate" in stats and f"{g.acceptance_rate:.0%}" in stats and "tokens/s" in stats
     assert f"{corrections} correction" in stats and f"{g.rounds - corrections} bonus token" in stats
-    assert f"exit {s['exit_layer']}, {demo_app.rule_text(s)}" in stats  # the rule that ran, named
+    assert f"exit {s.exit_layer}, {demo_app.rule_text(s)}" in stats  # the rule that ran, named
     page.screenshot(path=screenshot(tmp_path, "demo.png"))  # what a laptop shows, without scrolling
     page.get_by_role("tab", name="Logit lens").click()
     page.wait_for_selector("#lens_out tr.exit")  # filled in after generation, the chosen exit marked
@@ -894,8 +754,8 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
     page.locator("#rejected label:has-text('struck through')").click()  # pure CSS, no new run
     page.wait_for_function("() => getComputedStyle(document.querySelector('#out .ls-tok.rejected')).display "
                            "!== 'none'")
-    struck = page.locator("#out .ls-tok.rejected").first
-    assert struck.evaluate("e => getComputedStyle(e).textDecorationLine") == "line-through"
+    assert page.locator("#out .ls-tok.rejected").first.evaluate("e => getComputedStyle(e).textDecorationLine") == \
+        "line-through"
     assert not page.locator("#out .ls-rej .n").first.is_visible()
     shown_per_round = page.locator("#out .ls-rej").evaluate_all(
         "rs => rs.map(r => [...r.querySelectorAll('.ls-tok')].filter(t => t.offsetParent).length)")
@@ -906,9 +766,9 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
     assert page.locator("#stats").inner_html() == before and shown_text(page) == tok.decode(tok.encode(SHOWN)) + want
     page.locator("#rejected label:has-text('count')").click()
 
-    label, other = next((label, path) for label, path in demo_app.menu([demo_checkpoint])  # another model: its
-                        if demo_app.resolve(path).resolve() != demo_app.resolve(demo_checkpoint).resolve())  # settings
-    model, _ = demo_app.get_model(other)
+    label, other = next((label, path) for label, path in demo.menu()  # another model: its own settings
+                        if demo_app.resolve(path).resolve() != demo_app.resolve(demo_checkpoint).resolve())
+    model, _ = demo.models.get(other)
     page.click("#model input")
     page.get_by_role("option", name=label).click()
     page.wait_for_selector(f"#info :text('{Path(other).name}')")
@@ -916,29 +776,20 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
     assert shown_settings(page) == stored_settings(model)
 
 
+@pytest.mark.browser
 def test_browser_first_click_waits_for_the_model_and_runs_the_stored_setting(browser, recommended_checkpoint,
                                                                               monkeypatch):
     """On a fresh server whose model panel takes 3 s to load: right after the page loads, Generate, Compare, Lens
     and Sweep are disabled (as served; the page draws a tab's button when its tab opens) while the controls
     already show the stored setting (exit 3, d 2, threshold 0.3, as the API's defaults); a click then waits, and
     the run uses the stored setting, never other values."""
-    demo_app.serve(recommended_checkpoint)
-    model, tok = demo_app.get_model(str(recommended_checkpoint))
     describe = demo_app.describe
-
-    def slowly(*args):  # the model panel is the last thing to arrive: the run buttons wait for it
-        time.sleep(3)
-        return describe(*args)
-
-    monkeypatch.setattr(demo_app, "describe", slowly)
-    demo = demo_app.build_demo(str(recommended_checkpoint))
+    monkeypatch.setattr(demo_app, "describe", lambda *args: time.sleep(3) or describe(*args))  # the panel: last
+    demo, url, blocks = launch(demo_app.Config(checkpoint=[str(recommended_checkpoint)]))
     try:
-        _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(120_000)
-        page.goto(url)
-        page.wait_for_selector("#go")
-        config = [c["props"] for c in demo.config["components"] if c["props"].get("elem_id") in demo_app.RUN_BUTTONS]
+        model, tok = demo.models.get(str(recommended_checkpoint))
+        page = open_page(browser, url, 1280, wait=False)
+        config = [c["props"] for c in blocks.config["components"] if c["props"].get("elem_id") in demo_app.RUN_BUTTONS]
         assert sorted(c["elem_id"] for c in config if c["interactive"] is False) == sorted(demo_app.RUN_BUTTONS)
         assert page.locator("#go").is_disabled() and page.locator("#compare").is_disabled()  # the others: in tabs
         assert page.locator("#info b").count() == 0  # the panel has not loaded yet
@@ -947,18 +798,18 @@ def test_browser_first_click_waits_for_the_model_and_runs_the_stored_setting(bro
         page.click("#go")  # waits until the button is enabled, i.e. the panel has loaded
         page.wait_for_selector("#stats .ls-status:text('done')")
         assert page.locator("#info b").count() == 1
-        s = demo_app.read_settings(model, "self_speculative")
-        assert (s["exit_layer"], s["num_speculations"], s["draft_threshold"]) == (3, 2, 0.3)
-        stats = page.locator("#stats .ls-status").inner_text()
-        assert "exit 3, d ≤ 2, stop below confidence 0.3" in stats, stats
+        s = demo_app.read_settings(model)
+        assert (s.exit_layer, s.num_speculations, s.draft_threshold) == (3, 2, 0.3)
+        assert "exit 3, d ≤ 2, stop below confidence 0.3" in page.locator("#stats .ls-status").inner_text()
         prompt = demo_app.example_prompts()[0]
-        assert shown_text(page) == tok.decode(tok.encode(prompt)) + expected(recommended_checkpoint, prompt, 64,
-                                                                             **s)[0]
+        assert shown_text(page) == tok.decode(tok.encode(prompt)) + expected(demo, recommended_checkpoint, prompt,
+                                                                             64, s)[0]
     finally:
-        demo.close()
+        blocks.close()
 
 
-def test_browser_at_820_px_shows_the_output_and_refuses_bad_numbers_in_their_own_place(browser, app_url,
+@pytest.mark.browser
+def test_browser_at_820_px_shows_the_output_and_refuses_bad_numbers_in_their_own_place(browser, served,
                                                                                         demo_checkpoint, tmp_path,
                                                                                         capfd):
     """In Chromium at 820 x 800 (one column): the prompt, the buttons and the start of the output show without
@@ -966,8 +817,9 @@ def test_browser_at_820_px_shows_the_output_and_refuses_bad_numbers_in_their_own
     place, the box still shows what was typed (nothing clamped), nothing runs, and the text, the statistics and
     the legend stay as they were; a good value again clears the error. Then Compare, at the controls' setting
     (screenshot demo_compare_820.png). No traceback in the server log."""
-    page = open_page(browser, app_url, 820)
-    model, _ = demo_app.get_model(demo_checkpoint)
+    demo, url = served
+    page = open_page(browser, url, 820)
+    model, _ = demo.models.get(demo_checkpoint)
     L = model.params.n_layers
     page.fill("#prompt textarea", SHOWN)
     click_generate(page)
@@ -980,8 +832,10 @@ def test_browser_at_820_px_shows_the_output_and_refuses_bad_numbers_in_their_own
 
     capfd.readouterr()
     before = {sel: page.locator(sel).inner_html() for sel in ("#out", "#stats")}
-    for box, value, message in (("exit_layer", "999", f"exit layer E must be a whole number in 1..{L}, got 999"),
-                                ("max_new", "0", "max new tokens must be a whole number in 1..512, got 0")):
+    for box, value, message in (
+            ("exit_layer", "999", f"exit layer 999 is out of range: this model has {L} layers, use 1..{L}"),
+            ("max_new", "0", "max_new_tokens must be a whole number in [1, 512] (the context window may allow "
+                             "fewer), got 0")):
         good = number_box(page, box).input_value()
         number_box(page, box).fill(value)
         page.click("#go")
@@ -989,44 +843,38 @@ def test_browser_at_820_px_shows_the_output_and_refuses_bad_numbers_in_their_own
         assert error_shown(page, "error") == message
         assert number_box(page, box).input_value() == value  # as typed: not clamped to the range
         assert {sel: page.locator(sel).inner_html() for sel in before} == before  # text, cards, legend: unchanged
-        page.screenshot(path=tmp_path / f"error_{box}.png")
         number_box(page, box).fill(good)
     click_generate(page)
     page.wait_for_selector("#error", state="hidden")
     assert error_shown(page, "error") == ""
 
-    s = demo_app.read_settings(model, "self_speculative")
+    s = demo_app.read_settings(model)
     page.get_by_role("tab", name="Compare with autoregressive").click()
     page.click("#compare")
     page.wait_for_selector("#compare_out .ls-table")
     table = page.locator("#compare_out").inner_text()
-    assert f"self-speculative (E={s['exit_layer']}, {demo_app.rule_text(s)})" in table and "identical" in table
+    assert f"self-speculative (E={s.exit_layer}, {demo_app.rule_text(s)})" in table and "identical" in table
     page.locator("#compare_out").evaluate("e => e.scrollIntoView({block: 'center'})")
     page.screenshot(path=screenshot(tmp_path, "demo_compare_820.png"))
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, app_url, demo_checkpoint, tmp_path,
-                                                           monkeypatch):
+@pytest.mark.browser
+def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, served, demo_checkpoint, tmp_path, monkeypatch):
     """In Chromium at 1280 x 800: Stop during a generation leaves the text on screen and says it stopped after
     that many tokens (screenshot demo_stopped.png); Compare runs the controls' setting (demo_compare.png); the
     exit-layer sweep shows its progress, then medians per exit in layer order with their range, the rule it ran
     and the E=L sanity line, and plots acceptance and speedup on two plots (demo_sweep.png; at 820 px,
     demo_sweep_820.png)."""
-    page = open_page(browser, app_url, 1280)
-    model, _ = demo_app.get_model(demo_checkpoint)
-    L = model.params.n_layers
-    s = demo_app.read_settings(model, "self_speculative")
+    demo, url = served
+    page = open_page(browser, url, 1280)
+    model, _ = demo.models.get(demo_checkpoint)
+    L, s = model.params.n_layers, demo_app.read_settings(model)
     page.wait_for_selector(f"#exit_layer input[type=number][max='{L}']")
     page.fill("#prompt textarea", SHOWN)
     render = demo_app.render_text
-
-    def slowly(*args, **kwargs):  # rounds a person can see, so that Stop lands mid-way on any machine (the
-        time.sleep(0.2)           # drawing is not part of the timed decoding)
-        return render(*args, **kwargs)
-
-    with monkeypatch.context() as m:
-        m.setattr(demo_app, "render_text", slowly)
+    with monkeypatch.context() as m:  # rounds a person can see, so that Stop lands mid-way on any machine (the
+        m.setattr(demo_app, "render_text", lambda *a, **k: time.sleep(0.2) or render(*a, **k))  # drawing is untimed)
         page.click("#go")
         page.wait_for_function("() => +(document.querySelector('#stats .ls-status').textContent"
                                ".match(/generating… round (\\d+)/) || [0, 0])[1] >= 6")
@@ -1041,7 +889,7 @@ def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, app_url, dem
 
     page.click("#compare")
     page.wait_for_selector("#compare_out .ls-table")
-    assert f"E={s['exit_layer']}, {demo_app.rule_text(s)}" in page.locator("#compare_out").inner_text()
+    assert f"E={s.exit_layer}, {demo_app.rule_text(s)}" in page.locator("#compare_out").inner_text()
     page.locator("#compare").evaluate("e => e.scrollIntoView()")
     page.screenshot(path=screenshot(tmp_path, "demo_compare.png"))
 
@@ -1062,29 +910,3 @@ def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, app_url, dem
     page.locator("#sweep").evaluate("e => e.scrollIntoView()")
     page.wait_for_timeout(500)  # the plots redraw at the new width
     page.screenshot(path=screenshot(tmp_path, "demo_sweep_820.png"))
-
-
-def test_chat_wraps_the_prompt_in_the_models_template(tiny_checkpoint, monkeypatch):
-    """chat=True: the prompt goes in as a user message under the model's chat template (the text decoded is the
-    continuation of the templated prompt, as layerskip.generate decodes it); a model without a template refuses
-    in one line of error text and runs nothing."""
-    from model_io import chat_prompt
-    model, tok = demo_app.get_model(str(tiny_checkpoint))
-    *_, error = list(demo_app.generate(str(tiny_checkpoint), "Hello", chat=True, max_new_tokens=8))[-1]
-    assert "no chat template" in error and "\n" not in error
-    monkeypatch.setattr(tok, "chat_template", "{% for m in messages %}USER: {{ m['content'] }}\n{% endfor %}BOT:")
-    frames = list(demo_app.generate(str(tiny_checkpoint), "Hello", strategy="autoregressive", chat=True,
-                                    max_new_tokens=8))
-    out_html, _, text, error = frames[-1]
-    text_in, ids = chat_prompt(tok, "Hello")
-    assert text_in == "USER: Hello\nBOT:" and error == ""
-    g = ls.generate(model, ids, 8, eos_id=tok.stop_ids)
-    assert text == tok.decode(ids + g.tokens)[len(tok.decode(ids)):]
-    assert "USER: Hello" in unescape(out_html)  # the page shows the prompt as the model saw it
-
-
-def test_short_names_of_installed_models_resolve_to_their_file(tmp_path, monkeypatch):
-    """--checkpoint smollm2 (model_io.INSTALLED_MODELS) serves the installed file; other names stay paths."""
-    monkeypatch.setattr(demo_app, "installed_model", lambda name: tmp_path / f"{name}.gguf")
-    assert demo_app.resolve("smollm2") == tmp_path / "smollm2.gguf"
-    assert demo_app.resolve("checkpoints/x.pt") == Path("checkpoints/x.pt")
