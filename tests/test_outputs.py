@@ -11,10 +11,13 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import ROOT
+import pytest
 
 import bench
 import eval as evaluate
+from conftest import ROOT
+
+pytestmark = pytest.mark.cli
 
 _recording = []  # the list the audit hook appends to while a `written()` block runs; the hook stays installed
 

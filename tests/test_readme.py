@@ -11,8 +11,13 @@ import pytest
 from conftest import ROOT
 from model_io import load_model
 
-README = (ROOT / "README.md").read_text()
+pytestmark = pytest.mark.integration
 DOCS = {name: (ROOT / name).read_text() for name in ("README.md", "docs/results.md", "docs/tutorial.md")}
+README = DOCS["README.md"]
+
+
+def test_readme_is_at_most_250_lines():
+    assert len(README.splitlines()) <= 250
 
 
 def test_readme_states_the_size_of_the_suite():
@@ -31,16 +36,14 @@ def test_readme_states_the_size_of_the_suite():
 def test_readme_states_the_shipped_models_shape_and_parameter_count():
     """"Both 32-layer twins (dim 128, 6.2M parameters)" and the 12-layer pair's "12 layers of width 192, 5.7M
     parameters" (docs/results.md) are the shipped checkpoints' own, rounded as the scripts print them."""
-    [(layers, dim, millions)] = re.findall(r"Both (\d+)-layer twins \(dim (\d+), ([\d.]+)M parameters\)", README)
-    for name in ("layerskip-python-deep", "baseline-python-deep"):
-        model, _ = load_model(ROOT / "checkpoints" / f"{name}.pt")
-        n = sum(p.numel() for p in model.parameters())
-        assert (model.params.n_layers, model.params.dim, f"{n / 1e6:.1f}") == (int(layers), int(dim), millions), name
-    [(layers, dim, millions)] = re.findall(r"(\d+) layers of\s+width (\d+), ([\d.]+)M parameters",
-                                           DOCS["docs/results.md"])
-    model, _ = load_model(ROOT / "checkpoints" / "layerskip-python.pt")
-    n = sum(p.numel() for p in model.parameters())
-    assert (model.params.n_layers, model.params.dim, f"{n / 1e6:.1f}") == (int(layers), int(dim), millions)
+    twins = re.findall(r"Both (\d+)-layer twins \(dim (\d+), ([\d.]+)M parameters\)", README)
+    pair = re.findall(r"(\d+) layers of\s+width (\d+), ([\d.]+)M parameters", DOCS["docs/results.md"])
+    for names, said in ((["layerskip-python-deep", "baseline-python-deep"], twins), (["layerskip-python"], pair)):
+        [(layers, dim, millions)] = said
+        for name in names:
+            model, _ = load_model(ROOT / "checkpoints" / f"{name}.pt")
+            n = sum(p.numel() for p in model.parameters())
+            assert (model.params.n_layers, model.params.dim, f"{n / 1e6:.1f}") == (int(layers), int(dim), millions)
 
 
 def test_docs_state_the_stored_setting():
