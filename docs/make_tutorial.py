@@ -14,7 +14,8 @@ How a block's output is compared, by the word after ```python in its fence:
     ```python full     the same in the full run only (the quick mode trains fewer steps, draws fewer samples)
     ```python timing   measured times: the full run compares it with every number masked
 The blocks find the quick mode, the figure folder and the training folder in TUTORIAL_FAST, TUTORIAL_FIGURES and
-TUTORIAL_RUNS; --check points the last two at a temporary folder, so a check never touches the committed files.
+TUTORIAL_RUNS, through docs/tutorial_helpers.py; --check points the last two at a temporary folder, so a check
+never touches the committed files.
 """
 
 import argparse
