@@ -1,13 +1,8 @@
 """Tests that need a CUDA GPU: training (float32, bfloat16, torch.compile, DDP and FSDP2 over NCCL under torchrun,
-exact resume), decoding (self-speculative greedy output equals autoregressive), bench.py and the transformers export,
-all on the GPU. Without CUDA they are skipped, and the summary names them: run scripts/gpu_check.sh on a GPU machine.
+exact resume), decoding (self-speculative greedy output equals autoregressive), bench.py and the transformers export.
+Without CUDA they are skipped (run scripts/gpu_check.sh on a GPU machine); the two tests at the end always run: the
+scripts accept every command here, and gpu_check.sh lists its steps, so a GPU session meets no renamed flag."""
 
-The commands they run are module-level lists; tests at the end, which always run, check that train.py, generate.py
-and bench.py accept every one of them and that scripts/gpu_check.sh lists its steps, so that a GPU session does not
-find out about a renamed flag."""
-
-import contextlib
-import io
 import json
 import os
 import re
@@ -33,14 +28,13 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 TINY = ["--preset", "toy", "--dim", "32", "--n_layers", "4", "--n_heads", "4", "--n_kv_heads", "2",
         "--block_size", "32", "--eval_iters", "2", "--log_interval", "1", "--device", "cuda"]
 LAYERSKIP = TINY + ["--max_iters", "10", "--eval_interval", "10", "--p_max", "0.2", "--e_scale", "0.5"]
+SIX = TINY + ["--max_iters", "6", "--eval_interval", "6", "--batch_size", "8", "--e_scale", "0.5"]
 TRAIN = {  # name: train.py flags (each run adds --out_dir); "torchrun" ones run under torchrun, 1 process, NCCL
     "float32": LAYERSKIP,
     "bfloat16": LAYERSKIP + ["--dtype", "bfloat16"],
     "compile": LAYERSKIP + ["--compile"],
-    "torchrun-ddp": TINY + ["--max_iters", "6", "--eval_interval", "6", "--batch_size", "8", "--p_max", "0.5",
-                            "--e_scale", "0.5"],
-    "torchrun-fsdp": TINY + ["--max_iters", "6", "--eval_interval", "6", "--batch_size", "8", "--p_max", "0",
-                             "--e_scale", "0.5", "--grad_accum", "2", "--fsdp"],
+    "torchrun-ddp": SIX + ["--p_max", "0.5"],
+    "torchrun-fsdp": SIX + ["--p_max", "0", "--grad_accum", "2", "--fsdp"],
     "resume": TINY + ["--max_iters", "8", "--eval_interval", "4", "--p_max", "0.3", "--e_scale", "0.5"],
 }
 GENERATE = {  # name: generate.py flags
@@ -62,52 +56,31 @@ def run(args, torchrun=False, env=None, timeout=300):
     return proc
 
 
-def step_losses(stdout):
-    return [float(m) for m in re.findall(r"^step +\d+/\d+ \| loss ([\d.]+)", stdout, re.M)]
-
-
-def train(name, out_dir, extra=(), **kw):
-    return step_losses(run(["train.py", *TRAIN[name], "--out_dir", out_dir, *extra], **kw).stdout)
-
-
-@pytest.fixture(scope="module")
-def shakespeare():
-    """The shipped Shakespeare text, tokenized (about a second; the bins are not committed)."""
-    if not (ROOT / "data/shakespeare/train.bin").exists():
-        run(["data/shakespeare/prepare.py"])
-    return ROOT / "data/shakespeare"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Training on the GPU
+def train(flags, out_dir, **kw):  # train.py's step losses
+    out = run(["train.py", *flags, "--out_dir", out_dir], **kw).stdout
+    return [float(m) for m in re.findall(r"^step +\d+/\d+ \| loss ([\d.]+)", out, re.M)]
 
 
 @pytest.fixture(scope="module")
 def float32_run(shakespeare, tmp_path_factory):
     """(step losses, output folder) of the float32 toy run on the GPU, shared by the tests that compare with it."""
     out = tmp_path_factory.mktemp("fp32")
-    return train("float32", out), out
+    return train(TRAIN["float32"], out), out
 
 
 @needs_cuda
-def test_train_float32_and_bfloat16_on_cuda(float32_run, tmp_path):
+def test_train_float32_bfloat16_and_compile_on_cuda(float32_run, tmp_path):
     """The toy recipe (layer dropout + early-exit loss) trains on CUDA in float32 and under bfloat16 autocast: the
-    loss falls, the first step's loss agrees within 1% (same weights, same batch), model.pt decodes on the GPU."""
+    loss falls, the first step's loss agrees within 1% (same weights, same batch), model.pt decodes on the GPU.
+    --compile (each block through torch.compile, the skip logic eager) logs the eager losses within 2e-3."""
     fp32, out = float32_run
-    bf16 = train("bfloat16", tmp_path / "bf16")
+    bf16 = train(TRAIN["bfloat16"], tmp_path / "bf16")
     assert len(fp32) == len(bf16) == 10
     assert bf16[0] == pytest.approx(fp32[0], rel=0.01)
     assert fp32[-1] < fp32[0] and bf16[-1] < bf16[0]
     model, tok = load_model(out / "model.pt", device="cuda")
     assert len(ls.generate(model, tok.encode("ROMEO:"), 8).tokens) == 8
-
-
-@needs_cuda
-def test_train_compile_on_cuda(float32_run, tmp_path):
-    """--compile (each block through torch.compile, the skip logic eager) trains on CUDA and logs the eager losses
-    within 2e-3."""
-    compiled = train("compile", tmp_path / "compiled", timeout=400)
-    assert compiled == pytest.approx(float32_run[0], abs=2e-3)
+    assert train(TRAIN["compile"], tmp_path / "compiled", timeout=400) == pytest.approx(fp32, abs=2e-3)
 
 
 @needs_cuda
@@ -115,9 +88,8 @@ def test_train_compile_on_cuda(float32_run, tmp_path):
 def test_torchrun_nccl_equals_one_process(shakespeare, tmp_path, name):
     """torchrun, one process on the GPU over NCCL, with DDP (layer dropout on: unused parameters) and with FSDP2
     (gradient accumulation): the same losses as a plain single-process run of the same global batch."""
-    distributed = train(name, tmp_path / "dist", torchrun=True)
-    flags = [a for a in TRAIN[name] if a != "--fsdp"]
-    single = step_losses(run(["train.py", *flags, "--out_dir", tmp_path / "one"]).stdout)
+    distributed = train(TRAIN[name], tmp_path / "dist", torchrun=True)
+    single = train([a for a in TRAIN[name] if a != "--fsdp"], tmp_path / "one")
     assert len(distributed) == len(single) == 6
     assert distributed == pytest.approx(single, abs=2e-3)
     assert (tmp_path / "dist/model.pt").exists()
@@ -154,10 +126,6 @@ def test_resume_is_exact_on_cuda(shakespeare, tmp_path):
     assert a.keys() == b.keys() and not differ, (differ, warned)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Decoding, the benchmark and the transformers export on the GPU
-
-
 @needs_cuda
 @pytest.mark.parametrize("name", list(GENERATE))
 def test_generate_compare_on_cuda_is_identical(name):
@@ -182,24 +150,17 @@ def test_self_speculative_equals_autoregressive_on_cuda():
 
 
 def bench_on_cuda(argv):
-    """bench.main(argv) with its models on the GPU: with --device cuda if bench.py has that flag, else by pointing
-    its loader at cuda. Says where each model was loaded."""
+    """bench.main(argv) with its models loaded on the GPU (bench.py has no --device: its loader is pointed at cuda).
+    Says where each model was loaded."""
     import bench
-    shown = io.StringIO()
-    with contextlib.redirect_stdout(shown), contextlib.suppress(SystemExit):
-        bench.main(["--help"])
-    has_device = "--device" in shown.getvalue()
-    owner = bench if hasattr(bench, "load_model") else ls
-    load = owner.load_model
+    load = bench.load_model
 
     def load_on_cuda(path, **kw):
-        if not has_device:
-            kw.setdefault("device", "cuda")
-        model, tok = load(path, **kw)
+        model, tok = load(path, **{"device": "cuda", **kw})
         print(f"bench: {path} loaded on {model.tok_embeddings.weight.device}", flush=True)
         return model, tok
-    owner.load_model = load_on_cuda
-    bench.main((["--device", "cuda"] if has_device else []) + list(argv))
+    bench.load_model = load_on_cuda
+    bench.main(list(argv))
 
 
 @needs_cuda
@@ -233,48 +194,29 @@ def test_transformers_export_on_cuda(tmp_path):
 # Always run: the GPU commands parse, and gpu_check.sh lists its steps
 
 
-@pytest.mark.parametrize("name", list(TRAIN))
-def test_train_accepts_the_gpu_commands(name):
-    """train.parse_args accepts each training command the GPU tests run, and keeps --device cuda."""
-    import train
-    cfg = train.parse_args(TRAIN[name] + ["--out_dir", "out/gpu-check"])
-    assert cfg.device == "cuda" and cfg.n_layers == 4 and cfg.fsdp == ("--fsdp" in TRAIN[name])
-    assert cfg.compile == ("--compile" in TRAIN[name]) and cfg.dtype == ("bfloat16" if name == "bfloat16"
-                                                                          else "float32")
-
-
-@pytest.mark.parametrize("name", list(GENERATE))
-def test_generate_accepts_the_gpu_commands(name):
-    """generate.parse_args accepts each generate.py command the GPU tests run."""
-    import generate
-    args = generate.parse_args(GENERATE[name])
-    assert args.device == "cuda" and args.compare and args.dtype == "float32"
-
-
-def gpu_check(*args):
+def gpu_check(*args):  # scripts/gpu_check.sh ARGS
     return subprocess.run(["bash", "scripts/gpu_check.sh", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
 
 
-def listed_bench_command() -> list:
-    """The bench.py flags of gpu_check.sh's bench step, as its --list prints them."""
-    line = next(l for l in gpu_check("--list").stdout.splitlines() if "tests/test_cuda.py bench" in l)
-    return shlex.split(line.split("tests/test_cuda.py bench", 1)[1].split("  (")[0].replace("OUT_FOLDER", "out"))
-
-
-@pytest.mark.parametrize("where", ["tests", "gpu_check.sh"])
-def test_bench_accepts_the_gpu_commands(where):
-    """bench.py's parser accepts the benchmark commands of the GPU tests and of gpu_check.sh's bench step
-    (bench.parse_args where it has one, else its --help names every flag)."""
+def test_the_scripts_accept_the_gpu_commands():
+    """train.parse_args, generate.parse_args and bench.parse_args accept every command the GPU tests run (and
+    gpu_check.sh's bench step), and keep what the tests rely on: --device cuda, the dtype, FSDP, compile."""
     import bench
-    argv = BENCH if where == "tests" else listed_bench_command()
-    assert "--checkpoint" in argv and "--max_new_tokens" in argv
-    if hasattr(bench, "parse_args"):
+    import generate
+    import train
+    for name, flags in TRAIN.items():
+        cfg = train.parse_args(flags + ["--out_dir", "out/gpu-check"])
+        assert (cfg.device, cfg.n_layers, cfg.fsdp, cfg.compile) == ("cuda", 4, "--fsdp" in flags, "--compile" in flags)
+        assert cfg.dtype == ("bfloat16" if name == "bfloat16" else "float32")
+    for flags in GENERATE.values():
+        args = generate.parse_args(flags)
+        assert args.device == "cuda" and args.compare and args.dtype == "float32"
+    line = next(l for l in gpu_check("--list").stdout.splitlines() if "tests/test_cuda.py bench" in l)
+    listed = shlex.split(line.split("tests/test_cuda.py bench", 1)[1].split("  (")[0].replace("OUT_FOLDER", "out"))
+    for argv in (BENCH, listed):
         args = bench.parse_args(argv)
-        assert args.checkpoint == DEEP and args.reference == ""
-        return
-    shown = subprocess.run([sys.executable, "bench.py", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert all(flag in shown for flag in argv if flag.startswith("--"))
+        assert args.checkpoint == DEEP and args.reference == "" and "--max_new_tokens" in argv
 
 
 def test_gpu_check_lists_its_steps():

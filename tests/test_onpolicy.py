@@ -24,22 +24,6 @@ def test_batched_greedy_continuations_equal_one_prompt_at_a_time(tiny_checkpoint
         assert out == ls.generate(model, row, 20).tokens
 
 
-def test_exit_loss_runs_only_the_first_blocks(tiny_checkpoint):
-    """onpolicy.exit_loss is exit E's cross-entropy, the number forward() reports for that exit, computed with
-    blocks 0..E-1 only."""
-    model, _ = load_model(tiny_checkpoint)
-    model.eval()
-    x = torch.randint(model.params.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
-    y = torch.randint(model.params.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
-    calls = [0] * model.params.n_layers
-    for l, block in enumerate(model.layers):
-        block.register_forward_hook(lambda *_, l=l: calls.__setitem__(l, calls[l] + 1))
-    loss = onpolicy.exit_loss(model, x, y, 2)
-    assert calls == [1, 1, 0, 0]
-    _, per_exit = model(x, y, exit_weights={1: 1.0})
-    assert torch.allclose(loss, per_exit[1], rtol=0, atol=1e-6)
-
-
 def test_onpolicy_data_end_to_end(shakespeare, tmp_path, capsys):
     """onpolicy.py writes the model's continuations of training windows (uint16, with a JSON sidecar saying what
     made them); train.py fits exit E to them, logs that loss, and moves the weights with it. (Bad flags and files:
@@ -95,13 +79,15 @@ def test_aligned_windows_hold_one_sample_and_count_its_greedy_tokens_only(tmp_pa
     assert x[2].tolist() == list(range(117, 124)) + [0] and y[2].tolist() == [-1, -1, -1, 121, 122, 123, 124, -1]
 
 
-def test_distill_loss_is_the_distance_from_the_last_layer(tiny_checkpoint):
-    """KL(p || q) and the total variation between the last layer's p and exit E's q, by hand; zero at the last
-    exit itself; no gradient reaches the blocks after E (the target is fixed)."""
+def test_exit_losses_run_only_the_first_blocks(tiny_checkpoint):
+    """Exit E's losses reach blocks 0..E-1 only: cross-entropy (the number forward() reports for that exit), and the
+    distance from the last layer's p (a fixed target) to exit E's q, KL(p || q) and total variation, by hand, zero at
+    the last exit itself, counted where the target is not -1."""
     model, _ = load_model(tiny_checkpoint)
-    g = torch.Generator().manual_seed(3)
-    x = torch.randint(model.params.vocab_size, (2, 9), generator=g)
-    y = torch.randint(model.params.vocab_size, (2, 9), generator=g)
+    x, y = torch.randint(model.params.vocab_size, (2, 2, 9), generator=torch.Generator().manual_seed(3))
+    ce = onpolicy.exit_loss(model, x, y, 2)
+    assert torch.allclose(ce, model(x, y, exit_weights={1: 1.0})[1][1], rtol=0, atol=1e-6)
+    y = y.clone()
     y[0, :4] = -1
     with torch.no_grad():
         p = torch.softmax(model(x), -1)[y >= 0]
@@ -112,10 +98,11 @@ def test_distill_loss_is_the_distance_from_the_last_layer(tiny_checkpoint):
     assert torch.allclose(tvd, 0.5 * (p - q).abs().sum(-1).mean(), atol=1e-6) and 0 < tvd < 1
     L = model.params.n_layers
     assert onpolicy.distill_loss(model, x, y, L, "kl").abs() < 1e-5 and onpolicy.distill_loss(model, x, y, L, "tvd") < 1e-6
-    model.zero_grad()
-    kl.backward()
-    assert model.layers[1].attention.wq.weight.grad.abs().sum() > 0
-    assert model.layers[2].attention.wq.weight.grad is None and model.layers[3].feed_forward.w2.weight.grad is None
+    for loss in (ce, kl):
+        model.zero_grad()
+        loss.backward()
+        assert model.layers[1].attention.wq.weight.grad.abs().sum() > 0
+        assert model.layers[2].attention.wq.weight.grad is None and model.layers[3].feed_forward.w2.weight.grad is None
 
 
 BAD = [  # (flags, what the one line says); KEY: a path made by the test
