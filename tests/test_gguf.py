@@ -77,41 +77,30 @@ def gguf_name(ours: str) -> str:
 
 def write_gguf(path, model, tok: dict, qtype=Q.F32, pre="gpt-2", add_bos=None, template=CHATML, arch="llama"):
     """The model and tokenizer as llama.cpp writes them: matrices in qtype, norms in F32, llama.* metadata."""
-    a = model.params
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(a.n_layers)
-    w.add_context_length(a.max_seq_len)
-    w.add_embedding_length(a.dim)
-    w.add_feed_forward_length(model.layers[0].feed_forward.w1.out_features)
-    w.add_head_count(a.n_heads)
-    w.add_head_count_kv(a.n_kv_heads)
-    w.add_layer_norm_rms_eps(a.norm_eps)
-    w.add_rope_freq_base(a.rope_theta)
-    w.add_tokenizer_model(tok["model"])
-    if tok["model"] == "gpt2":
-        w.add_tokenizer_pre(pre)
-        w.add_token_merges(tok["merges"])
-    else:
-        w.add_token_scores(tok["scores"])
-        w.add_add_space_prefix(False)
-    w.add_token_list(tok["tokens"])
-    w.add_token_types(tok["types"])
-    w.add_bos_token_id(tok["bos"])
-    w.add_eos_token_id(tok["eos"])
-    if add_bos is not None:
-        w.add_add_bos_token(add_bos)
-    if template:
-        w.add_chat_template(template)
+    a, w, gpt2 = model.params, gguf.GGUFWriter(str(path), arch), tok["model"] == "gpt2"
+    for add, value in [(w.add_block_count, a.n_layers), (w.add_context_length, a.max_seq_len),
+                       (w.add_embedding_length, a.dim), (w.add_head_count, a.n_heads),
+                       (w.add_head_count_kv, a.n_kv_heads),
+                       (w.add_feed_forward_length, model.layers[0].feed_forward.w1.out_features),
+                       (w.add_layer_norm_rms_eps, a.norm_eps), (w.add_rope_freq_base, a.rope_theta),
+                       (w.add_tokenizer_model, tok["model"]), (w.add_tokenizer_pre, pre if gpt2 else None),
+                       (w.add_token_merges, tok.get("merges")), (w.add_token_scores, tok.get("scores")),
+                       (w.add_add_space_prefix, None if gpt2 else False), (w.add_token_list, tok["tokens"]),
+                       (w.add_token_types, tok["types"]), (w.add_bos_token_id, tok["bos"]),
+                       (w.add_eos_token_id, tok["eos"]), (w.add_add_bos_token, add_bos),
+                       (w.add_chat_template, template)]:
+        if value is not None:
+            add(value)
     for name, p in model.state_dict().items():
         if name == "output.weight" and a.tie_word_embeddings:
             continue  # a tied head is not stored: the loader must tie it
-        x = p.detach().numpy().astype(np.float32)
-        if x.ndim == 1 or qtype == Q.F32:
-            w.add_tensor(gguf_name(name), x)
-        elif qtype == Q.F16:
+        x = p.numpy().astype(np.float32)
+        if x.ndim == 2 and qtype == Q.F16:
             w.add_tensor(gguf_name(name), x.astype(np.float16))
-        else:
+        elif x.ndim == 2 and qtype != Q.F32:
             w.add_tensor(gguf_name(name), gguf.quants.quantize(x, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(gguf_name(name), x)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
