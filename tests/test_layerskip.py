@@ -8,15 +8,7 @@ import torch.nn.functional as F
 
 import layerskip as ls
 from conftest import tiny_model
-from settings import STRATEGIES, Settings, no_repeat_ngram, repetition_penalty, worth_drafting_on
-
-
-def process(logits, context, repetition_penalty=1.0, no_repeat_ngram_size=0):
-    """Both logits processors, as Settings.processor applies them."""
-    return no_repeat_ngram(_penalty(logits, context, repetition_penalty), context, no_repeat_ngram_size)
-
-
-_penalty = repetition_penalty
+from settings import RANGES, STRATEGIES, Settings, no_repeat_ngram, repetition_penalty, worth_drafting_on
 
 pytestmark = pytest.mark.method  # the whole file: `pytest -m method` checks the method alone
 
@@ -162,7 +154,9 @@ def test_layer_dropout_pattern_is_a_function_of_seed_step_layer_and_off_in_eval(
 
 
 def test_early_exit_loss_is_the_weighted_sum_of_per_exit_ce():
-    """loss = sum_l w_l CE(g(x_{l+1})); each exit is the shared head on that block's output; no weights = plain LM."""
+    """loss = sum_l w_l CE(g(x_{l+1})) (eq. 5): block l's exit is the shared head on the output of blocks 0..l, which
+    decoding calls exit E = exit_of_block(l) = l + 1; no weights = the plain LM loss; the loss trains every block."""
+    assert [ls.exit_of_block(l) for l in range(4)] == [1, 2, 3, 4] and ls.block_of_exit(4) == 3
     model = tiny_model(n_layers=4)
     tokens = torch.randint(0, 32, (3, 12))
     targets = torch.randint(0, 32, (3, 12))
@@ -170,17 +164,15 @@ def test_early_exit_loss_is_the_weighted_sum_of_per_exit_ce():
     loss, per_exit = model(tokens, targets, exit_weights=weights)
     assert sorted(per_exit) == [1, 2, 3]
     with torch.no_grad():
-        h = model.tok_embeddings(tokens)
-        for l in range(4):
-            h = model.run_blocks(h, l, l + 1)
-            if l in per_exit:
-                ce = F.cross_entropy(model.head(h).flatten(0, 1), targets.flatten())
-                assert per_exit[l].item() == pytest.approx(ce.item(), rel=1e-9)
+        for l in per_exit:
+            h = model.run_blocks(model.tok_embeddings(tokens), 0, ls.exit_of_block(l))
+            ce = F.cross_entropy(model.head(h).flatten(0, 1), targets.flatten())
+            assert per_exit[l].item() == pytest.approx(ce.item(), rel=1e-9)
     assert loss.item() == pytest.approx(sum(weights[l] * per_exit[l].item() for l in weights), rel=1e-9)
     plain, only_last = model(tokens, targets)
     assert list(only_last) == [3]
     assert plain.item() == pytest.approx(F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten()).item())
-    loss.backward()  # the loss trains every block
+    loss.backward()
     assert all(p.grad is not None for p in model.parameters())
 
 
@@ -249,8 +241,9 @@ def test_early_exit_is_the_shared_head_on_block_output():
 
 
 def test_self_speculative_greedy_equals_autoregressive():
-    """Token for token, across random models x every exit 1..L-1 x d = 1..8 x prompt lengths, with EOS inside a
-    draft and max_new_tokens ending mid-round."""
+    """Token for token, across random models x every exit 1..L-1 x d = 1..8 x prompt lengths, with max_new_tokens
+    ending mid-round and with two stop ids (Llama 3 stops at <|end_of_text|> or <|eot_id|>): EOS inside a draft,
+    accepted in a draft, and decoding ends at the first of them."""
     eos_inside_draft = eos_accepted_in_draft = 0
     for seed, L in enumerate((2, 3, 4, 6)):
         model = tiny_model(n_layers=L, seed=seed)
@@ -258,45 +251,21 @@ def test_self_speculative_greedy_equals_autoregressive():
             prompt = torch.randint(0, 32, (plen,), generator=torch.Generator().manual_seed(plen)).tolist()
             ar = ls.generate(model, prompt, 13).tokens
             assert len(ar) == 13
-            eos = ar[7]  # a token the full model emits: AR stops there when it is the EOS
-            ar_eos = ls.generate(model, prompt, 13, eos_id=eos).tokens
-            assert ar_eos[-1] == eos and len(ar_eos) <= 8
+            stops = {ar[7], ar[10]}  # tokens the full model emits: AR stops at the first
+            ar_eos = ls.generate(model, prompt, 13, eos_id=stops).tokens
+            assert ar_eos == ar[:min(i for i, t in enumerate(ar) if t in stops) + 1]
             for E in range(1, L):
                 for d in range(1, 9):
                     out = ls.generate(model, prompt, 13, strategy="self_speculative", exit_layer=E,
                                       num_speculations=d)
                     assert out.tokens == ar, (L, plen, E, d)
                     out = ls.generate(model, prompt, 13, strategy="self_speculative", exit_layer=E,
-                                      num_speculations=d, eos_id=eos)
+                                      num_speculations=d, eos_id=stops)
                     assert out.tokens == ar_eos, (L, plen, E, d, "eos")
                     for e in out.events:
-                        eos_inside_draft += eos in e.drafted
-                        eos_accepted_in_draft += eos in e.drafted[:e.accepted]
+                        eos_inside_draft += bool(stops & set(e.drafted))
+                        eos_accepted_in_draft += bool(stops & set(e.drafted[:e.accepted]))
     assert eos_inside_draft > 0 and eos_accepted_in_draft > 0  # the EOS paths were really exercised
-
-
-def test_several_stop_ids():
-    """eos_id may be a set (Llama 3 stops at <|end_of_text|> or <|eot_id|>): decoding stops at the first of them."""
-    model = tiny_model(n_layers=4, seed=1)
-    prompt = list(range(6))
-    ar = ls.generate(model, prompt, 20).tokens
-    stops = {ar[9], ar[4]}
-    first = min(i for i, t in enumerate(ar) if t in stops)
-    for kw in ({}, {"strategy": "self_speculative", "exit_layer": 2, "num_speculations": 5}):
-        assert ls.generate(model, prompt, 20, eos_id=stops, **kw).tokens == ar[:first + 1]
-
-
-def test_adaptive_draft_length_keeps_the_output():
-    """Stopping drafts below a confidence threshold drafts fewer tokens and still reproduces autoregressive output."""
-    model = tiny_model(n_layers=6, seed=4)
-    prompt = list(range(9))
-    ar = ls.generate(model, prompt, 40).tokens
-    fixed = ls.generate(model, prompt, 40, strategy="self_speculative", exit_layer=2, num_speculations=8)
-    adaptive = ls.generate(model, prompt, 40, strategy="self_speculative", exit_layer=2, num_speculations=8,
-                           draft_threshold=0.9)
-    assert fixed.tokens == adaptive.tokens == ar
-    assert adaptive.drafted < fixed.drafted
-    assert adaptive.acceptance_rate > fixed.acceptance_rate
 
 
 def test_cost_stop_rule_literals():
@@ -313,21 +282,23 @@ def test_cost_stop_rule_literals():
     assert worth_drafting_on([0.25], 0.15, gamma=0.5) and not worth_drafting_on([0.25], 0.15, gamma=1.0)
 
 
-def test_cost_stop_rule_keeps_the_output():
-    """The cost model's stop rule drafts fewer tokens than a fixed d, more as drafts get cheaper, and reproduces
-    autoregressive output at every exit."""
-    model = tiny_model(n_layers=6, seed=4, spread=40.0)  # sure drafts, so that the rule has something to weigh
+def test_stop_rules_draft_less_and_keep_the_output():
+    """The confidence threshold drafts fewer tokens with a higher acceptance rate; the cost rule drafts fewer than
+    a fixed d, more as drafts get cheaper (down to one a round at r = 1); both reproduce autoregressive output."""
+    model = tiny_model(n_layers=6, seed=4, spread=40.0)  # sure drafts, so that the rules have something to weigh
     prompt = list(range(9))
     ar = ls.generate(model, prompt, 40).tokens
-    fixed = ls.generate(model, prompt, 40, strategy="self_speculative", exit_layer=2, num_speculations=8)
+    spec = dict(strategy="self_speculative", exit_layer=2, num_speculations=8)
+    fixed = ls.generate(model, prompt, 40, **spec)
+    adaptive = ls.generate(model, prompt, 40, **spec, draft_threshold=0.9)
+    assert fixed.tokens == adaptive.tokens == ar
+    assert adaptive.drafted < fixed.drafted and adaptive.acceptance_rate > fixed.acceptance_rate
     drafted = []
     for r in (0.02, 0.3, 1.0):
         for E in range(1, 7):
-            out = ls.generate(model, prompt, 40, strategy="self_speculative", exit_layer=E, num_speculations=8,
-                              draft_cost=r)
+            out = ls.generate(model, prompt, 40, **dict(spec, exit_layer=E), draft_cost=r)
             assert out.tokens == ar
-            if E == 2:
-                drafted.append(out.drafted)
+            drafted += [out.drafted] if E == 2 else []
     assert fixed.drafted > drafted[0] > drafted[1] > drafted[2] == 37  # 37 rounds of one draft each
 
 
@@ -389,35 +360,47 @@ def chi_square(counts, expected_p):
     return stat, critical[min(k for k in critical if k >= int(keep.sum()) - 1)]
 
 
-def test_speculative_sampling_preserves_the_distribution():
-    """With temperature > 0 the first two self-speculative tokens follow the full model's distribution:
-    chi-square over 4,000 seeded runs stays under the 0.1% critical value, while the draft's own
-    distribution (exit 1) is rejected by the same test."""
-    V = 6
-    model = tiny_model(n_layers=3, vocab_size=V, seed=12, spread=4.0)
-    prompt = [1, 4, 2]
-    T = 1.0
-    with torch.no_grad():  # exact joint distribution of two tokens under the full model and under exit 1
-        def joint(E):
-            p = torch.zeros(V, V, dtype=torch.float64)
-            h = model.run_blocks(model.tok_embeddings(torch.tensor([prompt])), 0, E)
-            p1 = torch.softmax(model.head(h[0, -1]) / T, -1)
-            for a in range(V):
-                h = model.run_blocks(model.tok_embeddings(torch.tensor([prompt + [a]])), 0, E)
-                p[a] = p1[a] * torch.softmax(model.head(h[0, -1]) / T, -1)
-            return p.flatten()
-        p_full, p_draft = joint(3), joint(1)
-    assert 0.5 * (p_full - p_draft).abs().sum() > 0.2  # the draft really is a different distribution
-    N = 4000
-    counts = torch.zeros(V * V, dtype=torch.float64)
-    for s in range(N):
-        out = ls.generate(model, prompt, 2, strategy="self_speculative", exit_layer=1, num_speculations=3,
-                          temperature=T, seed=s).tokens
-        counts[out[0] * V + out[1]] += 1
+def two_token_distribution(model, prompt, E, penalty=1.0):
+    """The exact joint distribution of the next two tokens after prompt under exit E, [V * V], with a repetition
+    penalty applied as the sampler applies it."""
+    V = model.params.vocab_size
+    p = torch.zeros(V, V, dtype=torch.float64)
+    with torch.no_grad():
+        def next_probs(ids):
+            h = model.run_blocks(model.tok_embeddings(torch.tensor([ids])), 0, E)
+            return torch.softmax(repetition_penalty(model.head(h[0, -1]), ids, penalty), -1)
+        first = next_probs(prompt)
+        for a in range(V):
+            p[a] = first[a] * next_probs(prompt + [a])
+    return p.flatten()
 
+
+@pytest.mark.parametrize("case", ["plain", "repetition penalty", "rows of a batch"])
+def test_speculative_sampling_keeps_the_full_models_distribution(case):
+    """Temperature 1: the first two self-speculative tokens (drafted by exit 1 of 3) follow the full model's
+    distribution: chi-square over 2,000 seeded samples under the 0.1% critical value. The negative control (the
+    draft's distribution; for the penalty, the unpenalised one) is rejected by the same test. In a batch, rows of
+    other lengths decode beside the counted ones, each row its own random stream."""
+    V, prompt = 6, [1, 4, 2]
+    model = tiny_model(n_layers=3, vocab_size=V, seed=12, spread=4.0)
+    penalty = 3.0 if case == "repetition penalty" else 1.0
+    p_full = two_token_distribution(model, prompt, 3, penalty)
+    p_wrong = two_token_distribution(model, prompt, 3) if penalty != 1.0 else two_token_distribution(model, prompt, 1)
+    assert 0.5 * (p_full - p_wrong).abs().sum() > 0.1  # the control really is another distribution
+    spec = dict(strategy="self_speculative", exit_layer=1, num_speculations=3, temperature=1.0,
+                repetition_penalty=penalty)
+    counts = torch.zeros(V * V, dtype=torch.float64)
+    for s in range(1000 if case == "rows of a batch" else 2000):
+        if case == "rows of a batch":
+            rows = ls.generate(model, [prompt, [3], prompt, [0, 5, 5, 1, 2]], 2, seed=4 * s, **spec)
+            samples = [rows[0].tokens, rows[2].tokens]
+        else:
+            samples = [ls.generate(model, prompt, 2, seed=s, **spec).tokens]
+        for a, b in samples:
+            counts[a * V + b] += 1
     stat, bound = chi_square(counts, p_full)
     assert stat < bound, (stat, bound)
-    assert chi_square(counts, p_draft)[0] > 10 * bound
+    assert chi_square(counts, p_wrong)[0] > 3 * bound  # far past the 0.1% critical value
 
 
 def test_top_k_top_p_filtering():
@@ -430,13 +413,15 @@ def test_top_k_top_p_filtering():
 
 
 def test_sampling_is_reproducible_with_a_seed():
-    """The same seed gives the same sampled text for every strategy."""
+    """The same seed gives the same sampled text for every strategy; a tiny temperature stays a finite argmax."""
     model = tiny_model(n_layers=4)
     for strategy in STRATEGIES:
         kw = dict(strategy=strategy, exit_layer=2, num_speculations=3, temperature=0.8, top_p=0.9, top_k=20)
         a = ls.generate(model, [1, 2, 3], 20, seed=5, **kw).tokens
         assert a == ls.generate(model, [1, 2, 3], 20, seed=5, **kw).tokens
         assert a != ls.generate(model, [1, 2, 3], 20, seed=6, **kw).tokens
+    logits = torch.tensor([3.0, 1.0, 2.0], dtype=torch.float32)  # logits / 1e-40 would overflow to inf - inf
+    assert ls.probabilities(logits, 1e-40).tolist() == [1.0, 0.0, 0.0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -461,65 +446,53 @@ def test_logit_lens_layers_needed():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Bad input
+# Settings: every range checked once, when a Settings is made; prompts and exits when decoding starts
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(strategy="early_exit", exit_layer=0), r"exit layer 0 is out of range.*use 1\.\.4"),
-    (dict(strategy="early_exit", exit_layer=5), r"exit layer 5 is out of range.*use 1\.\.4"),
-    (dict(strategy="self_speculative", exit_layer=None, num_speculations=2), r"exit layer None"),
-    (dict(strategy="self_speculative", exit_layer=2, num_speculations=0), r"num_speculations must be at least 1"),
     (dict(strategy="beam"), r"unknown strategy 'beam'"),
-    (dict(temperature=-1.0), r"temperature must be"),
-    (dict(temperature=1.0, top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(strategy="early_exit", exit_layer=0), r"exit_layer must be a whole number >= 1"),
+    (dict(strategy="self_speculative", exit_layer=2), r"needs num_speculations"),
+    (dict(temperature=0.001), r"temperature must be 0 or a number in \[0.01, 100\]"),
+    (dict(top_p=float("nan")), r"top_p must be a number in \(0, 1\]"),
+    (dict(draft_cost=0.2, draft_threshold=0.3), r"one stop rule"),
+    (dict(repetition_penalty=1e-300), r"repetition_penalty must be a number in \[0.01, 100\]"),
 ])
-def test_bad_generation_arguments(kwargs, message):
-    """Each bad argument raises a ValueError naming the problem and the valid range."""
-    model = tiny_model(n_layers=4)
+def test_bad_settings(kwargs, message):
+    """Each bad setting raises one ValueError naming the setting and its range (from RANGES), at Settings()."""
     with pytest.raises(ValueError, match=message):
-        ls.generate(model, [1, 2], 5, **kwargs)
+        Settings(**kwargs)
 
 
-def test_bad_prompts():
-    """An empty prompt and one that fills the context window are refused with the limit named."""
+def test_bad_input_is_refused_when_decoding_starts():
+    """The exit past the model's L, an empty prompt and one that fills the context window are refused at the
+    generate_stream call, before any round; a prompt one short of the window gets exactly one token."""
     model = tiny_model(n_layers=2, max_seq_len=16)
-    with pytest.raises(ValueError, match="prompt is empty"):
-        ls.generate(model, [], 5)
-    with pytest.raises(ValueError, match="at most 15 tokens"):
-        ls.generate(model, list(range(16)), 5)
-    assert len(ls.generate(model, list(range(15)), 5).tokens) == 1  # room for exactly one token
-
-
-def test_generate_stream_checks_at_the_call():
-    """generate_stream raises at the call, before any round is asked for, so callers can rely on it to check."""
-    model = tiny_model(n_layers=4)
-    for kwargs in (dict(strategy="early_exit", exit_layer=9), dict(temperature=float("nan")),
-                   dict(draft_threshold=1.5), dict(draft_cost=0), dict(draft_cost=1.5),
-                   dict(draft_cost=0.2, draft_threshold=0.3), dict(draft_cost=0.2, draft_gamma=0),
-                   dict(repetition_penalty=0.0), dict(repetition_penalty=1e-300),
-                   dict(repetition_penalty=float("nan")), dict(no_repeat_ngram_size=-1)):
-        with pytest.raises(ValueError):
-            ls.generate_stream(model, [1, 2], 5, Settings(**kwargs))  # never iterated
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Logits processors: they change the distribution, and keep self-speculative decoding exact
+    for prompts, kw, message in (([1, 2], dict(strategy="early_exit", exit_layer=3), r"exit layer 3 .* use 1\.\.2"),
+                                 ([], {}, "has 0 tokens: give 1 to 15"),
+                                 (list(range(16)), {}, "has 16 tokens: give 1 to 15"),
+                                 ([[1, 2], []], {}, "prompt 1 has 0 tokens"),
+                                 ([[1], [2]], dict(seed=[1, 2, 3]), "one max_new_tokens and one seed per prompt")):
+        with pytest.raises(ValueError, match=message):
+            ls.generate_stream(model, prompts, 5, Settings(**kw))  # never iterated
+    assert len(ls.generate(model, list(range(15)), 5).tokens) == 1
+    assert RANGES["draft_cost"].check("draft_cost", 0) == 0  # 0 = off, outside (0, 1]
 
 
 def test_process_logits_literals():
     """CTRL's repetition penalty divides a seen token's positive logit and multiplies a negative one; no-repeat
     n-gram bans exactly the tokens that would complete an n-gram already in the context."""
     logits = torch.tensor([2.0, -1.0, 0.5, 3.0, 0.0, 1.0])
-    assert process(logits, [0, 1, 0], repetition_penalty=2.0).tolist() == [1.0, -2.0, 0.5, 3.0, 0.0, 1.0]
-    assert process(logits, [0, 1], repetition_penalty=1.0).tolist() == logits.tolist()
+    assert repetition_penalty(logits, [0, 1, 0], 2.0).tolist() == [1.0, -2.0, 0.5, 3.0, 0.0, 1.0]
+    assert repetition_penalty(logits, [0, 1], 1.0).tolist() == logits.tolist()
     inf = float("-inf")
     # bigrams: context 5 1 2 1 ends in 1, and "1 2" was seen: 2 is banned
-    assert process(logits, [5, 1, 2, 1], no_repeat_ngram_size=2).tolist() == [2.0, -1.0, inf, 3.0, 0.0, 1.0]
+    assert no_repeat_ngram(logits, [5, 1, 2, 1], 2).tolist() == [2.0, -1.0, inf, 3.0, 0.0, 1.0]
     # trigrams: context 1 2 3 1 2 ends in "1 2", and "1 2 3" was seen: 3 is banned; "2 3 1" bans nothing here
-    assert process(logits, [1, 2, 3, 1, 2], no_repeat_ngram_size=3).tolist() == [2.0, -1.0, 0.5, inf, 0.0, 1.0]
+    assert no_repeat_ngram(logits, [1, 2, 3, 1, 2], 3).tolist() == [2.0, -1.0, 0.5, inf, 0.0, 1.0]
     # 1-grams: every seen token; a context shorter than n bans nothing
-    assert process(logits, [4, 0], no_repeat_ngram_size=1).tolist() == [inf, -1.0, 0.5, 3.0, inf, 1.0]
-    assert process(logits, [1, 2], no_repeat_ngram_size=3).tolist() == logits.tolist()
+    assert no_repeat_ngram(logits, [4, 0], 1).tolist() == [inf, -1.0, 0.5, 3.0, inf, 1.0]
+    assert no_repeat_ngram(logits, [1, 2], 3).tolist() == logits.tolist()
 
 
 def test_self_speculative_equals_autoregressive_under_logits_processors():
@@ -547,57 +520,3 @@ def test_self_speculative_equals_autoregressive_under_logits_processors():
                     assert out.tokens == ar, (L, E, d, kw)
     assert changed >= 6  # of 8 settings: the processors bite
 
-
-def test_speculative_sampling_keeps_the_distribution_under_a_repetition_penalty():
-    """With temperature 1 and a repetition penalty of 3, the first two self-speculative tokens follow the full
-    model's penalised distribution (chi-square over 4,000 seeded runs under the 0.1% critical value), and not
-    the unpenalised one."""
-    V, prompt, penalty = 6, [1, 4, 2], 3.0
-    model = tiny_model(n_layers=3, vocab_size=V, seed=12, spread=4.0)
-
-    def joint(rep):  # exact joint distribution of the next two tokens under the full model
-        p = torch.zeros(V, V, dtype=torch.float64)
-        with torch.no_grad():
-            first = process(model(torch.tensor([prompt]))[0, -1], prompt, rep)
-            p1 = torch.softmax(first, -1)
-            for a in range(V):
-                second = process(model(torch.tensor([prompt + [a]]))[0, -1], prompt + [a], rep)
-                p[a] = p1[a] * torch.softmax(second, -1)
-        return p.flatten()
-
-    p_pen, p_plain = joint(penalty), joint(1.0)
-    assert 0.5 * (p_pen - p_plain).abs().sum() > 0.1  # the penalty really changes the distribution
-    N = 4000
-    counts = torch.zeros(V * V, dtype=torch.float64)
-    for s in range(N):
-        out = ls.generate(model, prompt, 2, strategy="self_speculative", exit_layer=1, num_speculations=3,
-                          temperature=1.0, seed=s, repetition_penalty=penalty).tokens
-        counts[out[0] * V + out[1]] += 1
-
-    stat, bound = chi_square(counts, p_pen)
-    assert stat < bound, (stat, bound)
-    assert chi_square(counts, p_plain)[0] > 5 * bound
-
-
-def test_exit_and_block_numbering():
-    """Exit E reads block E-1's output: the training loss of block l equals the CE of exit exit_of_block(l)."""
-    assert [ls.exit_of_block(l) for l in range(4)] == [1, 2, 3, 4]
-    assert [ls.block_of_exit(E) for E in (1, 2, 3, 4)] == [0, 1, 2, 3]
-    model = tiny_model(n_layers=4)
-    x = torch.randint(0, 32, (2, 9), generator=torch.Generator().manual_seed(0))
-    y = torch.randint(0, 32, (2, 9), generator=torch.Generator().manual_seed(1))
-    _, per_block = model(x, y, exit_weights={l: 0.25 for l in range(4)})
-    for l, ce in per_block.items():
-        h = model.run_blocks(model.tok_embeddings(x), 0, ls.exit_of_block(l))
-        expected = F.cross_entropy(model.head(h).flatten(0, 1), y.flatten())
-        torch.testing.assert_close(ce, expected.detach())
-
-
-def test_sampling_at_a_tiny_temperature_is_greedy():
-    """Temperature 1e-40 would overflow logits / T; subtracting the top logit first keeps it the argmax, no NaN."""
-    model = tiny_model(n_layers=3)
-    greedy = ls.generate(model, [1, 2, 3], 10).tokens
-    for strategy in ("autoregressive", "self_speculative"):
-        out = ls.generate(model, [1, 2, 3], 10, strategy=strategy, exit_layer=1, num_speculations=3,
-                          temperature=1e-40, seed=0)
-        assert out.tokens == greedy
