@@ -66,27 +66,58 @@ def run_batches(args, model, tok, setting: dict, prompts: list[str], peer=None) 
     whether every row equals autoregressive decoding, rounds, and the draft cost used."""
     sizes = sorted(set(args.batch_sizes))
     ids = [crop_prompt(model, tok.encode(p), args.max_new_tokens) for p in prompts]
-    base = setting.get("draft_cost")
     costs = {B: batch_costs(model, setting["exit_layer"], B) for B in sizes}
-    ratio = {B: costs[B]["cost_ratio"] for B in sizes}
-    settings = {B: dict(setting, draft_cost=round(min(1.0, base * ratio[B] / ratio[sizes[0]]), 3)) if base
-                else setting for B in sizes}
+    base = setting.get("draft_cost")  # the cost rule's draft cost at batch sizes[0], rescaled for the others
+    settings = {B: dict(setting, draft_cost=round(min(1.0, base * costs[B]["cost_ratio"] /
+                                                      costs[sizes[0]]["cost_ratio"]), 3)) if base else setting
+                for B in sizes}
+    decoders = batch_decoders(model, tok, settings, args.max_new_tokens, peer)
+    seconds, outputs, rounds = time_batches(decoders, ids, sizes, args.repeats)
+    tps = {key: [sum(map(len, outputs[key])) / s for s in secs] for key, secs in seconds.items()}
+    reference = outputs[("autoregressive", sizes[0])]
+    results = {}
+    for B in sizes:
+        row = {"draft_cost": settings[B].get("draft_cost"), "costs_ms": costs[B],
+               "tokens_per_round": sum(map(len, outputs[("self_speculative", B)])) / rounds[("self_speculative", B)],
+               "identical": all(outputs[(name, B)] == reference for name in ("autoregressive", "self_speculative")),
+               "speedup": statistics.median(s / a for s, a in zip(tps[("self_speculative", B)],
+                                                                   tps[("autoregressive", B)]))}
+        for name in decoders:
+            row[f"{name}_tokens_per_s"] = statistics.median(tps[(name, B)])
+            row[f"{name}_over_batch_{sizes[0]}"] = statistics.median(
+                b / a for b, a in zip(tps[(name, B)], tps[(name, sizes[0])]))
+        if peer is not None:
+            row["transformers_identical"] = outputs[(PEER_AR, B)] == reference
+        results[B] = row
+    return results
+
+
+def batch_decoders(model, tok, settings: dict, max_new_tokens: int, peer=None) -> dict:
+    """name -> decode(prompt ids, B) -> a Generation per prompt: ours autoregressive and self-speculative (with
+    batch size B's setting), and transformers' batched generate, B prompts a call (no rounds: it reports none)."""
     decoders = {"autoregressive": lambda prompts, B: ls.generate(
-                    model, prompts, args.max_new_tokens, eos_id=tok.stop_ids, batch_size=B),
+                    model, prompts, max_new_tokens, eos_id=tok.stop_ids, batch_size=B),
                 "self_speculative": lambda prompts, B: ls.generate(
-                    model, prompts, args.max_new_tokens, eos_id=tok.stop_ids, batch_size=B, **settings[B])}
+                    model, prompts, max_new_tokens, eos_id=tok.stop_ids, batch_size=B, **settings[B])}
     if peer is not None:
-        peer_chunk = peer_batch_decode(peer, tok.stop_ids)
+        chunk = peer_batch_decode(peer, tok.stop_ids)
         decoders[PEER_AR] = lambda prompts, B: [ls.Generation(tokens, 0.0, 0, 0, 0) for i in range(0, len(prompts), B)
-                                                for tokens in peer_chunk(prompts[i:i + B], args.max_new_tokens)]
+                                                for tokens in chunk(prompts[i:i + B], max_new_tokens)]
+    return decoders
+
+
+def time_batches(decoders: dict, ids: list, sizes: list, repeats: int):
+    """Every decoder on every prompt at every batch size, interleaved in rotating order, after a warm-up of each
+    batch shape: ({(name, B): seconds of each pass}, {(name, B): tokens of each prompt}, {(name, B): rounds}), the
+    last two from the first pass."""
     names = list(decoders)
     for name in names:
         for B in sizes:
             decoders[name](ids[:B], B)  # warm-up, every batch shape once
     seconds = {(name, B): [] for name in names for B in sizes}
     outputs, rounds = {}, {}
-    total, start = args.repeats * len(sizes) * len(names), time.time()
-    for r in range(args.repeats):
+    total, start = repeats * len(sizes) * len(names), time.time()
+    for r in range(repeats):
         for c, B in enumerate(sizes):
             k = (r * len(sizes) + c) % len(names)
             for j, name in enumerate(names[k:] + names[:k]):
@@ -97,26 +128,10 @@ def run_batches(args, model, tok, setting: dict, prompts: list[str], peer=None) 
                     outputs[(name, B)] = [g.tokens for g in out]
                     rounds[(name, B)] = sum(g.rounds for g in out)
                 done = (r * len(sizes) + c) * len(names) + j + 1
-                print(f"\r  pass {r + 1}/{args.repeats}, batch {B}, {name}: ETA "
+                print(f"\r  pass {r + 1}/{repeats}, batch {B}, {name}: ETA "
                       f"{(time.time() - start) / done * (total - done):.0f} s      ", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    tps = {key: [sum(map(len, outputs[key])) / s for s in secs] for key, secs in seconds.items()}
-    reference = outputs[("autoregressive", sizes[0])]
-    results = {}
-    for B in sizes:
-        row = {"draft_cost": settings[B].get("draft_cost"), "costs_ms": costs[B],
-               "tokens_per_round": sum(map(len, outputs[("self_speculative", B)])) / rounds[("self_speculative", B)],
-               "identical": all(outputs[(name, B)] == reference for name in ("autoregressive", "self_speculative")),
-               "speedup": statistics.median(s / a for s, a in zip(tps[("self_speculative", B)],
-                                                                   tps[("autoregressive", B)]))}
-        for name in names:
-            row[f"{name}_tokens_per_s"] = statistics.median(tps[(name, B)])
-            row[f"{name}_over_batch_{sizes[0]}"] = statistics.median(
-                b / a for b, a in zip(tps[(name, B)], tps[(name, sizes[0])]))
-        if peer is not None:
-            row["transformers_identical"] = outputs[(PEER_AR, B)] == reference
-        results[B] = row
-    return results
+    return seconds, outputs, rounds
 
 
 def print_batches(results: dict, n_prompts: int, max_new_tokens: int, repeats: int):
@@ -138,7 +153,7 @@ def print_batches(results: dict, n_prompts: int, max_new_tokens: int, repeats: i
 
 def print_batch_costs(results: dict):
     """The pieces of a round at each batch size, in autoregressive steps of that batch size: what the speedup is
-    made of (bench.batch_costs)."""
+    made of (batch_costs)."""
     print("\nThe pieces of a round, per batch size (rows at different lengths), in autoregressive steps of that batch:")
     print("| batch | autoregressive step | draft step | verification, no drafts | verification, 4 drafts | draft cost |")
     print("|---:|---:|---:|---:|---:|---:|")

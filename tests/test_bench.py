@@ -239,8 +239,6 @@ BENCH_BAD = [  # (argv after --checkpoint CKPT --baseline '', what the one line 
     (["--sweep", "--sweep_specs", "64"], "the sweep tries d, 2d and 4d"),
     (["--sweep", "--sweep_exits", "9"], "--sweep_exits 9 is out of range"),
     (["--sweep", "--out_dir", "{tmp}/a_file"], "--out_dir"),
-    (["--batch_sizes", "4", "--n_prompts", "2", "--prompts", "shakespeare"], "--batch_sizes 4 needs at least that"),
-    (["--batch_sizes", "2", "--sweep"], "--batch_sizes is a run of its own"),
     (["--prompts", "nosuchset"], "--prompts nosuchset: not humaneval, dev, shakespeare or an existing text file"),
     (["--prompts", "{tmp}/binary.pt"], "not UTF-8 text"),
     (["--prompts", "{tmp}/empty.txt"], "has no prompts"),
