@@ -84,7 +84,9 @@ def test_pieces_stream_round_by_round_and_rebuild_the_generated_text(app, tiny_c
     model, tok = app.models.get(str(tiny_checkpoint))
     settings = Settings(strategy="self_speculative", exit_layer=2, num_speculations=4, eos_id=tok.stop_ids)
     want, g = expected(app, tiny_checkpoint, CODE, 48, settings)
-    events = list(app.decode_pieces(model, tok, tok.encode(CODE), 48, settings))
+    ids = tok.encode(CODE)
+    events = list(demo_app.rounds_as_pieces(ls.generate_stream(model, ids, 48, settings), tok, ids, len(ids) + 48,
+                                            "bonus"))
     previous = []
     for r, ((pieces, text, so_far, _), event) in enumerate(zip(events, g.events, strict=True), start=1):
         assert pieces[:len(previous)] == previous and so_far.rounds == r
