@@ -19,17 +19,6 @@ CODE = 'class Greeter:\n    """Say hello."""\n\n    def __init__(self, name):\n 
        'spaces\n\n\tdef tabbed(self):\n\t\treturn "tab-indented"\n\n\n\n'
 
 
-def test_tokenizer_ids_follow_llama2_and_round_trip_code(tiny_tokenizer):
-    """unk 0 '<unk>', bos 1 '<s>', eos 2 '</s>', no pad; encode -> decode gives back code exactly (indentation, tabs,
-    blank lines, characters never seen in training), never through <unk> (byte fallback)."""
-    sp = tiny_tokenizer.sp
-    assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"] and sp.pad_id() == -1
-    assert (sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2)
-    for text in [CODE, "  leading spaces\n\n\n\ttab\ttab  \n", "naïve café ☃ 😀 \r\n", "\n"]:
-        ids = sp.encode(text)
-        assert sp.decode(ids) == text and 0 not in ids
-
-
 def test_prepare_writes_every_document_into_train_and_val(tmp_path, capsys):
     """`data/prepare.py --input GLOB` trains a tokenizer, and train.bin + val.bin are exactly the files, sorted, each
     encoded as [bos] + ids + [eos]; val starts at a document; meta.json counts them."""

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.integration
 
 # Meta key names by Hugging Face key, written out here independently of model_io.HF_TO_META.
 HF_TO_META = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
-              "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1", "mlp.up_proj": "feed_forward.w3",
-              "mlp.down_proj": "feed_forward.w2", "input_layernorm": "attention_norm",
+              "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1",
+              "mlp.up_proj": "feed_forward.w3", "mlp.down_proj": "feed_forward.w2", "input_layernorm": "attention_norm",
               "post_attention_layernorm": "ffn_norm", "model.embed_tokens": "tok_embeddings", "model.norm": "norm",
               "lm_head": "output"}
 SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1, "tok_embeddings": 1}
@@ -175,15 +175,20 @@ def test_tiktoken_tokenizer_ids_and_round_trip(tmp_path):
     assert again.encode(text) == tok.encode(text) and again.stop_ids == tok.stop_ids
 
 
-def test_sentencepiece_tokenizer_round_trip(tmp_path, tiny_tokenizer):
-    """The sentencepiece tokenizer: Llama 2 ids, exact round trip, pieces that keep leading spaces."""
-    tok = tiny_tokenizer
+def test_sentencepiece_tokenizer(tmp_path, tiny_tokenizer):
+    """data/prepare.py's tokenizer: Llama 2's ids (unk 0, bos 1, eos 2, no pad); code, runs of spaces, tabs, blank
+    lines and characters never seen round-trip exactly, never through <unk> (byte fallback); pieces keep their
+    leading spaces; it reloads from its file and from a checkpoint's dict."""
+    tok, sp = tiny_tokenizer, tiny_tokenizer.sp
+    assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"] and sp.pad_id() == -1
     assert (tok.bos_id, tok.eos_id, tok.stop_ids, tok.vocab_size) == (1, 2, {2}, 600)
+    code = "class A:\n    def f(self):  # two  spaces\n\n\n\tdef g():\n\t\treturn 'x'\n"
+    for text in [code, "naïve ☃ 😀 \r\n", "\n"]:
+        ids = tok.encode(text)
+        assert ids[0] == 1 and tok.decode(ids) == text and 0 not in ids
     text = "First Citizen:\n  Speak, speak."
     ids = tok.encode(text)
-    assert ids[0] == 1 and tok.decode(ids) == text
-    context, rest = ids[:4], ids[4:]
-    assert "".join(token_texts(tok, rest, context)) == text[len(tok.decode(context)):]
+    assert "".join(token_texts(tok, ids[4:], ids[:4])) == text[len(tok.decode(ids[:4])):]
     (tmp_path / "tokenizer.model").write_bytes(tok.model_proto)
     assert model_io.load_tokenizer_model(tmp_path / "tokenizer.model").encode(text) == ids
     assert model_io.tokenizer_from_dict(tok.to_dict()).encode(text) == ids
@@ -274,15 +279,11 @@ def broken(tmp_path_factory, tiny_tokenizer, tiny_checkpoint, untied_hf):
     heads = write_hf(untied_hf, d / "head-dim", proto)
     (heads / "config.json").write_text(json.dumps({**json.loads((heads / "config.json").read_text()), "head_dim": 32}))
     write_meta(untied_hf, d / "meta-empty-tok", b"")
-    write_hf(untied_hf, d / "hf-empty-tok", b"\n")
-    for name, index in (("no-json", '{"weight_map": {"model.norm.weight": '), ("no-map", '{"metadata": {}}'),
-                        ("not-object", "[]")):
-        sharded = write_hf(untied_hf, d / f"index-{name}", proto, max_shard_size="100KB")
-        (sharded / "model.safetensors.index.json").write_text(index)
+    sharded = write_hf(untied_hf, d / "index-no-json", proto, max_shard_size="100KB")
+    (sharded / "model.safetensors.index.json").write_text('{"weight_map": {"model.norm.weight": ')
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
     torch.save({k: v for k, v in ckpt.items() if k != "model_args"}, d / "no_args.pt")
     torch.save(dict(ckpt, tokenizer={"kind": "sentencepiece", "model": b"\0garbage"}), d / "bad_tok.pt")
-    torch.save(dict(ckpt, tokenizer={"kind": "sentencepiece"}), d / "no_tok.pt")
     return d
 
 
@@ -298,13 +299,9 @@ BROKEN = [  # (path in the broken folder, what the error says)
     ("unknown-key", r"does not know: \['model.layers.0.self_attn.q_norm.weight'\]"),
     ("head-dim", "head_dim 32 x 4 heads != hidden_size 64"),
     ("meta-empty-tok", "meta-empty-tok/tokenizer.model: the file is empty"),
-    ("hf-empty-tok", "hf-empty-tok/tokenizer.model: the file is empty"),
     ("index-no-json", "index-no-json/model.safetensors.index.json: not valid JSON"),
-    ("index-no-map", "index-no-map/model.safetensors.index.json: no weight_map"),
-    ("index-not-object", "index-not-object/model.safetensors.index.json: not a JSON object"),
     ("no_args.pt", "no_args.pt: a layerskip checkpoint without model_args"),
     ("bad_tok.pt", r"bad_tok.pt: its tokenizer cannot be loaded \(RuntimeError"),
-    ("no_tok.pt", r"no_tok.pt: its tokenizer cannot be loaded \(KeyError"),
 ]
 
 
