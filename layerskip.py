@@ -13,6 +13,8 @@ Read it top to bottom, in the paper's order:
   5. sampling and the acceptance rule of speculative decoding
   6. decoding: autoregressive, early exit, and self-speculative (draft with blocks 0..E-1, verify with E..L-1)
   7. the logit lens: what every exit would predict, and how many layers a token really needs
+How to decode is a Settings (settings.py, beside this file): the paper's knobs, every range written once, and what
+goes beyond the paper (stop rules that end drafting early, logits processors), which the loop takes as hooks.
 
 Two numberings meet in this file, and they differ by one:
   - block index l = 0..L-1 (the paper's eq. 1-6): x_{l+1} = x_l + f_l(x_l) is the output of block l; training
@@ -33,7 +35,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from settings import Settings
-
 
 
 def exit_of_block(l: int) -> int:
@@ -121,15 +122,6 @@ def apply_rope(x, rotations):
     torch.compile runs this one op eagerly). x: [B, T, H, D]; rotations: [T, D/2], or [B, T, D/2] per row."""
     pairs = torch.view_as_complex(at_least_fp32(x).unflatten(-1, (-1, 2)))  # [B, T, H, D/2]
     return torch.view_as_real(pairs * rotations[..., None, :]).flatten(-2).type_as(x)
-
-
-def attention_mask(T: int, S: int, dtype, device):
-    """Additive mask for T new queries after S - T cached keys: query i sees keys 0..S-T+i. None where SDPA needs
-    no mask (one query sees everything; no past: is_causal does it)."""
-    if T == 1 or S == T:
-        return None
-    allowed = torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
-    return torch.zeros(T, S, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
 
 
 class Attention(nn.Module):
@@ -376,9 +368,13 @@ class Positions:
         return table[self.index.clamp(max=self.context - 1)]  # only padding can be past the window: any angle
 
     def mask(self, dtype):
-        """The attention mask over keys 0..end-1 (None where SDPA's is_causal, or nothing, does it)."""
+        """Which keys 0..end-1 each new query sees: its own row's, up to its own position. None where SDPA needs no
+        mask (one query sees every key; without a past, is_causal does it)."""
         if self.index is None:
-            return attention_mask(self.T, self.end, dtype, self.device)
+            if self.T == 1 or self.end == self.T:
+                return None
+            allowed = torch.ones(self.T, self.end, dtype=torch.bool, device=self.device).tril(self.end - self.T)
+            return torch.zeros(self.T, self.end, dtype=dtype, device=self.device).masked_fill(~allowed, float("-inf"))
         keys = torch.arange(self.end, device=self.index.device)
         return (keys <= self.index[..., None])[:, None]  # [B, 1, T, S]: causal within each row's own length
 
