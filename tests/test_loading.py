@@ -20,10 +20,10 @@ pytestmark = pytest.mark.integration
 
 # Meta key names by Hugging Face key, written out here independently of model_io.HF_TO_META.
 HF_TO_META = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
-              "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1",
-              "mlp.up_proj": "feed_forward.w3", "mlp.down_proj": "feed_forward.w2", "input_layernorm": "attention_norm",
-              "post_attention_layernorm": "ffn_norm", "model.embed_tokens": "tok_embeddings", "model.norm": "norm",
-              "lm_head": "output"}
+              "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
+              "mlp.gate_proj": "feed_forward.w1", "mlp.up_proj": "feed_forward.w3", "mlp.down_proj": "feed_forward.w2",
+              "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm",
+              "model.embed_tokens": "tok_embeddings", "model.norm": "norm", "lm_head": "output"}
 SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1, "tok_embeddings": 1}
 ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64}  # with head_dim 16, this scales the slow, blends the middle bands
@@ -114,14 +114,6 @@ def test_a_llama_layout_gives_transformers_logits_and_greedy_tokens(tmp_path, ti
                              pad_token_id=0)[0, len(ids):].tolist()
     ours = ls.generate(model, ids, 24, eos_id=tok.eos_id).tokens
     assert ours == theirs[:len(ours)] and (len(ours) == 24 or ours[-1] == tok.eos_id)
-
-
-def test_unpermute_inverts_transformers_permute():
-    """model_io.unpermute undoes convert_llama_weights_to_hf.permute: rows of each head go back to Meta's order."""
-    w = torch.arange(8 * 3, dtype=torch.float32).view(8, 3)  # 2 heads of head_dim 4, 3 input columns
-    hf = w.view(2, 4 // 2, 2, 3).transpose(1, 2).reshape(8, 3)  # transformers' permute
-    assert hf[:, 0].tolist() == [0, 6, 3, 9, 12, 18, 15, 21]  # even channels first, then odd, per head
-    assert torch.equal(model_io.unpermute(hf, 2), w)
 
 
 def test_meta_rope_scaling_factor_and_context_defaults():
