@@ -241,7 +241,7 @@ def test_early_exit_is_the_shared_head_on_block_output():
 
 
 def test_self_speculative_greedy_equals_autoregressive():
-    """Token for token, across random models x every exit 1..L-1 x d = 1..8 x prompt lengths, with max_new_tokens
+    """Token for token, across random models x every exit 1..L-1 x d in 1, 2, 3, 5, 8 x prompt lengths, with max_new_tokens
     ending mid-round and with two stop ids (Llama 3 stops at <|end_of_text|> or <|eot_id|>): EOS inside a draft,
     accepted in a draft, and decoding ends at the first of them."""
     eos_inside_draft = eos_accepted_in_draft = 0
@@ -255,7 +255,7 @@ def test_self_speculative_greedy_equals_autoregressive():
             ar_eos = ls.generate(model, prompt, 13, eos_id=stops).tokens
             assert ar_eos == ar[:min(i for i, t in enumerate(ar) if t in stops) + 1]
             for E in range(1, L):
-                for d in range(1, 9):
+                for d in (1, 2, 3, 5, 8):
                     out = ls.generate(model, prompt, 13, strategy="self_speculative", exit_layer=E,
                                       num_speculations=d)
                     assert out.tokens == ar, (L, plen, E, d)
