@@ -356,12 +356,3 @@ def test_llama_bpe_pre_tokenizer_splits_as_llama3s_pattern():
     pre = tokenizers.pre_tokenizers.Sequence(steps)
     for text in ["I'LL say it's 123456 times\n\n  x = f(a,b)  \r\n\tend  ", "naïve 日本語 don't 1.5e-3!!\n"]:
         assert [p for p, _ in pre.pre_tokenize_str(text)] == regex.findall(model_io.LLAMA3_PAT_STR, text)
-
-
-def test_chat_text_encodes_control_tokens_as_single_ids(tiny_tokenizer):
-    """A rendered chat template's "<s>" / "</s>" are the control ids with special=True (sentencepiece alone would
-    spell them out), and plain text is unchanged."""
-    tok = tiny_tokenizer
-    plain = tok.encode("hi there", bos=False)
-    assert tok.encode("<s>hi there</s>", bos=False, special=True) == [1] + plain + [2]
-    assert 1 not in tok.encode("<s>hi", bos=False) and tok.encode("hi there", bos=False, special=True) == plain

@@ -170,7 +170,7 @@ def test_tiktoken_tokenizer_ids_and_round_trip(tmp_path):
 def test_sentencepiece_tokenizer(tmp_path, tiny_tokenizer):
     """data/prepare.py's tokenizer: Llama 2's ids (unk 0, bos 1, eos 2, no pad); code, runs of spaces, tabs, blank
     lines and characters never seen round-trip exactly, never through <unk> (byte fallback); pieces keep their
-    leading spaces; it reloads from its file and from a checkpoint's dict."""
+    leading spaces; "<s>" is text unless asked (special=True); it reloads from its file and a checkpoint's dict."""
     tok, sp = tiny_tokenizer, tiny_tokenizer.sp
     assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"] and sp.pad_id() == -1
     assert (tok.bos_id, tok.eos_id, tok.stop_ids, tok.vocab_size) == (1, 2, {2}, 600)
@@ -181,6 +181,9 @@ def test_sentencepiece_tokenizer(tmp_path, tiny_tokenizer):
     text = "First Citizen:\n  Speak, speak."
     ids = tok.encode(text)
     assert "".join(token_texts(tok, ids[4:], ids[:4])) == text[len(tok.decode(ids[:4])):]
+    plain = tok.encode("hi there", bos=False)  # a chat template's "<s>"/"</s>": control ids only with special=True
+    assert tok.encode("<s>hi there</s>", bos=False, special=True) == [1] + plain + [2]
+    assert 1 not in tok.encode("<s>hi", bos=False) and tok.encode("hi there", bos=False, special=True) == plain
     (tmp_path / "tokenizer.model").write_bytes(tok.model_proto)
     assert model_io.load_tokenizer_model(tmp_path / "tokenizer.model").encode(text) == ids
     assert model_io.tokenizer_from_dict(tok.to_dict()).encode(text) == ids
