@@ -9,7 +9,6 @@ shipped model:
 import os
 import re
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -102,7 +101,6 @@ def test_pieces_stream_round_by_round_and_rebuild_the_generated_text(app, tiny_c
     corrections = sum(e.token is not None and e.accepted < len(e.drafted) for e in g.events)
     assert kinds.count("correction") == corrections > 0 and kinds.count("bonus") == g.rounds - corrections > 0
     assert text == want == "".join(t for t, kind, _ in pieces if kind != "rejected") and len(g.tokens) == 48
-    assert demo_app.KINDS["correction"][0] != demo_app.KINDS["bonus"][0]  # told apart on screen and in the legend
     legend = demo_app.render_text("", [], "self_speculative")
     assert re.findall(r'<span class="key (\w+)">', legend) == ["accepted", "correction", "bonus", "rejected"]
 
@@ -114,10 +112,12 @@ def test_pieces_stream_round_by_round_and_rebuild_the_generated_text(app, tiny_c
 ])
 def test_generate_event_streams_html_and_ends_on_generates_text(app, tiny_checkpoint, settings):
     """Generate streams (text HTML, stats HTML, text) and ends on layerskip.generate's decoded text for every
-    strategy, greedy or sampled; its spans carry the strategy's kinds; the cards are the Generation's numbers."""
+    strategy, greedy or sampled; the cards are its Generation's numbers; the spans carry kinds of the legend, and
+    stripping the tags, the rejected drafts and their counts gives back exactly the escaped prompt + continuation."""
     kw = dict(exit_layer=2, num_speculations=4, temperature=0.0, top_p=1.0, seed=0) | settings
-    want, g = expected(app, tiny_checkpoint, VERSE, 24, **kw)
-    updates = list(app.generate(str(tiny_checkpoint), VERSE, max_new_tokens=24, stop_rule="fixed", **kw))
+    prompt = "if a < b:\n    return"
+    want, g = expected(app, tiny_checkpoint, prompt, 24, **kw)
+    updates = list(app.generate(str(tiny_checkpoint), prompt, max_new_tokens=24, stop_rule="fixed", **kw))
     assert len(updates) == g.rounds + 2  # an empty frame, one per round, the final one
     assert {error for *_, error in updates} == {""}  # no error: the error place stays empty (hidden)
     out, stats, text, _ = updates[-1]
@@ -125,20 +125,11 @@ def test_generate_event_streams_html_and_ends_on_generates_text(app, tiny_checkp
     if kw["strategy"] == "self_speculative":
         assert f'<div class="v">{g.acceptance_rate:.0%}</div><div class="k">acceptance rate</div>' in stats
         assert f'<div class="v">{g.tokens_per_round:.2f}</div><div class="k">tokens/round</div>' in stats
-    assert set(demo_app.LEGEND[kw["strategy"]]) >= {k for k, _ in spans(out)} != set()
-
-
-def test_output_is_contiguous_escaped_text(app, tiny_checkpoint):
-    """The HTML is the escaped prompt followed by one span per piece: stripping the tags, the rejected drafts and
-    their counts gives back exactly prompt + continuation, with '<' and newlines intact."""
-    prompt = "if a < b:\n    return"
-    *_, (out, _, text, _) = app.generate(str(tiny_checkpoint), prompt, "self_speculative", 2, 4, "fixed",
-                                         max_new_tokens=32)
-    _, tok = app.models.get(str(tiny_checkpoint))
+    assert set(re.findall(r'<span class="key (\w+)">', out)) >= {k for k, _ in spans(out)} != set()
     body = re.sub(r'<span class="ls-tok rejected"[^>]*>.*?</span>|<sup class="\w+">.*?</sup>', "",
                   out.split('<div class="ls-text">')[1], flags=re.S)
-    assert unescape(re.sub(r"<[^>]+>", "", body)) == tok.decode(tok.encode(prompt)) + text
-    assert "if a &lt; b:\n    return" in out
+    tok = app.models.get(str(tiny_checkpoint))[1]
+    assert unescape(re.sub(r"<[^>]+>", "", body)) == tok.decode(tok.encode(prompt)) + text and "a &lt; b:\n" in out
 
 
 def test_rejected_drafts_sit_together_counted_and_capped():
@@ -443,17 +434,16 @@ def demo_checkpoint(tiny_checkpoint):
 
 
 def launch(config):
-    """A Demo and its app, served headless on a free local port: (demo, url, the Blocks to close)."""
+    """(Demo, url, its Blocks to close): the app served headless on a free local port."""
     demo = demo_app.Demo(config)
     blocks = demo.build()
-    _, url, _ = blocks.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
-    return demo, url, blocks
+    return demo, blocks.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)[1], blocks
 
 
 @pytest.fixture(scope="module")
 def served(demo_checkpoint):
-    """(Demo, url): the demo as `python demo_app.py` serves it, batching, on one torch thread (with two, and
-    Chromium busy on the same two cores, the sweep's timings are not the ones a user sees)."""
+    """(Demo, url): the app as `python demo_app.py` serves it, batching, on one torch thread (with two, and Chromium
+    busy on the same two cores, the sweep's timings are not the ones a user sees)."""
     import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -463,73 +453,50 @@ def served(demo_checkpoint):
     torch.set_num_threads(threads)
 
 
-def generate_py(checkpoint, prompt, *flags):
-    """The continuation `python generate.py` prints for these flags (piped: plain text between two rules)."""
-    out = subprocess.run([sys.executable, str(ROOT / "generate.py"), "--checkpoint", str(checkpoint), "--prompt",
-                          prompt, *map(str, flags)], capture_output=True, text=True, check=True, cwd=ROOT,
-                         env=dict(os.environ, OMP_NUM_THREADS="1")).stdout
-    text = out.split("-" * 80 + "\n")[1]
-    assert text.startswith(prompt) and text.endswith("\n")
-    return text[len(prompt):-1]
-
-
-def api_clients(url, requests):
-    """Each request (the /generate keyword arguments) from its own client, all released at once: the last outputs."""
-    from gradio_client import Client
-    clients, results, gate = [Client(url, verbose=False) for _ in requests], [None] * len(requests), \
-        threading.Barrier(len(requests))
-
-    def run(i):
-        gate.wait()
-        results[i] = clients[i].submit(**requests[i], api_name="/generate").result(timeout=300)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    return results
-
-
 def test_gradio_client_streams_and_concurrent_clients_are_batched(served, tiny_checkpoint):
-    """Over HTTP, /generate streams growing updates whose last text equals generate.py's (and layerskip.generate's);
-    twelve clients at once, at several settings, are none refused, each gets exactly its prompt's text decoded
-    alone, and the server decoded them in batches (its batcher joined several requests into one)."""
+    """Over HTTP, /generate streams growing updates whose last text equals layerskip.generate's; twelve clients at
+    once, at three settings, none refused, each get exactly their prompt's text decoded alone, and the server
+    decoded them in batches (its batcher joined several requests into one)."""
     from gradio_client import Client
-    demo, url = served
-    ck = str(tiny_checkpoint)
+    (demo, url), ck = served, str(tiny_checkpoint)
     job = Client(url, verbose=False).submit(checkpoint=ck, prompt=CODE, exit_layer=2, num_speculations=3,
                                             stop_rule="fixed", max_new_tokens=20, api_name="/generate")
     streamed = [o[2] for o in job]
     assert len(streamed) >= 4 and all(a == b[:len(a)] for a, b in zip(streamed, streamed[1:]))  # each extends the last
-    want = expected(demo, ck, CODE, 20, strategy="self_speculative", exit_layer=2, num_speculations=3)[0]
-    assert streamed[-1] == want == generate_py(ck, CODE, "--exit", 2, "--num_speculations", 3, "--max_new_tokens",
-                                               20, "--seed", 0)
-    settings = [dict(strategy="self_speculative", exit_layer=2, num_speculations=3), dict(strategy="autoregressive"),
-                dict(strategy="early_exit", exit_layer=3)]
-    requests = [dict(checkpoint=ck, prompt=CODE[:8 + 3 * i], stop_rule="fixed", max_new_tokens=12,
-                     **({"num_speculations": 3} | settings[i % 3])) for i in range(12)]
+    assert streamed[-1] == expected(demo, ck, CODE, 20, strategy="self_speculative", exit_layer=2,
+                                    num_speculations=3)[0]
+    settings = [dict(strategy="self_speculative", exit_layer=2, num_speculations=3),
+                dict(strategy="autoregressive", num_speculations=3), dict(strategy="early_exit", exit_layer=3)]
+    asks = [dict(prompt=CODE[:8 + 3 * i], **settings[i % 3]) for i in range(12)]
+    clients, results, gate = [Client(url, verbose=False) for _ in asks], [None] * 12, threading.Barrier(12)
     demo.batcher.largest = 0  # the largest batch from here on
-    results = api_clients(url, requests)
-    for r, result in zip(requests, results):
-        s = {k: r[k] for k in ("strategy", "exit_layer", "num_speculations") if k in r}
-        assert result[3] == "" and result[2] == expected(demo, ck, r["prompt"], 12, **s)[0], r
+
+    def run(i):
+        gate.wait()
+        results[i] = clients[i].submit(checkpoint=ck, stop_rule="fixed", max_new_tokens=12, **asks[i],
+                                       api_name="/generate").result(timeout=300)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert [r[2:] for r in results] == [(expected(demo, ck, ask.pop("prompt"), 12, **ask)[0], "") for ask in asks]
     assert demo.batcher.largest > 1
 
 
 def test_api_refuses_bad_values_and_unserved_paths_in_one_line(served, tiny_checkpoint, tmp_path, capfd):
     """Over HTTP, /generate takes the README's arguments in its order; a bad value (a bogus strategy, text for a
     number, an unknown stop rule, no chat template) gets one update whose error names it, the other outputs left
-    alone; /compare and /sweep too; any path outside the served ones gets the same refusal from /generate and
+    alone; /compare and /sweep too; a path outside the served ones gets the same refusal from /generate and
     /model_info, whether it exists or not. The server prints no traceback for any of it."""
     from gradio_client import Client
-    client = Client(served[1], verbose=False)
-    names = [p["parameter_name"] for p in client.view_api(return_format="dict")["named_endpoints"]["/generate"]
-             ["parameters"]]
-    assert names == ["checkpoint", "prompt", "strategy", "exit_layer", "num_speculations", "stop_rule",
-                     "draft_threshold", "draft_cost", "draft_gamma", "temperature", "top_p", "max_new_tokens", "seed",
-                     "rejected", "repetition_penalty", "no_repeat_ngram_size", "chat"]
-    ck = str(tiny_checkpoint)
+    client, ck = Client(served[1], verbose=False), str(tiny_checkpoint)
+    api = client.view_api(return_format="dict")["named_endpoints"]
+    assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == [
+        "checkpoint", "prompt", "strategy", "exit_layer", "num_speculations", "stop_rule", "draft_threshold",
+        "draft_cost", "draft_gamma", "temperature", "top_p", "max_new_tokens", "seed", "rejected",
+        "repetition_penalty", "no_repeat_ngram_size", "chat"]
     capfd.readouterr()
     for message, change in {"unknown strategy 'beam'": dict(strategy="beam"),
                             "temperature must be 0 or a number in [0.01, 100] (0 = greedy), got 'hot'":
@@ -551,23 +518,22 @@ def test_api_refuses_bad_values_and_unserved_paths_in_one_line(served, tiny_chec
 
 
 def test_readme_api_example_runs_and_surfaces_errors(served, tiny_checkpoint, capsys):
-    """The README's API example, pointed at a served app, prints the continuation that the app's own defaults (its
-    first model's stored setting) decode; with a value the client cannot even send (NaN), the same pattern raises
+    """The README's API example, pointed at a served app, prints the continuation that the app's defaults (its
+    first model's stored setting) decode; with a value the client cannot send (NaN), the same pattern raises
     instead of waiting forever."""
+    from gradio_client import Client
     demo, url = served
-    readme = (ROOT / "README.md").read_text()
-    code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "gradio_client" in b)
-    code = code.replace("http://127.0.0.1:7860", url)
+    code = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+                if "gradio_client" in b).replace("http://127.0.0.1:7860", url)
     assert "job.result()" in code
     exec(compile(code, "README.md", "exec"), {})
-    model, _ = demo.models.get(str(tiny_checkpoint))
     want, _ = expected(demo, tiny_checkpoint, eval(re.search(r'prompt=("[^"]*")', code)[1]), 64,
-                       demo_app.read_settings(model))
+                       demo_app.read_settings(demo.models.get(str(tiny_checkpoint))[0]))
     assert capsys.readouterr().out.endswith("\n" + want + "\n")  # after the client's "Loaded as API: ..." line
-    from gradio_client import Client
     failed = []
-    t = threading.Thread(target=lambda: failed.append(pytest.raises(Exception, Client(url, verbose=False).submit(
-        prompt="x", temperature=float("nan"), api_name="/generate").result)), daemon=True)
+    job = Client(url, verbose=False).submit
+    t = threading.Thread(target=lambda: failed.append(pytest.raises(
+        Exception, lambda: job(prompt="x", temperature=float("nan"), api_name="/generate").result())), daemon=True)
     t.start()
     t.join(timeout=60)
     assert not t.is_alive() and failed  # gradio_client cannot encode NaN: an error, not a hang
@@ -584,33 +550,27 @@ def test_api_defaults_are_the_stored_setting():
     finally:
         blocks.close()
     rec = demo.models.get(demo_app.DEFAULT_CHECKPOINT)[0].metadata["recommended"]
-    stored = dict(checkpoint=demo_app.DEFAULT_CHECKPOINT, prompt=demo_app.example_prompts()[0],
-                  exit_layer=rec["exit_layer"], num_speculations=rec["num_speculations"], stop_rule="cost",
-                  draft_cost=rec["draft_cost"], draft_gamma=rec["draft_gamma"])
+    stored = dict(checkpoint=demo_app.DEFAULT_CHECKPOINT, prompt=demo_app.example_prompts()[0], stop_rule="cost",
+                  **{k: rec[k] for k in ("exit_layer", "num_speculations", "draft_cost", "draft_gamma")})
     assert (stored["exit_layer"], stored["num_speculations"], stored["draft_cost"]) == (4, 24, 0.122)
     for endpoint in ("/generate", "/compare", "/sweep"):
-        defaults = {p["parameter_name"]: p["parameter_default"] for p in api[endpoint]["parameters"]}
         assert all(p["parameter_has_default"] for p in api[endpoint]["parameters"]), endpoint
+        defaults = {p["parameter_name"]: p["parameter_default"] for p in api[endpoint]["parameters"]}
         assert {k: defaults[k] for k in stored} == stored, endpoint
         assert defaults.get("strategy", "self_speculative") == "self_speculative"
 
 
 @pytest.mark.skipif(os.environ.get("LAYERSKIP_SLOW") != "1",
                     reason="times the shipped model at 17 exits (about a minute): LAYERSKIP_SLOW=1 to run it")
-def test_sweep_with_its_defaults_finds_an_early_exit_clearly_faster():
-    """On a fresh server, /sweep called with its own defaults (the shipped model, the first example prompt, the
-    stored d and cost-model stop rule) names an exit between 2 and 8 fastest, at 1.3x or more, and never the E=L
-    sanity row."""
-    import torch
+def test_sweep_with_its_defaults_finds_an_early_exit_clearly_faster(served):
+    """On a fresh server, /sweep with its own defaults (the shipped model, the first example prompt, the stored d
+    and cost-model stop rule) names an exit between 2 and 8 fastest, at 1.3x or more, never the E=L sanity row."""
     from gradio_client import Client
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    _, url, blocks = launch(demo_app.Config())
+    _, url, blocks = launch(demo_app.Config())  # on one torch thread, as `served` set it
     try:
-        acceptance, speedup, note, error = Client(url, verbose=False).predict(api_name="/sweep")
+        *_, note, error = Client(url, verbose=False).predict(api_name="/sweep")
     finally:
         blocks.close()
-        torch.set_num_threads(threads)
     text = re.sub(r"<[^>]+>", "", note)
     best = re.search(r"Fastest: exit (\d+), ([\d.]+)×", text)
     assert error == "" and best and 2 <= int(best[1]) <= 8 and float(best[2]) >= 1.3, text
@@ -649,10 +609,10 @@ def open_page(browser, url, width, wait=True):
     return page
 
 
-def in_view(page, selector, height=800):
-    """How many pixels of the element show in a viewport `height` high, at the page's top (no scrolling)."""
+def in_view(page, selector):
+    """How many pixels of the element show in the 800 px high viewport, at the page's top (no scrolling)."""
     box = page.locator(selector).bounding_box()
-    return min(box["y"] + box["height"], height) - max(box["y"], 0)
+    return min(box["y"] + box["height"], 800) - max(box["y"], 0)
 
 
 def screenshot(tmp_path, name):
@@ -662,9 +622,9 @@ def screenshot(tmp_path, name):
 
 def shown_text(page):
     """The text the output shows without its rejected drafts and their counts: the prompt and the continuation."""
-    return page.locator("#out .ls-text").evaluate(
-        "e => { const c = e.cloneNode(true); c.querySelectorAll('.ls-rej').forEach(r => r.remove());"
-        " return c.textContent; }")
+    return page.locator("#out .ls-text").evaluate("e => { const c = e.cloneNode(true); "
+                                                  "c.querySelectorAll('.ls-rej').forEach(r => r.remove()); "
+                                                  "return c.textContent; }")
 
 
 def click_generate(page):
@@ -678,22 +638,21 @@ def number_box(page, elem_id):
     return page.locator(f"#{elem_id} input[type=number]")
 
 
+BOXES = dict(exit_layer="exit_layer", num_speculations="num_spec", draft_threshold="threshold",
+             draft_cost="draft_cost", draft_gamma="draft_gamma")  # setting -> the elem_id of its box
+
+
 def shown_settings(page) -> dict:
-    """The exit, d and stop rule the page's controls show, with the values of the boxes of that rule."""
-    shown = dict(exit_layer=number_box(page, "exit_layer").input_value(),
-                 num_speculations=number_box(page, "num_spec").input_value(),
-                 stop_rule=page.locator("#stop_rule input:checked").get_attribute("value"))
-    for key, box in (("draft_threshold", "threshold"), ("draft_cost", "draft_cost"), ("draft_gamma", "draft_gamma")):
-        if number_box(page, box).is_visible():
-            shown[key] = number_box(page, box).input_value()
-    return shown
+    """The stop rule and the values of the boxes that show (the exit, d and the chosen rule's), as text."""
+    return {k: number_box(page, b).input_value() for k, b in BOXES.items() if number_box(page, b).is_visible()} | \
+        {"stop_rule": page.locator("#stop_rule input:checked").get_attribute("value")}
 
 
 def stored_settings(model) -> dict:
-    """What shown_settings should read for a model: its stored setting (control_values), as text."""
+    """What shown_settings should read for a model: its stored setting (control_values)."""
     v = demo_app.control_values(model)
-    boxes = {"fixed": [], "threshold": ["draft_threshold"], "cost": ["draft_cost", "draft_gamma"]}[v["stop_rule"]]
-    return {k: v[k] if k == "stop_rule" else str(v[k]) for k in ["exit_layer", "num_speculations", "stop_rule", *boxes]}
+    rule = {"fixed": [], "threshold": ["draft_threshold"], "cost": ["draft_cost", "draft_gamma"]}[v["stop_rule"]]
+    return {k: str(v[k]) for k in ["exit_layer", "num_speculations", *rule]} | {"stop_rule": v["stop_rule"]}
 
 
 def error_shown(page, elem_id) -> str:
@@ -706,18 +665,17 @@ def error_shown(page, elem_id) -> str:
 def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens(browser, served, demo_checkpoint,
                                                                                  tmp_path):
     """In Chromium at 1280 x 800: the prompt box holds the first example, so the first click on Generate works;
-    the model's stored setting fills the controls (the exit, d, the stop rule and only its boxes); Generate and the
-    output show without scrolling. Then the README's prompt: accepted drafts, corrections and bonus tokens (each in
-    its own colour, each in the legend) and the rejected drafts, counted per round, read as the generated text, the
-    stats cards, the logit lens. The rejected drafts' view switches between a count, struck-through text and
-    nothing without a new run. Screenshot: demo.png. Another model from the menu brings its own settings."""
+    the stored setting fills the controls (the exit, d, the stop rule and only its boxes); Generate and the output
+    show without scrolling. Then the README's prompt: accepted drafts, corrections and bonus tokens (each in its own
+    colour, each in the legend) and the rejected drafts, counted per round, read as the generated text, the stats
+    cards, the logit lens (demo.png). The rejected drafts' view switches between a count, struck-through text and
+    nothing without a new run. Another model from the menu brings its own settings."""
     demo, url = served
     page = open_page(browser, url, 1280)
     model, tok = demo.models.get(demo_checkpoint)
-    s = demo_app.read_settings(model)  # the stored setting, or exit L//4 and d=4
-    L, top = model.params.n_layers, min(demo_app.MAX_NEW_TOKENS.high, model.params.max_seq_len - 1)
+    s, L = demo_app.read_settings(model), model.params.n_layers  # the stored setting, or exit L//4 and d=4
     page.wait_for_selector(f"#exit_layer input[type=number][max='{L}']")
-    page.wait_for_selector(f"#max_new input[type=number][max='{top}']")  # the context window bounds it
+    page.wait_for_selector(f"#max_new input[type=number][max='{min(512, model.params.max_seq_len - 1)}']")
     assert shown_settings(page) == stored_settings(model)
     first = demo_app.example_prompts()[0]
     assert page.locator("#prompt textarea").input_value() == first
@@ -734,18 +692,16 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
     corrections = sum(e.token is not None and e.accepted < len(e.drafted) for e in g.events)
     assert counts == {"accepted": g.accepted, "correction": corrections, "bonus": g.rounds - corrections}
     rejected = [int(n) for n in page.locator("#out .ls-rej .n").all_inner_texts()]
-    assert rejected == [len(e.drafted) - e.accepted for e in g.events if e.accepted < len(e.drafted)]
-    assert min(counts.values()) > 0 and rejected
-    colour = {k: page.locator(f"#out .ls-tok.{k}").first.evaluate("e => getComputedStyle(e).backgroundColor")
-              for k in counts}
-    legend = {k: page.locator(f"#out .key.{k} .sw").evaluate("e => getComputedStyle(e).backgroundColor")
-              for k in counts}
+    assert rejected == [len(e.drafted) - e.accepted for e in g.events if e.accepted < len(e.drafted)] != []
+    colour, legend = ({k: page.locator(f"#out {where}.{k}{sw}").first.evaluate("e => getComputedStyle(e)."
+                                                                              "backgroundColor") for k in counts}
+                      for where, sw in ((".ls-tok", ""), (".key", " .sw")))
     assert colour == legend and len(set(colour.values())) == 3  # three kinds, three colours, as the legend says
     assert page.locator("#out .ls-rej .n").first.is_visible() and page.locator("#out .ls-tok.rejected").count() > 0
     assert not page.locator("#out .ls-tok.rejected").first.is_visible()  # the count shows, not the drafts
     assert shown_text(page) == tok.decode(tok.encode(SHOWN)) + want
     stats = page.locator("#stats").inner_text()
-    assert "acceptance rate" in stats and f"{g.acceptance_rate:.0%}" in stats and "tokens/s" in stats
+    assert "tokens/s" in stats and f"{g.acceptance_rate:.0%}\nacceptance rate" in stats
     assert f"{corrections} correction" in stats and f"{g.rounds - corrections} bonus token" in stats
     assert f"exit {s.exit_layer}, {demo_app.rule_text(s)}" in stats  # the rule that ran, named
     page.screenshot(path=screenshot(tmp_path, "demo.png"))  # what a laptop shows, without scrolling
@@ -757,8 +713,7 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
     page.wait_for_function("() => getComputedStyle(document.querySelector('#out .ls-tok.rejected')).display "
                            "!== 'none'")
     assert page.locator("#out .ls-tok.rejected").first.evaluate("e => getComputedStyle(e).textDecorationLine") == \
-        "line-through"
-    assert not page.locator("#out .ls-rej .n").first.is_visible()
+        "line-through" and not page.locator("#out .ls-rej .n").first.is_visible()
     shown_per_round = page.locator("#out .ls-rej").evaluate_all(
         "rs => rs.map(r => [...r.querySelectorAll('.ls-tok')].filter(t => t.offsetParent).length)")
     assert max(shown_per_round) <= demo_app.REJECTED_SHOWN  # capped per round
@@ -799,75 +754,26 @@ def test_browser_first_click_waits_for_the_model_and_runs_the_stored_setting(bro
                                                                        stop_rule="threshold", draft_threshold="0.3")
         page.click("#go")  # waits until the button is enabled, i.e. the panel has loaded
         page.wait_for_selector("#stats .ls-status:text('done')")
-        assert page.locator("#info b").count() == 1
         s = demo_app.read_settings(model)
         assert (s.exit_layer, s.num_speculations, s.draft_threshold) == (3, 2, 0.3)
         assert "exit 3, d ≤ 2, stop below confidence 0.3" in page.locator("#stats .ls-status").inner_text()
         prompt = demo_app.example_prompts()[0]
-        assert shown_text(page) == tok.decode(tok.encode(prompt)) + expected(demo, recommended_checkpoint, prompt,
-                                                                             64, s)[0]
+        assert page.locator("#info b").count() == 1 and shown_text(page) == tok.decode(tok.encode(prompt)) + \
+            expected(demo, recommended_checkpoint, prompt, 64, s)[0]
     finally:
         blocks.close()
 
 
 @pytest.mark.browser
-def test_browser_at_820_px_shows_the_output_and_refuses_bad_numbers_in_their_own_place(browser, served,
-                                                                                        demo_checkpoint, tmp_path,
-                                                                                        capfd):
-    """In Chromium at 820 x 800 (one column): the prompt, the buttons and the start of the output show without
-    scrolling (screenshot demo_820.png). Exit 999 or max new tokens 0 typed in: Generate says why in the error
-    place, the box still shows what was typed (nothing clamped), nothing runs, and the text, the statistics and
-    the legend stay as they were; a good value again clears the error. Then Compare, at the controls' setting
-    (screenshot demo_compare_820.png). No traceback in the server log."""
-    demo, url = served
-    page = open_page(browser, url, 820)
-    model, _ = demo.models.get(demo_checkpoint)
-    L = model.params.n_layers
-    page.fill("#prompt textarea", SHOWN)
-    click_generate(page)
-    areas = page.locator("#main").evaluate("e => getComputedStyle(e).gridTemplateAreas")
-    assert areas == '"prompt" "out" "settings" "tabs"'  # one column, the output right under the prompt
-    assert in_view(page, "#go") == page.locator("#go").bounding_box()["height"]
-    page.screenshot(path=screenshot(tmp_path, "demo_820.png"))
-    out_height = page.locator("#out .ls-text").bounding_box()["height"]  # a short output, or 150 px of a long one
-    assert in_view(page, "#out .ls-text") >= min(150, out_height)  # the output's first lines, without scrolling
-
-    capfd.readouterr()
-    before = {sel: page.locator(sel).inner_html() for sel in ("#out", "#stats")}
-    for box, value, message in (
-            ("exit_layer", "999", f"exit layer 999 is out of range: this model has {L} layers, use 1..{L}"),
-            ("max_new", "0", "max_new_tokens must be a whole number in [1, 512] (the context window may allow "
-                             "fewer), got 0")):
-        good = number_box(page, box).input_value()
-        number_box(page, box).fill(value)
-        page.click("#go")
-        page.wait_for_function(f"() => document.querySelector('#error textarea, #error input').value === {message!r}")
-        assert error_shown(page, "error") == message
-        assert number_box(page, box).input_value() == value  # as typed: not clamped to the range
-        assert {sel: page.locator(sel).inner_html() for sel in before} == before  # text, cards, legend: unchanged
-        number_box(page, box).fill(good)
-    click_generate(page)
-    page.wait_for_selector("#error", state="hidden")
-    assert error_shown(page, "error") == ""
-
-    s = demo_app.read_settings(model)
-    page.get_by_role("tab", name="Compare with autoregressive").click()
-    page.click("#compare")
-    page.wait_for_selector("#compare_out .ls-table")
-    table = page.locator("#compare_out").inner_text()
-    assert f"self-speculative (E={s.exit_layer}, {demo_app.rule_text(s)})" in table and "identical" in table
-    page.locator("#compare_out").evaluate("e => e.scrollIntoView({block: 'center'})")
-    page.screenshot(path=screenshot(tmp_path, "demo_compare_820.png"))
-    assert "Traceback" not in capfd.readouterr().err
-
-
-@pytest.mark.browser
-def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, served, demo_checkpoint, tmp_path, monkeypatch):
+def test_browser_stop_compare_sweep_and_bad_numbers_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path,
+                                                                       monkeypatch, capfd):
     """In Chromium at 1280 x 800: Stop during a generation leaves the text on screen and says it stopped after
-    that many tokens (screenshot demo_stopped.png); Compare runs the controls' setting (demo_compare.png); the
-    exit-layer sweep shows its progress, then medians per exit in layer order with their range, the rule it ran
-    and the E=L sanity line, and plots acceptance and speedup on two plots (demo_sweep.png; at 820 px,
-    demo_sweep_820.png)."""
+    that many tokens (demo_stopped.png); Compare runs the controls' setting (demo_compare.png); the sweep shows its
+    progress, then medians per exit in layer order with their range, the rule it ran and the E=L sanity line, and
+    plots acceptance and speedup (demo_sweep.png). At 820 x 800 (one column): the prompt, the buttons and the start
+    of the output show without scrolling (demo_820.png); exit 999 or max new tokens 0 typed in: Generate says why
+    in the error place, the box keeps what was typed (nothing clamped), nothing runs and the output stays; a good
+    value again clears the error (demo_compare_820.png, demo_sweep_820.png). No traceback in the server log."""
     demo, url = served
     page = open_page(browser, url, 1280)
     model, _ = demo.models.get(demo_checkpoint)
@@ -882,19 +788,17 @@ def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, served, demo
                                ".match(/generating… round (\\d+)/) || [0, 0])[1] >= 6")
         page.click("#stop")
         page.wait_for_selector("#stats .ls-status:text('stopped')")
-    status = page.locator("#stats .ls-status").inner_text()
-    tokens = int(page.locator("#stats .card .v").first.inner_text())
-    assert re.fullmatch(rf"stopped: Stop pressed after {tokens} new tokens \(\d+ rounds\).*", status), status
-    assert 0 < tokens < 64
-    assert page.locator("#out .ls-tok.accepted, #out .ls-tok.correction, #out .ls-tok.bonus").count() == tokens
+    status, tokens = page.locator("#stats .ls-status").inner_text(), int(page.locator("#stats .card .v").first
+                                                                         .inner_text())
+    assert re.fullmatch(rf"stopped: Stop pressed after {tokens} new tokens \(\d+ rounds\).*", status) and tokens < 64
+    assert page.locator("#out .ls-tok.accepted, #out .ls-tok.correction, #out .ls-tok.bonus").count() == tokens > 0
     page.screenshot(path=screenshot(tmp_path, "demo_stopped.png"))
-
     page.click("#compare")
     page.wait_for_selector("#compare_out .ls-table")
-    assert f"E={s.exit_layer}, {demo_app.rule_text(s)}" in page.locator("#compare_out").inner_text()
+    table = page.locator("#compare_out").inner_text()
+    assert f"self-speculative (E={s.exit_layer}, {demo_app.rule_text(s)})" in table and "identical" in table
     page.locator("#compare").evaluate("e => e.scrollIntoView()")
     page.screenshot(path=screenshot(tmp_path, "demo_compare.png"))
-
     page.get_by_role("tab", name="Exit-layer sweep").click()
     page.click("#sweep")
     page.wait_for_selector("#sweep_note progress", timeout=120_000)  # progress while it runs
@@ -902,13 +806,42 @@ def test_browser_stop_says_so_and_the_sweep_plots_by_layer(browser, served, demo
     note = page.locator("#sweep_note").inner_text()
     rule = demo_app.rule_text(s).split(" (")[0]  # "d ≤ 24, cost-model stop": the rule it ran, named
     assert "Sanity check: exit" in note and "median" in note and f"at every exit {rule}" in note
-    exits = page.locator("#sweep_note table tr td:first-child").all_inner_texts()
-    assert exits == [str(E) for E in demo_app.sweep_exits(L)]
+    assert page.locator("#sweep_note table tr td:first-child").all_inner_texts() == list(map(str,
+                                                                                             demo_app.sweep_exits(L)))
     for plot in ("#acceptance_plot", "#speedup_plot"):
         page.wait_for_selector(f"{plot} canvas, {plot} svg")
     page.locator("#sweep").evaluate("e => e.scrollIntoView()")  # the plots and the note at the top
     page.screenshot(path=screenshot(tmp_path, "demo_sweep.png"))
+
     page.set_viewport_size({"width": 820, "height": 800})
+    page.evaluate("() => window.scrollTo(0, 0)")
+    click_generate(page)
+    assert page.locator("#main").evaluate("e => getComputedStyle(e).gridTemplateAreas") == \
+        '"prompt" "out" "settings" "tabs"'  # one column, the output right under the prompt
+    assert in_view(page, "#go") == page.locator("#go").bounding_box()["height"]
+    out_height = page.locator("#out .ls-text").bounding_box()["height"]  # a short output, or 150 px of a long one
+    assert in_view(page, "#out .ls-text") >= min(150, out_height)  # the output's first lines, without scrolling
+    page.screenshot(path=screenshot(tmp_path, "demo_820.png"))
+    capfd.readouterr()
+    before = {sel: page.locator(sel).inner_html() for sel in ("#out", "#stats")}
+    for box, value, message in (
+            ("exit_layer", "999", f"exit layer 999 is out of range: this model has {L} layers, use 1..{L}"),
+            ("max_new", "0", "max_new_tokens must be a whole number in [1, 512] (the context window may allow "
+                             "fewer), got 0")):
+        good = number_box(page, box).input_value()
+        number_box(page, box).fill(value)
+        page.click("#go")
+        page.wait_for_function(f"() => document.querySelector('#error textarea, #error input').value === {message!r}")
+        assert error_shown(page, "error") == message and number_box(page, box).input_value() == value  # as typed
+        assert {sel: page.locator(sel).inner_html() for sel in before} == before  # text, cards, legend: unchanged
+        number_box(page, box).fill(good)
+    click_generate(page)
+    page.wait_for_selector("#error", state="hidden")
+    page.get_by_role("tab", name="Compare with autoregressive").click()
+    page.locator("#compare_out").evaluate("e => e.scrollIntoView({block: 'center'})")
+    page.screenshot(path=screenshot(tmp_path, "demo_compare_820.png"))
+    page.get_by_role("tab", name="Exit-layer sweep").click()
     page.locator("#sweep").evaluate("e => e.scrollIntoView()")
     page.wait_for_timeout(500)  # the plots redraw at the new width
     page.screenshot(path=screenshot(tmp_path, "demo_sweep_820.png"))
+    assert "Traceback" not in capfd.readouterr().err
