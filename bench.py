@@ -61,8 +61,10 @@ def parse_args(argv):
     p.add_argument("--max_new_tokens", type=int_range(1), default=64, help="tokens generated per prompt")
     p.add_argument("--exit", "--exit_layer", dest="exit", type=setting_flag("exit_layer"),
                    help="exit layer E (default: recommended or L/4)")
-    p.add_argument("--num_speculations", type=setting_flag("num_speculations"), help="draft length d (default: recommended or 4)")
-    p.add_argument("--draft_threshold", type=setting_flag("draft_threshold"), help="stop drafting below this confidence "
+    p.add_argument("--num_speculations", type=setting_flag("num_speculations"),
+                   help="draft length d (default: recommended or 4)")
+    p.add_argument("--draft_threshold", type=setting_flag("draft_threshold"),
+                   help="stop drafting below this confidence "
                    "(default: recommended or off; 0 = off)")
     p.add_argument("--draft_cost", type=setting_flag("draft_cost"),
                    help="stop drafting by the cost model instead, a draft step costing this fraction of a "
@@ -80,7 +82,8 @@ def parse_args(argv):
                    help="torch CPU threads, fixed for the whole run (default 1: fastest for these small models, "
                         "and steady when other processes share the cores)")
     p.add_argument("--sweep", action="store_true", help="also sweep exit layer x num_speculations")
-    p.add_argument("--sweep_exits", type=setting_flag("exit_layer"), nargs="+", help="exit layers of the sweep (default 1..L/2)")
+    p.add_argument("--sweep_exits", type=setting_flag("exit_layer"), nargs="+",
+                   help="exit layers of the sweep (default 1..L/2)")
     p.add_argument("--sweep_specs", type=setting_flag("num_speculations"), nargs="+", default=[2, 3, 4, 6, 8],
                    help="d values of the sweep")
     p.add_argument("--sweep_thresholds", type=setting_flag("draft_threshold"), nargs="+", default=[0.3, 0.5, 0.7],
@@ -94,7 +97,8 @@ def parse_args(argv):
                    "metadata, where generate.py and the demo find it (rewrites that file)")
     p.add_argument("--batch_sizes", type=int_range(1), nargs="+", help="instead of the batch-1 tables: decode the "
                    "prompts B at a time for each B (e.g. 1 4 8 16), autoregressive and self-speculative, interleaved; "
-                   "at most B decode at once, a finished row's place going to the next prompt; a plot goes to --out_dir")
+                   "at most B decode at once, a finished row's place going to the next prompt; a plot goes to "
+                   "--out_dir")
     p.add_argument("--memory", action="store_true", help="measure peak memory of AR vs self-speculative")
     p.add_argument("--peers", action="store_true", help="add Hugging Face transformers' autoregressive and "
                    "assistant_early_exit decoding of the same weights (converted with export.py) to every table, "

@@ -7,9 +7,9 @@ On-policy text for the draft exit: the model's own greedy continuations of rando
 Self-speculative decoding accepts a draft when the draft exit predicts what the last layer would write next, on
 text the last layer itself wrote. Teacher-forced agreement on human-written files measures something else, and
 the two can move apart: a fine-tuning phase that raised agreement on held-out files lowered acceptance in
-decoding (experiments/history.md, "What moved the speedup"). Training the draft exit on these continuations targets acceptance directly:
-the next token of a greedy continuation is the last layer's argmax at that position (DistillSpec, Zhou et al.
-2023, calls this on-policy distillation; the LayerSkip paper does not use it).
+decoding (experiments/history.md, "What moved the speedup"). Training the draft exit on these continuations
+targets acceptance directly: the next token of a greedy continuation is the last layer's argmax at that position
+(DistillSpec, Zhou et al. 2023, calls this on-policy distillation; the LayerSkip paper does not use it).
 
 Each sample is a window of `--prefix` training tokens and `--new_tokens` greedy tokens (cut after an end of
 text), decoded in batches with the KV cache; samples are written back to back as uint16, like train.bin, and

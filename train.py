@@ -115,8 +115,7 @@ def parse_args(argv=None):
     g("--batch_size", type=int_range(1, 65536), help="sequences per micro-batch per process")
     g("--grad_accum", type=int_range(1, 65536), help="micro-batches per optimizer step")
     g("--max_iters", type=int_range(1, STEPS), help="optimizer steps T of the whole run")
-    g("--lr", type=float_range(0, 1, low_open=True), help="peak learning rate (the paper doubles it with layer "
-                                                           "dropout)")
+    g("--lr", type=float_range(0, 1, low_open=True), help="peak learning rate (the paper doubles it with dropout)")
     g("--warmup_iters", type=int_range(0, STEPS), help="linear warm-up steps before the cosine decay")
     g = p.add_argument_group("LayerSkip").add_argument
     g("--p_max", type=float_range(0, 1), help="layer dropout rate of the last block (0 = off)")

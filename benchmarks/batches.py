@@ -44,7 +44,8 @@ def batch_costs(model, E: int, B: int, context: int = 128, k: int = 4, repeats: 
         model.run_blocks(model.tok_embeddings(one), 0, E, at(j), cache, keep_exit=True)
         model.head(model.run_blocks(cache.read_exit(pos, j + 1), E, L, pos, cache)).argmax(-1).tolist()
 
-    fns = {"ar_step": ar_step, "draft_step": draft_step, "verify_0": lambda: verify(0), f"verify_{k}": lambda: verify(k)}
+    fns = {"ar_step": ar_step, "draft_step": draft_step, "verify_0": lambda: verify(0),
+           f"verify_{k}": lambda: verify(k)}
     times = {name: [] for name in fns}
     for fn in fns.values():
         fn()  # warm-up
@@ -128,8 +129,9 @@ def time_batches(decoders: dict, ids: list, sizes: list, repeats: int):
                     outputs[(name, B)] = [g.tokens for g in out]
                     rounds[(name, B)] = sum(g.rounds for g in out)
                 done = (r * len(sizes) + c) * len(names) + j + 1
-                print(f"\r  pass {r + 1}/{repeats}, batch {B}, {name}: ETA "
-                      f"{(time.time() - start) / done * (total - done):.0f} s      ", end="", file=sys.stderr, flush=True)
+                eta = (time.time() - start) / done * (total - done)
+                print(f"\r  pass {r + 1}/{repeats}, batch {B}, {name}: ETA {eta:.0f} s      ", end="", file=sys.stderr,
+                      flush=True)
     print(file=sys.stderr)
     return seconds, outputs, rounds
 
@@ -155,12 +157,13 @@ def print_batch_costs(results: dict):
     """The pieces of a round at each batch size, in autoregressive steps of that batch size: what the speedup is
     made of (batch_costs)."""
     print("\nThe pieces of a round, per batch size (rows at different lengths), in autoregressive steps of that batch:")
-    print("| batch | autoregressive step | draft step | verification, no drafts | verification, 4 drafts | draft cost |")
+    print("| batch | autoregressive step | draft step | verification, no drafts | verification, 4 drafts "
+          "| draft cost |")
     print("|---:|---:|---:|---:|---:|---:|")
     for B, r in results.items():
         c = r["costs_ms"]
-        print(f"| {B} | {c['ar_step']:.1f} ms | {c['draft_step'] / c['ar_step']:.2f} | {c['verify_0'] / c['ar_step']:.2f} "
-              f"| {c['verify_4'] / c['ar_step']:.2f} | {r['draft_cost']} |")
+        print(f"| {B} | {c['ar_step']:.1f} ms | {c['draft_step'] / c['ar_step']:.2f} | "
+              f"{c['verify_0'] / c['ar_step']:.2f} | {c['verify_4'] / c['ar_step']:.2f} | {r['draft_cost']} |")
 
 
 def plot_batches(results: dict, path, title: str):

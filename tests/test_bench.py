@@ -99,9 +99,9 @@ def test_auto_sweeps_and_stores_the_fastest_setting_only_with_store_after_succes
     save_checkpoint(ckpt, tiny_model(vocab_size=tiny_tokenizer.vocab_size, max_seq_len=64, dtype=torch.float32),
                     tiny_tokenizer)
     before = ckpt.read_bytes()
-    common = ["--checkpoint", ckpt, "--baseline", "", "--prompts", "shakespeare", "--n_prompts", 2,
-              "--max_new_tokens", 6, "--repeats", 1, "--threads", 1, "--out_dir", tmp_path, "--json", tmp_path / "r.json"]
-    common = [str(a) for a in common]
+    common = [str(a) for a in ["--checkpoint", ckpt, "--baseline", "", "--prompts", "shakespeare", "--n_prompts", 2,
+                               "--max_new_tokens", 6, "--repeats", 1, "--threads", 1, "--out_dir", tmp_path,
+                               "--json", tmp_path / "r.json"]]
     bench.main(common)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["greedy_outputs_identical"] is True and report["predicted_speedup"] > 0
@@ -110,7 +110,8 @@ def test_auto_sweeps_and_stores_the_fastest_setting_only_with_store_after_succes
     sweep = ["--auto", "--sweep_exits", "1", "3", "--sweep_specs", "1", "2", "--sweep_thresholds", "0.5",
              "--sweep_prompts", "1"]
     bench.main(common + sweep)
-    assert ckpt.read_bytes() == before and f"not stored (add --store to write it into {ckpt})" in capsys.readouterr().out
+    assert ckpt.read_bytes() == before
+    assert f"not stored (add --store to write it into {ckpt})" in capsys.readouterr().out
 
     def broken(*a, **k):
         raise RuntimeError("a measurement failed")
@@ -231,7 +232,7 @@ def bad_files(tmp_path):
 BENCH_BAD = [  # (argv after --checkpoint CKPT --baseline '', what the one line says)
     (["--max_new_tokens", "1000000000"], "--max_new_tokens 1000000000 leaves no room for a prompt"),
     (["--exit", "99"], "exit layer 99 is out of range: this model has 4 layers"),
-    (["--draft_threshold", "nan"], "argument --draft_threshold: draft_threshold must be 0 or a number in (0, 1]"),  # RANGES
+    (["--draft_threshold", "nan"], "argument --draft_threshold: draft_threshold must be 0 or a number in (0, 1]"),
     (["--draft_threshold", "0.5", "--draft_cost", "0.2"], "give a draft threshold or a draft cost, not both"),
     (["--sweep", "--sweep_specs", "64"], "the sweep tries d, 2d and 4d"),
     (["--sweep", "--sweep_exits", "9"], "--sweep_exits 9 is out of range"),
