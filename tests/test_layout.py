@@ -14,7 +14,7 @@ SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py") if p.stem not in LIBRARY)
 
 def our_imports(path) -> set:
     """The modules of this repository that a file imports, at the top or inside functions."""
-    ours = set(LIBRARY + SCRIPTS) | {"data", "experiments"}
+    ours = set(LIBRARY + SCRIPTS) | {"data", "benchmarks", "experiments"}
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
@@ -25,12 +25,14 @@ def our_imports(path) -> set:
 
 def test_imports_flow_one_way():
     """Each library module imports only those below it (common.py also the corpus package, for prompt sets); data/
-    only model_io (a checkpoint's tokenizer); a script imports the library, data and scripts with no cycle; nothing
-    imports the lab record (experiments/)."""
+    only model_io (a checkpoint's tokenizer); benchmarks/ and scripts/ (the scripts' helpers) the library; a script
+    imports those and other scripts with no cycle; nothing imports the lab record (experiments/)."""
     for i, name in enumerate(LIBRARY):
         assert our_imports(ROOT / f"{name}.py") <= set(LIBRARY[:i]) | ({"data"} if name == "common" else set()), name
     for path in (ROOT / "data").rglob("*.py"):
         assert our_imports(path) <= {"data", "model_io"}, path
+    for path in [*(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "scripts").rglob("*.py")]:
+        assert our_imports(path) <= set(LIBRARY) | {"data", "benchmarks"}, path
     graph = {name: our_imports(ROOT / f"{name}.py") for name in SCRIPTS}
     assert all("experiments" not in imported for imported in graph.values())
 
