@@ -8,19 +8,15 @@ Watch self-speculative decoding happen: a Gradio app over layerskip.generate_str
 Every round is drawn as it happens: the drafts the early exit got right (green), the verifier's own token, a
 correction (blue) or a bonus token (violet), and the rejected drafts (a red count, or struck through). Beside it:
 live statistics, a timed comparison with autoregressive decoding, the logit lens of the paper's Fig. 2a, and
-acceptance and speedup against the exit layer. The exit, d and stop rule (fixed d, a confidence threshold or the
-cost model) start at the checkpoint's stored setting (settings.recommended), and so do the API's defaults.
-The page's style and HTML are in demo/ (style.css, templates.html), read at start-up.
+acceptance and speedup by exit layer. The exit, d and stop rule start at the checkpoint's stored setting, and so do
+the API's defaults. The page's style and HTML are in demo/ (style.css, templates.html), read at start-up.
 
-Only the shipped checkpoints (checkpoints/*.pt) and those given with --checkpoint are served: the page and API are
-public, and a typed path must not probe the server's files or fill its memory (--allow_any_checkpoint lifts this).
-The events are methods of Demo over plain values, so tests and scripts call them directly; they take the widgets'
-values as sent (Gradio's checks would clamp or fail with a traceback), and a Settings made of them refuses a bad one
-(settings.RANGES) in one line of plain text in the event's error box. Generation is an API endpoint:
-gradio_client.Client(url).submit(prompt="def f(x):", api_name="/generate").result(); what is left out takes the
-control's initial value.
+Only checkpoints/*.pt and those given with --checkpoint are served: the page and API are public, and a typed path
+must not probe the server's files or fill its memory. The events are methods of Demo over plain values (tests call
+them directly); they take the widgets' values as sent, and the settings.Settings made of them refuses a bad one (its
+range from settings.RANGES) in one line of plain text. Generation is an API endpoint too:
+gradio_client.Client(url).submit(prompt="def f(x):", api_name="/generate").result().
 """
-
 import html
 import itertools
 import os
@@ -56,15 +52,6 @@ REJECTED_VIEWS, REJECTED_SHOWN = {"count": "count", "text": "struck through", "h
 RUN_BUTTONS = ("go", "compare", "lens", "sweep")  # disabled until the model panel has loaded
 REFUSED = ("this checkpoint is not served here: choose a model from the menu (whoever runs the demo can add "
            "others with --checkpoint, or allow any path with --allow_any_checkpoint)")
-KINDS = {  # token kinds: colour, and what the legend says
-    "accepted": ("#b7ebb9", "the first E layers' guess, confirmed"),
-    "correction": ("#b9d3fb", "the full model's token for the first rejected draft"),
-    "bonus": ("#dcc7f7", "the full model's next token, every draft accepted"),
-    "rejected": ("#f9c4c4", "not in the text, counted per round (hover for them)"),
-    "early_exit": ("#fde2a3", "the first E layers alone, never verified"),
-    "full": ("#b9d3fb", "all layers, one per round")}
-LEGEND = {"self_speculative": ["accepted", "correction", "bonus", "rejected"], "early_exit": ["early_exit"],
-          "autoregressive": ["full"]}
 # common.round_pieces' "token" (a round without drafts) as what it is; self-speculative: a bonus after 0 drafts
 TOKEN_KIND = {"autoregressive": "full", "early_exit": "early_exit", "self_speculative": "bonus"}
 CSS = (ROOT / "demo/style.css").read_text()
@@ -238,11 +225,10 @@ def unchanged():
 
 
 def render_text(prompt_text, pieces, strategy, rejected="count") -> Raw:
-    """The prompt (grey), then the pieces (text, kind, round) coloured by kind, under a legend of the strategy's
-    kinds. A round's rejected drafts sit together where they stood: their count, at most REJECTED_SHOWN struck
+    """The prompt (grey), then the pieces (text, kind, round) coloured by kind, under the strategy's legend. A round's rejected drafts sit together where they stood: their count, at most REJECTED_SHOWN struck
     through and "+k", all their text on hover; the view (REJECTED_VIEWS) shows one of these, by CSS alone."""
-    def span(text, kind, r):
-        return fill("token", kind=kind, colour=KINDS[kind][0], title=f"round {r}: {kind.replace('_', ' ')}", text=text)
+    def span(text, kind, r):  # a kind is a class: its colour is in demo/style.css
+        return fill("token", kind=kind, title=f"round {r}: {kind.replace('_', ' ')}", text=text)
 
     spans = []
     for (r, rejected_run), run in itertools.groupby(pieces, key=lambda p: (p[2], p[1] == "rejected")):
@@ -251,9 +237,7 @@ def render_text(prompt_text, pieces, strategy, rejected="count") -> Raw:
                        title=f"round {r}: {plural(len(run), 'rejected draft')}: {''.join(p[0] for p in run)!r}",
                        more=fill("more", n=len(run) - REJECTED_SHOWN) if len(run) > REJECTED_SHOWN else "")
                   ] if rejected_run else [span(*p) for p in run]
-    legend = join(fill("key", kind=k, colour=KINDS[k][0], name=k.replace("_", " "), meaning=KINDS[k][1])
-                  for k in LEGEND.get(strategy, []))
-    return fill("output", view=rejected, legend=legend, prompt=prompt_text, spans=join(spans))
+    return fill("output", view=rejected, legend=fill(f"legend_{strategy}"), prompt=prompt_text, spans=join(spans))
 
 
 def render_stats(g: ls.Generation, strategy, status="") -> Raw:
@@ -321,21 +305,18 @@ def sweep_results(ratios, acceptance, L, n, setting, status, progress=None):
     def spread(E):
         return f"{min(ratios[E]):.2f}–{max(ratios[E]):.2f}×"
 
-    verdict = []
-    if speedup and progress is None:
-        best = max([E for E in speedup if E != L] or speedup, key=speedup.get)  # exit L is no candidate
-        verdict.append(fill("fastest" if speedup[best] > 1 else "none_faster", E=best, speedup=f"{speedup[best]:.2f}×",
-                            spread=spread(best)))
-        if L in speedup:  # the noise check: the full model drafting for itself can be no faster
-            verdict.append(fill("sanity", L=L, speedup=f"{speedup[L]:.2f}×", spread=spread(L), warning="" if 0.8 <=
-                                speedup[L] <= 1.1 else " That is far from 1×: this machine is too busy for these "
-                                "timings, and differences of that size mean nothing."))
-        verdict.append(Raw(" Too early an exit drafts badly; too late a one costs nearly a full pass per draft."))
+    verdict = ""
+    if speedup and progress is None:  # done: the fastest exit (exit L is no candidate), and the noise check
+        best = max([E for E in speedup if E != L] or speedup, key=speedup.get)
+        verdict = fill("verdict", best=fill("fastest" if speedup[best] > 1 else "none_faster", E=best,
+                                            speedup=f"{speedup[best]:.2f}×", spread=spread(best)),
+                       sanity=fill("sanity", L=L, speedup=f"{speedup[L]:.2f}×", spread=spread(L),
+                                   far="" if 0.8 <= speedup[L] <= 1.1 else fill("far")) if L in speedup else "")
     rows = join(fill("sweep_row", E=E, acceptance=f"{acceptance[E]:.0%}", speedup=f"{v:.2f}×", spread=spread(E),
                      passes=len(ratios[E])) for E, v in speedup.items())
     note = fill("sweep", progress=Raw(f'<progress value="{progress[0]}" max="{progress[1]}"></progress> ')
                 if progress else "", status=status, n=n, setting=setting, passes=SWEEP_REPEATS,
-                verdict=join(verdict), table=fill("sweep_table", rows=rows) if speedup else "")
+                verdict=verdict, table=fill("sweep_table", rows=rows) if speedup else "")
     x_lim = [0, L + 0.5]  # the axis ends at the last exit, measured or not (+ 0.5: its dot is not cut in half)
     return (gr.update(value=acc, x_lim=x_lim),
             gr.update(value=fast, x_lim=x_lim, y_lim=[0, 1.1 * max([1.5, *speedup.values()])]), note)
@@ -417,18 +398,17 @@ class Demo:
 
     def exit_changed(self, checkpoint, exit_layer):
         """The exit box: d and the stop rule follow it (control_values). gr.update()s for (d, stop rule, threshold,
-        draft cost, gamma); none while it holds no exit of a model already loaded (this event skips the model queue)."""
+        draft cost, gamma); none while it holds no exit of a model in memory (this event skips the model queue)."""
         import gradio as gr
+        loaded = self.models.is_served(checkpoint) and self.models.loaded.get(str(resolve(checkpoint).resolve()))
         try:
-            model = self.models.loaded[str(resolve(checkpoint).resolve())][0] if self.models.is_served(checkpoint) \
-                else None
-            v = control_values(model, read_settings(model, "early_exit", given("exit_layer", exit_layer, RANGES[
-                "exit_layer"])).exit_layer)
-        except (KeyError, AttributeError, ValueError):  # not loaded, not served, or not an exit of this model
+            E = read_settings(loaded[0], "early_exit", given("exit_layer", exit_layer, RANGES["exit_layer"]))
+        except (TypeError, ValueError):  # not loaded, or not an exit of this model
             return (gr.update(),) * 5
-        rule, shown = rule_updates(v)[0], rule_updates(v, shown_only=True)[1:]
-        return (gr.update(value=v["num_speculations"]), rule, *[gr.update(visible=u["visible"], **(
-            {"value": v[k]} if u["visible"] else {})) for k, u in zip(RULE_DEFAULTS, shown)])
+        v = control_values(loaded[0], E.exit_layer)
+        _, *boxes = rule_updates(v, shown_only=True)  # a box shown takes the setting's value; a hidden one keeps its
+        return (gr.update(value=v["num_speculations"]), gr.update(value=v["stop_rule"]),
+                *[box | ({"value": v[k]} if box["visible"] else {}) for k, box in zip(RULE_DEFAULTS, boxes)])
 
     def generate(self, checkpoint, prompt, strategy="self_speculative", exit_layer=None, num_speculations=None,
                  stop_rule=None, draft_threshold=None, draft_cost=None, draft_gamma=None, temperature=0.0, top_p=1.0,
