@@ -11,13 +11,13 @@ Generate text with a LayerSkip model: autoregressive, early-exit or self-specula
     python generate.py --checkpoint smollm2 --chat --prompt "What is the capital of France?"   # a GGUF chat model
     python generate.py --prompt_file prompts.jsonl --batch_size 4 --compare   # several prompts, 4 decoded at once
 
-Without --strategy: self_speculative if --exit is given, else the setting bench.py --auto stored in the
-checkpoint, else autoregressive. The stored setting (exit, speculation count and stop rule, tuned together) applies
-when none of --exit, --num_speculations, --draft_threshold, --draft_cost, --draft_gamma is given; name one and the
-others take their defaults: exit L // 4, 4 speculations, no stop rule, gamma 1. Every decoding flag's range is the
-one settings.RANGES writes. A flag that would do nothing (--exit with autoregressive decoding, --top_p when greedy,
-...) is refused, not ignored. --repetition_penalty and --no_repeat_ngram_size change the distribution for drafts
-and verifier alike, so greedy self-speculative output still equals autoregressive output.
+Without --strategy: self_speculative if a drafting flag is given (--exit, --num_speculations, --draft_threshold,
+--draft_cost, --draft_gamma), else the setting bench.py --auto stored in the checkpoint, else autoregressive. The
+stored setting (exit, speculation count and stop rule, tuned together) applies only when no drafting flag is given;
+name one and the others take their defaults: exit L // 4, 4 speculations, no stop rule, gamma 1. Every decoding
+flag's range is the one settings.RANGES writes. A flag that would do nothing (--exit with autoregressive decoding,
+--top_p when greedy, ...) is refused, not ignored. --repetition_penalty and --no_repeat_ngram_size change the
+distribution for drafts and verifier alike, so greedy self-speculative output still equals autoregressive output.
 
 --prompt_file F.jsonl holds several prompts, one a line: a JSON string, or an object with a "prompt" field. They
 are decoded together, at most --batch_size at once (a finished row's place goes to the next prompt), and each
@@ -76,8 +76,8 @@ def parse_args(argv=None):
                    help="send the prompt as a user message under the checkpoint's chat template and decode the "
                         "answer, up to its end-of-turn token (instruct models only)")
     p.add_argument("--strategy", choices=STRATEGIES,
-                   help="decoding strategy (default: self_speculative with --exit or a stored setting, else "
-                        "autoregressive)")
+                   help="decoding strategy (default: self_speculative with a drafting flag or a stored setting, "
+                        "else autoregressive)")
     p.add_argument("--exit", "--exit_layer", dest="exit_layer", type=setting_flag("exit_layer"),
                    help="exit layer E: the draft (or the early-exit model) runs blocks 0..E-1 (default: the "
                         "checkpoint's stored setting, which applies when none of --exit, --num_speculations, "
@@ -179,17 +179,12 @@ def read_prompts(args) -> Optional[list[str]]:
     return prompts
 
 
-def check_flags_apply(args, dec: dict, n_layers: int, stored: bool):
-    """A flag that the resolved decoding would ignore is a ValueError that says what to do, not silence.
-    stored: the checkpoint stores a setting (which applies only when no drafting flag is given)."""
+def check_flags_apply(args, dec: dict, n_layers: int):
+    """A flag that the resolved decoding would ignore is a ValueError that says what to do, not silence."""
     strategy = dec["strategy"]
-    if strategy == "autoregressive" and not args.strategy:  # no --exit, and no stored setting in use
-        for flag in ("num_speculations", "draft_threshold", "draft_cost", "draft_gamma", "compare"):
-            if getattr(args, flag) not in (None, False):
-                why = ("the checkpoint's stored setting applies only when no drafting flag is given"
-                       if stored and flag != "compare" else "this checkpoint stores no setting")
-                raise ValueError(f"--{flag} needs an exit layer to draft with, and {why}: add --exit E "
-                                 f"(1..{n_layers})")
+    if args.compare and strategy == "autoregressive" and not args.strategy:  # no exit given, and none stored
+        raise ValueError(f"--compare needs an exit layer to draft with, and this checkpoint stores no setting: add "
+                         f"--exit E (1..{n_layers})")
     if args.exit_layer is not None and strategy == "autoregressive":
         raise ValueError(f"--exit has no effect with --strategy autoregressive, which runs all {n_layers} layers: "
                          f"drop --exit, or use --strategy self_speculative or early_exit")
@@ -402,10 +397,10 @@ def run(args):
         torch.set_num_threads(threads)
     model, tokenizer = load_model(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype),
                                   max_seq_len=args.max_seq_len)
-    dec = decoding_settings(model, args.strategy, args.exit_layer, args.num_speculations, args.draft_threshold,
-                            args.draft_cost, args.draft_gamma)
-    stored = decoding_settings(model)["strategy"] != "autoregressive"
-    check_flags_apply(args, dec, model.params.n_layers, stored)
+    drafting = (args.exit_layer, args.num_speculations, args.draft_threshold, args.draft_cost, args.draft_gamma)
+    strategy = args.strategy or ("self_speculative" if any(v is not None for v in drafting[1:]) else None)
+    dec = decoding_settings(model, strategy, *drafting)  # a drafting flag alone means self-speculative decoding
+    check_flags_apply(args, dec, model.params.n_layers)
     s, ar = settings(args, tokenizer, dec), settings(args, tokenizer)  # ar: --compare's autoregressive twin
     if prompts is not None:
         return run_batch(args, model, tokenizer, s, ar, prompts)

@@ -71,6 +71,7 @@ SETTINGS = [  # (checkpoint, flags, the header's "decoding:" words); rec stores 
     ("rec", [], STORED),
     ("rec", ["--strategy", "self_speculative"], STORED),
     ("rec", ["--exit", 2], "self_speculative, exit layer 2 of 4, 4 speculations, greedy"),  # all or nothing
+    ("rec", ["--num_speculations", 5], "self_speculative, exit layer 1 of 4, 5 speculations, greedy"),
     ("rec", ["--exit", 3, "--draft_cost", 0.2],
      "self_speculative, exit layer 3 of 4, 4 speculations, drafting stops by the cost model (draft cost 0.2, "
      "gamma 1.0), greedy"),
@@ -86,7 +87,8 @@ SETTINGS = [  # (checkpoint, flags, the header's "decoding:" words); rec stores 
 
 @pytest.mark.parametrize("checkpoint, flags, said", SETTINGS)
 def test_the_flags_resolve_to_one_setting(rec, tiny_checkpoint, capsys, checkpoint, flags, said):
-    """The stored setting applies when no drafting flag is given; otherwise the flags, and the defaults."""
+    """The stored setting applies when no drafting flag is given; otherwise the flags, and the defaults (a drafting
+    flag alone means self-speculative decoding)."""
     path = rec if checkpoint == "rec" else tiny_checkpoint
     out = run(capsys, "--checkpoint", path, "--max_new_tokens", 2, "--prompt", "To be", *flags)
     assert re.search(r"^decoding: (.*?) \|", out, re.M)[1] == said
@@ -236,8 +238,6 @@ BAD = [  # (flags, what the line says); {d}: a folder of bad files, {plain}: no 
      "--exit has no effect with --strategy autoregressive, which runs all 4 layers"),
     (["--checkpoint", "{plain}", "--compare"], "--compare needs an exit layer to draft with, and this checkpoint "
                                                "stores no setting: add --exit E (1..4)"),
-    (["--checkpoint", "{rec}", "--num_speculations", "5"], "the checkpoint's stored setting applies only when no "
-                                                           "drafting flag is given: add --exit E (1..4)"),
     (["--checkpoint", "{rec}", "--top_p", "0.9"], "--top_p applies to sampling only, and --temperature 0 is greedy"),
     (["--checkpoint", "{plain}", "--device", "cuda:99"], "--device cuda:99: "),
 ]
