@@ -33,12 +33,15 @@ import torch
 from benchmarks.batches import plot_batches, print_batch_costs, print_batches, run_batches
 from benchmarks.memory import measure_memory, print_memory
 from benchmarks.peers import check_peers_installed, load_peer, peer_setting
-from benchmarks.sweep import calibrate_gamma, draft_confidences, run_sweep, store_recommendation  # noqa: F401
+from benchmarks.sweep import run_sweep, store_recommendation
 from benchmarks.tables import run_tables
-from benchmarks.timing import round_costs  # noqa: F401  (experiments/levers.py and compile.py import it from here)
 from common import MAX_THREADS, ArgumentParser, decoding_settings, fail, int_range, machine, prompt_set, setting_flag
 from model_io import load_model
 from settings import Settings
+
+# experiments/levers.py and experiments/compile.py import these from bench
+from benchmarks.sweep import calibrate_gamma, draft_confidences  # noqa: F401, E402
+from benchmarks.timing import round_costs  # noqa: F401, E402
 
 LAYERSKIP, BASELINE = "checkpoints/layerskip-python-deep.pt", "checkpoints/baseline-python-deep.pt"
 TWELVE_LAYERS = "checkpoints/layerskip-python.pt"  # the first reference model, a yardstick of absolute speed
