@@ -16,10 +16,6 @@ DOCS = {name: (ROOT / name).read_text() for name in ("README.md", "docs/results.
 README = DOCS["README.md"]
 
 
-def test_readme_is_at_most_250_lines():
-    assert len(README.splitlines()) <= 250
-
-
 def test_readme_states_the_size_of_the_suite():
     """"The suite (N tests)" is what `python -m pytest` collects, with every optional dependency installed (a test
     file skipped at collection for a missing one makes the count unknowable, and this test skips)."""
