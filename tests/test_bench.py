@@ -20,6 +20,8 @@ from common import crop_prompt, interleaved_runs, prompt_set
 from conftest import assert_one_line_error, tiny_model
 from model_io import load_model, save_checkpoint
 
+pytestmark = pytest.mark.cli
+
 
 def test_loop_share_of_literal_sequences():
     """A token is in a loop when it lies in a stretch whose block of p <= 12 tokens is said twice in a row

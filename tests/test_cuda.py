@@ -20,6 +20,8 @@ import torch  # noqa: E402
 import layerskip as ls  # noqa: E402
 from model_io import load_model  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 DEEP, TWELVE = "checkpoints/layerskip-python-deep.pt", "checkpoints/layerskip-python.pt"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs CUDA: run scripts/gpu_check.sh on a GPU machine")

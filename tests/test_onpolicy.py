@@ -14,6 +14,8 @@ from conftest import assert_one_line_error
 from model_io import load_model
 from test_train import TINY, step_losses, train_here, weights
 
+pytestmark = pytest.mark.cli
+
 
 def test_batched_greedy_continuations_equal_one_prompt_at_a_time(tiny_checkpoint):
     """All rows decoded together give, row by row, exactly ls.generate's greedy autoregressive tokens."""

@@ -16,6 +16,8 @@ import layerskip as ls
 import train
 from conftest import ROOT, assert_one_line_error
 
+pytestmark = pytest.mark.cli
+
 TINY = ["--preset", "toy", "--dim", "32", "--n_layers", "4", "--n_heads", "4", "--n_kv_heads", "2",
         "--block_size", "32", "--eval_iters", "2", "--log_interval", "1"]
 

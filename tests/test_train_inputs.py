@@ -12,6 +12,8 @@ import bench_train
 import train
 from conftest import ROOT, assert_one_line_error
 
+pytestmark = pytest.mark.cli
+
 SHAKESPEARE = ROOT / "data/shakespeare"
 # the toy preset made smaller still: a step takes a few milliseconds
 TINY = ["--preset", "toy", "--data", SHAKESPEARE, "--dim", 32, "--n_layers", 4, "--n_heads", 4, "--n_kv_heads", 2,
