@@ -179,6 +179,8 @@ def test_max_seq_len_past_the_trained_context_warns(tiny_checkpoint, capsys):
     assert err == ("generate.py: warning: --max_seq_len 1000 is past the 256 tokens of context this checkpoint was "
                    "trained with: text past position 256 will likely degrade\n")
     assert "context 1000," in out and SUMMARY.search(out)
+    generate.main(["--checkpoint", str(tiny_checkpoint), "--max_seq_len", "200", "--max_new_tokens", "2"])
+    assert capsys.readouterr().err == ""
 
 
 def test_round_colours_tell_roles_apart(tiny_tokenizer):

@@ -247,6 +247,7 @@ def test_train_output_directory_loads_model_pt_else_ckpt_pt(tmp_path, tiny_token
     save_checkpoint(out / "model.pt", model, tiny_tokenizer, half=True, metadata={"file": "model.pt"})
     loaded, _ = load_model(out, max_seq_len=128)
     assert loaded.metadata == {"file": "model.pt"} and loaded.params.max_seq_len == 128
+    assert load_model(out, dtype=torch.bfloat16)[0].tok_embeddings.weight.dtype == torch.bfloat16
 
 
 # ---------------------------------------------------------------------------------------------------------
