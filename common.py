@@ -85,11 +85,14 @@ def setting_flag(name: str):
     """An argparse type for the decoding setting `name`, in its range from settings.RANGES (written there once)."""
     def parse(text):
         try:
-            value = float(text)
+            value = int(text)  # whole numbers exactly, past 2^53 too (seeds)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         try:
-            return RANGES[name].check(name, int(value) if value.is_integer() else value)
+            return RANGES[name].check(name, value)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return parse

@@ -44,10 +44,10 @@ class Range:
         return int(value) if self.whole else value
 
     def span(self) -> str:
-        kind = "a whole number" if self.whole else "a number"
+        kind, show = ("a whole number", int) if self.whole else ("a number", lambda x: f"{x:g}")
         left = "(" if self.low_open else "["
-        span = f"{kind} in {left}{self.low:g}, {self.high:g}]" if self.high is not None else (
-            f"{kind} {'>' if self.low_open else '>='} {self.low:g}")
+        span = f"{kind} in {left}{show(self.low)}, {show(self.high)}]" if self.high is not None else (
+            f"{kind} {'>' if self.low_open else '>='} {show(self.low)}")
         return span if self.off is None else f"{self.off:g} or {span}"
 
 
