@@ -121,7 +121,7 @@ class Models:
             return False
 
     def get(self, path):
-        """(model, tokenizer), loaded on first use; ValueError if not served or not loadable (CheckpointError is one)."""
+        """(model, tokenizer), loaded on first use; a ValueError if not served or not loadable."""
         if not path or not str(path).strip():
             raise ValueError("no checkpoint chosen: pick a model from the menu")
         if not self.is_served(path):  # before looking at the file: the answer must not tell whether it exists
@@ -225,8 +225,9 @@ def unchanged():
 
 
 def render_text(prompt_text, pieces, strategy, rejected="count") -> Raw:
-    """The prompt (grey), then the pieces (text, kind, round) coloured by kind, under the strategy's legend. A round's rejected drafts sit together where they stood: their count, at most REJECTED_SHOWN struck
-    through and "+k", all their text on hover; the view (REJECTED_VIEWS) shows one of these, by CSS alone."""
+    """The prompt (grey), then the pieces (text, kind, round) coloured by kind, under the strategy's legend. A
+    round's rejected drafts sit together where they stood: their count, at most REJECTED_SHOWN struck through and
+    "+k", all their text on hover; the view (REJECTED_VIEWS) shows one of these, by CSS alone."""
     def span(text, kind, r):  # a kind is a class: its colour is in demo/style.css
         return fill("token", kind=kind, title=f"round {r}: {kind.replace('_', ' ')}", text=text)
 
@@ -357,6 +358,15 @@ def rounds_as_pieces(stream, tokenizer, prompt_ids, end: int, token_kind: str):
         yield list(pieces), tokenizer.decode(context)[start:], ls.Generation.from_events(list(events), seconds), eos
 
 
+def ending(why: str, s: Settings, pieces) -> str:
+    """The line under the cards once decoding ends: why, the setting that ran, and how its rounds ended."""
+    kinds = [kind for _, kind, _ in pieces]
+    ran = (f"; exit {s.exit_layer}, {rule_text(s)}; {plural(kinds.count('correction'), 'correction')}, "
+           f"{plural(kinds.count('bonus'), 'bonus token')}" if s.strategy == "self_speculative" else
+           f"; exit {s.exit_layer}" if s.strategy == "early_exit" else "")
+    return why + ran + (f"; {processors_text(s)}" if processors_text(s) else "")
+
+
 def timing(s: Settings) -> dict:
     """A Settings as common.interleaved_runs' keyword arguments (it gives the EOS and seed 0 itself)."""
     return {k: v for k, v in s.as_dict().items() if k not in ("eos_id", "seed")}
@@ -445,17 +455,14 @@ class Demo:
                    render_stats(g, s.strategy, f"generating… round {g.rounds}"), text, "")
             if control["stop"]:  # checked before decoding the next round: the frame on screen is the last
                 break
-        kinds = [kind for _, kind, _ in pieces]
-        reason = (f"stopped: Stop pressed after {len(g.tokens)} new tokens ({plural(g.rounds, 'round')})"
-                  if control["stop"] else "done: stopped " + ("at the end-of-text token" if eos else
-                                                              "at the context window" if len(prompt_ids) + len(
-                                                                  g.tokens) >= model.params.max_seq_len
-                                                              else f"after {n} new tokens"))
-        reason += (f"; exit {s.exit_layer}, {rule_text(s)}; {plural(kinds.count('correction'), 'correction')}, "
-                   f"{plural(kinds.count('bonus'), 'bonus token')}" if s.strategy == "self_speculative" else
-                   f"; exit {s.exit_layer}" if s.strategy == "early_exit" else "")
-        reason += f"; {processors_text(s)}" if processors_text(s) else ""
-        yield render_text(prompt_text, pieces, s.strategy, rejected), render_stats(g, s.strategy, reason), text, ""
+        if control["stop"]:
+            why = f"stopped: Stop pressed after {len(g.tokens)} new tokens ({plural(g.rounds, 'round')})"
+        else:
+            why = "done: stopped " + ("at the end-of-text token" if eos else "at the context window" if
+                                      len(prompt_ids) + len(g.tokens) >= model.params.max_seq_len else
+                                      f"after {n} new tokens")
+        yield (render_text(prompt_text, pieces, s.strategy, rejected),
+               render_stats(g, s.strategy, ending(why, s, pieces)), text, "")
 
     def greedy(self, checkpoint, prompt, max_new_tokens, *drafting, **processors):
         """(model, tokenizer, n, Settings) for Compare and the sweep: greedy self-speculative decoding at the

@@ -9,7 +9,6 @@ shipped model:
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 from dataclasses import replace
