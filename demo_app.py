@@ -165,14 +165,18 @@ def read_settings(model, strategy="self_speculative", exit_layer=None, num_specu
     """The controls as a Settings: strategy, exit, d and stop rule by settings.recommended (none given: the stored
     setting), the values given over it, and sampling (temperature, top_p, seed, the logits processors, eos_id).
     stop_rule, a key of STOP_RULES, says which rule's boxes are read; None reads them all."""
-    if stop_rule is not None and stop_rule not in STOP_RULES:
+    rule = dict(draft_threshold=draft_threshold, draft_cost=draft_cost, draft_gamma=draft_gamma)  # None: all read
+    if stop_rule == "fixed":
+        rule = dict(draft_threshold=0, draft_cost=0)  # 0 = off: every round drafts d
+    elif stop_rule == "threshold":
+        rule = dict(draft_threshold=given("draft_threshold", draft_threshold, RANGES["draft_threshold"]))
+    elif stop_rule == "cost":
+        rule = dict(draft_cost=given("draft_cost", draft_cost, RANGES["draft_cost"]),
+                    draft_gamma=given("draft_gamma", draft_gamma, RANGES["draft_gamma"]))
+    elif stop_rule is not None:
         raise ValueError(f"stop_rule must be one of {', '.join(STOP_RULES)}, got {stop_rule!r}")
-    rule = dict(fixed=dict(draft_threshold=0, draft_cost=0), threshold=dict(draft_threshold=draft_threshold),
-                cost=dict(draft_cost=draft_cost, draft_gamma=draft_gamma)).get(
-        stop_rule, dict(draft_threshold=draft_threshold, draft_cost=draft_cost, draft_gamma=draft_gamma))
-    if stop_rule in ("threshold", "cost") and not rule[f"draft_{stop_rule}"]:  # 0 or None would turn it off
-        raise ValueError(f"the {stop_rule} stop rule needs draft_{stop_rule} above 0, got "
-                         f"{rule[f'draft_{stop_rule}']!r}")
+    if stop_rule in ("threshold", "cost") and not rule[f"draft_{stop_rule}"]:  # its 0 would turn the rule off
+        raise ValueError(f"the {stop_rule} stop rule needs draft_{stop_rule} above 0, got 0")
     mine = dict(exit_layer=exit_layer, num_speculations=num_speculations, **rule)
     s = recommended(model, strategy, **{k: mine.get(k) for k in ("exit_layer", "num_speculations", "draft_threshold",
                                                                  "draft_cost", "draft_gamma")})
@@ -436,7 +440,7 @@ class Demo:
             s = read_settings(model, strategy, exit_layer, num_speculations, stop_rule, draft_threshold, draft_cost,
                               draft_gamma, temperature=temperature, top_p=top_p, seed=seed, eos_id=tok.stop_ids,
                               repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
-            if rejected not in REJECTED_VIEWS:
+            if not isinstance(rejected, str) or rejected not in REJECTED_VIEWS:
                 raise ValueError(f"rejected must be one of {', '.join(REJECTED_VIEWS)}, got {rejected!r}")
             if chat not in (True, False):
                 raise ValueError(f"chat is true or false, got {chat!r}")
