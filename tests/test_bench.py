@@ -237,11 +237,8 @@ BENCH_BAD = [  # (argv after --checkpoint CKPT --baseline '', what the one line 
     (["--draft_threshold", "nan"], "argument --draft_threshold: draft_threshold must be 0 or a number in (0, 1]"),
     (["--draft_threshold", "0.5", "--draft_cost", "0.2"], "give a draft threshold or a draft cost, not both"),
     (["--sweep", "--sweep_specs", "64"], "the sweep tries d, 2d and 4d"),
-    (["--sweep", "--sweep_exits", "9"], "--sweep_exits 9 is out of range"),
     (["--sweep", "--out_dir", "{tmp}/a_file"], "--out_dir"),
-    (["--prompts", "nosuchset"], "--prompts nosuchset: not humaneval, dev, shakespeare or an existing text file"),
     (["--json", "{tmp}/no/such/folder/r.json"], "--json"),
-    (["--reference", "{tmp}/missing.pt"], "no such file"),
     (["--store"], "--store writes what --auto finds: give --auto too"),
     (["--auto", "--store", "--checkpoint", "{tmp}/folder"], "give a writable checkpoint file"),
 ]
@@ -259,10 +256,8 @@ def test_bench_refuses_bad_input_in_one_line(tiny_checkpoint, bad_files, capsys,
 EVAL_BAD = [  # (argv after --checkpoints CKPT --data SHORT_TEXT, what the one line says)
     (["--checkpoints", "{tmp}/binary.pt"], "cannot be read as a checkpoint"),
     (["--block_size", "32"], "less than one window of 33"),  # "To be" is a few tokens
-    (["--data", "nosuchcorpus"], "--data nosuchcorpus: not python, python-stdlib, shakespeare"),
     (["--data", "{tmp}/binary.pt"], "not UTF-8 text"),
     (["--block_size", "100000"], "--block_size 100000 does not fit"),  # never clamped without a word
-    (["--block_size", "256"], "context window of 256 tokens: use at most 255"),
     (["--checkpoints", "{ckpt}", "{ckpt}"], "two are named tiny"),
 ]
 
