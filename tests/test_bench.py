@@ -223,10 +223,11 @@ def test_peak_memory_is_the_fresh_process_own(tiny_checkpoint):
 
 @pytest.fixture
 def bad_files(tmp_path):
-    """A folder, a binary file, a file, and a short text."""
+    """A folder, a binary file, a file, an empty text and a short one."""
     (tmp_path / "folder").mkdir()
     (tmp_path / "binary.pt").write_bytes(bytes(range(256)))
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "empty.txt").write_text("\n\n")
     (tmp_path / "short.txt").write_text("To be\n")
     return tmp_path
 
@@ -239,6 +240,8 @@ BENCH_BAD = [  # (argv after --checkpoint CKPT --baseline '', what the one line 
     (["--sweep", "--sweep_specs", "64"], "the sweep tries d, 2d and 4d"),
     (["--sweep", "--out_dir", "{tmp}/a_file"], "--out_dir"),
     (["--json", "{tmp}/no/such/folder/r.json"], "--json"),
+    (["--prompts", "nosuchset"], "--prompts nosuchset: not humaneval, dev, shakespeare or an existing text file"),
+    (["--prompts", "{tmp}/empty.txt"], "has no prompts"),  # common.prompt_set's errors: tested here
     (["--store"], "--store writes what --auto finds: give --auto too"),
     (["--auto", "--store", "--checkpoint", "{tmp}/folder"], "give a writable checkpoint file"),
 ]
@@ -257,7 +260,8 @@ EVAL_BAD = [  # (argv after --checkpoints CKPT --data SHORT_TEXT, what the one l
     (["--checkpoints", "{tmp}/binary.pt"], "cannot be read as a checkpoint"),
     (["--block_size", "32"], "less than one window of 33"),  # "To be" is a few tokens
     (["--data", "{tmp}/binary.pt"], "not UTF-8 text"),
-    (["--block_size", "100000"], "--block_size 100000 does not fit"),  # never clamped without a word
+    (["--block_size", "256"], "--block_size 256 does not fit"),  # window 256: at most 255; never clamped
+    (["--data", "nosuchcorpus"], "--data nosuchcorpus: not python, python-stdlib, shakespeare"),
     (["--checkpoints", "{ckpt}", "{ckpt}"], "two are named tiny"),
 ]
 
