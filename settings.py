@@ -91,10 +91,15 @@ class Settings:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        for name in ("temperature", "draft_gamma", "repetition_penalty", "no_repeat_ngram_size"):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} needs a value: {RANGES[name].span()}")
         for name, bound in RANGES.items():
             value = getattr(self, name)
-            for v in (value if isinstance(value, (list, tuple)) else [value]):
-                bound.check(name, v)
+            if isinstance(value, (list, tuple)):  # a seed per prompt
+                object.__setattr__(self, name, [bound.check(name, v) for v in value])
+            else:
+                object.__setattr__(self, name, bound.check(name, value))  # whole numbers stored as int
         if self.draft_threshold and self.draft_cost:
             raise ValueError("give a draft threshold or a draft cost, not both: one stop rule")
         if self.strategy != "autoregressive" and self.exit_layer is None:
@@ -150,9 +155,10 @@ def recommended(model, strategy: Optional[str] = None, exit_layer: Optional[int]
     strategy = strategy or ("self_speculative" if exit_layer is not None else "autoregressive")
     if strategy == "autoregressive":
         return dict(strategy=strategy)
-    out = dict(strategy=strategy, exit_layer=exit_layer or max(1, model.params.n_layers // 4))
-    if strategy == "self_speculative":
-        out.update(num_speculations=num_speculations or DEFAULT_NUM_SPECULATIONS, draft_gamma=draft_gamma or 1.0,
+    out = dict(strategy=strategy, exit_layer=max(1, model.params.n_layers // 4) if exit_layer is None else exit_layer)
+    if strategy == "self_speculative":  # a bad value given (0, say) goes on to Settings, which refuses it
+        out.update(num_speculations=DEFAULT_NUM_SPECULATIONS if num_speculations is None else num_speculations,
+                   draft_gamma=1.0 if draft_gamma is None else draft_gamma,
                    draft_threshold=draft_threshold or None, draft_cost=draft_cost or None)
     return out
 
