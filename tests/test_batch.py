@@ -159,31 +159,7 @@ def test_shipped_model_float32_batch_of_8_humaneval_prompts():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# generate.py --prompt_file F.jsonl --batch_size B
-
-
-def test_cli_batch_compare_says_every_row_identical(tmp_path):
-    """Six HumanEval prompts on the shipped model (float32), four at a time: --compare checks each row against
-    its own autoregressive run, and each is identical."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from data.prepare import load_prompts
-    f = tmp_path / "prompts.jsonl"
-    prompts = load_prompts("humaneval")[:6]
-    f.write_text("".join(json.dumps(p) + "\n" for p in prompts[:5]) + json.dumps({"prompt": prompts[5]}) + "\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "generate.py", "--prompt_file", str(f), "--batch_size", "4", "--compare",
-                          "--max_new_tokens", "24"], cwd=root, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert out.returncode == 0, out.stderr
-    assert "batch: 6 prompts, at most 4 decoded at once" in out.stdout
-    assert [f"prompt {b}: outputs identical" in out.stdout for b in range(1, 7)] == [True] * 6
-    assert "6 of 6 rows identical" in out.stdout
-    for p in prompts:  # every prompt's text is printed, in order, each followed by its own continuation
-        assert p in out.stdout
-    assert out.stdout.index(prompts[0]) < out.stdout.index(prompts[3]) < out.stdout.index(prompts[5])
+# generate.py --prompt_file F.jsonl --batch_size B (a batch's --compare: test_generate.py)
 
 
 @pytest.mark.parametrize("lines, flags, message", [

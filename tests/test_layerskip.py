@@ -17,17 +17,14 @@ pytestmark = pytest.mark.method  # the whole file: `pytest -m method` checks the
 # Layer dropout schedule (eq. 2-4)
 
 
-def test_layer_dropout_rates_match_paper_l24():
-    """L=24, p_max=0.2 gives the spec's per-layer rates and a mean of 0.089 (paper Fig. 12's 0.0889)."""
+def test_layer_dropout_rates_match_the_paper():
+    """L=24, p_max=0.2 gives the spec's per-layer rates and a mean of 0.089 (paper Fig. 12's 0.0889); L=12 too."""
     expected = [0, .0061, .0124, .0189, .0256, .0325, .0396, .047, .0545, .0623, .0703, .0786, .0871, .0959,
                 .105, .1143, .1239, .1338, .144, .1546, .1654, .1766, .1881, .2]
     rates = ls.layer_dropout_rates(24, 0.2)
     assert [round(p, 4) for p in rates] == expected
     assert abs(sum(rates) / 24 - 0.0889) < 2e-4
-
-
-def test_layer_dropout_rates_l12_and_time_schedule():
-    """L=12 literals; S(t) = 2^(t/(T-1)) - 1 is 0 at the first step, 1 at the last, sqrt(2)-1 half-way."""
+    # L=12 literals; S(t) = 2^(t/(T-1)) - 1 is 0 at the first step, 1 at the last, sqrt(2)-1 half-way
     assert [round(p, 4) for p in ls.layer_dropout_rates(12, 0.2)] == [
         0, .013, .0269, .0416, .0573, .0741, .0919, .1109, .1311, .1526, .1756, .2]
     assert ls.layer_dropout_rates(12, 0.2, step=0, total_steps=101) == [0.0] * 12
@@ -39,15 +36,12 @@ def test_layer_dropout_rates_l12_and_time_schedule():
 # Early-exit loss weights and curricula (eq. 5-6)
 
 
-def test_early_exit_scale_literals():
-    """e(l) for L=12, e_scale=0.2: triangular numbers times 0.2, and 11 + 0.2*55 = 22 for the last block."""
+def test_early_exit_scale_and_weights_literals():
+    """e(l) for L=12, e_scale=0.2: triangular numbers times 0.2, and 11 + 0.2*55 = 22 for the last block (eq. 6)."""
     assert [round(e, 6) for e in ls.early_exit_scale(12, 0.2)] == [0, .2, .6, 1.2, 2, 3, 4.2, 5.6, 7.2, 9, 11, 22]
     e32 = ls.early_exit_scale(32, 0.2)
     assert e32[30] == pytest.approx(93) and e32[31] == pytest.approx(124)
-
-
-def test_early_exit_weights_match_spec():
-    """L=32, e_scale=0.2: exits {0,8,16,24,31} -> 0, .033, .125, .275, .568; {3,11,19,27,31} -> .005 ... .492."""
+    # normalised over the enabled exits: L=32, {0,8,16,24,31} -> 0, .033, .125, .275, .568; {3,...,31} -> .005 ... .492
     w = ls.early_exit_weights(32, 0.2, [0, 8, 16, 24, 31])
     assert [round(w[l], 3) for l in (0, 8, 16, 24, 31)] == [0, .033, .125, .275, .568]
     w = ls.early_exit_weights(32, 0.2, [3, 11, 19, 27, 31])
@@ -74,18 +68,15 @@ def test_edge_cases_of_the_schedules():
                            num_speculations=2).tokens) == 4
 
 
-def test_rotational_curriculum():
-    """Every R-th block, rotating by one block per step, last block always on."""
+def test_curricula():
+    """Rotational: every R-th block, rotating by one block per step, last block always on. Gradual: below."""
     assert ls.early_exit_curriculum(32, 0, "rotational", 8) == [0, 8, 16, 24, 31]
     assert ls.early_exit_curriculum(32, 3, "rotational", 8) == [3, 11, 19, 27, 31]
     assert ls.early_exit_curriculum(32, 9, "rotational", 8) == [1, 9, 17, 25, 31]
     assert ls.early_exit_curriculum(24, 5, "rotational", 23) == [5, 23]
     assert ls.early_exit_curriculum(24, 0, "rotational", 23) == [0, 23]
     assert ls.early_exit_curriculum(8, 7, "none") == list(range(8))
-
-
-def test_gradual_curriculum():
-    """Top-down: block l switches on at step (L-1-l) T/(2L); all on from T/2; last block on from step 0."""
+    # gradual, top-down: block l switches on at step (L-1-l) T/(2L); all on from T/2; last block on from step 0
     L, T = 8, 160  # one more block every T/(2L) = 10 steps
     assert ls.early_exit_curriculum(L, 0, "gradual", total_steps=T) == [7]
     assert ls.early_exit_curriculum(L, 9, "gradual", total_steps=T) == [7]
