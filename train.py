@@ -21,8 +21,6 @@ import hashlib
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -31,14 +29,14 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 import common
 import layerskip as ls
 import onpolicy
 from common import ArgumentParser, device_memory, fail, float_range, int_range
-from model_io import CheckpointError, SentencePieceTokenizer, build_model, load_checkpoint, load_model
-from model_io import save_checkpoint, tokenizer_fingerprint, tokenizer_from_dict
+from data import prepare as corpus
+from distributed import Ranks
+from model_io import CheckpointError, build_model, load_checkpoint, load_model, save_checkpoint, tokenizer_fingerprint
 
 PRESETS = {
     # A few minutes on a laptop CPU: shows the loss falling and the exits learning.
@@ -162,6 +160,14 @@ def resume_config(cfg):
     return argparse.Namespace(**{**DEFAULTS, **state["config"], **keep}), state  # DEFAULTS: knobs added since
 
 
+def checked(function, *args):
+    """function(*args), a ValueError it raises (a bad flag, file or folder) as the one-line error."""
+    try:
+        return function(*args)
+    except ValueError as e:
+        fail(str(e))
+
+
 def check_flags(cfg, ranks):
     """The checks that join two flags, or a flag and the processes or the machine."""
     if cfg.final_iters > cfg.max_iters:
@@ -174,10 +180,7 @@ def check_flags(cfg, ranks):
     onpolicy.check_train_flags(cfg, ranks.distributed)
     if cfg.dry_run:  # it allocates nothing, so it may name a device this machine lacks (cuda on a laptop)
         return
-    try:
-        common.check_device(cfg.device)
-    except ValueError as e:
-        fail(str(e))
+    checked(common.check_device, cfg.device)
     if torch.device(cfg.device).type not in ("cpu", "cuda", "mps"):
         fail(f"--device {cfg.device}: train on cpu, cuda or mps")
 
@@ -199,18 +202,9 @@ def check_model(cfg):
 
 def check_paths(cfg):
     """--data can be read or built, --out_dir can hold this run."""
-    folder = Path(cfg.data)
-    if folder.is_file():
-        fail(f"--data {folder} is a file: give the folder written by a data/*/prepare.py script")
-    if not data_ready(folder) and builder(folder) is None:
-        missing = next((name for name in DATA_FILES if not (folder / name).exists()), TOKENIZER_FILES[0])
-        fail(f"{folder / missing} is missing: prepare the data with data/prepare.py --input ... --out_dir {folder}")
+    checked(corpus.check_corpus, cfg.data)
+    corpus.check_out_dir(cfg.out_dir)
     out = Path(cfg.out_dir)
-    nearest = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
-    if not nearest.is_dir():
-        fail(f"--out_dir {out}: {nearest} is a file, not a folder: give another --out_dir")
-    if not os.access(nearest, os.W_OK):
-        fail(f"--out_dir {out}: {nearest} is not writable: give another --out_dir")
     held = [name for name in RUN_FILES[:2] if (out / name).exists()]
     if held and not (cfg.resume or cfg.force):
         fail(f"--out_dir {out} already holds a run ({', '.join(held)}): continue it with --resume, replace it with "
@@ -231,164 +225,22 @@ def configure(argv, ranks):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 2. Processes. `python train.py` is one process; under torchrun every rank runs this file, and the ranks meet
-#    only in this class: it holds every use of torch.distributed.
-
-
-class Ranks:
-    """This process's place among the run's processes (rank 0 of 1 without torchrun), and what they do together."""
-
-    def __init__(self):
-        self.distributed = int(os.environ.get("RANK", -1)) != -1
-        self.rank = int(os.environ["RANK"]) if self.distributed else 0
-        self.world = int(os.environ["WORLD_SIZE"]) if self.distributed else 1
-        self.local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))  # processes on this machine
-        self.master = self.rank == 0
-
-    def log(self, *args, **kwargs):
-        if self.master:
-            print(*args, **kwargs)
-
-    def start(self, device: str) -> str:
-        """Join the other ranks (NCCL on GPUs, gloo on CPU); this rank's device (its own GPU)."""
-        if not self.distributed:
-            return device
-        if torch.device(device).type == "cuda":
-            device = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        return device
-
-    def mean(self, value: float, device) -> float:
-        """The mean of every rank's value."""
-        if not self.distributed:
-            return value
-        t = torch.tensor(value, device=device)  # NCCL reduces CUDA tensors only
-        dist.all_reduce(t)
-        return t.item() / self.world
-
-    def gather(self, text: str) -> list[str]:
-        """Every rank's text, in rank order."""
-        texts = [text] * self.world
-        if self.distributed:
-            dist.all_gather_object(texts, text)
-        return texts
-
-    def wrap(self, model, fsdp: bool, find_unused: bool):
-        """The model as this rank trains it: itself in one process; under torchrun sharded by FSDP2 (every block,
-        then the rest) or replicated by DDP."""
-        if not self.distributed:
-            return model
-        if fsdp:
-            from torch.distributed.fsdp import fully_shard
-            for block in model.layers:
-                fully_shard(block)
-            return fully_shard(model)
-        # A block that every sample skipped in a step has no gradient: DDP must look for unused parameters.
-        return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused)
-
-    def accumulate(self, model, fsdp: bool, last: bool):
-        """The context of one micro-batch's backward: gradients are reduced across ranks on the last one only."""
-        if self.distributed and fsdp:
-            model.set_requires_gradient_sync(last)  # reduce-scatter once per step
-        return model.no_sync() if self.distributed and not fsdp and not last else nullcontext()
-
-    def full_state(self, model, optimizer, fsdp: bool):
-        """The model's and the optimizer's full state dicts (under FSDP every rank helps gather them)."""
-        if not (self.distributed and fsdp):
-            return model.state_dict(), optimizer.state_dict()
-        from torch.distributed.checkpoint import state_dict as sd
-        full = sd.StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return sd.get_model_state_dict(model, options=full), sd.get_optimizer_state_dict(model, optimizer, options=full)
-
-    def load_optimizer(self, model, optimizer, state, fsdp: bool):
-        """Load a full optimizer state dict (under FSDP, each rank takes its shards)."""
-        if not (self.distributed and fsdp):
-            return optimizer.load_state_dict(state)
-        from torch.distributed.checkpoint import state_dict as sd
-        sd.set_optimizer_state_dict(model, optimizer, state, options=sd.StateDictOptions(full_state_dict=True))
-
-    def barrier(self):
-        if self.distributed:
-            dist.barrier()
-
-    def close(self):
-        if self.distributed:
-            dist.barrier()
-            dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# 3. Data: random windows of the token memmaps. The windows of step t are a pure function of (seed, t), so a
+# 2. Data: random windows of the token memmaps. The windows of step t are a pure function of (seed, t), so a
 #    resumed run sees exactly the batches it would have seen, and all ranks together see one global batch.
-
-
-DATA_FILES = ("train.bin", "val.bin", "meta.json")  # meta.json is written last; and a tokenizer:
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.pt")  # ours (sentencepiece), or a checkpoint's (prepare --tokenizer)
-# Corpora built by another folder's script; any other folder with a prepare.py is built by that script.
-BUILDERS = {"data/python-stdlib": ["data/python/prepare.py", "--stdlib_only", "--vocab_size", "4096"]}
-ROOT = Path(__file__).resolve().parent
-
-
-def data_ready(folder: Path) -> bool:
-    return all((folder / name).exists() for name in DATA_FILES) and any((folder / n).exists() for n in TOKENIZER_FILES)
-
-
-def builder(folder: Path) -> Optional[list[str]]:
-    """The command that builds a corpus folder (data/python, data/shakespeare, ...), or None."""
-    key = folder.resolve().relative_to(ROOT).as_posix() if folder.resolve().is_relative_to(ROOT) else None
-    own = folder.resolve() / "prepare.py"
-    return BUILDERS.get(key) or ([str(own)] if own.exists() else None)
 
 
 def prepare_data(folder, ranks):
     """Build a corpus whose folder has a prepare.py the first time it is used: rank 0 builds, the others wait."""
-    folder = Path(folder)
-    if data_ready(folder):
-        return
-    command = builder(folder) + ["--out_dir", str(folder.resolve())]
-    if ranks.master:
-        print(f"{folder} is not prepared yet: building it with `python {' '.join(command)}` (once)", flush=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.run([sys.executable] + command, env=env, cwd=ROOT)
-        if proc.returncode != 0:
-            fail(f"`python {' '.join(command)}` failed (exit {proc.returncode}); see its output above")
+    if ranks.master and not corpus.data_ready(folder):
+        checked(corpus.build_folder, folder)
     ranks.barrier()
-
-
-def token_file(path, what: str, remedy: str, dtype: str = "uint16") -> np.ndarray:
-    """A file of token ids (uint16, or uint32 for a large vocabulary), memory-mapped; a one-line error if it is not
-    one."""
-    try:
-        return np.memmap(path, dtype=np.dtype(dtype), mode="r")
-    except (OSError, ValueError, TypeError) as e:  # empty, odd-sized, a folder, an unknown dtype
-        fail(f"{what}: not a file of {dtype} tokens ({type(e).__name__}): {remedy}")
-
-
-def data_tokenizer(folder: Path, rebuild: str):
-    """The tokenizer that made the data: a checkpoint's (tokenizer.pt, read without running pickled code), else the
-    sentencepiece model trained with it."""
-    saved = folder / "tokenizer.pt"
-    what = "a tokenizer saved by data/prepare.py --tokenizer" if saved.exists() else "a sentencepiece tokenizer"
-    try:
-        if saved.exists():
-            return tokenizer_from_dict(torch.load(saved, map_location="cpu", weights_only=True))
-        return SentencePieceTokenizer.from_file(folder / "tokenizer.model")
-    except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
-        fail(f"{saved if saved.exists() else folder / 'tokenizer.model'}: not {what} ({type(e).__name__}): {rebuild}")
 
 
 def load_data(cfg, ranks, init_tokenizer=None):
     """The token splits and the tokenizer, checked against the model to be trained: same tokenizer as
     --init_from, ids inside the vocabulary, at least one window of block_size + 1 tokens; and the on-policy text."""
     prepare_data(cfg.data, ranks)
-    folder, rebuild = Path(cfg.data), f"rebuild it with its prepare.py (or data/prepare.py --out_dir {cfg.data})"
-    try:
-        dtype = json.loads((folder / "meta.json").read_text()).get("dtype", "uint16")
-    except (OSError, ValueError, AttributeError) as e:
-        fail(f"{folder / 'meta.json'}: not a JSON object ({type(e).__name__}): {rebuild}")
-    data = {s: token_file(folder / f"{s}.bin", str(folder / f"{s}.bin"), rebuild, dtype) for s in ("train", "val")}
-    tokenizer = data_tokenizer(folder, rebuild)
+    data, tokenizer = checked(corpus.open_corpus, cfg.data)
     if init_tokenizer is not None:
         if tokenizer_fingerprint(init_tokenizer) != tokenizer_fingerprint(tokenizer):
             fail(f"--init_from {cfg.init_from} uses another tokenizer than {cfg.data}: prepare the data with the "
@@ -400,15 +252,16 @@ def load_data(cfg, ranks, init_tokenizer=None):
         fail(f"--vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} in {cfg.data}: "
              f"pass a larger one, or rebuild the data (an older build?) with its prepare.py")
     if cfg.onpolicy_data:
-        data["onpolicy"] = token_file(cfg.onpolicy_data, f"--onpolicy_data {cfg.onpolicy_data}", onpolicy.remedy(cfg))
+        data["onpolicy"] = checked(corpus.token_file, cfg.onpolicy_data, f"--onpolicy_data {cfg.onpolicy_data}",
+                                   onpolicy.remedy(cfg))
     for name, split in data.items():
-        where = f"--onpolicy_data {cfg.onpolicy_data}" if name == "onpolicy" else str(folder / f"{name}.bin")
+        where = f"--onpolicy_data {cfg.onpolicy_data}" if name == "onpolicy" else str(Path(cfg.data) / f"{name}.bin")
         if len(split) <= cfg.block_size + 1:
             fail(f"{where} has {len(split)} tokens, fewer than one training window of {cfg.block_size + 1}: use a "
                  f"smaller --block_size or more text")
         if int(split[:2**26].max()) >= tokenizer.vocab_size:  # its first 128 MB: a wrong build shows there
             fail(f"{where} holds token ids past the tokenizer of {cfg.data}: "
-                 + ("write it with a model trained on it" if name == "onpolicy" else rebuild))
+                 + ("write it with a model trained on it" if name == "onpolicy" else corpus.rebuild(cfg.data)))
     text = onpolicy.OnPolicyText(cfg, data.pop("onpolicy")) if cfg.onpolicy_data else None
     return data, tokenizer, text
 
@@ -430,7 +283,7 @@ def get_batch(data, cfg, step, micro, rank, world, device):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. The model: new, from --init_from (whose shape wins), or the stopped run's; sized before it is allocated.
+# 3. The model: new, from --init_from (whose shape wins), or the stopped run's; sized before it is allocated.
 
 
 def load_init(cfg):
@@ -512,7 +365,7 @@ def fmt_time(s):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 5. The optimizer and the schedules: learning rate, layer dropout rates and early-exit weights of step t.
+# 4. The optimizer and the schedules: learning rate, layer dropout rates and early-exit weights of step t.
 
 
 def make_optimizer(model, cfg, resume_state, ranks):
@@ -559,7 +412,7 @@ def layerskip_schedule(step, cfg, from_scratch):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 6. Training: steps, progress lines, evaluation at every exit, checkpoints.
+# 5. Training: steps, progress lines, evaluation at every exit, checkpoints.
 
 
 @dataclass
@@ -626,15 +479,10 @@ def evaluate(model, data, cfg, device, autocast):
 
 
 def check_same_skips(digest, ranks, announce=False):
-    """Every rank must draw the same layer-dropout pattern (the paper seeds every GPU alike): compare the ranks'
-    digests of their draws, print them if announce, stop the run if they differ. The weights cannot show a mismatch:
-    DDP averages gradients, so replicas agree even when each skipped other blocks."""
-    skips = ranks.gather(digest.hexdigest()[:16])
-    same = len(set(skips)) == 1
-    if announce or not same:
-        print(f"layer-dropout digests by rank: {' '.join(skips)} ({'identical' if same else 'DIFFERENT'})",
-              flush=True)
-    if not same:
+    """Every rank must draw the same layer-dropout pattern (the paper seeds every GPU alike): stop the run if their
+    digests of the draws differ. The weights cannot show a mismatch: DDP averages gradients, so replicas agree even
+    when each skipped other blocks."""
+    if not ranks.agree("layer-dropout", digest, announce):
         fail("the ranks drew different layer-dropout patterns: layer_dropout_mask must depend only on "
              "(seed, step, layer)")
 
@@ -708,14 +556,7 @@ def finish(run, step, saved_at, val_losses, skips, t_start):
               f"{export.stat().st_size / 2**20:.1f} MiB) in {fmt_time(time.time() - t_start)}")
     if ranks.distributed:
         check_same_skips(skips, ranks, announce=ranks.master)
-        if not cfg.fsdp:  # every DDP replica must end with the same weights
-            digest = hashlib.sha256()
-            for p in run.raw.parameters():
-                digest.update(p.detach().cpu().numpy().tobytes())
-            digests = ranks.gather(digest.hexdigest()[:16])
-            ranks.log(f"parameter digests by rank: {' '.join(digests)} "
-                      f"({'identical' if len(set(digests)) == 1 else 'DIFFERENT: the ranks diverged'})")
-        ranks.close()
+    ranks.close(run.raw, cfg.fsdp)  # DDP: every replica must end with the same weights
 
 
 def open_out_dir(cfg, ranks):

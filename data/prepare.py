@@ -16,7 +16,8 @@ Used two ways:
      --init_from checks that it is the checkpoint's.
 
   2. as a module: tokenizer training, encoding and writing for the corpus scripts beside it,
-     the Shakespeare corpus's train/held-out split, and the benchmark prompts (load_prompts).
+     the Shakespeare corpus's train/held-out split, the benchmark prompts (load_prompts), and the opening of a
+     prepared corpus for train.py (open_corpus; a folder with a prepare.py is built on first use).
      It is the bottom of the data folder: it imports none of the scripts above it.
 
 Every file (one input file = one "document") is encoded as
@@ -30,6 +31,7 @@ import gzip
 import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -308,6 +310,84 @@ def prepare_with_tokenizer(checkpoint, named, out_dir, val_fraction, test_fracti
             **{f"{s}_documents": len(p) for s, p in parts.items()}}
     atomic_write_bytes(os.path.join(out_dir, "meta.json"), (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
     return meta
+
+
+# -----------------------------------------------------------------------------
+# opening a prepared corpus for training (train.py): what is wrong is a ValueError that says what to do
+
+DATA_FILES = ("train.bin", "val.bin", "meta.json")  # meta.json is written last; and a tokenizer:
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.pt")  # ours (sentencepiece), or a checkpoint's (prepare --tokenizer)
+# Corpora built by another folder's script; any other folder with a prepare.py is built by that script.
+BUILDERS = {"data/python-stdlib": ["data/python/prepare.py", "--stdlib_only", "--vocab_size", "4096"]}
+ROOT = Path(DATA_DIR).resolve().parent  # the repository root
+
+
+def data_ready(folder) -> bool:
+    folder = Path(folder)
+    return all((folder / n).exists() for n in DATA_FILES) and any((folder / n).exists() for n in TOKENIZER_FILES)
+
+
+def builder(folder):
+    """The command that builds a corpus folder (data/python, data/shakespeare, ...), or None."""
+    folder = Path(folder).resolve()
+    key = folder.relative_to(ROOT).as_posix() if folder.is_relative_to(ROOT) else None
+    own = folder / "prepare.py"
+    return BUILDERS.get(key) or ([str(own)] if own.exists() else None)
+
+
+def check_corpus(folder):
+    """--data names a prepared corpus folder, or one whose script can build it."""
+    folder = Path(folder)
+    if folder.is_file():
+        raise ValueError(f"--data {folder} is a file: give the folder written by a data/*/prepare.py script")
+    if not data_ready(folder) and builder(folder) is None:
+        missing = next((name for name in DATA_FILES if not (folder / name).exists()), TOKENIZER_FILES[0])
+        raise ValueError(f"{folder / missing} is missing: prepare the data with data/prepare.py --input ... "
+                         f"--out_dir {folder}")
+
+
+def build_folder(folder):
+    """Run the script that builds the corpus folder, saying so."""
+    command = builder(folder) + ["--out_dir", str(Path(folder).resolve())]
+    print(f"{folder} is not prepared yet: building it with `python {' '.join(command)}` (once)", flush=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable] + command, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise ValueError(f"`python {' '.join(command)}` failed (exit {proc.returncode}); see its output above")
+
+
+def rebuild(folder) -> str:
+    return f"rebuild it with its prepare.py (or data/prepare.py --out_dir {folder})"
+
+
+def token_file(path, what: str, remedy: str, dtype: str = "uint16") -> np.ndarray:
+    """A file of token ids (uint16, or uint32 for a large vocabulary), memory-mapped."""
+    try:
+        return np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    except (OSError, ValueError, TypeError) as e:  # empty, odd-sized, a folder, an unknown dtype
+        raise ValueError(f"{what}: not a file of {dtype} tokens ({type(e).__name__}): {remedy}") from None
+
+
+def open_corpus(folder):
+    """{"train", "val": token memmaps} of the dtype meta.json names, and the tokenizer that made them: a checkpoint's
+    (tokenizer.pt, read without running pickled code), else the sentencepiece model trained with them."""
+    import torch
+    from model_io import SentencePieceTokenizer, tokenizer_from_dict
+    folder, remedy = Path(folder), rebuild(folder)
+    try:
+        dtype = json.loads((folder / "meta.json").read_text()).get("dtype", "uint16")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{folder / 'meta.json'}: not a JSON object ({type(e).__name__}): {remedy}") from None
+    splits = {s: token_file(folder / f"{s}.bin", str(folder / f"{s}.bin"), remedy, dtype) for s in ("train", "val")}
+    saved = folder / "tokenizer.pt"
+    what = "a tokenizer saved by data/prepare.py --tokenizer" if saved.exists() else "a sentencepiece tokenizer"
+    try:
+        if saved.exists():
+            return splits, tokenizer_from_dict(torch.load(saved, map_location="cpu", weights_only=True))
+        return splits, SentencePieceTokenizer.from_file(folder / "tokenizer.model")
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
+        where = saved if saved.exists() else folder / "tokenizer.model"
+        raise ValueError(f"{where}: not {what} ({type(e).__name__}): {remedy}") from None
 
 
 # -----------------------------------------------------------------------------
