@@ -33,6 +33,7 @@ import torch
 
 import layerskip as ls
 from common import ArgumentParser, device_memory, fail, float_range, int_range
+from data import prepare as corpus
 from model_io import SentencePieceTokenizer, atomic_write, load_model
 
 
@@ -199,6 +200,16 @@ def check_train_flags(cfg, distributed: bool):
         fail("--onpolicy_data runs in one process: drop torchrun, or train without it")
     if cfg.onpolicy_data and not cfg.dry_run and not Path(cfg.onpolicy_data).exists():
         fail(f"--onpolicy_data {cfg.onpolicy_data}: no such file; {remedy(cfg)}")
+
+
+def open_text(cfg, vocab_size: int):
+    """--onpolicy_data's tokens as OnPolicyText (checked: a window long, ids inside the vocabulary), or None."""
+    if not cfg.onpolicy_data:
+        return None
+    flag = f"--onpolicy_data {cfg.onpolicy_data}"
+    tokens = corpus.token_file(cfg.onpolicy_data, flag, remedy(cfg))
+    corpus.check_tokens(tokens, flag, cfg.block_size, vocab_size, "write it with a model trained on it")
+    return OnPolicyText(cfg, tokens)
 
 
 class OnPolicyText:

@@ -229,18 +229,13 @@ def configure(argv, ranks):
 #    resumed run sees exactly the batches it would have seen, and all ranks together see one global batch.
 
 
-def prepare_data(folder, ranks):
-    """Build a corpus whose folder has a prepare.py the first time it is used: rank 0 builds, the others wait."""
-    if ranks.master and not corpus.data_ready(folder):
-        checked(corpus.build_folder, folder)
-    ranks.barrier()
-
-
 def load_data(cfg, ranks, init_tokenizer=None):
     """The token splits and the tokenizer, checked against the model to be trained: same tokenizer as
     --init_from, ids inside the vocabulary, at least one window of block_size + 1 tokens; and the on-policy text."""
-    prepare_data(cfg.data, ranks)
-    data, tokenizer = checked(corpus.open_corpus, cfg.data)
+    if ranks.master and not corpus.data_ready(cfg.data):  # built on first use: rank 0 builds, the others wait
+        checked(corpus.build_folder, cfg.data)
+    ranks.barrier()
+    data, tokenizer = checked(corpus.open_corpus, cfg.data, cfg.block_size)
     if init_tokenizer is not None:
         if tokenizer_fingerprint(init_tokenizer) != tokenizer_fingerprint(tokenizer):
             fail(f"--init_from {cfg.init_from} uses another tokenizer than {cfg.data}: prepare the data with the "
@@ -251,19 +246,7 @@ def load_data(cfg, ranks, init_tokenizer=None):
     if cfg.vocab_size < tokenizer.vocab_size:
         fail(f"--vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} in {cfg.data}: "
              f"pass a larger one, or rebuild the data (an older build?) with its prepare.py")
-    if cfg.onpolicy_data:
-        data["onpolicy"] = checked(corpus.token_file, cfg.onpolicy_data, f"--onpolicy_data {cfg.onpolicy_data}",
-                                   onpolicy.remedy(cfg))
-    for name, split in data.items():
-        where = f"--onpolicy_data {cfg.onpolicy_data}" if name == "onpolicy" else str(Path(cfg.data) / f"{name}.bin")
-        if len(split) <= cfg.block_size + 1:
-            fail(f"{where} has {len(split)} tokens, fewer than one training window of {cfg.block_size + 1}: use a "
-                 f"smaller --block_size or more text")
-        if int(split[:2**26].max()) >= tokenizer.vocab_size:  # its first 128 MB: a wrong build shows there
-            fail(f"{where} holds token ids past the tokenizer of {cfg.data}: "
-                 + ("write it with a model trained on it" if name == "onpolicy" else corpus.rebuild(cfg.data)))
-    text = onpolicy.OnPolicyText(cfg, data.pop("onpolicy")) if cfg.onpolicy_data else None
-    return data, tokenizer, text
+    return data, tokenizer, checked(onpolicy.open_text, cfg, tokenizer.vocab_size)
 
 
 def batch_generator(cfg, step, micro) -> torch.Generator:
@@ -340,9 +323,8 @@ def size_model(cfg, ranks, device=None) -> dict:
         fail(f"this run needs about {fmt_bytes(need * shared)} (estimate), more than the {fmt_bytes(have)} of "
              f"{device}: use a smaller --batch_size or --block_size (--grad_accum keeps the tokens per step), or a "
              f"smaller model")
-    return {"n_params": n_params, "dim": cfg.dim, "n_heads": cfg.n_heads, "n_layers": cfg.n_layers,
-            "context": cfg.block_size, "vocab_size": cfg.vocab_size,
-            "ffn_hidden": block.feed_forward.w1.out_features, "memory_bytes": int(need)}
+    return dict(n_params=n_params, dim=cfg.dim, n_heads=cfg.n_heads, n_layers=cfg.n_layers, context=cfg.block_size,
+                vocab_size=cfg.vocab_size, ffn_hidden=block.feed_forward.w1.out_features, memory_bytes=int(need))
 
 
 def new_model(cfg, init, resume_state, device):
@@ -479,9 +461,8 @@ def evaluate(model, data, cfg, device, autocast):
 
 
 def check_same_skips(digest, ranks, announce=False):
-    """Every rank must draw the same layer-dropout pattern (the paper seeds every GPU alike): stop the run if their
-    digests of the draws differ. The weights cannot show a mismatch: DDP averages gradients, so replicas agree even
-    when each skipped other blocks."""
+    """Every rank must draw the same layer-dropout pattern (the paper seeds every GPU alike). Only the digests of the
+    draws can show it: DDP averages gradients, so replicas agree even when each skipped other blocks."""
     if not ranks.agree("layer-dropout", digest, announce):
         fail("the ranks drew different layer-dropout patterns: layer_dropout_mask must depend only on "
              "(seed, step, layer)")
@@ -581,9 +562,9 @@ def main(argv=None):
         cfg.vocab_size = cfg.vocab_size or 32000
         ranks.log(json.dumps(size_model(cfg, ranks)))
         return
-    device = ranks.start(cfg.device)  # 2. processes: one, or torchrun's ranks
-    data, tokenizer, onpolicy_text = load_data(cfg, ranks, init_tokenizer)  # 3. data, built on first use
-    size_model(cfg, ranks, device)  # 4. the model: does it fit?
+    device = ranks.start(cfg.device)  # processes: one, or torchrun's ranks (distributed.py)
+    data, tokenizer, onpolicy_text = load_data(cfg, ranks, init_tokenizer)  # 2. data, built on first use
+    size_model(cfg, ranks, device)  # 3. the model: does it fit?
     model = new_model(cfg, init, resume_state, device)
     ranks.log("config: " + json.dumps({k: v for k, v in sorted(vars(cfg).items())}))
     open_out_dir(cfg, ranks)  # the first thing created
@@ -591,14 +572,14 @@ def main(argv=None):
         for block in model.layers:
             block.compile()
     wrapped = ranks.wrap(model, cfg.fsdp, find_unused=cfg.p_max > 0)
-    optimizer, step = make_optimizer(model, cfg, resume_state, ranks)  # 5. optimizer (resumed)
+    optimizer, step = make_optimizer(model, cfg, resume_state, ranks)  # 4. optimizer (resumed)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.dtype == "bfloat16"
                 and str(device).startswith("cuda") else nullcontext())
     run = Run(cfg, ranks, device, data, tokenizer, wrapped, model, optimizer, autocast, onpolicy_text)
     val_losses = (resume_state or {}).get("metadata", {}).get("val_loss_per_exit")
     t_start = time.time()
-    step, saved_at, val_losses, skips = train(run, step, val_losses, t_start)  # 6. train
-    finish(run, step, saved_at, val_losses, skips, t_start)  # 7. the last checkpoint, model.pt
+    step, saved_at, val_losses, skips = train(run, step, val_losses, t_start)  # 5. train
+    finish(run, step, saved_at, val_losses, skips, t_start)  # the last checkpoint, model.pt
 
 
 if __name__ == "__main__":

@@ -368,9 +368,18 @@ def token_file(path, what: str, remedy: str, dtype: str = "uint16") -> np.ndarra
         raise ValueError(f"{what}: not a file of {dtype} tokens ({type(e).__name__}): {remedy}") from None
 
 
-def open_corpus(folder):
-    """{"train", "val": token memmaps} of the dtype meta.json names, and the tokenizer that made them: a checkpoint's
-    (tokenizer.pt, read without running pickled code), else the sentencepiece model trained with them."""
+def check_tokens(tokens, where: str, block_size: int, vocab_size: int, remedy: str):
+    """At least one training window of block_size + 1 tokens, every id inside the vocabulary."""
+    if len(tokens) <= block_size + 1:
+        raise ValueError(f"{where} has {len(tokens)} tokens, fewer than one training window of {block_size + 1}: use "
+                         f"a smaller --block_size or more text")
+    if int(tokens[:2**26].max()) >= vocab_size:  # its first 128 MB: a wrong build shows there
+        raise ValueError(f"{where} holds token ids past the tokenizer's vocabulary of {vocab_size}: {remedy}")
+
+
+def open_corpus(folder, block_size: int):
+    """{"train", "val": token memmaps} of the dtype meta.json names, checked (check_tokens), and the tokenizer that
+    made them: a checkpoint's (tokenizer.pt, read without running pickled code), else the sentencepiece model."""
     import torch
     from model_io import SentencePieceTokenizer, tokenizer_from_dict
     folder, remedy = Path(folder), rebuild(folder)
@@ -383,11 +392,15 @@ def open_corpus(folder):
     what = "a tokenizer saved by data/prepare.py --tokenizer" if saved.exists() else "a sentencepiece tokenizer"
     try:
         if saved.exists():
-            return splits, tokenizer_from_dict(torch.load(saved, map_location="cpu", weights_only=True))
-        return splits, SentencePieceTokenizer.from_file(folder / "tokenizer.model")
+            tokenizer = tokenizer_from_dict(torch.load(saved, map_location="cpu", weights_only=True))
+        else:
+            tokenizer = SentencePieceTokenizer.from_file(folder / "tokenizer.model")
     except (OSError, RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
         where = saved if saved.exists() else folder / "tokenizer.model"
         raise ValueError(f"{where}: not {what} ({type(e).__name__}): {remedy}") from None
+    for name, tokens in splits.items():
+        check_tokens(tokens, str(folder / f"{name}.bin"), block_size, tokenizer.vocab_size, remedy)
+    return splits, tokenizer
 
 
 # -----------------------------------------------------------------------------
