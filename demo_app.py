@@ -9,7 +9,8 @@ Every round is drawn as it happens: the drafts the early exit got right (green),
 correction (blue) or a bonus token (violet), and the rejected drafts (a red count, or struck through). Beside it:
 live statistics, a timed comparison with autoregressive decoding, the logit lens of the paper's Fig. 2a, and
 acceptance and speedup by exit layer. The exit, d and stop rule start at the checkpoint's stored setting, and so do
-the API's defaults. The page's style and HTML are in demo/ (style.css, templates.html), read at start-up.
+the API's defaults. Here: the flags, the models, the events and the page's layout; demo_views.py draws what the
+events show, through demo/templates.html and demo/style.css.
 
 Only checkpoints/*.pt and those given with --checkpoint are served: the page and API are public, and a typed path
 must not probe the server's files or fill its memory. The events are methods of Demo over plain values (tests call
@@ -17,24 +18,21 @@ them directly); they take the widgets' values as sent, and the settings.Settings
 range from settings.RANGES) in one line of plain text. Generation is an API endpoint too:
 gradio_client.Client(url).submit(prompt="def f(x):", api_name="/generate").result().
 """
-import html
-import itertools
 import os
 import re
-import statistics
 import sys
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from string import Template
 from typing import Optional
 
+import demo_views as views
 import layerskip as ls
 from batcher import Batcher, Busy
-from common import ArgumentParser, int_range, interleaved_runs, plural, round_pieces, unfinished_tail
-from model_io import INSTALLED_MODELS, chat_prompt, installed_model, load_model, token_texts
+from common import ArgumentParser, int_range, interleaved_runs, plural
+from demo_views import REJECTED_VIEWS, fill
+from model_io import INSTALLED_MODELS, chat_prompt, installed_model, load_model
 from settings import RANGES, STRATEGIES, Range, Settings, recommended
 
 ROOT = Path(__file__).resolve().parent
@@ -43,34 +41,13 @@ MAX_MODELS = 2  # models kept loaded, the least recently used dropped first
 MAX_NEW_TOKENS = Range(1, 512, whole=True, meaning="the context window may allow fewer")  # per generation
 MAX_PROMPT_CHARS = 20_000  # longer prompts are refused before tokenizing; the context window decides the rest
 SWEEP_TOKENS, SWEEP_REPEATS, COMPARE_REPEATS = 32, 5, 3  # the sweep's tokens a run; timed passes of sweep, Compare
-LENS_COLUMNS = 48  # the logit lens shows the last this-many positions
 STOP_RULES = {"fixed": "fixed d", "threshold": "confidence threshold", "cost": "cost model"}  # the API takes the keys
 RULE_DEFAULTS = dict(draft_threshold=0.5, draft_cost=0.15, draft_gamma=1.0)  # a rule's boxes where none is stored
-# Rejected drafts show as a red count per round (their text on hover), struck through (at most REJECTED_SHOWN a
-# round, then "+k"), or not at all: a class on the output, switched without decoding again.
-REJECTED_VIEWS, REJECTED_SHOWN = {"count": "count", "text": "struck through", "hidden": "hidden"}, 4
 RUN_BUTTONS = ("go", "compare", "lens", "sweep")  # disabled until the model panel has loaded
 REFUSED = ("this checkpoint is not served here: choose a model from the menu (whoever runs the demo can add "
            "others with --checkpoint, or allow any path with --allow_any_checkpoint)")
 # common.round_pieces' "token" (a round without drafts) as what it is; self-speculative: a bonus after 0 drafts
 TOKEN_KIND = {"autoregressive": "full", "early_exit": "early_exit", "self_speculative": "bonus"}
-CSS = (ROOT / "demo/style.css").read_text()
-_sections = re.split(r"^<!-- (\w+) -->\n", (ROOT / "demo/templates.html").read_text(), flags=re.M)[1:]
-TEMPLATES = {name: Template(" ".join(text.strip("\n").rstrip().split("\n")))  # each template on one line
-             for name, text in zip(_sections[::2], _sections[1::2])}
-
-
-class Raw(str):
-    """HTML made from the templates: filled into another as it is, where any other value is escaped."""
-
-
-def fill(section: str, /, **values) -> Raw:
-    return Raw(TEMPLATES[section].substitute({k: v if isinstance(v, Raw) else html.escape(str(v))
-                                              for k, v in values.items()}))
-
-
-def join(parts) -> Raw:
-    return Raw("".join(parts))
 
 
 @dataclass
@@ -145,14 +122,6 @@ class Models:
 # The controls' values as a Settings, which checks them against settings.RANGES.
 
 
-def check_prompt(prompt):
-    """The checks the library cannot make (it sees token ids, not text)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("the prompt is empty: type some text or pick an example")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"the prompt has {len(prompt):,} characters; the demo takes at most {MAX_PROMPT_CHARS:,}")
-
-
 def given(name: str, value, bound: Range):
     """A box's value in its range; an empty box (or an API caller's null) is refused."""
     if value is None:
@@ -198,81 +167,11 @@ def control_values(model, exit_layer=None) -> dict:
                 **{k: s.get(k) or v for k, v in RULE_DEFAULTS.items()})
 
 
-def rule_text(s: Settings) -> str:
-    """A self-speculative setting's d and stop rule, in words."""
-    if s.draft_cost:
-        return f"d ≤ {s.num_speculations}, cost-model stop (draft cost {s.draft_cost:g}, γ {s.draft_gamma:g})"
-    if s.draft_threshold:
-        return f"d ≤ {s.num_speculations}, stop below confidence {s.draft_threshold:g}"
-    return f"d = {s.num_speculations}, fixed"
-
-
-def processors_text(s: Settings) -> str:
-    """The logits processors that are on, in words ("" if none)."""
-    return ", ".join(([f"repetition penalty {s.repetition_penalty:g}"] if s.repetition_penalty != 1 else []) +
-                     ([f"no repeated {s.no_repeat_ngram_size}-grams"] if s.no_repeat_ngram_size else []))
-
-
-def error_text(message) -> str:
-    """An error for an error box: one line of plain text (the API's callers read it as it is)."""
-    return " ".join(str(message).split())
-
-
-def unchanged():
-    """An output left as it is on screen."""
+def failed(error, outputs: int) -> tuple:
+    """Bad input: every output left as it is on screen, and why in the error place, one line of plain text (the
+    API's callers read it as it is)."""
     import gradio as gr
-    return gr.update()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Drawing: the output, the statistics, the model panel, the sweep.
-
-
-def render_text(prompt_text, pieces, strategy, rejected="count") -> Raw:
-    """The prompt (grey), then the pieces (text, kind, round) coloured by kind, under the strategy's legend. A
-    round's rejected drafts sit together where they stood: their count, at most REJECTED_SHOWN struck through and
-    "+k", all their text on hover; the view (REJECTED_VIEWS) shows one of these, by CSS alone."""
-    def span(text, kind, r):  # a kind is a class: its colour is in demo/style.css
-        return fill("token", kind=kind, title=f"round {r}: {kind.replace('_', ' ')}", text=text)
-
-    spans = []
-    for (r, rejected_run), run in itertools.groupby(pieces, key=lambda p: (p[2], p[1] == "rejected")):
-        run = list(run)
-        spans += [fill("rejected", n=len(run), tokens=join(span(*p) for p in run[:REJECTED_SHOWN]),
-                       title=f"round {r}: {plural(len(run), 'rejected draft')}: {''.join(p[0] for p in run)!r}",
-                       more=fill("more", n=len(run) - REJECTED_SHOWN) if len(run) > REJECTED_SHOWN else "")
-                  ] if rejected_run else [span(*p) for p in run]
-    return fill("output", view=rejected, legend=fill(f"legend_{strategy}"), prompt=prompt_text, spans=join(spans))
-
-
-def render_stats(g: ls.Generation, strategy, status="") -> Raw:
-    """Live statistics as a row of cards, read from the Generation so far."""
-    cards = [("tokens", len(g.tokens)), ("tokens/s", f"{g.tokens_per_s:.1f}" if g.tokens and g.seconds else "–"),
-             ("ms/token", f"{1000 * g.time_per_token:.1f}" if g.tokens else "–")]
-    if strategy == "self_speculative":
-        cards += [("acceptance rate", f"{g.acceptance_rate:.0%}" if g.drafted else "–"),
-                  ("tokens/round", f"{g.tokens_per_round:.2f}" if g.rounds else "–"), ("rounds", g.rounds)]
-    return fill("stats", cards=join(fill("card", key=k, value=v) for k, v in cards), status=status)
-
-
-def describe(checkpoint, model, tok) -> Raw:
-    """The checkpoint in two lines, its size and stored setting; folded away, its shape and every exit's validation
-    loss as a small plot (exit 1 left, exit L right, the stored exit orange)."""
-    p, meta = model.params, getattr(model, "metadata", None) or {}
-    rec, losses = meta.get("recommended") or {}, meta.get("val_loss_per_exit")
-    shape, E = f"dim {p.dim}, vocabulary {tok.vocab_size}, context {p.max_seq_len}", rec.get("exit_layer")
-    if losses:
-        lo, hi = min(losses), max(losses)
-        xy = [(34 + 260 * i / max(len(losses) - 1, 1), 4 + 62 * (hi - v) / ((hi - lo) or 1)) for i, v in
-              enumerate(losses)]
-        dots = join(fill("loss_dot", x=f"{x:.1f}", y=f"{y:.1f}", r=3.5 if e == E else 1.8, E=e, loss=f"{v:.3f}",
-                         fill="#e8590c" if e == E else "#4c6ef5") for e, ((x, y), v) in enumerate(zip(xy, losses), 1))
-        plot = fill("loss_plot", line=" ".join(f"{x:.1f},{y:.1f}" for x, y in xy), dots=dots, hi=f"{hi:.2f}",
-                    lo=f"{lo:.2f}", L=len(losses))
-    return fill("model", name=resolve(checkpoint).name, layers=p.n_layers,
-                params=f"{sum(t.numel() for t in model.parameters()) / 1e6:.1f}",
-                recommended=fill("recommended", exit=E, rule=rule_text(read_settings(model))) if E else "",
-                shape=fill("losses", shape=shape, plot=plot) if losses else Raw(f"<br>{html.escape(shape)}"))
+    return (*[gr.update()] * outputs, " ".join(str(error).split()))
 
 
 def rule_updates(values: dict, shown_only: bool = False):
@@ -296,79 +195,11 @@ def sweep_exits(L: int) -> list[int]:
     return list(range(1, L + 1)) if L <= 16 else list(range(1, L // 2 + 1)) + [L]
 
 
-def sweep_results(ratios, acceptance, L, n, setting, status, progress=None):
-    """The sweep's two plots (acceptance and speedup by exit, measured exits only, x from 1 to L) and note, from
-    each exit's per-pass speedup ratios so far (exit -> list) and acceptance; progress: (runs done, in all)."""
-    import gradio as gr
-    import pandas as pd
-    speedup = {E: statistics.median(r) for E, r in ratios.items() if r}
-    acc = pd.DataFrame({"exit_layer": sorted(acceptance), "acceptance": [acceptance[E] for E in sorted(acceptance)]},
-                       columns=["exit_layer", "acceptance"]).astype({"exit_layer": int})
-    fast = pd.DataFrame({"exit_layer": list(speedup), "speedup": list(speedup.values())},
-                        columns=["exit_layer", "speedup"]).astype({"exit_layer": int})
-
-    def spread(E):
-        return f"{min(ratios[E]):.2f}–{max(ratios[E]):.2f}×"
-
-    verdict = ""
-    if speedup and progress is None:  # done: the fastest exit (exit L is no candidate), and the noise check
-        best = max([E for E in speedup if E != L] or speedup, key=speedup.get)
-        verdict = fill("verdict", best=fill("fastest" if speedup[best] > 1 else "none_faster", E=best,
-                                            speedup=f"{speedup[best]:.2f}×", spread=spread(best)),
-                       sanity=fill("sanity", L=L, speedup=f"{speedup[L]:.2f}×", spread=spread(L),
-                                   far="" if 0.8 <= speedup[L] <= 1.1 else fill("far")) if L in speedup else "")
-    rows = join(fill("sweep_row", E=E, acceptance=f"{acceptance[E]:.0%}", speedup=f"{v:.2f}×", spread=spread(E),
-                     passes=len(ratios[E])) for E, v in speedup.items())
-    note = fill("sweep", progress=Raw(f'<progress value="{progress[0]}" max="{progress[1]}"></progress> ')
-                if progress else "", status=status, n=n, setting=setting, passes=SWEEP_REPEATS,
-                verdict=verdict, table=fill("sweep_table", rows=rows) if speedup else "")
-    x_lim = [0, L + 0.5]  # the axis ends at the last exit, measured or not (+ 0.5: its dot is not cut in half)
-    return (gr.update(value=acc, x_lim=x_lim),
-            gr.update(value=fast, x_lim=x_lim, y_lim=[0, 1.1 * max([1.5, *speedup.values()])]), note)
-
-
-def visible(text: str) -> str:
-    """Whitespace made visible for a lens cell."""
-    return text.replace(" ", "·").replace("\n", "↵").replace("\t", "⇥") or "∅"
-
-
 def example_prompts() -> list[str]:
     """A few short HumanEval problems (without their leading blank lines) and Shakespeare passages."""
     from data.prepare import load_prompts
     code = [re.sub(r"\A(?:[ \t]*\n)+", "", p) for p in sorted(load_prompts("humaneval"), key=len)[:3]]
     return code + ["\n".join(p.splitlines()[:3]) + "\n" for p in load_prompts("shakespeare")[:3]]
-
-
-def rounds_as_pieces(stream, tokenizer, prompt_ids, end: int, token_kind: str):
-    """After every round of `stream`: (pieces so far, the decoded continuation, the Generation so far, whether it
-    ended at an EOS). Pieces are (text, kind, round) in reading order (common.round_pieces; a round without drafts
-    as token_kind): the non-rejected ones join to the text once decoding ends. The time is the model's, not ours."""
-    context, pieces, events, seconds, start = list(prompt_ids), [], [], 0.0, len(tokenizer.decode(prompt_ids))
-    while True:
-        t0 = time.perf_counter()
-        event = next(stream, None)
-        seconds += time.perf_counter() - t0
-        if event is None:
-            return
-        events.append(event)
-        pieces += [(text, token_kind if kind == "token" else kind, len(events))
-                   for text, kind in round_pieces(tokenizer, event, context)]
-        context += event.tokens
-        eos = bool(tokenizer.stop_ids & set(event.tokens))
-        held = unfinished_tail(tokenizer, context, start)
-        if held and (eos or len(context) >= end):  # the last round: nothing will complete the character
-            i = max(i for i, (_, kind, _) in enumerate(pieces) if kind != "rejected")
-            pieces[i] = (pieces[i][0] + held, *pieces[i][1:])
-        yield list(pieces), tokenizer.decode(context)[start:], ls.Generation.from_events(list(events), seconds), eos
-
-
-def ending(why: str, s: Settings, pieces) -> str:
-    """The line under the cards once decoding ends: why, the setting that ran, and how its rounds ended."""
-    kinds = [kind for _, kind, _ in pieces]
-    ran = (f"; exit {s.exit_layer}, {rule_text(s)}; {plural(kinds.count('correction'), 'correction')}, "
-           f"{plural(kinds.count('bonus'), 'bonus token')}" if s.strategy == "self_speculative" else
-           f"; exit {s.exit_layer}" if s.strategy == "early_exit" else "")
-    return why + ran + (f"; {processors_text(s)}" if processors_text(s) else "")
 
 
 def timing(s: Settings) -> dict:
@@ -405,7 +236,8 @@ class Demo:
         except ValueError:  # the box holds a bad value: the default replaces it
             new = min(64, top)
         checkpoint = str(checkpoint).strip()
-        return (gr.update(value=checkpoint), checkpoint, describe(checkpoint, model, tok),
+        return (gr.update(value=checkpoint), checkpoint,
+                views.describe(resolve(checkpoint).name, model, tok, read_settings(model)),
                 gr.update(maximum=L, value=v["exit_layer"], label=f"exit layer E (1–{L})"),
                 gr.update(value=v["num_speculations"]), *rule_updates(v), gr.update(maximum=top, value=new),
                 *[gr.update(interactive=True)] * len(RUN_BUTTONS))
@@ -424,6 +256,21 @@ class Demo:
         return (gr.update(value=v["num_speculations"]), gr.update(value=v["stop_rule"]),
                 *[box | ({"value": v[k]} if box["visible"] else {}) for k, box in zip(RULE_DEFAULTS, boxes)])
 
+    def start(self, checkpoint, prompt, max_new_tokens, strategy, drafting, chat=False, **sampling):
+        """(model, tokenizer, prompt ids, n, Settings) of a run, every control's value checked (read_settings) and
+        the prompt too: bad input raises a ValueError. The context window is checked where the stream is made."""
+        if not isinstance(prompt, str) or not prompt.strip():  # the library sees token ids, not text
+            raise ValueError("the prompt is empty: type some text or pick an example")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"the prompt has {len(prompt):,} characters; the demo takes at most {MAX_PROMPT_CHARS:,}")
+        model, tok = self.models.get(checkpoint)
+        n = given("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
+        s = read_settings(model, strategy, *drafting, eos_id=tok.stop_ids, **sampling)
+        if chat not in (True, False):
+            raise ValueError(f"chat is true or false, got {chat!r}")
+        ids = chat_prompt(tok, prompt)[1] if chat else tok.encode(prompt)  # the model's own template
+        return model, tok, ids, n, s
+
     def generate(self, checkpoint, prompt, strategy="self_speculative", exit_layer=None, num_speculations=None,
                  stop_rule=None, draft_threshold=None, draft_cost=None, draft_gamma=None, temperature=0.0, top_p=1.0,
                  max_new_tokens=64, seed=0, rejected="count", repetition_penalty=1.0, no_repeat_ngram_size=0,
@@ -434,85 +281,60 @@ class Demo:
         control = {} if control is None else control
         control["stop"] = False
         try:
-            check_prompt(prompt)
-            model, tok = self.models.get(checkpoint)
-            n = given("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
-            s = read_settings(model, strategy, exit_layer, num_speculations, stop_rule, draft_threshold, draft_cost,
-                              draft_gamma, temperature=temperature, top_p=top_p, seed=seed, eos_id=tok.stop_ids,
-                              repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
             if not isinstance(rejected, str) or rejected not in REJECTED_VIEWS:
                 raise ValueError(f"rejected must be one of {', '.join(REJECTED_VIEWS)}, got {rejected!r}")
-            if chat not in (True, False):
-                raise ValueError(f"chat is true or false, got {chat!r}")
-            prompt_ids = chat_prompt(tok, prompt)[1] if chat else tok.encode(prompt)  # the model's own template
-            stream = (self.batcher.submit(model, prompt_ids, n, s) if self.batcher else  # joined into a batch
-                      ls.generate_stream(model, prompt_ids, n, s))  # both check the rest here, at the call
-        except (ValueError, OSError, Busy) as e:
-            yield unchanged(), unchanged(), unchanged(), error_text(e)
+            model, tok, ids, n, s = self.start(
+                checkpoint, prompt, max_new_tokens, strategy,
+                (exit_layer, num_speculations, stop_rule, draft_threshold, draft_cost, draft_gamma), chat,
+                temperature=temperature, top_p=top_p, seed=seed, repetition_penalty=repetition_penalty,
+                no_repeat_ngram_size=no_repeat_ngram_size)
+            # both check the context window at the call; the batcher joins this request into a batch
+            stream = self.batcher.submit(model, ids, n, s) if self.batcher else ls.generate_stream(model, ids, n, s)
+        except (ValueError, OSError, Busy) as e:  # Busy: the batcher's waiting line is full
+            yield failed(e, 3)
             return
-        prompt_text = tok.decode(prompt_ids)  # what the model sees; the pieces continue exactly this text
-        end = min(model.params.max_seq_len, len(prompt_ids) + n)  # where generate_stream stops
+        prompt_text = tok.decode(ids)  # what the model sees; the pieces continue exactly this text
+
+        def frame(pieces, g, status, text=""):
+            return (views.render_text(prompt_text, pieces, s.strategy, rejected),
+                    views.render_stats(g, s.strategy, status), text, "")
+
         pieces, text, g, eos = [], "", ls.Generation([], 0.0, 0, 0, 0), False
-        yield render_text(prompt_text, [], s.strategy, rejected), render_stats(g, s.strategy, "generating…"), "", ""
-        for pieces, text, g, eos in rounds_as_pieces(stream, tok, prompt_ids, end, TOKEN_KIND[s.strategy]):
-            yield (render_text(prompt_text, pieces, s.strategy, rejected),
-                   render_stats(g, s.strategy, f"generating… round {g.rounds}"), text, "")
+        yield frame(pieces, g, "generating…")
+        end = min(model.params.max_seq_len, len(ids) + n)  # where generate_stream stops
+        for pieces, text, g, eos in views.rounds_as_pieces(stream, tok, ids, end, TOKEN_KIND[s.strategy]):
+            yield frame(pieces, g, f"generating… round {g.rounds}", text)
             if control["stop"]:  # checked before decoding the next round: the frame on screen is the last
                 break
         if control["stop"]:
             why = f"stopped: Stop pressed after {len(g.tokens)} new tokens ({plural(g.rounds, 'round')})"
         else:
             why = "done: stopped " + ("at the end-of-text token" if eos else "at the context window" if
-                                      len(prompt_ids) + len(g.tokens) >= model.params.max_seq_len else
+                                      len(ids) + len(g.tokens) >= model.params.max_seq_len else
                                       f"after {n} new tokens")
-        yield (render_text(prompt_text, pieces, s.strategy, rejected),
-               render_stats(g, s.strategy, ending(why, s, pieces)), text, "")
-
-    def greedy(self, checkpoint, prompt, max_new_tokens, *drafting, **processors):
-        """(model, tokenizer, n, Settings) for Compare and the sweep: greedy self-speculative decoding at the
-        controls' exit, d, stop rule and logits processors, every value (and the prompt's length) checked."""
-        check_prompt(prompt)
-        model, tok = self.models.get(checkpoint)
-        n = given("max_new_tokens", max_new_tokens, MAX_NEW_TOKENS)
-        s = read_settings(model, "self_speculative", *drafting, **processors)
-        ls.generate_stream(model, tok.encode(prompt), n, s)  # checks at the call, decodes nothing
-        return model, tok, n, s
+        yield frame(pieces, g, views.ending(why, s, pieces), text)
 
     def compare(self, checkpoint, prompt, exit_layer=None, num_speculations=None, stop_rule=None,
                 draft_threshold=None, draft_cost=None, draft_gamma=None, max_new_tokens=64, repetition_penalty=1.0,
                 no_repeat_ngram_size=0):
-        """Greedy autoregressive vs self-speculative decoding, COMPARE_REPEATS passes of both, interleaved as
-        bench.py times (common.interleaved_runs): (HTML: ms/token, the speedup (the median of the per-pass ratios),
-        whether the outputs match; error text)."""
+        """Greedy autoregressive vs self-speculative decoding at the controls' setting, COMPARE_REPEATS passes of
+        both, interleaved as bench.py times (common.interleaved_runs): (the table HTML, error text)."""
         try:
-            model, tok, n, s = self.greedy(checkpoint, prompt, max_new_tokens, exit_layer, num_speculations, stop_rule,
-                                           draft_threshold, draft_cost, draft_gamma,
-                                           repetition_penalty=repetition_penalty,
-                                           no_repeat_ngram_size=no_repeat_ngram_size)
+            model, tok, ids, n, s = self.start(
+                checkpoint, prompt, max_new_tokens, "self_speculative",
+                (exit_layer, num_speculations, stop_rule, draft_threshold, draft_cost, draft_gamma),
+                repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+            ls.generate_stream(model, ids, n, s)  # checks the context window at the call
         except (ValueError, OSError) as e:
-            return unchanged(), error_text(e)
+            return failed(e, 1)
         runs = {"AR": [], "SS": []}
         variants = {"AR": (model, tok, timing(replace(s, strategy="autoregressive"))), "SS": (model, tok, timing(s))}
         for _, _, name, g in interleaved_runs(variants, [prompt], n, COMPARE_REPEATS):
             runs[name].append(g)
-        ratios = [a.time_per_token / b.time_per_token for a, b in zip(runs["AR"], runs["SS"])]
-        ar, ss = (min(runs[k], key=lambda g: g.time_per_token) for k in ("AR", "SS"))
-        ms = [statistics.median(g.time_per_token for g in runs[k]) for k in ("AR", "SS")]
-        first = next((i for i, (a, b) in enumerate(zip(ar.tokens, ss.tokens)) if a != b), None)
-        match = (f"✓ identical ({len(ar.tokens)} tokens)" if ar.tokens == ss.tokens else
-                 f"✗ they differ from token {min(len(ar.tokens), len(ss.tokens)) if first is None else first} on")
-        rows = [("autoregressive", ar, "–", "1.00"), (f"self-speculative (E={s.exit_layer}, {rule_text(s)})", ss,
-                                                      f"{ss.acceptance_rate:.0%}", f"{ss.tokens_per_round:.2f}")]
-        rows = join(fill("compare_row", name=name, tokens=len(g.tokens), ms=f"{1000 * t:.2f}", per_s=f"{1 / t:.1f}",
-                         acceptance=acc, per_round=per_round) for (name, g, acc, per_round), t in zip(rows, ms))
-        cards = join([fill("card", value=f"{statistics.median(ratios):.2f}×", key="speedup (AR ms/token ÷ "
-                           "self-speculative ms/token)"), fill("card", value=match, key="greedy outputs")])
-        return fill("compare", rows=rows, passes=COMPARE_REPEATS, spread=f"{min(ratios):.2f}–{max(ratios):.2f}×",
-                    both=f"; both with {processors_text(s)}" if processors_text(s) else "", cards=cards), ""
+        return views.compare_table(runs, s, COMPARE_REPEATS), ""
 
     def lens(self, checkpoint, prompt, text="", exit_layer=None):
-        """The logit lens (paper Fig. 2a) of prompt + text: every exit's top-1 next token at the last LENS_COLUMNS
-        positions, green where it is already the last layer's; exit E (None: the stored one) outlined."""
+        """The logit lens (paper Fig. 2a) of prompt + text at exit E (None: the stored one): (HTML, error text)."""
         try:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError("the prompt is empty: generate something first")
@@ -521,31 +343,11 @@ class Demo:
                  read_settings(model, "early_exit", exit_layer).exit_layer)
             prompt_ids = tok.encode(prompt)
             ids = tok.encode(tok.decode(prompt_ids) + (text if isinstance(text, str) else ""))
-            lens = ls.logit_lens(model, ids[:model.params.max_seq_len])
+            ids = ids[:model.params.max_seq_len]
+            lens = ls.logit_lens(model, ids)
         except (ValueError, OSError) as e:
-            return unchanged(), error_text(e)
-        L, T = lens.top1.shape
-        cols, inputs = range(max(0, T - LENS_COLUMNS), T), token_texts(tok, ids, context=[])
-
-        def cell(exit_, t):  # the text top-1 token adds after token t (sentencepiece's leading space kept)
-            l = ls.block_of_exit(exit_)
-            top, p = int(lens.top1[l, t]), float(lens.prob[l, t])
-            s = visible(token_texts(tok, [top], context=[ids[t]])[0])
-            bg = (f"rgba(47, 158, 68, {0.15 + 0.75 * p:.2f})" if top == int(lens.top1[-1, t]) else
-                  f"rgba(134, 142, 150, {0.08 + 0.4 * p:.2f})")
-            return fill("lens_cell", background=bg, title=f"exit {exit_}: {s!r} p={p:.2f}", text=s[:8])
-
-        rows = join(fill("lens_row", kind="exit" if e == E else "", cells=join(cell(e, t) for t in cols),
-                         label=f"exit {e}" + (" ◀ E" if e == E else "") + (" (last)" if e == L else ""))
-                    for e in range(1, L + 1))
-        agree = (lens.top1[ls.block_of_exit(E)] == lens.top1[-1]).float().mean().item()
-        cards = join([fill("card", value=f"{lens.mean_layers_needed:.2f} / {L}", key="average layers needed (every "
-                           "position)"), fill("card", value=f"{agree:.0%}", key=f"positions where exit {E} already "
-                                                                               f"predicts the last layer's token")])
-        head = join(fill("lens_head", kind="gen" if t >= len(prompt_ids) else "", t=t, text=visible(inputs[t])[:8])
-                    for t in cols)
-        needed = join(fill("lens_needed", n=int(lens.layers_needed[t])) for t in cols)
-        return fill("lens", cards=cards, head=head, rows=rows, needed=needed, L=L), ""
+            return failed(e, 1)
+        return views.lens_table(lens, tok, ids, len(prompt_ids), E), ""
 
     def sweep(self, checkpoint, prompt, exit_layer=None, num_speculations=None, stop_rule=None, draft_threshold=None,
               draft_cost=None, draft_gamma=None, max_new_tokens=SWEEP_TOKENS, repetition_penalty=1.0,
@@ -557,35 +359,32 @@ class Demo:
         control = {} if control is None else control
         control["stop"] = False
         try:
-            model, tok, n, s = self.greedy(checkpoint, prompt, max_new_tokens, exit_layer, num_speculations, stop_rule,
-                                           draft_threshold, draft_cost, draft_gamma,
-                                           repetition_penalty=repetition_penalty,
-                                           no_repeat_ngram_size=no_repeat_ngram_size)
+            model, tok, ids, n, s = self.start(
+                checkpoint, prompt, max_new_tokens, "self_speculative",
+                (exit_layer, num_speculations, stop_rule, draft_threshold, draft_cost, draft_gamma),
+                repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+            ls.generate_stream(model, ids, n, s)  # checks the context window at the call
         except (ValueError, OSError) as e:
-            yield unchanged(), unchanged(), unchanged(), error_text(e)
+            yield failed(e, 3)
             return
-        L, n, E0, cost = model.params.n_layers, min(n, SWEEP_TOKENS), s.exit_layer, s.draft_cost
-        variants = {"AR": (model, tok, timing(replace(s, strategy="autoregressive")))} | {
-            E: (model, tok, timing(replace(s, exit_layer=E, draft_cost=cost and min(1.0, cost * E / E0))))
+        L, n, E0 = model.params.n_layers, min(n, SWEEP_TOKENS), s.exit_layer
+        variants = {"AR": replace(s, strategy="autoregressive")} | {  # the draft cost priced by the blocks run
+            E: replace(s, exit_layer=E, draft_cost=s.draft_cost and min(1.0, s.draft_cost * E / E0))
             for E in sweep_exits(L)}
-        setting = f"at every exit {rule_text(s)}"
-        if cost:
-            setting = setting.replace(f"draft cost {cost:g}", f"draft cost {cost:g} at exit {E0}, × E/{E0} at exit E")
-        setting = ", ".join(w for w in (setting, processors_text(s)) if w)
-        ar_time, times, acceptance = {}, {E: {} for E in sweep_exits(L)}, {}  # pass -> ms/token; exit -> pass -> ..
+        times, acceptance = {name: {} for name in variants}, {}  # run -> pass -> seconds/token; exit -> acceptance
 
         def results(status, progress=None):
-            ratios = {E: [ar_time[r] / t for r, t in times[E].items() if r in ar_time] for E in times}
-            return (*sweep_results(ratios, acceptance, L, n, setting, status, progress), "")
+            return (*views.sweep_results(times, acceptance, L, n, views.sweep_setting(s), status, SWEEP_REPEATS,
+                                         progress), "")
 
-        runs, total = interleaved_runs(variants, [prompt], n, SWEEP_REPEATS), SWEEP_REPEATS * len(variants)
+        runs = interleaved_runs({k: (model, tok, timing(v)) for k, v in variants.items()}, [prompt], n, SWEEP_REPEATS)
         for done, (r, _, name, g) in enumerate(runs, 1):
-            if name == "AR":
-                ar_time[r] = g.time_per_token
-            else:
-                times[name][r], acceptance[name] = g.time_per_token, g.acceptance_rate  # greedy: the same each pass
+            times[name][r] = g.time_per_token
+            if name != "AR":
+                acceptance[name] = g.acceptance_rate  # greedy: the same each pass
             yield results(f"timing… pass {r + 1} of {SWEEP_REPEATS}, " + ("autoregressive" if name == "AR" else
-                                                                          f"exit {name} of {L}"), (done, total))
+                                                                          f"exit {name} of {L}"),
+                          (done, SWEEP_REPEATS * len(variants)))
             if control["stop"]:  # checked before the next run: the frame on screen is the last measured
                 runs.close()
                 yield results(f"stopped: Stop pressed in pass {r + 1} of {SWEEP_REPEATS}; the medians of what it "
@@ -621,7 +420,8 @@ class Demo:
         except (ValueError, OSError):
             init = dict(exit_layer=1, num_speculations=4, stop_rule="fixed", **RULE_DEFAULTS, L=32, max_new=64)
         with gr.Blocks(title="LayerSkip: self-speculative decoding") as blocks:
-            gr.HTML(f"<style>{CSS}</style>", elem_id="ls-css")  # launch(css=...) would need every caller to pass it
+            # the style as a page element: launch(css=...) would need every caller to pass it
+            gr.HTML(f"<style>{views.CSS}</style>", elem_id="ls-css")
             gr.HTML(fill("head"), padding=False)
             ui = SimpleNamespace(control=gr.State({}),  # per session: Stop sets control["stop"], runs read it
                                  loaded=gr.State(None))  # per session: the last model that loaded
@@ -684,13 +484,13 @@ def error_box(elem_id):
                       max_lines=4, elem_id=elem_id, elem_classes=["ls-errbox"])
 
 
-def box(value, label, elem_id, name, high=None, **kw):
+def box(value, label, name, elem_id=None, high=None, **kw):
     """A number box over the range of setting `name` (RANGES; its off value included); Gradio's sliders clamp."""
     import gradio as gr
     r = MAX_NEW_TOKENS if name == "max_new_tokens" else RANGES[name]
     return gr.Number(value, label=label, minimum=r.low if r.off is None else r.off, maximum=high or r.high,
-                     step=1 if r.whole else 0.05, precision=0 if r.whole else None, elem_id=elem_id, min_width=100,
-                     **kw)
+                     step=1 if r.whole else 0.05, precision=0 if r.whole else None, elem_id=elem_id or name,
+                     min_width=100, **kw)
 
 
 def prompt_and_output(ui, choices, selected, allow_any):
@@ -710,9 +510,9 @@ def prompt_and_output(ui, choices, selected, allow_any):
             ui.go, ui.stop = button("Generate", "go", variant="primary"), button("Stop", "stop", variant="stop")
     with gr.Column(elem_id="col_out"):
         ui.error = error_box("error")  # bad input: said here, the output stays as it was
-        ui.stats = gr.HTML(render_stats(ls.Generation([], 0.0, 0, 0, 0), "self_speculative", "press Generate"),
+        ui.stats = gr.HTML(views.render_stats(ls.Generation([], 0.0, 0, 0, 0), "self_speculative", "press Generate"),
                            elem_id="stats", padding=False)
-        ui.out = gr.HTML(render_text("", [], "self_speculative"), elem_id="out", padding=False)
+        ui.out = gr.HTML(views.render_text("", [], "self_speculative"), elem_id="out", padding=False)
         ui.rejected = gr.Radio([(label, key) for key, label in REJECTED_VIEWS.items()], value="count",
                                label="rejected drafts, shown as", elem_id="rejected")
         with gr.Accordion("plain text", open=False):
@@ -729,27 +529,24 @@ def settings_and_tabs(ui, init):
         ui.chat = gr.Checkbox(False, label="chat: the prompt as a user message, in the model's chat template",
                               elem_id="chat", container=False)
         with gr.Row():  # the exit, d, and the boxes of the stop rule chosen below
-            ui.exit_layer = box(init["exit_layer"], f"exit layer E (1–{init['L']})", "exit_layer", "exit_layer",
-                                init["L"])
-            ui.num_spec = box(init["num_speculations"], "drafts per round d (at most)", "num_spec", "num_speculations")
-            ui.threshold = box(init["draft_threshold"], "draft threshold", "threshold", "draft_threshold",
+            ui.exit_layer = box(init["exit_layer"], f"exit layer E (1–{init['L']})", "exit_layer", high=init["L"])
+            ui.num_spec = box(init["num_speculations"], "drafts per round d (at most)", "num_speculations", "num_spec")
+            ui.threshold = box(init["draft_threshold"], "draft threshold", "draft_threshold", "threshold",
                                visible=rule == "threshold")
-            ui.draft_cost = box(init["draft_cost"], "draft cost (verifications)", "draft_cost", "draft_cost",
-                                visible=rule == "cost")
-            ui.draft_gamma = box(init["draft_gamma"], "calibration γ", "draft_gamma", "draft_gamma",
-                                 visible=rule == "cost")
+            ui.draft_cost = box(init["draft_cost"], "draft cost (verifications)", "draft_cost", visible=rule == "cost")
+            ui.draft_gamma = box(init["draft_gamma"], "calibration γ", "draft_gamma", visible=rule == "cost")
         ui.stop_rule = gr.Radio([(label, key) for key, label in STOP_RULES.items()], value=rule,
                                 label="stop rule: when a round stops drafting", elem_id="stop_rule",
                                 info="fixed d: always d drafts · confidence threshold: stop at a draft less sure "
                                      "than that · cost model: stop once one more draft is not worth its cost")
         with gr.Row():
-            ui.max_new = box(init["max_new"], "max new tokens", "max_new", "max_new_tokens")
-            ui.temperature = box(0, "temperature (0 = greedy)", "temperature", "temperature")
-            ui.top_p, ui.seed = box(1, "top-p", "top_p", "top_p"), box(0, "seed", "seed", "seed")
+            ui.max_new = box(init["max_new"], "max new tokens", "max_new_tokens", "max_new")
+            ui.temperature = box(0, "temperature (0 = greedy)", "temperature")
+            ui.top_p, ui.seed = box(1, "top-p", "top_p"), box(0, "seed", "seed")
         with gr.Accordion("logits processors: curb loops (drafts and verifier alike)", open=False,
                           elem_id="processors"), gr.Row():
-            ui.repetition = box(1.0, "repetition penalty (1 = off)", "repetition_penalty", "repetition_penalty")
-            ui.ngram = box(0, "no-repeat n-gram size (0 = off)", "no_repeat_ngram_size", "no_repeat_ngram_size")
+            ui.repetition = box(1.0, "repetition penalty (1 = off)", "repetition_penalty")
+            ui.ngram = box(0, "no-repeat n-gram size (0 = off)", "no_repeat_ngram_size")
         gr.Examples(ui.examples, inputs=[ui.prompt], label="examples: HumanEval and Shakespeare")
     with gr.Column(elem_id="col_tabs"):
         with gr.Tab("Compare with autoregressive"):

@@ -26,6 +26,7 @@ from settings import Settings  # noqa: E402
 
 gr = pytest.importorskip("gradio")  # the demo's dependencies are optional (requirements-demo.txt)
 import demo_app  # noqa: E402
+import demo_views  # noqa: E402
 
 pytestmark = [  # gradio 6.31's queue still uses pandas options that pandas 3 deprecates: not ours to fix
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
@@ -83,7 +84,7 @@ def test_pieces_stream_round_by_round_and_rebuild_the_generated_text(app, tiny_c
     settings = Settings(strategy="self_speculative", exit_layer=2, num_speculations=4, eos_id=tok.stop_ids)
     want, g = expected(app, tiny_checkpoint, CODE, 48, settings)
     ids = tok.encode(CODE)
-    events = list(demo_app.rounds_as_pieces(ls.generate_stream(model, ids, 48, settings), tok, ids, len(ids) + 48,
+    events = list(demo_views.rounds_as_pieces(ls.generate_stream(model, ids, 48, settings), tok, ids, len(ids) + 48,
                                             "bonus"))
     previous = []
     for r, ((pieces, text, so_far, _), event) in enumerate(zip(events, g.events, strict=True), start=1):
@@ -100,7 +101,7 @@ def test_pieces_stream_round_by_round_and_rebuild_the_generated_text(app, tiny_c
     corrections = sum(e.token is not None and e.accepted < len(e.drafted) for e in g.events)
     assert kinds.count("correction") == corrections > 0 and kinds.count("bonus") == g.rounds - corrections > 0
     assert text == want == "".join(t for t, kind, _ in pieces if kind != "rejected") and len(g.tokens) == 48
-    legend = demo_app.render_text("", [], "self_speculative")
+    legend = demo_views.render_text("", [], "self_speculative")
     assert re.findall(r'<span class="key (\w+)">', legend) == ["accepted", "correction", "bonus", "rejected"]
 
 
@@ -137,15 +138,15 @@ def test_rejected_drafts_sit_together_counted_and_capped():
     for the rest. Which of these shows (or none, the legend's entry too) is a class on the output."""
     pieces = ([("a", "accepted", 1)] + [(f"r{i}", "rejected", 1) for i in range(6)] + [("c", "correction", 1)] +
               [("x", "rejected", 2), ("d", "correction", 2)])
-    page = demo_app.render_text("p", pieces, "self_speculative")
+    page = demo_views.render_text("p", pieces, "self_speculative")
     assert 'class="ls-out rej-count"' in page and page.count('class="ls-rej"') == 2
-    assert [k for k, _ in spans(page)] == ["accepted"] + ["rejected"] * demo_app.REJECTED_SHOWN + \
+    assert [k for k, _ in spans(page)] == ["accepted"] + ["rejected"] * demo_views.REJECTED_SHOWN + \
         ["correction", "rejected", "correction"]
     assert page.index(">a</span>") < page.index('<span class="ls-rej"') < page.index(">c</span>")
     assert "round 1: 6 rejected drafts: &#x27;r0r1r2r3r4r5&#x27;" in page and '<sup class="n">6</sup>' in page
     assert '<sup class="more">+2</sup>' in page and '<sup class="n">1</sup>' in page and page.count("+") == 1
     for view in demo_app.REJECTED_VIEWS:
-        assert f'class="ls-out rej-{view}"' in demo_app.render_text("p", pieces, "self_speculative", view)
+        assert f'class="ls-out rej-{view}"' in demo_views.render_text("p", pieces, "self_speculative", view)
 
 
 BAD = [  # (event, its arguments, the one line it answers): "corrupt" and "missing" stand for such checkpoints
@@ -512,7 +513,7 @@ def test_api_refuses_bad_values_and_unserved_paths_in_one_line(served, tiny_chec
     shutil.copy(tiny_checkpoint, tmp_path / "copy.pt")
     for path in (str(tmp_path / "copy.pt"), str(tmp_path / "missing.pt"), "/etc/passwd", str(ROOT / "README.md")):
         assert client.predict(path, VERSE, max_new_tokens=8, api_name="/generate")[3] == demo_app.REFUSED
-        assert client.predict(path, 64, api_name="/model_info")[1] == demo_app.fill("error", message=demo_app.REFUSED)
+        assert client.predict(path, 64, api_name="/model_info")[1] == demo_views.fill("error", message=demo_app.REFUSED)
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -702,7 +703,7 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
     stats = page.locator("#stats").inner_text()
     assert "tokens/s" in stats and f"{g.acceptance_rate:.0%}\nacceptance rate" in stats
     assert f"{corrections} correction" in stats and f"{g.rounds - corrections} bonus token" in stats
-    assert f"exit {s.exit_layer}, {demo_app.rule_text(s)}" in stats  # the rule that ran, named
+    assert f"exit {s.exit_layer}, {demo_views.rule_text(s)}" in stats  # the rule that ran, named
     page.screenshot(path=screenshot(tmp_path, "demo.png"))  # what a laptop shows, without scrolling
     page.get_by_role("tab", name="Logit lens").click()
     page.wait_for_selector("#lens_out tr.exit")  # filled in after generation, the chosen exit marked
@@ -715,7 +716,7 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
         "line-through" and not page.locator("#out .ls-rej .n").first.is_visible()
     shown_per_round = page.locator("#out .ls-rej").evaluate_all(
         "rs => rs.map(r => [...r.querySelectorAll('.ls-tok')].filter(t => t.offsetParent).length)")
-    assert max(shown_per_round) <= demo_app.REJECTED_SHOWN  # capped per round
+    assert max(shown_per_round) <= demo_views.REJECTED_SHOWN  # capped per round
     page.locator("#rejected label:has-text('hidden')").click()
     page.wait_for_function("() => getComputedStyle(document.querySelector('#out .ls-rej')).display === 'none'")
     assert page.locator("#out .key.rejected").is_hidden() and page.locator("#out .key.accepted").is_visible()
@@ -739,8 +740,8 @@ def test_browser_first_click_waits_for_the_model_and_runs_the_stored_setting(bro
     and Sweep are disabled (as served; the page draws a tab's button when its tab opens) while the controls
     already show the stored setting (exit 3, d 2, threshold 0.3, as the API's defaults); a click then waits, and
     the run uses the stored setting, never other values."""
-    describe = demo_app.describe
-    monkeypatch.setattr(demo_app, "describe", lambda *args: time.sleep(3) or describe(*args))  # the panel: last
+    describe = demo_views.describe
+    monkeypatch.setattr(demo_views, "describe", lambda *args: time.sleep(3) or describe(*args))  # the panel: last
     demo, url, blocks = launch(demo_app.Config(checkpoint=[str(recommended_checkpoint)]))
     try:
         model, tok = demo.models.get(str(recommended_checkpoint))
@@ -779,9 +780,9 @@ def test_browser_stop_compare_sweep_and_bad_numbers_at_1280_and_820_px(browser, 
     L, s = model.params.n_layers, demo_app.read_settings(model)
     page.wait_for_selector(f"#exit_layer input[type=number][max='{L}']")
     page.fill("#prompt textarea", SHOWN)
-    render = demo_app.render_text
+    render = demo_views.render_text
     with monkeypatch.context() as m:  # rounds a person can see, so that Stop lands mid-way on any machine (the
-        m.setattr(demo_app, "render_text", lambda *a, **k: time.sleep(0.2) or render(*a, **k))  # drawing is untimed)
+        m.setattr(demo_views, "render_text", lambda *a, **k: time.sleep(0.2) or render(*a, **k))  # drawing is untimed)
         page.click("#go")
         page.wait_for_function("() => +(document.querySelector('#stats .ls-status').textContent"
                                ".match(/generating… round (\\d+)/) || [0, 0])[1] >= 6")
@@ -795,7 +796,7 @@ def test_browser_stop_compare_sweep_and_bad_numbers_at_1280_and_820_px(browser, 
     page.click("#compare")
     page.wait_for_selector("#compare_out .ls-table")
     table = page.locator("#compare_out").inner_text()
-    assert f"self-speculative (E={s.exit_layer}, {demo_app.rule_text(s)})" in table and "identical" in table
+    assert f"self-speculative (E={s.exit_layer}, {demo_views.rule_text(s)})" in table and "identical" in table
     page.locator("#compare").evaluate("e => e.scrollIntoView()")
     page.screenshot(path=screenshot(tmp_path, "demo_compare.png"))
     page.get_by_role("tab", name="Exit-layer sweep").click()
@@ -803,7 +804,7 @@ def test_browser_stop_compare_sweep_and_bad_numbers_at_1280_and_820_px(browser, 
     page.wait_for_selector("#sweep_note progress", timeout=120_000)  # progress while it runs
     page.wait_for_selector("#sweep_note .ls-status:text('done')", timeout=300_000)
     note = page.locator("#sweep_note").inner_text()
-    rule = demo_app.rule_text(s).split(" (")[0]  # "d ≤ 24, cost-model stop": the rule it ran, named
+    rule = demo_views.rule_text(s).split(" (")[0]  # "d ≤ 24, cost-model stop": the rule it ran, named
     assert "Sanity check: exit" in note and "median" in note and f"at every exit {rule}" in note
     assert page.locator("#sweep_note table tr td:first-child").all_inner_texts() == list(map(str,
                                                                                              demo_app.sweep_exits(L)))
