@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers must never try the 
 import export  # noqa: E402
 import layerskip as ls  # noqa: E402
 import model_io  # noqa: E402
-from conftest import ROOT, tiny_model  # noqa: E402
+from conftest import ROOT, assert_one_line_error, tiny_model  # noqa: E402
 from model_io import SentencePieceTokenizer, load_checkpoint, load_model, save_checkpoint  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
@@ -29,8 +29,7 @@ TEXTS = [PROMPT, "class A:\n\tdef f(self):\n\t\treturn {'k': [1, 2]}  # two  spa
 
 
 def random_model(tokenizer, seed, **kw):
-    """A random float32 3-layer model with spread-out logits whose norm weights are not all ones (so that a swapped
-    norm would show)."""
+    """A random float32 3-layer model, norm weights not all ones (so that a swapped norm would show)."""
     model = tiny_model(n_layers=3, vocab_size=tokenizer.vocab_size, dim=64, max_seq_len=128, seed=seed,
                        dtype=torch.float32, **kw)
     with torch.no_grad():
@@ -42,8 +41,8 @@ def random_model(tokenizer, seed, **kw):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """The two shipped models (fp16, stored recommendations) and two tiny fp32 ones that use the 32-layer model's
-    tokenizer: tied with Llama 3.1's scaled RoPE and a recommendation, untied with plain RoPE and none."""
+    """The two shipped models (fp16, with recommendations) and two tiny fp32 ones with the 32-layer model's tokenizer:
+    tied with Llama 3.1's scaled RoPE and a recommendation, untied with plain RoPE and none."""
     tok = model_io.tokenizer_from_dict(load_checkpoint(DEEP)["tokenizer"])
     folder = tmp_path_factory.mktemp("ckpts")
     rope = dict(rope_theta=500000.0, use_scaled_rope=True, rope_scale_factor=32.0, rope_original_max_seq_len=64)
@@ -90,9 +89,8 @@ NAMES = ["deep", "12-layer", "tiny-tied-llama3-rope", "tiny-untied"]
 
 @pytest.mark.parametrize("name", NAMES)
 def test_transformers_decodes_the_hf_export_as_we_do(loaded, name):
-    """AutoModelForCausalLM.from_pretrained(export, float32), offline, gives our float32 logits within 1e-4 on a code
-    prompt (q/k rows permuted right, tied or untied head, plain or Llama 3.1 RoPE); its greedy generate, and its
-    self-speculative generate(assistant_early_exit=E) at the exit stored in config.json, give our greedy tokens."""
+    """transformers gives our logits (1e-4; q/k rows permuted right, tied or untied head, plain or Llama 3.1 RoPE),
+    and its greedy generate, plain and with assistant_early_exit at the exit config.json stores, our greedy tokens."""
     model, tok, hf, _ = loaded(name)
     ids = tok.encode(PROMPT)
     with torch.no_grad():
@@ -110,8 +108,7 @@ def test_transformers_decodes_the_hf_export_as_we_do(loaded, name):
 
 @pytest.mark.parametrize("name", ["deep", "12-layer"])
 def test_hf_tokenizer_gives_our_ids(loaded, name):
-    """AutoTokenizer.from_pretrained(export) gives our ids (BOS first, no EOS) on code with indentation, tabs,
-    newlines, runs of spaces, unicode, special-token text and the empty string, and decodes them to our text."""
+    """AutoTokenizer gives our ids (BOS first, no EOS) on each of TEXTS, and decodes them to our text."""
     _, tok, _, ht = loaded(name)
     assert type(ht).__name__ in ("LlamaTokenizer", "LlamaTokenizerFast")
     for text in TEXTS:
@@ -121,9 +118,8 @@ def test_hf_tokenizer_gives_our_ids(loaded, name):
 
 
 def test_what_the_files_say(exported):
-    """What transformers' loading does not check: config.json carries the stored setting and the trained context,
-    generation_config.json the stored draft length, a tied head is saved once; Meta's params.json has only Meta's
-    keys (Meta's code refuses others)."""
+    """config.json carries the stored setting and the trained context, generation_config.json the stored d, a tied
+    head is saved once; Meta's params.json has only Meta's keys (Meta's code refuses others)."""
     from safetensors import safe_open
     deep = json.loads((exported("deep") / "config.json").read_text())
     assert deep["layerskip"] == {"exit_layer": 4, "num_speculations": 24, "draft_threshold": None, "draft_cost": 0.122,
@@ -161,8 +157,8 @@ def stored_weights(path) -> dict:
 @pytest.mark.parametrize("fmt", ["hf", "meta"])
 @pytest.mark.parametrize("name", NAMES)
 def test_export_reads_back_bit_for_bit(checkpoints, exported, name, fmt):
-    """model_io.load_model(export) has every weight of the checkpoint bit for bit once cast back to the stored dtype
-    (exports are float32: fp16 widens exactly), the same shape, RoPE and tie, and the same logits."""
+    """load_model(export) has every stored weight bit for bit once cast back (float32 exports: fp16 widens exactly),
+    the same shape, RoPE, tie, tokenizer, setting and trained context, and the same logits."""
     stored = stored_weights(checkpoints[name])
     back, back_tok = load_model(exported(name, fmt))
     state = back.state_dict()
@@ -175,8 +171,6 @@ def test_export_reads_back_bit_for_bit(checkpoints, exported, name, fmt):
             "tie_word_embeddings") + (("rope_scale_factor", "rope_original_max_seq_len") if a.use_scaled_rope else ())
     assert {k: getattr(b, k) for k in same} == {k: getattr(a, k) for k in same}
     assert back_tok.encode(PROMPT) == tok.encode(PROMPT)
-    # the decoding recommendation and the trained context come back too: generate.py decodes an export as it
-    # decodes the checkpoint
     setting = ("exit_layer", "num_speculations", "draft_threshold", "draft_cost", "draft_gamma")
     assert {k: v for k, v in (back.metadata.get("recommended") or {}).items()} == \
         {k: v for k, v in (ours.metadata.get("recommended") or {}).items() if k in setting}
@@ -186,11 +180,14 @@ def test_export_reads_back_bit_for_bit(checkpoints, exported, name, fmt):
         torch.testing.assert_close(back(ids), ours(ids), atol=1e-5, rtol=0)
 
 
-def test_float16_export_keeps_the_stored_bits(tmp_path):
-    """--dtype float16 writes the shipped fp16 weights as they are stored: no cast needed to compare."""
+def test_float16_export_keeps_the_stored_bits(tmp_path, capsys):
+    """python export.py --dtype float16 writes the shipped fp16 weights as stored, and says what it wrote."""
     from safetensors.torch import load_file
     export.main([str(DEEP), str(tmp_path / "hf"), "--format", "hf", "--dtype", "float16"])
     export.main([str(DEEP), str(tmp_path / "meta"), "--format", "meta", "--dtype", "float16"])
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"wrote {tmp_path / 'meta'} (meta): ")
+    assert sorted(p.name for p in (tmp_path / "meta").iterdir()) == ["consolidated.00.pth", "layerskip.json",
+                                                                     "params.json", "tokenizer.model"]
     stored = stored_weights(DEEP)
     assert all(v.dtype == torch.float16 for v in load_file(tmp_path / "hf/model.safetensors").values())
     meta = torch.load(tmp_path / "meta/consolidated.00.pth", weights_only=True)
@@ -214,39 +211,24 @@ def default_sentencepiece():
     return SentencePieceTokenizer(buf.getvalue())
 
 
-def run_main(argv, capsys):
-    """export.main(argv) -> (exit code, stderr); 0 if it returned."""
-    try:
-        export.main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
-def test_unfaithful_sentencepiece_is_refused_for_hf_but_goes_to_meta(tmp_path, capsys):
-    """A sentencepiece model that transformers' LlamaTokenizer would split differently (dummy prefix, NFKC, removed
-    spaces) is a one-line error for --format hf; --format meta copies it and reads back."""
-    tok = default_sentencepiece()
-    save_checkpoint(tmp_path / "m.pt", random_model(tok, 3), tok)
-    code, err = run_main([tmp_path / "m.pt", tmp_path / "hf", "--format", "hf"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "dummy prefix" in err and "remove_extra_whitespaces" in err
-    assert not (tmp_path / "hf").exists() and leftovers(tmp_path) == []
-    assert run_main([tmp_path / "m.pt", tmp_path / "meta", "--format", "meta"], capsys)[0] == 0
-    assert load_model(tmp_path / "meta")[1].model_proto == tok.model_proto
-
-
-def test_tiktoken_tokenizer_goes_to_meta_not_hf(tmp_path, capsys):
-    """A tiktoken (Llama 3) tokenizer: --format hf is a one-line error naming it; --format meta writes its ranks as
-    tokenizer.model, which reads back with the same ids."""
+def byte_tiktoken():
+    """A tiktoken (Llama 3-style) tokenizer of the 256 single bytes."""
     pytest.importorskip("tiktoken")
-    tok = model_io.TiktokenTokenizer("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
-    save_checkpoint(tmp_path / "m.pt", random_model(tok, 4), tok)
-    code, err = run_main([tmp_path / "m.pt", tmp_path / "hf", "--format", "hf"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "tiktoken tokenizer" in err and "--format meta" in err
-    assert run_main([tmp_path / "m.pt", tmp_path / "meta", "--format", "meta"], capsys)[0] == 0
-    _, back = load_model(tmp_path / "meta")
-    assert back.kind == "tiktoken" and back.encode("héllo\n") == tok.encode("héllo\n")
+    return model_io.TiktokenTokenizer("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
+
+
+@pytest.mark.parametrize("make, says", [(default_sentencepiece, ("dummy prefix", "remove_extra_whitespaces")),
+                                        (byte_tiktoken, ("tiktoken tokenizer", "--format meta"))])
+def test_a_tokenizer_transformers_would_misread_goes_to_meta_not_hf(tmp_path, capsys, make, says):
+    """A sentencepiece model LlamaTokenizer would split otherwise (dummy prefix, NFKC, removed spaces) or a tiktoken
+    one: --format hf is a one-line error naming it, nothing left; --format meta copies it and it reads back."""
+    tok = make()
+    save_checkpoint(tmp_path / "m.pt", random_model(tok, 3), tok)
+    line = assert_one_line_error(export.main, [tmp_path / "m.pt", tmp_path / "hf", "--format", "hf"], capsys, says[0])
+    assert says[1] in line and not (tmp_path / "hf").exists() and leftovers(tmp_path) == []
+    export.main([str(tmp_path / "m.pt"), str(tmp_path / "meta"), "--format", "meta"])
+    back = load_model(tmp_path / "meta")[1]
+    assert back.to_dict() == tok.to_dict() and back.encode("héllo\n") == tok.encode("héllo\n")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -259,14 +241,8 @@ def leftovers(folder):
                                                                                         "old-" in p.name))
 
 
-def test_the_command_line_writes_the_export_and_says_so(checkpoints, tmp_path, capsys):
-    export.main([str(checkpoints["tiny-untied"]), str(tmp_path / "m"), "--format", "meta"])
-    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'm'} (meta): ")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["consolidated.00.pth", "layerskip.json",
-                                                                    "params.json", "tokenizer.model"]
-
-
 def unrepresentable(t, **shape):
+    """A checkpoint of a random 2-layer model of this shape, with the shipped tokenizer."""
     tok = model_io.tokenizer_from_dict(load_checkpoint(DEEP)["tokenizer"])
     save_checkpoint(t / "odd.pt", ls.Transformer(ls.ModelArgs(vocab_size=tok.vocab_size, n_layers=2, **shape)), tok)
     return t / "odd.pt"
@@ -301,14 +277,13 @@ def test_a_bad_export_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
     def files():
         return [(p, p.stat().st_mtime_ns) for folder in (tmp_path, ROOT / "checkpoints") for p in folder.rglob("*")]
     before = files()
-    code, err = run_main([checkpoint, out, "--format", "hf", *flags], capsys)
-    assert code == 2 and ": error: " in err and err.count("\n") == 1 and message in err, err
+    assert_one_line_error(export.main, [checkpoint, out, "--format", "hf", *flags], capsys, message)
     assert files() == before and leftovers(tmp_path) == leftovers(ROOT) == []
 
 
 def test_failure_midway_keeps_the_previous_export(tmp_path, capsys, monkeypatch):
-    """An error while writing (here: the weights) with --force leaves the previous OUT_DIR exactly as it was and no
-    temporary folder; then --force replaces it with a complete export and removes the set-aside old one."""
+    """An error while writing with --force leaves the previous OUT_DIR as it was and no temporary folder; then --force
+    replaces it with a complete export and removes the set-aside old one."""
     out = tmp_path / "out"
     write(out / "config.json", "{}")  # an earlier export, as far as --force can tell
     write(out / "old.txt", "previous export")
@@ -317,8 +292,7 @@ def test_failure_midway_keeps_the_previous_export(tmp_path, capsys, monkeypatch)
         raise OSError(28, "No space left on device")
     with monkeypatch.context() as m:
         m.setattr(export, "hf_state_dict", disk_full)
-        code, err = run_main([DEEP, out, "--format", "hf", "--force"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "No space left" in err
+        assert_one_line_error(export.main, [DEEP, out, "--format", "hf", "--force"], capsys, "No space left")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "old.txt"] and leftovers(tmp_path) == []
-    assert run_main([DEEP, out, "--format", "hf", "--force"], capsys)[0] == 0
+    export.main([str(DEEP), str(out), "--format", "hf", "--force"])
     assert not (out / "old.txt").exists() and (out / "model.safetensors").exists() and leftovers(tmp_path) == []
