@@ -30,8 +30,7 @@ ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_fre
 
 
 def hf_llama(vocab_size, tied, seed=0):
-    """A tiny random LlamaForCausalLM: GQA, Llama 3 RoPE scaling, weights large enough that greedy choices are
-    far from ties."""
+    """A tiny random LlamaForCausalLM: GQA, Llama 3 RoPE scaling, large weights (greedy choices far from ties)."""
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                                    num_hidden_layers=3, intermediate_size=192, vocab_size=vocab_size,
@@ -42,8 +41,7 @@ def hf_llama(vocab_size, tied, seed=0):
 
 
 def write_meta(hf, folder, tokenizer_bytes, n_shards=1):
-    """Rewrite an HF Llama in Meta's layout: params.json, consolidated.NN.pth with Meta's key names, q/k rows
-    permuted back to Meta's interleaved RoPE order, matrices split across n_shards model-parallel ranks."""
+    """An HF Llama in Meta's layout: Meta's key names, q/k rows in Meta's interleaved RoPE order, n_shards ranks."""
     c = hf.config
     head_dim = c.hidden_size // c.num_attention_heads
     state = {"rope.freqs": torch.zeros(head_dim // 2)}  # the stray buffer real Meta checkpoints carry
@@ -97,8 +95,7 @@ LAYOUTS = {  # name: (tied, write(hf, folder, tokenizer), the context window and
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_llama_layout_gives_transformers_logits_and_greedy_tokens(tmp_path, tiny_tokenizer, untied_hf, layout):
-    """Each layout (tied or untied head, GQA, Llama 3 RoPE scaling, shards, vocab -1 in params.json) loads to
-    transformers' logits (atol 1e-4) and greedy tokens."""
+    """Each layout (tied or not, GQA, Llama 3 RoPE, shards, vocab -1) gives transformers' logits and greedy tokens."""
     tied, write, window, trained = LAYOUTS[layout]
     hf = hf_llama(tiny_tokenizer.vocab_size, tied=True, seed=1) if tied else untied_hf
     model, tok = load_model(write(hf, tmp_path / "model", tiny_tokenizer.model_proto))
@@ -141,36 +138,13 @@ def test_hf_intermediate_size_maps_to_meta_ffn_rule():
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizers
 
-MERGES = [b"th", b"he", b"the", b" the", b"at", b" c"]  # ranks 256.. after the 256 single bytes
-
-
-def ranks_file_text(merges=MERGES):
-    """A tiktoken ranks file: the 256 single bytes, then a few merges, one "base64 rank" per line."""
-    tokens = [bytes([b]) for b in range(256)] + list(merges)
-    return "".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in enumerate(tokens))
-
-
-def test_tiktoken_tokenizer_ids_and_round_trip(tmp_path):
-    """A hand-made tiktoken ranks file: literal ids, Meta's special ids, exact multi-byte round trip."""
-    pytest.importorskip("tiktoken")
-    (tmp_path / "tokenizer.model").write_text(ranks_file_text())
-    tok = model_io.load_tokenizer_model(tmp_path / "tokenizer.model")  # told apart from sentencepiece by content
-    assert tok.kind == "tiktoken"
-    assert tok.encode("the cat") == [262, 258, 261, 260]  # <|begin_of_text|>, "the", " c", "at"
-    assert (tok.bos_id, tok.eos_id, sorted(tok.stop_ids), tok.vocab_size) == (262, 263, [263, 270, 271], 518)
-    text = "the héllo ∑ wörld <|eot_id|>\n\tthe"
-    ids = tok.encode(text, bos=False)
-    assert tok.eos_id not in ids and tok.decode(ids) == text  # special-token text stays plain text
-    assert "".join(token_texts(tok, ids)) == text  # "é", "∑" span 2-3 byte tokens: no broken pieces
-    assert token_texts(tok, tok.encode("é", bos=False)) == ["", "é"]
-    again = model_io.tokenizer_from_dict(tok.to_dict())
-    assert again.encode(text) == tok.encode(text) and again.stop_ids == tok.stop_ids
+TOKENS = [bytes([i]) for i in range(256)] + [b"th", b"he", b"the", b" the", b"at", b" c"]  # merges: ranks 256..
+RANKS = "".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in enumerate(TOKENS))  # a tiktoken ranks file
 
 
 def test_sentencepiece_tokenizer(tmp_path, tiny_tokenizer):
-    """data/prepare.py's tokenizer: Llama 2's ids (unk 0, bos 1, eos 2, no pad); code, runs of spaces, tabs, blank
-    lines and characters never seen round-trip exactly, never through <unk> (byte fallback); pieces keep their
-    leading spaces; "<s>" is text unless asked (special=True); it reloads from its file and a checkpoint's dict."""
+    """data/prepare.py's tokenizer: Llama 2's ids; code, spaces, tabs and unseen characters round-trip, never through
+    <unk>; pieces keep their spaces; "<s>" is text unless special=True; it reloads; an empty model is refused."""
     tok, sp = tiny_tokenizer, tiny_tokenizer.sp
     assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"] and sp.pad_id() == -1
     assert (tok.bos_id, tok.eos_id, tok.stop_ids, tok.vocab_size) == (1, 2, {2}, 600)
@@ -187,6 +161,8 @@ def test_sentencepiece_tokenizer(tmp_path, tiny_tokenizer):
     (tmp_path / "tokenizer.model").write_bytes(tok.model_proto)
     assert model_io.load_tokenizer_model(tmp_path / "tokenizer.model").encode(text) == ids
     assert model_io.tokenizer_from_dict(tok.to_dict()).encode(text) == ids
+    with pytest.raises(CheckpointError, match="the sentencepiece model is empty"):
+        model_io.SentencePieceTokenizer(b"")
 
 
 def test_tokenizer_json_through_tokenizers(tmp_path, untied_hf):
@@ -216,8 +192,9 @@ def test_tokenizer_json_through_tokenizers(tmp_path, untied_hf):
     assert load_model(folder)[1].encode(text) == [1] + ids
 
 
-def test_meta_layout_with_tiktoken_tokenizer_and_our_checkpoint(tmp_path):
-    """A Llama 3-style Meta dir sizes vocab from tiktoken; our checkpoints carry tiktoken too."""
+def test_tiktoken_tokenizer_in_a_meta_layout_and_our_checkpoint(tmp_path):
+    """A hand-made tiktoken ranks file in a Llama 3-style Meta dir: literal ids, Meta's special ids, exact multi-byte
+    round trips; it sizes the vocabulary, and our checkpoints carry it too."""
     pytest.importorskip("tiktoken")
     ours = tiny_model(n_layers=2, vocab_size=518, dtype=torch.float32, rope_theta=500000.0)
     folder = tmp_path / "meta"
@@ -225,15 +202,22 @@ def test_meta_layout_with_tiktoken_tokenizer_and_our_checkpoint(tmp_path):
     torch.save(ours.state_dict(), folder / "consolidated.00.pth")
     (folder / "params.json").write_text(json.dumps(dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
                                                         vocab_size=-1, multiple_of=16, rope_theta=500000.0)))
-    (folder / "tokenizer.model").write_text(ranks_file_text())
-    model, tok = load_model(folder)
+    (folder / "tokenizer.model").write_text(RANKS)
+    model, tok = load_model(folder)  # tiktoken told apart from sentencepiece by the file's content
     assert (tok.kind, model.params.vocab_size, model.params.max_seq_len) == ("tiktoken", 518, 8192)
+    assert tok.encode("the cat") == [262, 258, 261, 260]  # <|begin_of_text|>, "the", " c", "at"
+    assert (tok.bos_id, tok.eos_id, sorted(tok.stop_ids), tok.vocab_size) == (262, 263, [263, 270, 271], 518)
+    text = "the héllo ∑ wörld <|eot_id|>\n\tthe"
+    assert tok.eos_id not in tok.encode(text, bos=False) and tok.decode(tok.encode(text, bos=False)) == text
+    assert "".join(token_texts(tok, tok.encode(text, bos=False))) == text  # "é", "∑": no broken multi-byte pieces
+    assert token_texts(tok, tok.encode("é", bos=False)) == ["", "é"]
     ids = tok.encode("the cat sat")
     with torch.no_grad():
         torch.testing.assert_close(model(torch.tensor([ids])), ours(torch.tensor([ids])), atol=1e-5, rtol=0)
     save_checkpoint(tmp_path / "ours.pt", model, tok)
     again, tok2 = load_model(tmp_path / "ours.pt", max_seq_len=128)
-    assert tok2.kind == "tiktoken" and tok2.encode("the cat") == ids[:4] and again.params.max_seq_len == 128
+    assert tok2.kind == "tiktoken" and tok2.encode(text) == tok.encode(text) and tok2.stop_ids == tok.stop_ids
+    assert again.params.max_seq_len == 128
     assert again.trained_context == 8192 and model.trained_context == 8192  # as saved, not the override
 
 
@@ -303,11 +287,7 @@ BROKEN = [  # (path in the broken folder, what the error says)
 
 @pytest.mark.parametrize("name, match", BROKEN, ids=[n for n, _ in BROKEN])
 def test_a_broken_model_is_one_checkpoint_error(broken, name, match):
+    assert issubclass(CheckpointError, ValueError)  # the scripts print it as one line
     with pytest.raises(CheckpointError, match=match):
         load_model(broken / name)
 
-
-def test_an_empty_sentencepiece_model_is_refused():
-    assert issubclass(CheckpointError, ValueError)  # the scripts print it as one line
-    with pytest.raises(CheckpointError, match="the sentencepiece model is empty"):
-        model_io.SentencePieceTokenizer(b"")
