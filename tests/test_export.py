@@ -65,21 +65,6 @@ def exported(checkpoints, tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="module")
-def loaded(checkpoints, exported):
-    """loaded(name): (our model, our tokenizer, transformers' model, transformers' tokenizer), float32."""
-    done = {}
-
-    def get(name):
-        if name not in done:
-            model, tok = load_model(checkpoints[name], dtype=torch.float32)
-            out = exported(name, "hf")
-            hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-            done[name] = model, tok, hf, transformers.AutoTokenizer.from_pretrained(out)
-        return done[name]
-    return get
-
-
 NAMES = ["deep", "12-layer", "tiny-tied-llama3-rope", "tiny-untied"]
 
 
@@ -88,10 +73,12 @@ NAMES = ["deep", "12-layer", "tiny-tied-llama3-rope", "tiny-untied"]
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_transformers_decodes_the_hf_export_as_we_do(loaded, name):
-    """transformers gives our logits (1e-4; q/k rows permuted right, tied or untied head, plain or Llama 3.1 RoPE),
-    and its greedy generate, plain and with assistant_early_exit at the exit config.json stores, our greedy tokens."""
-    model, tok, hf, _ = loaded(name)
+def test_transformers_decodes_the_hf_export_as_we_do(checkpoints, exported, name):
+    """transformers gives our logits (1e-4; q/k rows permuted right, tied or untied head, plain or Llama 3.1 RoPE), its
+    greedy generate (plain, and assistant_early_exit at the stored exit) our tokens, its tokenizer our ids and text."""
+    model, tok = load_model(checkpoints[name], dtype=torch.float32)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(exported(name), dtype=torch.float32).eval()
+    ht = transformers.AutoTokenizer.from_pretrained(exported(name))
     ids = tok.encode(PROMPT)
     with torch.no_grad():
         long = torch.tensor([tok.encode(PROMPT + "    if n < 2:\n        return n\n")])
@@ -105,16 +92,10 @@ def test_transformers_decodes_the_hf_export_as_we_do(loaded, name):
             assert hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=24, assistant_early_exit=stored,
                                pad_token_id=tok.eos_id)[0, len(ids):].tolist() == ours
 
-
-@pytest.mark.parametrize("name", ["deep", "12-layer"])
-def test_hf_tokenizer_gives_our_ids(loaded, name):
-    """AutoTokenizer gives our ids (BOS first, no EOS) on each of TEXTS, and decodes them to our text."""
-    _, tok, _, ht = loaded(name)
     assert type(ht).__name__ in ("LlamaTokenizer", "LlamaTokenizerFast")
-    for text in TEXTS:
+    for text in TEXTS:  # BOS first, no EOS
         ids = ht(text)["input_ids"]
-        assert ids == tok.encode(text), text
-        assert ht.decode(ids, skip_special_tokens=True) == tok.decode(ids) == text
+        assert ids == tok.encode(text) and ht.decode(ids, skip_special_tokens=True) == tok.decode(ids) == text, text
 
 
 def test_what_the_files_say(exported):

@@ -28,8 +28,7 @@ PROMPT = "First Citizen:\n"
 
 @pytest.fixture(scope="module")
 def rec(tmp_path_factory, tiny_tokenizer):
-    """A 4-layer float32 checkpoint with spread-out logits (greedy far from ties), storing a setting as bench.py
-    --auto does: exit 2, d = 3, draft threshold 0.3."""
+    """A 4-layer float32 checkpoint (greedy far from ties) storing a setting as bench.py --auto does."""
     model = tiny_model(vocab_size=tiny_tokenizer.vocab_size, dim=64, max_seq_len=128, dtype=torch.float32)
     path = tmp_path_factory.mktemp("rec") / "rec.pt"
     stored = {"exit_layer": 2, "num_speculations": 3, "draft_threshold": 0.3}
@@ -49,8 +48,7 @@ def text_block(out):
 
 
 def test_every_strategy_end_to_end(rec, capsys):
-    """Self-speculative --compare: greedy outputs identical; early exit samples; autoregressive --stream writes the
-    self-speculative text token for token; piped output has no colour codes."""
+    """--compare finds greedy outputs identical; early exit samples; --stream writes the same text; no colour piped."""
     spec = run(capsys, "--checkpoint", rec, "--exit", 2, "--num_speculations", 3, "--compare", "--max_new_tokens", 40,
                "--prompt", PROMPT)
     n, rate, per_round, _, stopped = SUMMARY.search(spec).groups()
@@ -87,30 +85,36 @@ SETTINGS = [  # (checkpoint, flags, the header's "decoding:" words); rec stores 
 
 @pytest.mark.parametrize("checkpoint, flags, said", SETTINGS)
 def test_the_flags_resolve_to_one_setting(rec, tiny_checkpoint, capsys, checkpoint, flags, said):
-    """The stored setting applies when no drafting flag is given; otherwise the flags, and the defaults (a drafting
-    flag alone means self-speculative decoding)."""
+    """The stored setting applies when no drafting flag is given; otherwise the flags and the defaults."""
     path = rec if checkpoint == "rec" else tiny_checkpoint
     out = run(capsys, "--checkpoint", path, "--max_new_tokens", 2, "--prompt", "To be", *flags)
     assert re.search(r"^decoding: (.*?) \|", out, re.M)[1] == said
 
 
-def test_threads_default_to_one_and_counts_of_one_are_singular(tiny_checkpoint, capsys):
-    """Without --threads, CPU decoding uses 1 thread; --threads N sets N; "1 token", "1 round", "1 speculation"."""
+def test_threads_context_warning_and_counts_of_one(tiny_checkpoint, capsys):
+    """CPU decoding uses 1 thread unless --threads N; --max_seq_len past the trained 256 tokens warns in one line
+    (not within it); "1 token", "1 round", "1 speculation"."""
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         out = run(capsys, "--checkpoint", tiny_checkpoint, "--exit", 2, "--num_speculations", 1, "--max_new_tokens", 1)
         assert torch.get_num_threads() == 1 and "| cpu float32, 1 thread\n" in out
         assert "exit layer 2 of 4, 1 speculation, greedy |" in out and "1 token in " in out and "(1 round) |" in out
-        run(capsys, "--checkpoint", tiny_checkpoint, "--threads", 2, "--max_new_tokens", 1)
-        assert torch.get_num_threads() == 2
+        generate.main(["--checkpoint", str(tiny_checkpoint), "--threads", "2", "--max_seq_len", "1000",
+                       "--max_new_tokens", "2"])
+        out, err = capsys.readouterr()
+        assert torch.get_num_threads() == 2 and "context 1000," in out and SUMMARY.search(out)
+        assert err == ("generate.py: warning: --max_seq_len 1000 is past the 256 tokens of context this checkpoint "
+                       "was trained with: text past position 256 will likely degrade\n")
+        generate.main(["--checkpoint", str(tiny_checkpoint), "--max_seq_len", "200", "--max_new_tokens", "2"])
+        assert capsys.readouterr().err == ""
     finally:
         torch.set_num_threads(before)
 
 
 def test_the_summary_says_why_decoding_stopped(rec, tiny_tokenizer, capsys):
-    """A prompt that leaves room for fewer tokens than asked: the header says how many fit, the summary that the
-    context window stopped it; zero new tokens: acceptance rate n/a, not 0%."""
+    """Room for fewer tokens than asked: the header says how many fit, the summary that the context window stopped
+    it; zero new tokens: acceptance rate n/a, not 0%."""
     prompt = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 3
     n_prompt = len(tiny_tokenizer.encode(prompt))
     room = 128 - n_prompt
@@ -124,8 +128,7 @@ def test_the_summary_says_why_decoding_stopped(rec, tiny_tokenizer, capsys):
 
 
 def test_compare_stops_both_runs_at_every_stop_id(rec, capsys, monkeypatch):
-    """A tokenizer with two stop ids (as Llama 3's): --compare's autoregressive run stops on the same ids as the
-    chosen strategy, so greedy outputs are identical and end at the stop token."""
+    """With two stop ids (as Llama 3's), both --compare runs stop at the same one: greedy outputs identical."""
     model, tok = load_model(rec)
     free = ls.generate(model, tok.encode(PROMPT), 30).tokens  # greedy, no stop ids
     k = next(i for i in range(3, 30) if free[i] not in free[:i] and free[i] != tok.eos_id)
@@ -142,8 +145,7 @@ def test_compare_stops_both_runs_at_every_stop_id(rec, capsys, monkeypatch):
 
 
 def test_compare_verdicts(rec, capsys):
-    """Sampled outputs differ by design (said so, not a mismatch); a greedy mismatch in reduced precision points to
-    near-ties and the float32 guarantee; in float32 it is a plain mismatch."""
+    """Sampled outputs differ by design; a greedy mismatch points to near-ties in reduced precision, not in float32."""
     out = run(capsys, "--checkpoint", rec, "--exit", 2, "--compare", "--temperature", 0.8, "--seed", 1,
               "--max_new_tokens", 8)
     assert re.search(r"^speedup .* \| sampling: outputs differ by design \(the same distribution, other random "
@@ -158,8 +160,8 @@ def test_compare_verdicts(rec, capsys):
 
 
 def test_a_batch_of_prompts_compares_row_by_row(rec, tmp_path, capsys):
-    """A .jsonl prompt file decodes as one batch (at most --batch_size rows at once); every row's text is its text
-    decoded alone, and --compare finds every row identical to its own autoregressive run."""
+    """A .jsonl prompt file decodes in batches of --batch_size rows, each row's text as decoded alone; --compare finds
+    every row identical to its own autoregressive run."""
     prompts = [PROMPT, "To be, or not", "ROMEO:\n", "Speak, speak."]
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(p if i % 2 else {"prompt": p}) for i, p in
                                                 enumerate(prompts)) + "\n\n")
@@ -172,20 +174,9 @@ def test_a_batch_of_prompts_compares_row_by_row(rec, tmp_path, capsys):
         assert text_block(alone) == row + "\n"
 
 
-def test_max_seq_len_past_the_trained_context_warns(tiny_checkpoint, capsys):
-    """--max_seq_len above the 256 tokens the checkpoint was trained with: one warning line, then decoding."""
-    generate.main(["--checkpoint", str(tiny_checkpoint), "--max_seq_len", "1000", "--max_new_tokens", "2"])
-    out, err = capsys.readouterr()
-    assert err == ("generate.py: warning: --max_seq_len 1000 is past the 256 tokens of context this checkpoint was "
-                   "trained with: text past position 256 will likely degrade\n")
-    assert "context 1000," in out and SUMMARY.search(out)
-    generate.main(["--checkpoint", str(tiny_checkpoint), "--max_seq_len", "200", "--max_new_tokens", "2"])
-    assert capsys.readouterr().err == ""
-
-
 def test_round_colours_tell_roles_apart(tiny_tokenizer):
-    """Accepted drafts green, rejected struck through (when shown), a correction cyan, a bonus token magenta, each
-    run of one kind painted once; without colour, the decoded text; a round without drafts stays plain."""
+    """Accepted, rejected (when shown), correction and bonus tokens in four colours, each run painted once; without
+    colour, the decoded text; a round without drafts stays plain."""
     tok, seq = tiny_tokenizer, tiny_tokenizer.encode("First Citizen:")
     a, b, c, d = tok.encode(" Before we proceed", bos=False)[:4]
     ta, tb, tc = token_texts(tok, [a, b, c], seq)
@@ -206,8 +197,7 @@ def test_round_colours_tell_roles_apart(tiny_tokenizer):
 
 @pytest.mark.parametrize("flag, value", [("repetition_penalty", 1.5), ("no_repeat_ngram_size", 2)])
 def test_logits_processors_keep_greedy_self_speculative_equal_to_autoregressive(rec, capsys, flag, value):
-    """A processor changes the text (with n = 2, the plain greedy text repeats a bigram, the processed one none);
-    the printed text is layerskip's under it, and --compare still finds greedy outputs identical."""
+    """A processor changes the text (n = 2: no bigram repeats) as in layerskip; --compare still finds it identical."""
     model, tok = load_model(rec)
     ids = tok.encode(PROMPT)
     plain = ls.generate(model, ids, 40, eos_id=tok.stop_ids).tokens
