@@ -1,7 +1,6 @@
-"""Tests that need a CUDA GPU: training (float32, bfloat16, torch.compile, DDP and FSDP2 over NCCL under torchrun,
-exact resume), decoding (self-speculative greedy output equals autoregressive), bench.py and the transformers export.
-Without CUDA they are skipped (run scripts/gpu_check.sh on a GPU machine); the two tests at the end always run: the
-scripts accept every command here, and gpu_check.sh lists its steps, so a GPU session meets no renamed flag."""
+"""Tests that need a CUDA GPU (skipped without one; scripts/gpu_check.sh runs them): training (float32, bfloat16,
+compile, DDP and FSDP2 over NCCL, exact resume), self-speculative == autoregressive, bench.py, the transformers export.
+The last test always runs: the scripts accept every GPU command here, and gpu_check.sh lists its steps."""
 
 import json
 import os
@@ -63,19 +62,11 @@ def train(flags, out_dir, **kw):  # train.py's step losses
     return [float(m) for m in re.findall(r"^step +\d+/\d+ \| loss ([\d.]+)", out, re.M)]
 
 
-@pytest.fixture(scope="module")
-def float32_run(shakespeare, tmp_path_factory):
-    """(step losses, output folder) of the float32 toy run on the GPU, shared by the tests that compare with it."""
-    out = tmp_path_factory.mktemp("fp32")
-    return train(TRAIN["float32"], out), out
-
-
 @needs_cuda
-def test_train_float32_bfloat16_and_compile_on_cuda(float32_run, tmp_path):
-    """The toy recipe (layer dropout + early-exit loss) trains on CUDA in float32 and under bfloat16 autocast: the
-    loss falls, the first step's loss agrees within 1% (same weights, same batch), model.pt decodes on the GPU.
-    --compile (each block through torch.compile, the skip logic eager) logs the eager losses within 2e-3."""
-    fp32, out = float32_run
+def test_train_float32_bfloat16_and_compile_on_cuda(shakespeare, tmp_path):
+    """The toy recipe trains on CUDA in float32 and bfloat16 autocast (the loss falls, the first step's agrees within
+    1%), model.pt decodes on the GPU; --compile logs the eager losses within 2e-3."""
+    fp32, out = train(TRAIN["float32"], tmp_path / "fp32"), tmp_path / "fp32"
     bf16 = train(TRAIN["bfloat16"], tmp_path / "bf16")
     assert len(fp32) == len(bf16) == 10
     assert bf16[0] == pytest.approx(fp32[0], rel=0.01)
@@ -88,8 +79,8 @@ def test_train_float32_bfloat16_and_compile_on_cuda(float32_run, tmp_path):
 @needs_cuda
 @pytest.mark.parametrize("name", ["torchrun-ddp", "torchrun-fsdp"])
 def test_torchrun_nccl_equals_one_process(shakespeare, tmp_path, name):
-    """torchrun, one process on the GPU over NCCL, with DDP (layer dropout on: unused parameters) and with FSDP2
-    (gradient accumulation): the same losses as a plain single-process run of the same global batch."""
+    """torchrun over NCCL, DDP (layer dropout on: unused parameters) and FSDP2 (gradient accumulation): the losses
+    of a plain run of the same global batch."""
     distributed = train(TRAIN[name], tmp_path / "dist", torchrun=True)
     single = train([a for a in TRAIN[name] if a != "--fsdp"], tmp_path / "one")
     assert len(distributed) == len(single) == 6
@@ -111,9 +102,8 @@ train.main()
 
 @needs_cuda
 def test_resume_is_exact_on_cuda(shakespeare, tmp_path):
-    """As on the CPU (tests/test_train.py): N steps straight == N/2 steps, stop, --resume for the rest, bit for bit,
-    with layer dropout and the early-exit loss on. CUDA's atomics would make even two straight runs differ in the
-    last bits, so both runs use deterministic kernels (torch.use_deterministic_algorithms, math attention)."""
+    """N steps straight == N/2 steps, stop, --resume, bit for bit, with deterministic kernels (CUDA's atomics would
+    make even two straight runs differ in the last bits)."""
     wrapper = tmp_path / "deterministic_train.py"
     wrapper.write_text(DETERMINISTIC.format(root=str(ROOT)))
     env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
@@ -129,17 +119,12 @@ def test_resume_is_exact_on_cuda(shakespeare, tmp_path):
 
 
 @needs_cuda
-@pytest.mark.parametrize("name", list(GENERATE))
-def test_generate_compare_on_cuda_is_identical(name):
-    """generate.py --device cuda --compare in float32: self-speculative greedy text equals autoregressive."""
-    out = run(["generate.py", *GENERATE[name]]).stdout
-    assert "outputs identical" in out, out[-1500:]
-
-
-@needs_cuda
 def test_self_speculative_equals_autoregressive_on_cuda():
-    """layerskip.generate on a CUDA float32 model: greedy self-speculative tokens equal autoregressive ones at
-    several exits and draft lengths, with and without a draft threshold, on three HumanEval prompts."""
+    """In float32 on CUDA, greedy self-speculative tokens equal autoregressive ones: generate.py --compare on both
+    shipped models, and ls.generate at several exits, d and thresholds on three HumanEval prompts."""
+    for flags in GENERATE.values():
+        out = run(["generate.py", *flags]).stdout
+        assert "outputs identical" in out, out[-1500:]
     from data.prepare import load_prompts
     model, tok = load_model(ROOT / DEEP, device="cuda", dtype=torch.float32)
     for prompt in load_prompts("humaneval")[:3]:
@@ -152,8 +137,7 @@ def test_self_speculative_equals_autoregressive_on_cuda():
 
 
 def bench_on_cuda(argv):
-    """bench.main(argv) with its models loaded on the GPU (bench.py has no --device: its loader is pointed at cuda).
-    Says where each model was loaded."""
+    """bench.main(argv) with its models loaded on the GPU (bench.py has no --device), saying where."""
     import bench
     load = bench.load_model
 
@@ -167,8 +151,7 @@ def bench_on_cuda(argv):
 
 @needs_cuda
 def test_bench_on_cuda(tmp_path):
-    """bench.py decodes the shipped 32-layer model on the GPU (a tiny setting: 2 prompts, 16 tokens, 1 pass) and
-    writes its JSON report, which names the GPU."""
+    """bench.py decodes the 32-layer model on the GPU (2 prompts, 16 tokens) and its JSON report names the GPU."""
     out = run(["tests/test_cuda.py", "bench", *BENCH, "--json", tmp_path / "bench.json"]).stdout
     assert f"{DEEP} loaded on cuda" in out, out[-1500:]
     assert torch.cuda.get_device_name() in json.loads((tmp_path / "bench.json").read_text())["machine"]
@@ -176,7 +159,7 @@ def test_bench_on_cuda(tmp_path):
 
 @needs_cuda
 def test_transformers_export_on_cuda(tmp_path):
-    """The Hugging Face export of the 32-layer model runs in transformers on the GPU: our logits within 1e-4, and
+    """The 32-layer model's HF export in transformers on the GPU: our logits within 1e-4, and
     generate(assistant_early_exit=E) at the stored exit returns our greedy tokens."""
     transformers = pytest.importorskip("transformers")
     import export
@@ -192,18 +175,15 @@ def test_transformers_export_on_cuda(tmp_path):
     assert theirs[0, len(ids):].tolist() == ls.generate(model, ids, 32, eos_id=tok.eos_id).tokens
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Always run: the GPU commands parse, and gpu_check.sh lists its steps
-
-
 def gpu_check(*args):  # scripts/gpu_check.sh ARGS
     return subprocess.run(["bash", "scripts/gpu_check.sh", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
 
 
-def test_the_scripts_accept_the_gpu_commands():
-    """train.parse_args, generate.parse_args and bench.parse_args accept every command the GPU tests run (and
-    gpu_check.sh's bench step), and keep what the tests rely on: --device cuda, the dtype, FSDP, compile."""
+def test_the_gpu_commands_parse_and_gpu_check_lists_its_steps():
+    """Always run, so that a GPU session meets no renamed flag: train.py, generate.py and bench.py parse every command
+    here and gpu_check.sh's bench step; gpu_check.sh --list prints each step with its command and time limit (at most
+    8 minutes in all), runs none (writes nothing); without an OUT_FOLDER it is a one-line usage error."""
     import bench
     import generate
     import train
@@ -214,24 +194,18 @@ def test_the_scripts_accept_the_gpu_commands():
     for flags in GENERATE.values():
         args = generate.parse_args(flags)
         assert args.device == "cuda" and args.compare and args.dtype == "float32"
-    line = next(l for l in gpu_check("--list").stdout.splitlines() if "tests/test_cuda.py bench" in l)
-    listed = shlex.split(line.split("tests/test_cuda.py bench", 1)[1].split("  (")[0].replace("OUT_FOLDER", "out"))
-    for argv in (BENCH, listed):
-        args = bench.parse_args(argv)
-        assert args.checkpoint == DEEP and args.reference == "" and "--max_new_tokens" in argv
-
-
-def test_gpu_check_lists_its_steps():
-    """scripts/gpu_check.sh --list prints every step with its command and time limit, runs none of them (it writes
-    nothing), and the limits add up to at most 8 minutes; without an OUT_FOLDER it is a one-line usage error."""
     before = sorted(p.name for p in ROOT.iterdir())
     listed = gpu_check("--list")
-    assert listed.returncode == 0, listed.stderr
+    assert listed.returncode == 0 and sorted(p.name for p in ROOT.iterdir()) == before, listed.stderr
     for step in ("env", "deps", "tests", "bench"):
         assert re.search(rf"^\d+\. {step}: ", listed.stdout, re.M), listed.stdout
     assert "-m pytest -q -rs tests/test_cuda.py" in listed.stdout
     assert sum(int(s) for s in re.findall(r"\(at most (\d+) s\)", listed.stdout)) <= 480
-    assert sorted(p.name for p in ROOT.iterdir()) == before
+    line = next(l for l in listed.stdout.splitlines() if "tests/test_cuda.py bench" in l)
+    bench_step = shlex.split(line.split("tests/test_cuda.py bench", 1)[1].split("  (")[0].replace("OUT_FOLDER", "out"))
+    for argv in (BENCH, bench_step):
+        args = bench.parse_args(argv)
+        assert args.checkpoint == DEEP and args.reference == "" and "--max_new_tokens" in argv
     usage = gpu_check()
     assert usage.returncode == 2 and usage.stderr.count("\n") == 1 and "usage" in usage.stderr
     assert subprocess.run(["bash", "-n", "scripts/gpu_check.sh"], cwd=ROOT).returncode == 0

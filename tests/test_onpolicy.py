@@ -12,7 +12,7 @@ import layerskip as ls
 import onpolicy
 from conftest import assert_one_line_error
 from model_io import load_model
-from test_train import TINY, step_losses, train_here, weights
+from test_train import TINY, filled, step_losses, tiny_run, train_here, weights  # noqa: F401 (tiny_run: a fixture)
 
 pytestmark = pytest.mark.cli
 
@@ -26,12 +26,10 @@ def test_batched_greedy_continuations_equal_one_prompt_at_a_time(tiny_checkpoint
         assert out == ls.generate(model, row, 20).tokens
 
 
-def test_onpolicy_data_end_to_end(shakespeare, tmp_path, capsys):
+def test_onpolicy_data_end_to_end(shakespeare, tiny_run, tmp_path, capsys):
     """onpolicy.py writes the model's continuations of training windows (uint16, with a JSON sidecar saying what
-    made them); train.py fits exit E to them, logs that loss, and moves the weights with it. (Bad flags and files:
-    test_train_inputs.py.)"""
-    train_here(TINY + ["--max_iters", 2, "--eval_interval", 2, "--out_dir", tmp_path / "a"], capsys)
-    ckpt, out = tmp_path / "a/model.pt", tmp_path / "on.bin"
+    made them); train.py fits exit E to them (ce, kl, tvd; whole samples), logs that loss and moves the weights."""
+    ckpt, out = tiny_run / "model.pt", tmp_path / "on.bin"
     onpolicy.main([str(c) for c in ["--checkpoint", ckpt, "--data", shakespeare, "--out", out,
                                     "--samples", 5, "--prefix", 8, "--new_tokens", 12, "--batch", 2]])
     tokens = np.fromfile(out, dtype=np.uint16)
@@ -40,7 +38,7 @@ def test_onpolicy_data_end_to_end(shakespeare, tmp_path, capsys):
     assert (meta["tokens"], meta["samples"], meta["checkpoint"]) == (len(tokens), 5, str(ckpt))
     starts = meta["starts"]  # where each sample starts: 8 real tokens, then 1..12 of the model's
     assert len(starts) == 5 and starts[0] == 0 and all(9 <= b - a <= 20 for a, b in zip(starts, starts[1:]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "on.bin", "on.json"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["on.bin", "on.json"]  # no temporary file left
     model, tok = load_model(ckpt)
     train_tokens = np.memmap(shakespeare / "train.bin", dtype=np.uint16, mode="r")
     windows = np.lib.stride_tricks.sliding_window_view(train_tokens, 8)
@@ -125,18 +123,11 @@ def test_onpolicy_bad_input_is_one_line(shakespeare, tmp_path, capsys, tiny_chec
     """Missing, binary or misplaced files, a model and corpus that do not match, a count out of range: exit 2, one
     line that says what to do, nothing written."""
     (tmp_path / "folder").mkdir()
-    (tmp_path / "binary").write_bytes(b"\x7fELF" + bytes(range(256)))
     damaged = tmp_path / "damaged"  # the corpus's tokenizer, and an empty train.bin
     damaged.mkdir()
     (damaged / "tokenizer.model").write_bytes((shakespeare / "tokenizer.model").read_bytes())
     (damaged / "train.bin").write_bytes(b"")
-    names = {"NONE": tmp_path / "none.pt", "FOLDER": tmp_path / "folder", "BINARY": tmp_path / "binary",
-             "DAMAGED": damaged, "OUT": tmp_path / "out"}
-
-    def fill(text):
-        for key, path in names.items():
-            text = text.replace(key, str(path))
-        return text
+    names = {"NONE": tmp_path / "none.pt", "FOLDER": tmp_path / "folder", "DAMAGED": damaged, "OUT": tmp_path / "out"}
     argv = ["--checkpoint", tiny_checkpoint, "--data", shakespeare, "--out", tmp_path / "x.bin"]
-    assert_one_line_error(onpolicy.main, argv + [fill(str(a)) for a in args], capsys, fill(message))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary", "damaged", "folder"]
+    assert_one_line_error(onpolicy.main, argv + filled(args, names), capsys, filled([message], names)[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged", "folder"]

@@ -1,36 +1,42 @@
-"""Tests of train.py: exact resume, data-parallel runs equal to one process, the 1.5B dry run, the schedules, and
-what a run writes (checkpoints, a finished run kept unless forced). Bad input: test_train_inputs.py."""
+"""Tests of train.py: exact resume, data-parallel runs equal to one process, the 1.5B dry run, the schedules, what a
+run writes (checkpoints, a finished run kept unless forced), and bad input as one line (train.py and bench_train.py)."""
 
 import argparse
+import contextlib
 import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+import bench_train
 import layerskip as ls
+import model_io
 import train
 from conftest import ROOT, assert_one_line_error
+from distributed import Ranks
 
 pytestmark = pytest.mark.cli
 
-TINY = ["--preset", "toy", "--dim", "32", "--n_layers", "4", "--n_heads", "4", "--n_kv_heads", "2",
-        "--block_size", "32", "--eval_iters", "2", "--log_interval", "1"]
+SHAKESPEARE = ROOT / "data/shakespeare"
+TINY = ["--preset", "toy", "--dim", 32, "--n_layers", 4, "--n_heads", 4, "--n_kv_heads", 2, "--block_size", 32,
+        "--eval_iters", 2, "--log_interval", 1]
 
 
-def run(args, torchrun=False):
-    """train.py ARGS as a command (torchrun: 2 gloo ranks); the finished process."""
-    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-                                   if torchrun else [])
+def torchrun(args):
+    """train.py ARGS under torchrun, 2 gloo ranks; the finished process."""
     def launch():
-        return subprocess.run(launcher + [str(a) for a in args], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               *map(str, args)], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                               capture_output=True, text=True, timeout=600)
     proc = launch()
-    if torchrun and "terminate called without an active exception" in proc.stderr:
+    if "terminate called without an active exception" in proc.stderr:
         # A rare abort of a gloo rank (SIGABRT from C++, no Python error; about 1 launch in 40 on our 2-core
         # machines) is not what these tests check: launch once more, and only once.
         proc = launch()
@@ -52,6 +58,25 @@ def weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
+def filled(items, names: dict):
+    """items as strings, each key of names replaced by its path."""
+    def fill(text):
+        for key, path in names.items():
+            text = text.replace(key, str(path))
+        return text
+    return [fill(str(item)) for item in items]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(shakespeare, tmp_path_factory):
+    """The --out_dir of a finished 2-step TINY run (ckpt.pt, model.pt, log.jsonl), shared by the tests that
+    continue from a trained model (here and in test_onpolicy.py)."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    with contextlib.redirect_stdout(io.StringIO()):
+        train.main([str(a) for a in TINY + ["--max_iters", 2, "--eval_interval", 2, "--out_dir", out]])
+    return out
+
+
 def test_resume_continues_exactly(shakespeare, tmp_path, capsys):
     """N steps straight == N/2 steps, stop (ckpt.pt at the step reached, no model.pt, no "done"), --resume for the
     rest with the run's own configuration: identical weights."""
@@ -68,7 +93,6 @@ def test_resume_continues_exactly(shakespeare, tmp_path, capsys):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-DDP_LAYERSKIP = TINY + ["--max_iters", 6, "--eval_interval", 6, "--batch_size", 4, "--p_max", 0.5, "--e_scale", 0.5]
 RANK_DEPENDENT = """import os, sys
 sys.path.insert(0, {root!r})
 import layerskip, train
@@ -80,17 +104,15 @@ train.main()
 
 @pytest.mark.parametrize("rank_dependent", [False, True], ids=["same-draws", "rank-dependent-draws"])
 def test_two_rank_ddp_with_layerskip_draws_the_same_skips(shakespeare, tmp_path, rank_dependent):
-    """torchrun, 2 gloo ranks, layer dropout + early-exit loss on: both ranks draw the same layer-dropout pattern
-    (a digest of every skip decision) and end with identical parameters. The check can fail: seed the mask with the
-    rank, and the digests differ and the run stops after its first step (DDP would keep the weights identical
-    anyway: it averages the gradients)."""
-    script = "train.py"
+    """torchrun, 2 gloo ranks, layer dropout on: both ranks draw the same skips (digests) and end with identical
+    parameters; with the mask seeded by the rank the digests differ and the run stops at its first check."""
+    script = tmp_path / "rank_dependent.py" if rank_dependent else "train.py"
     if rank_dependent:
-        script = tmp_path / "rank_dependent.py"
         script.write_text(RANK_DEPENDENT.format(root=str(ROOT)))
-    proc = run([script, *DDP_LAYERSKIP, "--out_dir", tmp_path / "run"], torchrun=True)
+    flags = TINY + ["--max_iters", 6, "--eval_interval", 6, "--batch_size", 4, "--p_max", 0.5, "--e_scale", 0.5]
+    proc = torchrun([script, *flags, "--out_dir", tmp_path / "run"])
     skips = re.search(r"layer-dropout digests by rank: (\w+) (\w+) \((\w+)\)", proc.stdout)
-    if rank_dependent:
+    if rank_dependent:  # DDP would keep the weights identical anyway: it averages the gradients
         assert proc.returncode != 0 and skips and skips[3] == "DIFFERENT", proc.stdout[-2000:]
         assert "ranks drew different layer-dropout patterns" in proc.stderr
         assert len(step_losses(proc.stdout)) < 6  # stopped as soon as the draws differed, not at the end
@@ -107,7 +129,7 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(shakespeare, tmp
     """Layer dropout off: 2 ranks x batch 4 log the same losses as 1 process x batch 8, with gradient
     accumulation and with FSDP2 too."""
     common = TINY + ["--max_iters", 5, "--eval_interval", 5, "--p_max", 0, "--e_scale", 0.5]
-    proc = run(["train.py", *common, *extra, "--batch_size", 4, "--out_dir", tmp_path / "ddp"], torchrun=True)
+    proc = torchrun(["train.py", *common, *extra, "--batch_size", 4, "--out_dir", tmp_path / "ddp"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = train_here(common + [a for a in extra if a != "--fsdp"] + ["--batch_size", 8, "--out_dir", tmp_path / "one"],
                      capsys)
@@ -115,48 +137,41 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(shakespeare, tmp
     assert step_losses(proc.stdout) == pytest.approx(step_losses(one), abs=2e-4)
 
 
-def test_missing_data_is_built_on_first_use(tmp_path):
-    """A fresh clone has no prepared data: train.py builds the preset's corpus (here a copy of data/shakespeare)
-    and trains. (A folder with no prepare.py gets a one-line error instead: test_train_inputs.py.)"""
+def test_missing_data_is_built_on_first_use(tmp_path, capsys):
+    """A fresh clone has no prepared data: train.py builds the corpus (a copy of data/shakespeare) with its
+    prepare.py and trains. (A folder with no prepare.py gets a one-line error: BAD.)"""
     corpus = tmp_path / "shakespeare"
     corpus.mkdir()
     for name in ("prepare.py", "input.txt", "__init__.py"):
-        (corpus / name).write_bytes((ROOT / "data/shakespeare" / name).read_bytes())
-    proc = run(["train.py", "--preset", "toy", "--max_iters", 5, "--eval_interval", 5, "--data", corpus,
-                "--out_dir", tmp_path / "run"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "is not prepared yet: building it" in proc.stdout
+        (corpus / name).write_bytes((SHAKESPEARE / name).read_bytes())
+    out = train_here(TINY + ["--max_iters", 1, "--data", corpus, "--out_dir", tmp_path / "run"], capsys)
+    assert "is not prepared yet: building it" in out
     assert all((corpus / n).exists() for n in ("train.bin", "val.bin", "tokenizer.model", "meta.json"))
     assert (tmp_path / "run/model.pt").exists()
 
 
-def test_dry_run_of_the_paper_1p5b_shape(capsys):
-    """--dry_run of the 1.5B preset (on a machine without CUDA, though it names --device cuda): dim 2048, 16 heads,
-    24 layers, context 4096, Llama 2's FFN and vocabulary, 1.3B-1.6B parameters."""
-    out = train_here(["--preset", "llama1.5b", "--dry_run"], capsys)
+@pytest.mark.parametrize("tie", [True, False])
+def test_size_before_allocating_anything(capsys, tie):
+    """--dry_run of the 1.5B preset (no CUDA needed, though it names --device cuda): dim 2048, 16 heads, 24 layers,
+    context 4096, Llama 2's FFN and vocabulary, 1.3B-1.6B parameters. The count (from one block on the meta device)
+    equals the built model's, with a tied head and without."""
+    out = train_here(["--preset", "llama1.5b", "--dry_run", "--tie_embeddings" if tie else "--no-tie_embeddings"],
+                     capsys)
     info = json.loads(out.strip().splitlines()[-1])
     assert (info["dim"], info["n_heads"], info["n_layers"], info["context"]) == (2048, 16, 24, 4096)
-    assert info["vocab_size"] == 32000 and info["ffn_hidden"] == 5632
+    assert info["vocab_size"] == 32000 and info["ffn_hidden"] == 5632 and "memory per GPU" in out
     assert 1.3e9 < info["n_params"] < 1.6e9
-    assert "memory per GPU" in out
-
-
-@pytest.mark.parametrize("tie", [True, False])
-def test_size_from_one_block_equals_the_built_model(tie):
-    """The parameter count printed before anything is allocated (L blocks + embedding + head + norm, from one block
-    on the meta device) equals the built model's, with a tied head and without."""
     cfg = argparse.Namespace(**{**train.DEFAULTS, "dim": 96, "n_layers": 3, "n_heads": 6, "n_kv_heads": 2,
                                 "vocab_size": 500, "block_size": 16, "tie_embeddings": tie})
-    size = train.size_model(cfg, train.Ranks())  # one process
+    size = train.size_model(cfg, Ranks())  # one process
     model = ls.Transformer(train.model_args(cfg))
     assert size["n_params"] == sum(p.numel() for p in model.parameters())
     assert size["ffn_hidden"] == model.layers[0].feed_forward.w1.out_features == 256  # 2/3 * 4 * 96, multiple of 32
 
 
 def test_loss_falls_and_the_run_writes_what_it_says(shakespeare, tmp_path, capsys):
-    """A few seconds of the toy preset on Shakespeare cut the training loss by more than 1 nat; the validation
-    losses are printed by exit E = blocks run, 1..4; the last line names ckpt.pt and model.pt (fp16, no optimizer:
-    smaller), both at the last step."""
+    """60 steps of the toy preset cut the loss by more than 1 nat; validation losses are printed by exit E = 1..4;
+    the last line names ckpt.pt and model.pt (fp16, no optimizer: smaller), both at the last step."""
     out = train_here(["--preset", "toy", "--max_iters", 60, "--eval_interval", 60, "--out_dir", tmp_path], capsys)
     losses = step_losses(out)
     assert losses[0] - losses[-1] > 1.0, losses
@@ -167,11 +182,11 @@ def test_loss_falls_and_the_run_writes_what_it_says(shakespeare, tmp_path, capsy
     assert (tmp_path / "model.pt").stat().st_size < (tmp_path / "ckpt.pt").stat().st_size
 
 
-def test_finished_run_is_kept_unless_forced(shakespeare, tmp_path, capsys):
+def test_finished_run_is_kept_unless_forced(tiny_run, tmp_path, capsys):
     """A new run into the --out_dir of a finished one is refused and changes nothing; with --force it replaces the
     run: new weights, and a log.jsonl holding only the new run's evaluation; --resume may not be forced."""
-    out, tiny = tmp_path / "run", TINY + ["--batch_size", 4, "--eval_iters", 1, "--max_iters", 1]
-    train_here(tiny + ["--out_dir", out], capsys)
+    out, tiny = tmp_path / "run", TINY + ["--max_iters", 2, "--eval_interval", 2, "--seed", 7]
+    shutil.copytree(tiny_run, out)
     files = {name: (out / name).read_bytes() for name in ("ckpt.pt", "model.pt", "log.jsonl")}
     assert_one_line_error(train.main, tiny + ["--out_dir", out], capsys,
                           f"--out_dir {out} already holds a run (ckpt.pt, model.pt): continue it with --resume")
@@ -179,23 +194,22 @@ def test_finished_run_is_kept_unless_forced(shakespeare, tmp_path, capsys):
     assert_one_line_error(train.main, ["--resume", "--force", "--out_dir", out], capsys, "drop --force")
     (out / "ckpt.pt").unlink()  # model.pt alone is a finished run too
     assert_one_line_error(train.main, tiny + ["--out_dir", out], capsys, "already holds a run (model.pt)")
-    train_here(tiny + ["--out_dir", out, "--force", "--seed", 7], capsys)
+    train_here(tiny + ["--out_dir", out, "--force"], capsys)
     first = torch.load(io.BytesIO(files["model.pt"]), weights_only=True)["model"]
     assert not torch.equal(first["tok_embeddings.weight"], weights(out / "model.pt")["tok_embeddings.weight"])
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
     assert torch.load(out / "ckpt.pt", weights_only=True)["config"]["seed"] == 7
 
 
-def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, tiny_checkpoint):
-    """A stop while a checkpoint is being written leaves the previous checkpoint intact and no temp file."""
-    import model_io
+def test_interrupted_checkpoint_write_keeps_the_previous_one(tiny_checkpoint, tmp_path, monkeypatch):
+    """A stop (Ctrl-C) while a checkpoint is being written leaves the previous checkpoint intact and no temp file."""
     target = tmp_path / "ckpt.pt"
-    target.write_bytes(tiny_checkpoint.read_bytes())
+    shutil.copy(tiny_checkpoint, target)
     before = target.read_bytes()
 
     def dying_save(obj, f):
         f.write(b"half a checkpoint")
-        raise KeyboardInterrupt  # the user pressed Ctrl-C mid-write
+        raise KeyboardInterrupt
 
     monkeypatch.setattr(model_io.torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
@@ -205,22 +219,20 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypat
     model_io.load_checkpoint(target)  # still loads
 
 
-def test_init_from_continues_with_constant_rates(shakespeare, tmp_path, capsys):
-    """--init_from starts from the checkpoint's weights (not from the seed's initialisation) and keeps the
-    layer-dropout rates constant (S=1). (Another shape, another tokenizer, a corrupt file: test_train_inputs.py.)"""
-    train_here(TINY + ["--max_iters", 2, "--eval_interval", 2, "--out_dir", tmp_path / "a"], capsys)
-    out = train_here(TINY + ["--max_iters", 2, "--eval_interval", 2, "--init_from", tmp_path / "a/model.pt",
-                             "--p_max", 0.2, "--seed", 5, "--out_dir", tmp_path / "b"], capsys)
+def test_init_from_continues_with_constant_rates(tiny_run, tmp_path, capsys):
+    """--init_from starts from the checkpoint's weights (not the seed's initialisation) and keeps the layer-dropout
+    rates constant (S=1)."""
+    out = train_here(TINY + ["--max_iters", 2, "--eval_interval", 2, "--init_from", tiny_run / "model.pt",
+                             "--p_max", 0.2, "--seed", 5, "--out_dir", tmp_path], capsys)
     assert "layer dropout p_max=0.2 (S=1)" in out  # continued training: no time schedule on the dropout rates
-    start, now = weights(tmp_path / "a/model.pt"), weights(tmp_path / "b/ckpt.pt")
+    start, now = weights(tiny_run / "model.pt"), weights(tmp_path / "ckpt.pt")
     # two warm-up steps move a weight by ~1e-4; another seed's initialisation differs by ~0.1
     assert (now["tok_embeddings.weight"] - start["tok_embeddings.weight"].float()).abs().max() < 0.01
 
 
 def test_exit_always_and_its_weight_in_the_schedule():
     """--exit_always E adds exit E (block E-1) to every step's exits with its eq. 6 weight; --exit_always_weight W
-    gives it a fixed share W and scales the rest by 1 - W, the fine-tuning scripts' two-exit loss
-    (e CE_E + CE_L) / (1 + e) at W = e / (1 + e)."""
+    gives it the share W and scales the rest by 1 - W: (e CE_E + CE_L) / (1 + e) at W = e / (1 + e)."""
     cfg = argparse.Namespace(**{**train.DEFAULTS, "n_layers": 4, "max_iters": 10, "p_max": 0.0, "e_scale": 0.0,
                                 "exit_always": 2, "exit_always_weight": 0.5})
     assert train.layerskip_schedule(3, cfg, True)[1] == {3: 0.5, 1: 0.5}  # e = 1: (CE_2 + CE_4) / 2
@@ -230,3 +242,72 @@ def test_exit_always_and_its_weight_in_the_schedule():
     cfg.exit_always_weight = 0.3
     w = train.layerskip_schedule(0, cfg, True)[1]
     assert w == pytest.approx({0: 0.0, 1: 0.3 + 0.7 / 7, 3: 0.7 * 6 / 7}) and sum(w.values()) == pytest.approx(1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input: one line naming the flag and what to do, exit 2, no traceback, nothing created. A case per kind of
+# check (argparse's ranges are common.py's, tested there), in-process: milliseconds each.
+
+BAD = [  # (flags after TINY, what the one line says); {key}: a path made by the test, {ckpt}: conftest's
+    (["--batch_size", 0], "argument --batch_size: must be 1..65536, got 0"),
+    (["--device", "tpu"], "--device tpu: unknown device: use cpu, cuda, cuda:N or mps"),
+    (["--n_heads", 3], "--dim 32 is not divisible by --n_heads 3"),
+    (["--max_iters", 10, "--final_iters", 20], "--final_iters 20 is more than --max_iters 10"),
+    (["--exit_always_weight", 0.5], "--exit_always_weight W is the share of one exit: name it with --exit_always E"),
+    (["--onpolicy_loss", "kl"], "--onpolicy_loss shapes the loss on --onpolicy_data FILE: give the file too"),
+    (["--block_size", 500_000], "val.bin has 95942 tokens, fewer than one training window of 500001"),
+    (["--vocab_size", 100], "--vocab_size 100 is smaller than the tokenizer's 4096"),
+    (["--dim", 65536, "--n_layers", 1024], "this run needs about"),
+    (["--out_dir", "{file}"], "--out_dir {file}: {file} is a file, not a folder"),
+    (["--data", "{none}"], "{none}/train.bin is missing: prepare the data"),
+    (["--data", "{data}"], "train.bin: not a file of uint16 tokens (ValueError)"),
+    (["--init_from", "{ckpt}", "--dim", 48], "dim: 48 here vs 64 in the checkpoint"),
+    (["--init_from", "{ckpt}", "--dim", 64], "uses another tokenizer than"),
+    (["--exit_always", 2, "--onpolicy_data", "{past}"], "holds token ids past the tokenizer"),
+    (["--exit_always", 2, "--onpolicy_data", SHAKESPEARE / "val.bin", "--onpolicy_aligned"],
+     "needs " + str(SHAKESPEARE / "val.json")),
+    (["--resume"], "cannot resume: {out}/ckpt.pt: no such file"),
+]
+
+
+@pytest.mark.parametrize("flags, match", BAD, ids=[" ".join(map(str, a)) for a, _ in BAD])
+def test_bad_input_is_one_line_and_creates_nothing(shakespeare, tmp_path, capsys, tiny_checkpoint, flags, match):
+    """Each bad value, clash of flags, bad path or damaged file: exit 2, one line naming it and what to do, and
+    nothing created or changed (no --out_dir left behind)."""
+    data = tmp_path / "data"  # a copy of the corpus with an empty train.bin
+    data.mkdir()
+    for name in ("val.bin", "tokenizer.model", "meta.json"):
+        (data / name).write_bytes((SHAKESPEARE / name).read_bytes())
+    (data / "train.bin").write_bytes(b"")
+    (tmp_path / "file").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(range(256)))  # binary, like /bin/ls
+    np.full(1000, 65000, dtype=np.uint16).tofile(tmp_path / "past.bin")
+    names = {"{data}": data, "{file}": tmp_path / "file", "{past}": tmp_path / "past.bin", "{none}": tmp_path / "none",
+             "{out}": tmp_path / "out", "{ckpt}": tiny_checkpoint}
+    before = sorted(tmp_path.rglob("*"))
+    small = TINY + ["--data", SHAKESPEARE, "--batch_size", 4, "--eval_iters", 1, "--max_iters", 1]
+    out = [] if "--out_dir" in flags else ["--out_dir", tmp_path / "out"]
+    assert_one_line_error(train.main, small + filled(flags, names) + out, capsys, filled([match], names)[0])
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
+    """As a command: --batch_size 0 prints one line (no traceback, no usage block), exits 2, creates no folder."""
+    proc = subprocess.run([sys.executable, "train.py", "--batch_size", "0", "--out_dir", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "train.py: error: argument --batch_size: must be 1..65536, got 0 (see --help)\n"
+    assert not (tmp_path / "out").exists()
+
+
+BENCH_TRAIN_BAD = [
+    (["--steps", 0], "argument --steps: must be 1..100000, got 0"),
+    (["--n_heads", 5], "--dim 192 / --n_heads 5 must be a whole, even number of channels per head"),
+    (["--n_kv_heads", 4], "--n_heads 6 is not a multiple of --n_kv_heads 4"),
+    (["--dim", 65536, "--n_heads", 4, "--n_kv_heads", 2, "--n_layers", 1024], "this shape needs about"),
+]
+
+
+@pytest.mark.parametrize("argv, match", BENCH_TRAIN_BAD, ids=[" ".join(map(str, a)) for a, _ in BENCH_TRAIN_BAD])
+def test_bench_train_bad_input_is_one_line(capsys, argv, match):
+    """bench_train.py: a bad shape, count or memory need is one line and exit 2, before any model is built."""
+    assert_one_line_error(bench_train.main, argv, capsys, match)
