@@ -20,8 +20,7 @@ CODE = 'class Greeter:\n    """Say hello."""\n\n    def __init__(self, name):\n 
 
 
 def test_prepare_writes_every_document_into_train_and_val(tmp_path, capsys):
-    """`data/prepare.py --input GLOB` trains a tokenizer, and train.bin + val.bin are exactly the files, sorted, each
-    encoded as [bos] + ids + [eos]; val starts at a document; meta.json counts them."""
+    """--input GLOB: train.bin + val.bin are the sorted files, each [bos] + ids + [eos]; val starts at a document."""
     docs = ["To be, or not to be, that is the question:\n" * 30] + [f"# file {i}\n{CODE}" for i in range(1, 10)]
     for i, d in enumerate(docs):
         (tmp_path / f"doc{i}.txt").write_text(d, encoding="utf-8")
@@ -63,8 +62,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, script, flag
 
 
 def test_prompt_sets():
-    """'humaneval': the 164 HumanEval prompts in task order; 'shakespeare': 50 distinct 3-6 line passages, all from
-    the held-out works only."""
+    """'humaneval': the 164 prompts in task order; 'shakespeare': 50 distinct 3-6 line passages of held-out works."""
     humaneval = load_prompts("humaneval")
     assert len(humaneval) == 164 and all("def " in p for p in humaneval)
     assert humaneval[0].startswith("from typing import List") and "def has_close_elements" in humaneval[0]
@@ -84,30 +82,21 @@ def make_tree(root, files):
         (root / rel).write_text(text, encoding="utf-8")
 
 
-def test_python_corpus_file_selection(tmp_path):
-    """Only .py files outside test folders, test_*.py, site-packages and caches; sorted by path."""
-    make_tree(tmp_path, {"pkg/b.py": "b = 1\n", "pkg/a.py": "a = 1\n", "pkg/sub/c.py": "c = 1\n",
-                         "pkg/tests/t.py": "", "pkg/testing/_internal/u.py": "", "pkg/test/v.py": "",
-                         "pkg/test_w.py": "", "pkg/__pycache__/x.py": "", "site-packages/y.py": "",
-                         "pkg/notes.txt": "", "idle_test/z.py": ""})
-    assert python_prepare.python_files(str(tmp_path)) == ["pkg/a.py", "pkg/b.py", "pkg/sub/c.py"]
-
-
-def test_python_corpus_keeps_humaneval_out(tmp_path):
-    """A file that holds a HumanEval entry point's full signature is dropped (and counted); a file that merely
-    shares the function's name is kept."""
+def test_python_corpus(tmp_path):
+    """Only .py files outside tests and caches, sorted; a file holding a HumanEval signature is dropped (one sharing
+    the name kept); documents in a fixed order, the val split a hash of the key (stdlib paths bare)."""
+    make_tree(tmp_path / "sel", {"pkg/b.py": "b = 1\n", "pkg/a.py": "a = 1\n", "pkg/sub/c.py": "c = 1\n",
+                                 "pkg/tests/t.py": "", "pkg/testing/_internal/u.py": "", "pkg/test/v.py": "",
+                                 "pkg/test_w.py": "", "pkg/__pycache__/x.py": "", "site-packages/y.py": "",
+                                 "pkg/notes.txt": "", "idle_test/z.py": ""})
+    assert python_prepare.python_files(str(tmp_path / "sel")) == ["pkg/a.py", "pkg/b.py", "pkg/sub/c.py"]
     signatures = python_prepare.humaneval_signatures()
     assert len(signatures) == 164
     assert signatures[0] == "def has_close_elements(numbers: List[float], threshold: float) -> bool:"
-    make_tree(tmp_path, {"leak.py": "from typing import List\n\n\n" + signatures[0] + "\n    pass\n",
-                         "fine.py": "def has_close_elements(xs):\n    return False\n"})
-    docs, not_utf8, leaked = python_prepare.read_documents(str(tmp_path), ["fine.py", "leak.py"], signatures)
+    make_tree(tmp_path / "leak", {"leak.py": "from typing import List\n\n\n" + signatures[0] + "\n    pass\n",
+                                  "fine.py": "def has_close_elements(xs):\n    return False\n"})
+    docs, not_utf8, leaked = python_prepare.read_documents(str(tmp_path / "leak"), ["fine.py", "leak.py"], signatures)
     assert list(docs) == ["fine.py"] and (not_utf8, leaked) == (0, 1)
-
-
-def test_python_corpus_is_deterministic(tmp_path):
-    """Documents come in a fixed order (source, then path); the val split is a hash of the key: standard library
-    files keep their bare path (the stdlib-only split of the 12-layer models), other sources are prefixed."""
     make_tree(tmp_path / "std", {"os.py": "import sys\n", "json/decoder.py": "x = 1\n"})
     make_tree(tmp_path / "torch", {"nn/functional.py": "y = 2\n", "optim/adam.py": "z = 3\n"})
     roots = [("stdlib", str(tmp_path / "std")), ("torch", str(tmp_path / "torch"))]
@@ -118,8 +107,8 @@ def test_python_corpus_is_deterministic(tmp_path):
 
 
 def test_python_deep_preset_shape(capsys):
-    """train.py --preset python-deep --dry_run: 32 blocks of width 128, 4 heads, context 256, vocabulary 2048, FFN
-    352 (Meta's rule: 2/3 * 4 * 128 = 341, rounded up to a multiple of 32): about 6M parameters."""
+    """--preset python-deep: 32 blocks of width 128, 4 heads, context 256, vocabulary 2048, FFN 352 (Meta's rule:
+    2/3 * 4 * 128 = 341, rounded up to a multiple of 32), about 6M parameters."""
     train.main(["--preset", "python-deep", "--dry_run"])
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (info["n_layers"], info["dim"], info["n_heads"], info["context"], info["vocab_size"], info["ffn_hidden"]) \

@@ -24,9 +24,8 @@ def our_imports(path) -> set:
 
 
 def test_imports_flow_one_way():
-    """Each library module imports only those below it (common.py also the corpus package, for prompt sets); data/
-    only model_io (a checkpoint's tokenizer); benchmarks/ and scripts/ (the scripts' helpers) the library; a script
-    imports those and other scripts with no cycle; nothing imports the lab record (experiments/)."""
+    """A library module imports only those below it (common.py also data/, for prompt sets), data/ only model_io,
+    benchmarks/ and scripts/ the library; scripts import scripts without a cycle; nothing imports experiments/."""
     for i, name in enumerate(LIBRARY):
         assert our_imports(ROOT / f"{name}.py") <= set(LIBRARY[:i]) | ({"data"} if name == "common" else set()), name
     for path in (ROOT / "data").rglob("*.py"):

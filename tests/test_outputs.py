@@ -1,8 +1,5 @@
-"""Scripts write into out/ (ignored by git) unless told otherwise: eval.py's plots, bench.py's sweep, bench.py --auto
-(which rewrites no checkpoint without --store) and the tutorial's generator, each run with its default output
-flags from the repository root, write no tracked file. Every file a run opens for writing, or renames into place,
-is recorded by an audit hook (so other work in the same tree cannot disturb the check) and must be one that git
-ignores."""
+"""Scripts run with their default output flags write only into out/, which git ignores: every file a run opens for
+writing or renames into place is recorded by an audit hook (other work in the same tree cannot disturb the check)."""
 
 import importlib.util
 import os
@@ -61,7 +58,7 @@ def tracked_or_unignored(paths) -> list:
 
 
 def test_the_recorder_sees_a_tracked_file_being_written(monkeypatch, tmp_path):
-    """The check can fail: opening README.md for appending is recorded and reported as not ignored, out/ is."""
+    """The control: opening README.md for appending is recorded and reported as not ignored; out/ is ignored."""
     with written(monkeypatch) as paths:
         with open("README.md", "a"):
             pass
@@ -72,36 +69,27 @@ def test_the_recorder_sees_a_tracked_file_being_written(monkeypatch, tmp_path):
     assert tracked_or_unignored(paths) == ["README.md"] and len(paths) == 2
 
 
-def test_eval_and_bench_sweep_write_only_into_out_by_default(tiny_checkpoint, monkeypatch):
-    """python eval.py and python bench.py --sweep without --out_dir (a small workload of the same kind) write their
-    plots and CSV under out/, which git ignores."""
+def test_eval_bench_sweep_and_auto_write_only_into_out(tiny_checkpoint, monkeypatch):
+    """eval.py and bench.py --sweep (small workloads) write their plots and CSV under out/; bench.py --auto on the
+    shipped model finds and measures a setting but writes nothing into checkpoints/ (only --store does)."""
+    shipped = ROOT / "checkpoints/layerskip-python-deep.pt"
+    before = shipped.stat().st_mtime_ns
+    small = ["--baseline", "", "--sweep_specs", "1", "--sweep_thresholds", "0.5", "--n_prompts", "1",
+             "--sweep_prompts", "1", "--max_new_tokens", "4", "--repeats", "1"]
     with written(monkeypatch) as paths:
         evaluate.main(["--checkpoints", str(tiny_checkpoint), "--data", "shakespeare", "--windows", "2",
                        "--block_size", "32", "--n_prompts", "1", "--max_new_tokens", "4", "--prompts", "shakespeare",
                        "--threads", "1"])
-        bench.main(["--checkpoint", str(tiny_checkpoint), "--baseline", "", "--sweep", "--sweep_exits", "1",
-                    "--sweep_specs", "1", "--sweep_thresholds", "0.5", "--n_prompts", "1", "--sweep_prompts", "1",
-                    "--max_new_tokens", "4", "--repeats", "1"])
-    assert {p.parent for p in paths} >= {ROOT / "out/bench"}  # the sweep's CSV at least (plots need matplotlib)
-    assert ROOT / "out/bench/sweep.csv" in paths
+        bench.main(["--checkpoint", str(tiny_checkpoint), "--sweep", "--sweep_exits", "1"] + small)
+        bench.main(["--auto", "--sweep_exits", "4"] + small)
+    assert ROOT / "out/bench/sweep.csv" in paths  # the sweep's CSV at least (plots need matplotlib)
+    assert shipped.stat().st_mtime_ns == before and not [p for p in paths if "checkpoints" in p.parts]
     assert tracked_or_unignored(paths) == []
 
 
-def test_bench_auto_leaves_the_shipped_checkpoint_alone(monkeypatch):
-    """bench.py --auto on the shipped model (a one-exit, one-prompt sweep) finds and measures a setting but writes
-    nothing into checkpoints/: only --store does."""
-    shipped = ROOT / "checkpoints/layerskip-python-deep.pt"
-    before = shipped.stat().st_mtime_ns
-    with written(monkeypatch) as paths:
-        bench.main(["--auto", "--baseline", "", "--sweep_exits", "4", "--sweep_specs", "1", "--sweep_thresholds",
-                    "0.5", "--n_prompts", "1", "--sweep_prompts", "1", "--max_new_tokens", "4", "--repeats", "1"])
-    assert shipped.stat().st_mtime_ns == before
-    assert not [p for p in paths if "checkpoints" in p.parts] and tracked_or_unignored(paths) == []
-
-
 def test_the_tutorial_generator_writes_into_out_by_default(monkeypatch):
-    """python docs/make_tutorial.py (its blocks' run replaced by a stand-in) writes the tutorial, its notebook and
-    its figure folder under out/tutorial/, not over docs/."""
+    """docs/make_tutorial.py (its blocks' run replaced by a stand-in) writes its tutorial, notebook and figures under
+    out/tutorial/, not over docs/."""
     spec = importlib.util.spec_from_file_location("make_tutorial", ROOT / "docs" / "make_tutorial.py")
     mt = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mt)

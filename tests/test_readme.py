@@ -1,6 +1,5 @@
-"""The numbers the README states that the code can read back: the size of the test suite (from pytest's own
-collection), the shipped models' shape and parameter count, and the decoding setting stored in the shipped
-checkpoint (the README, docs/results.md and the tutorial all name the same one)."""
+"""What the README states that the code can read back: the suite's size, the shipped models' shape and size, and
+the decoding setting stored in the shipped checkpoint (which docs/results.md and the tutorial name too)."""
 
 import re
 import subprocess
@@ -17,8 +16,7 @@ README = DOCS["README.md"]
 
 
 def test_readme_states_the_size_of_the_suite():
-    """"The suite (N tests)" is what `python -m pytest` collects, with every optional dependency installed (a test
-    file skipped at collection for a missing one makes the count unknowable, and this test skips)."""
+    """"The suite (N tests)" is what `python -m pytest` collects (skipped where an optional dependency is missing)."""
     [stated] = re.findall(r"The suite \((\d+) tests\)", README)
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -30,8 +28,8 @@ def test_readme_states_the_size_of_the_suite():
 
 
 def test_readme_states_the_shipped_models_shape_and_parameter_count():
-    """"Both 32-layer twins (dim 128, 6.2M parameters)" and the 12-layer pair's "12 layers of width 192, 5.7M
-    parameters" (docs/results.md) are the shipped checkpoints' own, rounded as the scripts print them."""
+    """"Both 32-layer twins (dim 128, 6.2M parameters)" and docs/results.md's "12 layers of width 192, 5.7M
+    parameters" are the shipped checkpoints' own."""
     twins = re.findall(r"Both (\d+)-layer twins \(dim (\d+), ([\d.]+)M parameters\)", README)
     pair = re.findall(r"(\d+) layers of\s+width (\d+), ([\d.]+)M parameters", DOCS["docs/results.md"])
     for names, said in ((["layerskip-python-deep", "baseline-python-deep"], twins), (["layerskip-python"], pair)):
@@ -43,9 +41,8 @@ def test_readme_states_the_shipped_models_shape_and_parameter_count():
 
 
 def test_docs_state_the_stored_setting():
-    """Every "exit E, at most d drafts" in the README, docs/results.md and the tutorial, the README's
-    `--draft_cost r --draft_gamma g` and its results row "(exit E, cost-model stop rule, d <= d)" are the shipped
-    checkpoint's stored recommendation."""
+    """Every "exit E, at most d drafts" in the docs, the README's `--draft_cost r --draft_gamma g` and its results
+    row "(exit E, cost-model stop rule, d <= d)" are the shipped checkpoint's stored recommendation."""
     model, _ = load_model(ROOT / "checkpoints" / "layerskip-python-deep.pt")
     rec = model.metadata["recommended"]
     stored = (rec["exit_layer"], rec["num_speculations"])

@@ -13,8 +13,7 @@ RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
 
 
 def commands(path) -> list:
-    """The argv of every `python SCRIPT.py ...` line of a recipe (continuation lines joined, comments and a
-    trailing & dropped); data/*/prepare.py, which builds a corpus, is not one of them."""
+    """The argv of every `python SCRIPT.py ...` line of a recipe (lines joined, comments and & dropped; not data/)."""
     lines = path.read_text().replace("\\\n", " ").splitlines()
     words = [shlex.split(line.split("#")[0]) for line in lines]
     return [w[1:-1] if w[-1] == "&" else w[1:] for w in words
