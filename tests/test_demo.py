@@ -1,6 +1,5 @@
-"""The Gradio demo: its events called directly, the served app driven by gradio_client, and the page driven in a
-real browser (Debian's Chromium through Playwright). The browser tests also take the README's screenshots, on the
-shipped model:
+"""The Gradio demo: its events called directly, the served app through gradio_client, and the page in a real browser
+(Debian's Chromium through Playwright), which also takes the README's screenshots on the shipped model:
 
     LAYERSKIP_DEMO_CHECKPOINT=checkpoints/layerskip-python-deep.pt LAYERSKIP_SCREENSHOTS=docs \
         python -m pytest tests/test_demo.py -k browser      # docs/demo*.png, at 1280 and 820 px
@@ -21,7 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry attem
 
 import layerskip as ls  # noqa: E402
 from conftest import ROOT, assert_one_line_error  # noqa: E402
-from model_io import load_model  # noqa: E402
+from model_io import chat_prompt, load_model, save_checkpoint  # noqa: E402
 from settings import Settings  # noqa: E402
 
 gr = pytest.importorskip("gradio")  # the demo's dependencies are optional (requirements-demo.txt)
@@ -35,8 +34,8 @@ pytestmark = [  # gradio 6.31's queue still uses pandas options that pandas 3 de
 
 CODE = "def fibonacci(n):\n    if n < 2:"  # on the random tiny model, exit 2 drafts are both accepted and rejected
 VERSE = "ROMEO:\nBut soft"
-# the browser tests' prompt: CODE on the tiny model; for the README's screenshots ($LAYERSKIP_DEMO_CHECKPOINT, a
-# trained model) the first example, a HumanEval problem: what the app shows on its first Generate
+# the browser's prompt: CODE on the tiny model; for the README's screenshots ($LAYERSKIP_DEMO_CHECKPOINT, a trained
+# model) the first example, a HumanEval problem: what the app shows on its first Generate
 SHOWN = demo_app.example_prompts()[0] if os.environ.get("LAYERSKIP_DEMO_CHECKPOINT") else CODE
 UNCHANGED = {"__type__": "update"}
 
@@ -49,9 +48,7 @@ def app(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def recommended_checkpoint(tiny_checkpoint, tmp_path_factory):
-    """The tiny model with a stored setting (what bench.py --auto writes): exit 3, d=2, threshold 0.3; and the
-    validation loss of each exit (what train.py writes)."""
-    from model_io import save_checkpoint
+    """The tiny model with bench.py --auto's stored setting (exit 3, d=2, threshold 0.3) and train.py's exit losses."""
     model, tok = load_model(tiny_checkpoint)
     path = tmp_path_factory.mktemp("rec") / "recommended.pt"
     save_checkpoint(path, model, tok, metadata=dict(val_loss_per_exit=[4.0, 3.5, 3.2, 3.0], recommended=dict(
@@ -72,34 +69,40 @@ def spans(page_html):
     return [(k, unescape(t)) for k, t in re.findall(r'<span class="ls-tok (\w+)"[^>]*>(.*?)</span>', page_html, re.S)]
 
 
+def card(page_html, key):
+    """The value shown on the statistics card `key`."""
+    return re.search(rf'<div class="v">([^<]*)</div><div class="k">{re.escape(key)}</div>', page_html)[1]
+
+
+def corrections(g):
+    """The rounds of a Generation that ended on the verifier's correction of a rejected draft."""
+    return sum(e.token is not None and e.accepted < len(e.drafted) for e in g.events)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The events, called directly
 
 
-def test_pieces_stream_round_by_round_and_rebuild_the_generated_text(app, tiny_checkpoint):
-    """Each event extends the last by one round, kinds run accepted* rejected* then one correction (a draft was
-    rejected) or bonus (all accepted) within a round; the statistics are generate()'s Generation, and the
-    non-rejected pieces join to generate()'s decoded text."""
+def test_rounds_become_pieces_that_rebuild_the_generated_text(app, tiny_checkpoint):
+    """Each update adds a round (accepted*, rejected*, a correction or bonus); the pieces rebuild generate()'s text."""
     model, tok = app.models.get(str(tiny_checkpoint))
-    settings = Settings(strategy="self_speculative", exit_layer=2, num_speculations=4, eos_id=tok.stop_ids)
-    want, g = expected(app, tiny_checkpoint, CODE, 48, settings)
+    s = Settings(strategy="self_speculative", exit_layer=2, num_speculations=4, eos_id=tok.stop_ids)
+    want, g = expected(app, tiny_checkpoint, CODE, 48, s)
     ids = tok.encode(CODE)
-    events = list(demo_views.rounds_as_pieces(ls.generate_stream(model, ids, 48, settings), tok, ids, len(ids) + 48,
-                                            "bonus"))
-    previous = []
-    for r, ((pieces, text, so_far, _), event) in enumerate(zip(events, g.events, strict=True), start=1):
-        assert pieces[:len(previous)] == previous and so_far.rounds == r
-        assert {rnd for _, _, rnd in pieces[len(previous):]} == {r}
-        verdict = "bonus" if event.accepted == len(event.drafted) else "correction"
-        assert [kind for _, kind, _ in pieces[len(previous):]] == ["accepted"] * event.accepted + \
-            ["rejected"] * (len(event.drafted) - event.accepted) + [verdict] * (event.token is not None)
-        previous = pieces
-    pieces, text, stats, _ = events[-1]
+    updates = list(demo_views.rounds_as_pieces(ls.generate_stream(model, ids, 48, s), tok, ids, len(ids) + 48,
+                                               "bonus"))
+    before = []
+    for r, ((pieces, _, so_far, _), e) in enumerate(zip(updates, g.events, strict=True), start=1):
+        new, verdict = pieces[len(before):], "bonus" if e.accepted == len(e.drafted) else "correction"
+        assert pieces[:len(before)] == before and so_far.rounds == r and {rnd for *_, rnd in new} == {r}
+        assert [kind for _, kind, _ in new] == ["accepted"] * e.accepted + ["rejected"] * (
+            len(e.drafted) - e.accepted) + [verdict] * (e.token is not None)
+        before = pieces
+    pieces, text, so_far, _ = updates[-1]
     kinds = [kind for _, kind, _ in pieces]
-    assert (stats.tokens, stats.drafted, stats.accepted, stats.rounds) == (g.tokens, g.drafted, g.accepted, g.rounds)
+    assert (so_far.tokens, so_far.drafted, so_far.accepted) == (g.tokens, g.drafted, g.accepted)
     assert kinds.count("accepted") == g.accepted > 0 and kinds.count("rejected") == g.drafted - g.accepted > 0
-    corrections = sum(e.token is not None and e.accepted < len(e.drafted) for e in g.events)
-    assert kinds.count("correction") == corrections > 0 and kinds.count("bonus") == g.rounds - corrections > 0
+    assert kinds.count("correction") == corrections(g) > 0 and kinds.count("bonus") == g.rounds - corrections(g) > 0
     assert text == want == "".join(t for t, kind, _ in pieces if kind != "rejected") and len(g.tokens) == 48
     legend = demo_views.render_text("", [], "self_speculative")
     assert re.findall(r'<span class="key (\w+)">', legend) == ["accepted", "correction", "bonus", "rejected"]
@@ -110,21 +113,18 @@ def test_pieces_stream_round_by_round_and_rebuild_the_generated_text(app, tiny_c
     dict(strategy="early_exit", exit_layer=1),
     dict(strategy="self_speculative", exit_layer=3, num_speculations=2, temperature=0.9, top_p=0.9, seed=7),
 ])
-def test_generate_event_streams_html_and_ends_on_generates_text(app, tiny_checkpoint, settings):
-    """Generate streams (text HTML, stats HTML, text) and ends on layerskip.generate's decoded text for every
-    strategy, greedy or sampled; the cards are its Generation's numbers; the spans carry kinds of the legend, and
-    stripping the tags, the rejected drafts and their counts gives back exactly the escaped prompt + continuation."""
+def test_generate_streams_html_and_ends_on_generates_text(app, tiny_checkpoint, settings):
+    """Each strategy: a frame per round, the last with generate()'s text and numbers; output = prompt + text."""
     kw = dict(exit_layer=2, num_speculations=4, temperature=0.0, top_p=1.0, seed=0) | settings
     prompt = "if a < b:\n    return"
     want, g = expected(app, tiny_checkpoint, prompt, 24, **kw)
     updates = list(app.generate(str(tiny_checkpoint), prompt, max_new_tokens=24, stop_rule="fixed", **kw))
-    assert len(updates) == g.rounds + 2  # an empty frame, one per round, the final one
-    assert {error for *_, error in updates} == {""}  # no error: the error place stays empty (hidden)
+    assert len(updates) == g.rounds + 2 and {error for *_, error in updates} == {""}  # the error place stays empty
     out, stats, text, _ = updates[-1]
-    assert text == want and "done" in stats and '<div class="v">24</div><div class="k">tokens</div>' in stats
+    assert text == want and "done" in stats and card(stats, "tokens") == "24"
     if kw["strategy"] == "self_speculative":
-        assert f'<div class="v">{g.acceptance_rate:.0%}</div><div class="k">acceptance rate</div>' in stats
-        assert f'<div class="v">{g.tokens_per_round:.2f}</div><div class="k">tokens/round</div>' in stats
+        assert (card(stats, "acceptance rate"), card(stats, "tokens/round")) == (f"{g.acceptance_rate:.0%}",
+                                                                                 f"{g.tokens_per_round:.2f}")
     assert set(re.findall(r'<span class="key (\w+)">', out)) >= {k for k, _ in spans(out)} != set()
     body = re.sub(r'<span class="ls-tok rejected"[^>]*>.*?</span>|<sup class="\w+">.*?</sup>', "",
                   out.split('<div class="ls-text">')[1], flags=re.S)
@@ -133,9 +133,7 @@ def test_generate_event_streams_html_and_ends_on_generates_text(app, tiny_checkp
 
 
 def test_rejected_drafts_sit_together_counted_and_capped():
-    """A round's rejected drafts sit together where they stood, between its accepted drafts and its correction:
-    one red count, all their text in its hover, at most REJECTED_SHOWN of them as struck-through spans and "+k"
-    for the rest. Which of these shows (or none, the legend's entry too) is a class on the output."""
+    """A round's rejected drafts: one count, their text on hover, at most REJECTED_SHOWN struck through, then +k."""
     pieces = ([("a", "accepted", 1)] + [(f"r{i}", "rejected", 1) for i in range(6)] + [("c", "correction", 1)] +
               [("x", "rejected", 2), ("d", "correction", 2)])
     page = demo_views.render_text("p", pieces, "self_speculative")
@@ -145,22 +143,26 @@ def test_rejected_drafts_sit_together_counted_and_capped():
     assert page.index(">a</span>") < page.index('<span class="ls-rej"') < page.index(">c</span>")
     assert "round 1: 6 rejected drafts: &#x27;r0r1r2r3r4r5&#x27;" in page and '<sup class="n">6</sup>' in page
     assert '<sup class="more">+2</sup>' in page and '<sup class="n">1</sup>' in page and page.count("+") == 1
-    for view in demo_app.REJECTED_VIEWS:
+    for view in demo_views.REJECTED_VIEWS:
         assert f'class="ls-out rej-{view}"' in demo_views.render_text("p", pieces, "self_speculative", view)
 
 
 BAD = [  # (event, its arguments, the one line it answers): "corrupt" and "missing" stand for such checkpoints
     ("generate", dict(exit_layer=999), "exit layer 999 is out of range: this model has 4 layers, use 1..4"),
     ("generate", dict(num_speculations=0), "num_speculations must be a whole number in [1, 64]"),
+    ("generate", dict(strategy="beam"), "unknown strategy 'beam'"),
     ("generate", dict(stop_rule="auto"), "stop_rule must be one of fixed, threshold, cost, got 'auto'"),
     ("generate", dict(stop_rule="threshold", draft_threshold=0), "the threshold stop rule needs draft_threshold"),
     ("generate", dict(stop_rule="cost", draft_cost=0.1), "draft_gamma is empty: give a number in (0, 10]"),
     ("generate", dict(temperature=float("nan")), "temperature must be 0 or a number in [0.01, 100]"),
+    ("generate", dict(temperature="hot"), "temperature must be 0 or a number in [0.01, 100] (0 = greedy), got 'hot'"),
     ("generate", dict(max_new_tokens=None), "max_new_tokens is empty: give a whole number in [1, 512]"),
     ("generate", dict(rejected=["count"]), "rejected must be one of count, text, hidden, got ['count']"),
     ("generate", dict(prompt="to be or not " * 200), "context window holds 256"),
     ("generate", dict(checkpoint="corrupt"), "truncated or corrupt"),
+    ("generate", dict(chat=True), "this model has no chat template"),
     ("compare", dict(checkpoint="missing"), "no such file"),
+    ("compare", dict(exit_layer=999), "exit layer 999 is out of range: this model has 4 layers, use 1..4"),
     ("lens", dict(prompt=""), "the prompt is empty: generate something first"),
     ("sweep", dict(repetition_penalty=0), "repetition_penalty must be a number in [0.01, 100]"),
     ("main", ["--chekpoint", "x.pt"], "unrecognized arguments: --chekpoint x.pt"),
@@ -170,9 +172,7 @@ BAD = [  # (event, its arguments, the one line it answers): "corrupt" and "missi
 @pytest.mark.parametrize("event, args, message", BAD)
 def test_bad_input_is_one_line_of_plain_text_and_runs_nothing(app, tiny_checkpoint, tmp_path, monkeypatch, capsys,
                                                               event, args, message):
-    """Bad input to any event: one frame that leaves every output as it is on screen and says why in the error
-    place, one line of plain text; not one block of the model runs (not with a clamped value either). A bad flag:
-    exit code 2, one line, and no server."""
+    """Bad input: one frame, outputs left as they are, why in one plain line, nothing run; a bad flag: exit 2."""
     if event == "main":
         monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: pytest.fail("launched"))
         assert_one_line_error(demo_app.main, args, capsys, message)
@@ -180,8 +180,8 @@ def test_bad_input_is_one_line_of_plain_text_and_runs_nothing(app, tiny_checkpoi
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     app.models.serve(tmp_path / "corrupt.pt", tmp_path / "missing.pt")  # as if given at launch: they may say more
     args = dict(checkpoint=str(tiny_checkpoint), prompt=VERSE) | args
-    args["checkpoint"] = {k: str(tmp_path / f"{k}.pt") for k in ("corrupt", "missing")}.get(args["checkpoint"],
-                                                                                             args["checkpoint"])
+    args["checkpoint"] = str(tmp_path / f"{args['checkpoint']}.pt") if args["checkpoint"] in ("corrupt", "missing") \
+        else args["checkpoint"]
     ran = []
     monkeypatch.setattr(ls.Transformer, "run_blocks", lambda *a, **k: ran.append(1))
     frames = getattr(app, event)(**args)
@@ -191,9 +191,7 @@ def test_bad_input_is_one_line_of_plain_text_and_runs_nothing(app, tiny_checkpoi
 
 
 def test_compare_lens_and_sweep(app, tiny_checkpoint):
-    """Compare shows both timings, the speedup and identical greedy outputs; the lens has one row per exit
-    with the chosen one marked; the sweep gives acceptance and speedup for exits 1..L, updating after every run,
-    as two plots of measured exits only whose x-axis ends at exit L."""
+    """Compare, the lens and the sweep on the tiny model; Stop ends a generation or a sweep after the step shown."""
     ck = str(tiny_checkpoint)
     table, error = app.compare(ck, VERSE, 2, 4, "fixed", max_new_tokens=32)
     assert "✓ identical (32 tokens)" in table and "speedup" in table and "ms/token" in table and error == ""
@@ -202,8 +200,7 @@ def test_compare_lens_and_sweep(app, tiny_checkpoint):
     assert len(re.findall(r'<td class="row-label">exit \d', lens)) == 4 and "exit 3 ◀ E" in lens and error == ""
     assert "average layers needed" in lens
     *progress, (acceptance, speedup, note, error) = app.sweep(ck, VERSE, num_speculations=4, max_new_tokens=16)
-    assert error == "" and {p[3] for p in progress} == {""}
-    assert len(progress) == demo_app.SWEEP_REPEATS * 5  # one update per run (AR and exits 1..4): the plots fill in
+    assert error == "" and {p[3] for p in progress} == {""} and len(progress) == demo_app.SWEEP_REPEATS * 5
     assert "<progress" in progress[0][2] and "pass 1 of" in progress[0][2]
     first_pass = [p[1]["value"] for p in progress[:5]]  # speedups need AR and the exit in the same pass
     assert len(first_pass[-1]) == 4 and len(first_pass[0]) == 0
@@ -218,13 +215,8 @@ def test_compare_lens_and_sweep(app, tiny_checkpoint):
     assert rows == [(str(E), str(demo_app.SWEEP_REPEATS)) for E in (1, 2, 3, 4)]  # each exit: median, range, passes
 
 
-def test_sweep_and_compare_interleave_their_runs_and_take_medians_of_per_pass_ratios(app, tiny_checkpoint,
-                                                                                     monkeypatch):
-    """The sweep times as the benchmark does (common.interleaved_runs): a warm-up per variant, then passes that run
-    autoregressive decoding and each exit once, the order rotating; an exit's speedup is the median over passes of
-    AR time / its time in the same pass, so one wild run (10x at exit L in pass 2) moves neither the speedup nor the
-    fastest exit, and exit L is never the fastest. The controls' d, stop rule and processors reach every run; the
-    cost model's draft cost, given at the controls' exit, is priced by the blocks a draft runs. Compare likewise."""
+def test_sweep_and_compare_interleave_runs_and_take_medians_of_per_pass_ratios(app, tiny_checkpoint, monkeypatch):
+    """Runs interleave as bench.py's; speedups are medians of per-pass ratios; the controls reach every run."""
     calls, ratio = [], {1: 0.5, 2: 1.5, 3: 1.2, 4: 1.0}
 
     def fake_generate(model, ids, n, strategy="autoregressive", exit_layer=None, **kw):
@@ -269,61 +261,59 @@ def test_sweep_and_compare_interleave_their_runs_and_take_medians_of_per_pass_ra
         ["self_speculative", "autoregressive", "autoregressive", "self_speculative"]
     assert {(kw["exit_layer"], kw["num_speculations"], kw["draft_threshold"]) for c, kw in calls
             if c == "self_speculative"} == {(2, 8, 0.4)}
-    assert '<div class="v">2.00×</div>' in table and "(passes: 2.00–10.00×)" in table and error == ""
+    assert card(table, "speedup (AR ms/token ÷ self-speculative ms/token)") == "2.00×" and error == ""
+    assert "(passes: 2.00–10.00×)" in table
 
 
-def test_logits_processors_reach_generation_and_compare_and_keep_greedy_outputs_equal(app, tiny_checkpoint):
-    """The repetition penalty and no-repeat n-grams reach generation (the text equals layerskip.generate's with
-    them, and differs from the plain greedy text) and compare, where greedy self-speculative output stays
-    identical to autoregressive output with each processor on."""
+def test_logits_processors_and_chat_reach_generation_and_greedy_outputs_stay_equal(app, tiny_checkpoint,
+                                                                                    monkeypatch):
+    """Logits processors and the chat template reach generation; greedy Compare outputs stay identical."""
     ck = str(tiny_checkpoint)
     plain, _ = expected(app, tiny_checkpoint, VERSE, 40)
-    for processor in (dict(repetition_penalty=1.5), dict(no_repeat_ngram_size=2)):
-        want, _ = expected(app, tiny_checkpoint, VERSE, 40, **processor)
+    for processor, said in ((dict(repetition_penalty=1.5), "repetition penalty 1.5"),
+                            (dict(no_repeat_ngram_size=2), "no repeated 2-grams")):
         *_, (_, stats, text, _) = app.generate(ck, VERSE, "self_speculative", 2, 3, "fixed", max_new_tokens=40,
                                                **processor)
-        assert text == want != plain, processor
-        assert ("repetition penalty 1.5" if "repetition_penalty" in processor else "no repeated 2-grams") in stats
+        assert text == expected(app, tiny_checkpoint, VERSE, 40, **processor)[0] != plain and said in stats
         table, _ = app.compare(ck, VERSE, 2, 3, "fixed", max_new_tokens=40, **processor)
         assert "✓ identical (40 tokens)" in table and "both with " in table, processor
+    model, tok = app.models.get(ck)
+    monkeypatch.setattr(tok, "chat_template", "{% for m in messages %}USER: {{ m['content'] }}\n{% endfor %}BOT:")
+    *_, (out, _, text, error) = app.generate(ck, "Hello", "autoregressive", chat=True, max_new_tokens=8)
+    text_in, ids = chat_prompt(tok, "Hello")
+    assert text_in == "USER: Hello\nBOT:" and error == "" and "USER: Hello" in unescape(out)
+    assert text == tok.decode(ids + ls.generate(model, ids, 8, eos_id=tok.stop_ids).tokens)[len(tok.decode(ids)):]
 
 
-def test_stop_ends_generation_and_the_sweep_after_the_step_on_screen_and_says_so(app, tiny_checkpoint):
-    """Stop (control["stop"]) ends decoding after the round being shown; the last frame keeps that text and says
-    it stopped, after how many tokens. A new run clears the request. The sweep stops likewise, after a run."""
+def test_stop_ends_generation_and_the_sweep_after_the_step_on_screen(app, tiny_checkpoint):
+    """Stop (control["stop"]) ends decoding after the round shown: the last frame keeps that text and says after how
+    many tokens; a new run clears the request. The sweep stops likewise, after a run."""
     control, ck = {}, str(tiny_checkpoint)
     run = app.generate(ck, VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=200, control=control)
-    frames = [next(run) for _ in range(4)]  # the empty frame and three rounds
+    shown = [next(run) for _ in range(4)][-1]  # the empty frame and three rounds
     app.stop(control)
-    [(out, stats, text, error)], shown = list(run), frames[-1]
-    tokens = int(re.search(r'<div class="v">(\d+)</div><div class="k">tokens</div>', shown[1]).group(1))
-    assert 3 <= tokens < 200 and text == shown[2] and out == shown[0] and error == ""
-    assert f"stopped: Stop pressed after {tokens} new tokens (3 rounds)" in stats and "generating" not in stats
+    [(out, stats, text, error)], tokens = list(run), int(card(shown[1], "tokens"))
+    assert 3 <= tokens < 200 and (out, text, error) == (shown[0], shown[2], "") and "generating" not in stats
+    assert f"stopped: Stop pressed after {tokens} new tokens (3 rounds)" in stats
     *_, (_, stats, _, _) = app.generate(ck, VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=20,
                                         control=control)
     assert "done" in stats and control == {"stop": False}
     run = app.sweep(ck, VERSE, num_speculations=4, max_new_tokens=16, control=control)
-    for _ in range(3):  # the first pass: autoregressive, exit 1, exit 2
-        next(run)
+    [next(run) for _ in range(3)]  # the first pass: autoregressive, exit 1, exit 2
     app.stop(control)
     [(_, speedup, note, _)] = list(run)
     assert "stopped: Stop pressed in pass 1" in note and list(speedup["value"].exit_layer) == [1, 2]
 
 
-def test_switching_model_resets_its_settings_and_a_failed_one_keeps_the_last(app, tiny_checkpoint,
-                                                                            recommended_checkpoint, tmp_path):
-    """Selecting a model sets exit, d and the stop rule (with its value) to its stored setting, or exit L//4, d=4
-    and fixed d; shows only the chosen rule's boxes, fits the exit and max-new-tokens boxes to it, enables the run
-    buttons and describes it in two lines, the per-exit losses folded away as a plot of L points; a checkpoint
-    that fails leaves the last good one selected, with one error line. Moving the exit applies the rule: the
-    stored d and stop rule only at the stored exit; an exit the model lacks changes nothing."""
+def test_switching_model_sets_its_settings_and_a_failed_one_keeps_the_last(app, tiny_checkpoint,
+                                                                          recommended_checkpoint, tmp_path):
+    """A model sets its stored setting (exit, d, rule, boxes) and describes itself; a failed one keeps the last."""
     app.models.serve(recommended_checkpoint)
     menu, loaded, info, exit_layer, d, rule, threshold, cost, gamma, max_new, *buttons = app.switch_model(
         str(recommended_checkpoint), None, 64)
-    assert loaded == menu["value"] == str(recommended_checkpoint)
+    assert loaded == menu["value"] == str(recommended_checkpoint) and exit_layer["label"] == "exit layer E (1–4)"
     assert (exit_layer["value"], exit_layer["maximum"], d["value"], rule["value"]) == (3, 4, 2, "threshold")
     assert (threshold["value"], threshold["visible"], cost["visible"], gamma["visible"]) == (0.3, True, False, False)
-    assert exit_layer["label"] == "exit layer E (1–4)"
     assert (max_new["maximum"], max_new["value"]) == (255, 64)  # a 256-token context, not 512
     assert buttons == [{"__type__": "update", "interactive": True}] * len(demo_app.RUN_BUTTONS)
     folded = re.fullmatch(r'<div class="ls-status">(.*)<details><summary>(.*)</summary>(<svg .*</svg>)</details></div>',
@@ -334,18 +324,16 @@ def test_switching_model_resets_its_settings_and_a_failed_one_keeps_the_last(app
     d, rule, *boxes = app.exit_changed(loaded, 2)  # another exit: d = 4 drafted to the end
     assert (d["value"], rule["value"]) == (4, "fixed") and [b.get("visible") for b in boxes] == [False] * 3
     assert all("value" not in b for b in boxes)  # the boxes of the other rules keep what they hold
-    d, rule, threshold, cost, gamma = app.exit_changed(loaded, 3)  # back at the stored exit
-    assert (d["value"], rule["value"], threshold["value"], threshold["visible"], cost["visible"]) == \
-        (2, "threshold", 0.3, True, False)
+    assert [(u.get("value"), u.get("visible")) for u in app.exit_changed(loaded, 3)] == [  # back at the stored exit
+        (2, None), ("threshold", None), (0.3, True), (None, False), (None, False)]
     for bad in (999, 0, 2.5, "x", None):
         assert app.exit_changed(loaded, bad) == (UNCHANGED,) * 5
     assert [u["visible"] for u in demo_app.rule_changed("cost")] == [False, True, True]
-
     _, loaded, _, exit_layer, d, rule, threshold, cost, gamma, max_new, *_ = app.switch_model(
         str(tiny_checkpoint), loaded, 500)
     assert (exit_layer["value"], d["value"], rule["value"], max_new["value"]) == (1, 4, "fixed", 255)  # L//4, d=4
-    assert (threshold["value"], cost["value"], gamma["value"]) == (0.5, 0.15, 1.0)  # RULE_DEFAULTS, hidden
-    assert not (threshold["visible"] or cost["visible"] or gamma["visible"])
+    assert [(b["value"], b["visible"]) for b in (threshold, cost, gamma)] == [(0.5, False), (0.15, False),
+                                                                               (1.0, False)]  # RULE_DEFAULTS
     (tmp_path / "bad.pt").write_bytes(b"junk")
     app.models.serve(tmp_path / "bad.pt")
     for path in (str(tmp_path / "bad.pt"), "/etc/passwd", ""):
@@ -356,9 +344,7 @@ def test_switching_model_resets_its_settings_and_a_failed_one_keeps_the_last(app
 
 
 def test_only_served_checkpoints_load_and_at_most_two_stay_loaded(app, tiny_checkpoint, tmp_path, monkeypatch):
-    """Only checkpoints/*.pt and launch-given paths load: any other path, existing or not, checkpoint or not, gets
-    the same one-line refusal from every event and loads nothing. Of those served, the two most recently used stay
-    loaded. A short name of an installed model (smollm2) is its file; other names stay paths."""
+    """Only served checkpoints load, refused alike by every event; at most two stay loaded; short names resolve."""
     shutil.copy(tiny_checkpoint, tmp_path / "copy.pt")
     for path in [str(tmp_path / "copy.pt"), str(tmp_path / "missing.pt"), "/etc/passwd", "checkpoints/../README.md",
                  "../" * 8 + "etc/hostname", "a\x00b"]:
@@ -380,8 +366,7 @@ def test_only_served_checkpoints_load_and_at_most_two_stay_loaded(app, tiny_chec
 
 
 def test_flags_make_the_config_and_examples_start_with_text(tiny_checkpoint, tmp_path, monkeypatch):
-    """--checkpoint (several) serves exactly those besides checkpoints/*.pt, the first selected; --threads defaults
-    to 1 on CPU; --allow_any_checkpoint serves any path. The examples start with text, not blank lines."""
+    """The flags make the Config (served paths, threads, batching); the examples start with text."""
     import torch
     built = []
     monkeypatch.setattr(demo_app.Demo, "build", lambda self: built.append(self) or gr.Blocks())
@@ -406,31 +391,14 @@ def test_flags_make_the_config_and_examples_start_with_text(tiny_checkpoint, tmp
     assert len(demo_app.example_prompts()) == 6 and all(e.split("\n")[0].strip() for e in demo_app.example_prompts())
 
 
-def test_chat_wraps_the_prompt_in_the_models_template(app, tiny_checkpoint, monkeypatch):
-    """chat=True: the prompt goes in as a user message under the model's chat template (the text decoded is the
-    continuation of the templated prompt); a model without a template refuses in one line and runs nothing."""
-    from model_io import chat_prompt
-    model, tok = app.models.get(str(tiny_checkpoint))
-    [(*_, error)] = app.generate(str(tiny_checkpoint), "Hello", chat=True, max_new_tokens=8)
-    assert "no chat template" in error and "\n" not in error
-    monkeypatch.setattr(tok, "chat_template", "{% for m in messages %}USER: {{ m['content'] }}\n{% endfor %}BOT:")
-    *_, (out, _, text, error) = app.generate(str(tiny_checkpoint), "Hello", "autoregressive", chat=True,
-                                             max_new_tokens=8)
-    text_in, ids = chat_prompt(tok, "Hello")
-    assert text_in == "USER: Hello\nBOT:" and error == ""
-    g = ls.generate(model, ids, 8, eos_id=tok.stop_ids)
-    assert text == tok.decode(ids + g.tokens)[len(tok.decode(ids)):]
-    assert "USER: Hello" in unescape(out)  # the page shows the prompt as the model saw it
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The served app, over HTTP
 
 
 @pytest.fixture(scope="module")
-def demo_checkpoint(tiny_checkpoint):
-    """The app's start-up model: the tiny one, or $LAYERSKIP_DEMO_CHECKPOINT for a README screenshot."""
-    return os.environ.get("LAYERSKIP_DEMO_CHECKPOINT") or str(tiny_checkpoint)
+def demo_checkpoint(recommended_checkpoint):
+    """The app's start-up model: the tiny one with a stored setting, or $LAYERSKIP_DEMO_CHECKPOINT (screenshots)."""
+    return os.environ.get("LAYERSKIP_DEMO_CHECKPOINT") or str(recommended_checkpoint)
 
 
 def launch(config):
@@ -441,24 +409,24 @@ def launch(config):
 
 
 @pytest.fixture(scope="module")
-def served(demo_checkpoint):
-    """(Demo, url): the app as `python demo_app.py` serves it, batching, on one torch thread (with two, and Chromium
-    busy on the same two cores, the sweep's timings are not the ones a user sees)."""
+def served(demo_checkpoint, tiny_checkpoint):
+    """(Demo, url, Blocks, hold): the app batching on one torch thread, as a user's; while hold is set, its model
+    panel takes 3 s longer to load."""
     import torch
-    threads = torch.get_num_threads()
+    threads, hold, describe = torch.get_num_threads(), threading.Event(), demo_views.describe
     torch.set_num_threads(1)
-    demo, url, blocks = launch(demo_app.Config(checkpoint=[demo_checkpoint]))
-    yield demo, url
-    blocks.close()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(demo_views, "describe", lambda *args: (hold.is_set() and time.sleep(3)) or describe(*args))
+        demo, url, blocks = launch(demo_app.Config(checkpoint=[demo_checkpoint, str(tiny_checkpoint)]))
+        yield demo, url, blocks, hold
+        blocks.close()
     torch.set_num_threads(threads)
 
 
 def test_gradio_client_streams_and_concurrent_clients_are_batched(served, tiny_checkpoint):
-    """Over HTTP, /generate streams growing updates whose last text equals layerskip.generate's; twelve clients at
-    once, at three settings, none refused, each get exactly their prompt's text decoded alone, and the server
-    decoded them in batches (its batcher joined several requests into one)."""
+    """/generate streams; 12 clients at once, three settings, get their text decoded alone, in shared batches."""
     from gradio_client import Client
-    (demo, url), ck = served, str(tiny_checkpoint)
+    (demo, url, *_), ck = served, str(tiny_checkpoint)
     job = Client(url, verbose=False).submit(checkpoint=ck, prompt=CODE, exit_layer=2, num_speculations=3,
                                             stop_rule="fixed", max_new_tokens=20, api_name="/generate")
     streamed = [o[2] for o in job]
@@ -477,35 +445,34 @@ def test_gradio_client_streams_and_concurrent_clients_are_batched(served, tiny_c
                                        api_name="/generate").result(timeout=300)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    [t.start() for t in threads]
+    [t.join(timeout=300) for t in threads]
     assert [r[2:] for r in results] == [(expected(demo, ck, ask.pop("prompt"), 12, **ask)[0], "") for ask in asks]
     assert demo.batcher.largest > 1
 
 
-def test_api_refuses_bad_values_and_unserved_paths_in_one_line(served, tiny_checkpoint, tmp_path, capfd):
-    """Over HTTP, /generate takes the README's arguments in its order; a bad value (a bogus strategy, text for a
-    number, an unknown stop rule, no chat template) gets one update whose error names it, the other outputs left
-    alone; /compare and /sweep too; a path outside the served ones gets the same refusal from /generate and
-    /model_info, whether it exists or not. The server prints no traceback for any of it."""
+def test_api_takes_the_readmes_arguments_and_refuses_in_one_line(served, demo_checkpoint, tiny_checkpoint, tmp_path,
+                                                                  capfd):
+    """The README's API call works; bad values, unserved paths: one plain line, outputs kept; NaN raises."""
     from gradio_client import Client
-    client, ck = Client(served[1], verbose=False), str(tiny_checkpoint)
+    (demo, url, *_), ck = served, str(tiny_checkpoint)
+    client = Client(url, verbose=False)
     api = client.view_api(return_format="dict")["named_endpoints"]
     assert [p["parameter_name"] for p in api["/generate"]["parameters"]] == [
         "checkpoint", "prompt", "strategy", "exit_layer", "num_speculations", "stop_rule", "draft_threshold",
         "draft_cost", "draft_gamma", "temperature", "top_p", "max_new_tokens", "seed", "rejected",
         "repetition_penalty", "no_repeat_ngram_size", "chat"]
+    code = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+                if "gradio_client" in b).replace("http://127.0.0.1:7860", url)
+    assert "job.result()" in code
     capfd.readouterr()
-    for message, change in {"unknown strategy 'beam'": dict(strategy="beam"),
-                            "temperature must be 0 or a number in [0.01, 100] (0 = greedy), got 'hot'":
-                                dict(temperature="hot"),
-                            "stop_rule must be one of fixed, threshold, cost": dict(stop_rule="auto"),
-                            "this model has no chat template": dict(chat=True)}.items():
-        [(*outputs, error)] = list(client.submit(ck, VERSE, **change, api_name="/generate"))
-        assert message in error and "<" not in error, (message, error)  # plain text
-        assert all(o["__type__"] == "update" and "value" not in o for o in outputs)  # left as they are
+    exec(compile(code, "README.md", "exec"), {})
+    want, _ = expected(demo, demo_checkpoint, eval(re.search(r'prompt=("[^"]*")', code)[1]), 64,
+                       demo_app.read_settings(demo.models.get(demo_checkpoint)[0]))  # the first model's setting
+    assert capfd.readouterr().out.endswith("\n" + want + "\n")  # after the client's "Loaded as API: ..." line
+    [(*outputs, error)] = list(client.submit(ck, VERSE, temperature="hot", api_name="/generate"))
+    assert error == "temperature must be 0 or a number in [0.01, 100] (0 = greedy), got 'hot'"
+    assert all(o["__type__"] == "update" and "value" not in o for o in outputs)  # left as they are
     assert client.predict(ck, VERSE, 999, api_name="/compare")[1] == \
         "exit layer 999 is out of range: this model has 4 layers, use 1..4"
     *_, error = client.predict(ck, VERSE, max_new_tokens=8, repetition_penalty=0.0, api_name="/sweep")
@@ -513,25 +480,10 @@ def test_api_refuses_bad_values_and_unserved_paths_in_one_line(served, tiny_chec
     shutil.copy(tiny_checkpoint, tmp_path / "copy.pt")
     for path in (str(tmp_path / "copy.pt"), str(tmp_path / "missing.pt"), "/etc/passwd", str(ROOT / "README.md")):
         assert client.predict(path, VERSE, max_new_tokens=8, api_name="/generate")[3] == demo_app.REFUSED
-        assert client.predict(path, 64, api_name="/model_info")[1] == demo_views.fill("error", message=demo_app.REFUSED)
+        assert client.predict(path, 64, api_name="/model_info")[1] == demo_views.fill("error",
+                                                                                      message=demo_app.REFUSED)
     assert "Traceback" not in capfd.readouterr().err
-
-
-def test_readme_api_example_runs_and_surfaces_errors(served, tiny_checkpoint, capsys):
-    """The README's API example, pointed at a served app, prints the continuation that the app's defaults (its
-    first model's stored setting) decode; with a value the client cannot send (NaN), the same pattern raises
-    instead of waiting forever."""
-    from gradio_client import Client
-    demo, url = served
-    code = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-                if "gradio_client" in b).replace("http://127.0.0.1:7860", url)
-    assert "job.result()" in code
-    exec(compile(code, "README.md", "exec"), {})
-    want, _ = expected(demo, tiny_checkpoint, eval(re.search(r'prompt=("[^"]*")', code)[1]), 64,
-                       demo_app.read_settings(demo.models.get(str(tiny_checkpoint))[0]))
-    assert capsys.readouterr().out.endswith("\n" + want + "\n")  # after the client's "Loaded as API: ..." line
-    failed = []
-    job = Client(url, verbose=False).submit
+    failed, job = [], client.submit
     t = threading.Thread(target=lambda: failed.append(pytest.raises(
         Exception, lambda: job(prompt="x", temperature=float("nan"), api_name="/generate").result())), daemon=True)
     t.start()
@@ -539,20 +491,23 @@ def test_readme_api_example_runs_and_surfaces_errors(served, tiny_checkpoint, ca
     assert not t.is_alive() and failed  # gradio_client cannot encode NaN: an error, not a hang
 
 
-def test_api_defaults_are_the_stored_setting():
-    """Served with the shipped model, /generate, /compare and /sweep take, for every argument left out, the initial
-    value of its control, and those are the checkpoint's stored setting: exit 4, at most 24 drafts, the cost-model
-    stop rule with its draft cost and gamma; the prompt is the first example."""
-    from gradio_client import Client
+@pytest.fixture(scope="module")
+def shipped_app():
+    """(url, the default checkpoint's stored setting): the app served as `python demo_app.py` starts, no flags."""
     demo, url, blocks = launch(demo_app.Config())
-    try:
-        api = Client(url, verbose=False).view_api(return_format="dict")["named_endpoints"]
-    finally:
-        blocks.close()
-    rec = demo.models.get(demo_app.DEFAULT_CHECKPOINT)[0].metadata["recommended"]
+    yield url, demo.models.get(demo_app.DEFAULT_CHECKPOINT)[0].metadata["recommended"]
+    blocks.close()
+
+
+def test_api_defaults_are_the_stored_setting(shipped_app):
+    """/generate, /compare and /sweep default to the shipped model's stored setting and first example."""
+    from gradio_client import Client
+    url, rec = shipped_app
+    api = Client(url, verbose=False).view_api(return_format="dict")["named_endpoints"]
     stored = dict(checkpoint=demo_app.DEFAULT_CHECKPOINT, prompt=demo_app.example_prompts()[0], stop_rule="cost",
                   **{k: rec[k] for k in ("exit_layer", "num_speculations", "draft_cost", "draft_gamma")})
-    assert (stored["exit_layer"], stored["num_speculations"], stored["draft_cost"]) == (4, 24, 0.122)
+    assert (stored["exit_layer"], stored["num_speculations"], stored["draft_cost"], rec["draft_gamma"]) == \
+        (4, 24, 0.122, 0.5)
     for endpoint in ("/generate", "/compare", "/sweep"):
         assert all(p["parameter_has_default"] for p in api[endpoint]["parameters"]), endpoint
         defaults = {p["parameter_name"]: p["parameter_default"] for p in api[endpoint]["parameters"]}
@@ -562,15 +517,10 @@ def test_api_defaults_are_the_stored_setting():
 
 @pytest.mark.skipif(os.environ.get("LAYERSKIP_SLOW") != "1",
                     reason="times the shipped model at 17 exits (about a minute): LAYERSKIP_SLOW=1 to run it")
-def test_sweep_with_its_defaults_finds_an_early_exit_clearly_faster(served):
-    """On a fresh server, /sweep with its own defaults (the shipped model, the first example prompt, the stored d
-    and cost-model stop rule) names an exit between 2 and 8 fastest, at 1.3x or more, never the E=L sanity row."""
+def test_sweep_with_its_defaults_finds_an_early_exit_clearly_faster(served, shipped_app):
+    """/sweep with its defaults finds an exit in 2..8 fastest by 1.3x or more (LAYERSKIP_SLOW=1)."""
     from gradio_client import Client
-    _, url, blocks = launch(demo_app.Config())  # on one torch thread, as `served` set it
-    try:
-        *_, note, error = Client(url, verbose=False).predict(api_name="/sweep")
-    finally:
-        blocks.close()
+    *_, note, error = Client(shipped_app[0], verbose=False).predict(api_name="/sweep")
     text = re.sub(r"<[^>]+>", "", note)
     best = re.search(r"Fastest: exit (\d+), ([\d.]+)×", text)
     assert error == "" and best and 2 <= int(best[1]) <= 8 and float(best[2]) >= 1.3, text
@@ -615,9 +565,11 @@ def in_view(page, selector):
     return min(box["y"] + box["height"], 800) - max(box["y"], 0)
 
 
-def screenshot(tmp_path, name):
-    """Where a screenshot goes: $LAYERSKIP_SCREENSHOTS/name (docs/ for the README) or a temporary file."""
-    return os.path.join(os.environ.get("LAYERSKIP_SCREENSHOTS") or tmp_path, name)
+def screenshot(page, tmp_path, name, scroll_to=None):
+    """A screenshot to $LAYERSKIP_SCREENSHOTS/name (docs/ for the README) or a temporary file, `scroll_to` on top."""
+    if scroll_to:
+        page.locator(scroll_to).evaluate("e => e.scrollIntoView()")
+    page.screenshot(path=os.path.join(os.environ.get("LAYERSKIP_SCREENSHOTS") or tmp_path, name))
 
 
 def shown_text(page):
@@ -638,13 +590,11 @@ def number_box(page, elem_id):
     return page.locator(f"#{elem_id} input[type=number]")
 
 
-BOXES = dict(exit_layer="exit_layer", num_speculations="num_spec", draft_threshold="threshold",
-             draft_cost="draft_cost", draft_gamma="draft_gamma")  # setting -> the elem_id of its box
-
-
 def shown_settings(page) -> dict:
     """The stop rule and the values of the boxes that show (the exit, d and the chosen rule's), as text."""
-    return {k: number_box(page, b).input_value() for k, b in BOXES.items() if number_box(page, b).is_visible()} | \
+    boxes = dict(exit_layer="exit_layer", num_speculations="num_spec", draft_threshold="threshold",
+                 draft_cost="draft_cost", draft_gamma="draft_gamma")  # setting -> the elem_id of its box
+    return {k: number_box(page, b).input_value() for k, b in boxes.items() if number_box(page, b).is_visible()} | \
         {"stop_rule": page.locator("#stop_rule input:checked").get_attribute("value")}
 
 
@@ -661,25 +611,29 @@ def error_shown(page, elem_id) -> str:
     return box.locator("textarea, input").first.input_value() if box.is_visible() else ""
 
 
+def style(page, selector, prop):
+    """The computed style `prop` of the first element that matches."""
+    return page.locator(selector).first.evaluate(f"e => getComputedStyle(e).{prop}")
+
+
 @pytest.mark.browser
-def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens(browser, served, demo_checkpoint,
-                                                                                 tmp_path):
-    """In Chromium at 1280 x 800: the prompt box holds the first example, so the first click on Generate works;
-    the stored setting fills the controls (the exit, d, the stop rule and only its boxes); Generate and the output
-    show without scrolling. Then the README's prompt: accepted drafts, corrections and bonus tokens (each in its own
-    colour, each in the legend) and the rejected drafts, counted per round, read as the generated text, the stats
-    cards, the logit lens (demo.png). The rejected drafts' view switches between a count, struck-through text and
-    nothing without a new run. Another model from the menu brings its own settings."""
-    demo, url = served
-    page = open_page(browser, url, 1280)
+def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, monkeypatch, capfd):
+    """The page at 1280 and 820 px: start-up, output, rejected views, Stop, Compare, sweep, errors, models; screenshots."""
+    demo, url, blocks, hold = served
     model, tok = demo.models.get(demo_checkpoint)
-    s, L = demo_app.read_settings(model), model.params.n_layers  # the stored setting, or exit L//4 and d=4
-    page.wait_for_selector(f"#exit_layer input[type=number][max='{L}']")
-    page.wait_for_selector(f"#max_new input[type=number][max='{min(512, model.params.max_seq_len - 1)}']")
-    assert shown_settings(page) == stored_settings(model)
-    first = demo_app.example_prompts()[0]
+    s, L, first = demo_app.read_settings(model), model.params.n_layers, demo_app.example_prompts()[0]
+    hold.set()  # the model panel loads slowly: until it has, the run buttons wait and the controls show the setting
+    page = open_page(browser, url, 1280, wait=False)
+    config = [c["props"] for c in blocks.config["components"] if c["props"].get("elem_id") in demo_app.RUN_BUTTONS]
+    assert sorted(c["elem_id"] for c in config if c["interactive"] is False) == sorted(demo_app.RUN_BUTTONS)
+    assert page.locator("#go").is_disabled() and page.locator("#compare").is_disabled()  # the others: in tabs
+    assert page.locator("#info b").count() == 0 and shown_settings(page) == stored_settings(model)
     assert page.locator("#prompt textarea").input_value() == first
-    click_generate(page)  # nothing typed: the example runs
+    click_generate(page)  # nothing typed: waits for the panel, then the example runs at the stored setting
+    hold.clear()
+    page.wait_for_selector(f"#max_new input[type=number][max='{min(512, model.params.max_seq_len - 1)}']")
+    assert page.locator("#info b").count() == 1 and f"exit {s.exit_layer}, {demo_views.rule_text(s)}" in \
+        page.locator("#stats .ls-status").inner_text()
     assert shown_text(page) == tok.decode(tok.encode(first)) + expected(demo, demo_checkpoint, first, 64, s)[0]
     assert in_view(page, "#go") == page.locator("#go").bounding_box()["height"]  # all of it, above the fold
     out_height = page.locator("#out .ls-text").bounding_box()["height"]  # all of a short output, 300 px of a long one
@@ -689,31 +643,26 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
     page.fill("#prompt textarea", SHOWN)
     click_generate(page)
     counts = {k: page.locator(f"#out .ls-tok.{k}").count() for k in ("accepted", "correction", "bonus")}
-    corrections = sum(e.token is not None and e.accepted < len(e.drafted) for e in g.events)
-    assert counts == {"accepted": g.accepted, "correction": corrections, "bonus": g.rounds - corrections}
+    assert counts == {"accepted": g.accepted, "correction": corrections(g), "bonus": g.rounds - corrections(g)}
     rejected = [int(n) for n in page.locator("#out .ls-rej .n").all_inner_texts()]
     assert rejected == [len(e.drafted) - e.accepted for e in g.events if e.accepted < len(e.drafted)] != []
-    colour, legend = ({k: page.locator(f"#out {where}.{k}{sw}").first.evaluate("e => getComputedStyle(e)."
-                                                                              "backgroundColor") for k in counts}
-                      for where, sw in ((".ls-tok", ""), (".key", " .sw")))
-    assert colour == legend and len(set(colour.values())) == 3  # three kinds, three colours, as the legend says
-    assert page.locator("#out .ls-rej .n").first.is_visible() and page.locator("#out .ls-tok.rejected").count() > 0
+    colour = {k: style(page, f"#out .ls-tok.{k}", "backgroundColor") for k in counts}
+    assert colour == {k: style(page, f"#out .key.{k} .sw", "backgroundColor") for k in counts}  # as the legend says
+    assert len(set(colour.values())) == 3 and page.locator("#out .ls-rej .n").first.is_visible()
     assert not page.locator("#out .ls-tok.rejected").first.is_visible()  # the count shows, not the drafts
     assert shown_text(page) == tok.decode(tok.encode(SHOWN)) + want
     stats = page.locator("#stats").inner_text()
     assert "tokens/s" in stats and f"{g.acceptance_rate:.0%}\nacceptance rate" in stats
-    assert f"{corrections} correction" in stats and f"{g.rounds - corrections} bonus token" in stats
-    assert f"exit {s.exit_layer}, {demo_views.rule_text(s)}" in stats  # the rule that ran, named
-    page.screenshot(path=screenshot(tmp_path, "demo.png"))  # what a laptop shows, without scrolling
+    assert f"{corrections(g)} correction" in stats and f"{g.rounds - corrections(g)} bonus token" in stats
+    screenshot(page, tmp_path, "demo.png")  # what a laptop shows, without scrolling
     page.get_by_role("tab", name="Logit lens").click()
     page.wait_for_selector("#lens_out tr.exit")  # filled in after generation, the chosen exit marked
-
     before = page.locator("#stats").inner_html()
     page.locator("#rejected label:has-text('struck through')").click()  # pure CSS, no new run
     page.wait_for_function("() => getComputedStyle(document.querySelector('#out .ls-tok.rejected')).display "
                            "!== 'none'")
-    assert page.locator("#out .ls-tok.rejected").first.evaluate("e => getComputedStyle(e).textDecorationLine") == \
-        "line-through" and not page.locator("#out .ls-rej .n").first.is_visible()
+    assert style(page, "#out .ls-tok.rejected", "textDecorationLine") == "line-through"
+    assert not page.locator("#out .ls-rej .n").first.is_visible()
     shown_per_round = page.locator("#out .ls-rej").evaluate_all(
         "rs => rs.map(r => [...r.querySelectorAll('.ls-tok')].filter(t => t.offsetParent).length)")
     assert max(shown_per_round) <= demo_views.REJECTED_SHOWN  # capped per round
@@ -723,66 +672,10 @@ def test_browser_starts_with_an_example_and_shows_coloured_tokens_stats_and_lens
     assert page.locator("#stats").inner_html() == before and shown_text(page) == tok.decode(tok.encode(SHOWN)) + want
     page.locator("#rejected label:has-text('count')").click()
 
-    label, other = next((label, path) for label, path in demo.menu()  # another model: its own settings
-                        if demo_app.resolve(path).resolve() != demo_app.resolve(demo_checkpoint).resolve())
-    model, _ = demo.models.get(other)
-    page.click("#model input")
-    page.get_by_role("option", name=label).click()
-    page.wait_for_selector(f"#info :text('{Path(other).name}')")
-    page.wait_for_selector(f"#exit_layer input[type=number][max='{model.params.n_layers}']")
-    assert shown_settings(page) == stored_settings(model)
-
-
-@pytest.mark.browser
-def test_browser_first_click_waits_for_the_model_and_runs_the_stored_setting(browser, recommended_checkpoint,
-                                                                              monkeypatch):
-    """On a fresh server whose model panel takes 3 s to load: right after the page loads, Generate, Compare, Lens
-    and Sweep are disabled (as served; the page draws a tab's button when its tab opens) while the controls
-    already show the stored setting (exit 3, d 2, threshold 0.3, as the API's defaults); a click then waits, and
-    the run uses the stored setting, never other values."""
-    describe = demo_views.describe
-    monkeypatch.setattr(demo_views, "describe", lambda *args: time.sleep(3) or describe(*args))  # the panel: last
-    demo, url, blocks = launch(demo_app.Config(checkpoint=[str(recommended_checkpoint)]))
-    try:
-        model, tok = demo.models.get(str(recommended_checkpoint))
-        page = open_page(browser, url, 1280, wait=False)
-        config = [c["props"] for c in blocks.config["components"] if c["props"].get("elem_id") in demo_app.RUN_BUTTONS]
-        assert sorted(c["elem_id"] for c in config if c["interactive"] is False) == sorted(demo_app.RUN_BUTTONS)
-        assert page.locator("#go").is_disabled() and page.locator("#compare").is_disabled()  # the others: in tabs
-        assert page.locator("#info b").count() == 0  # the panel has not loaded yet
-        assert shown_settings(page) == stored_settings(model) == dict(exit_layer="3", num_speculations="2",
-                                                                       stop_rule="threshold", draft_threshold="0.3")
-        page.click("#go")  # waits until the button is enabled, i.e. the panel has loaded
-        page.wait_for_selector("#stats .ls-status:text('done')")
-        s = demo_app.read_settings(model)
-        assert (s.exit_layer, s.num_speculations, s.draft_threshold) == (3, 2, 0.3)
-        assert "exit 3, d ≤ 2, stop below confidence 0.3" in page.locator("#stats .ls-status").inner_text()
-        prompt = demo_app.example_prompts()[0]
-        assert page.locator("#info b").count() == 1 and shown_text(page) == tok.decode(tok.encode(prompt)) + \
-            expected(demo, recommended_checkpoint, prompt, 64, s)[0]
-    finally:
-        blocks.close()
-
-
-@pytest.mark.browser
-def test_browser_stop_compare_sweep_and_bad_numbers_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path,
-                                                                       monkeypatch, capfd):
-    """In Chromium at 1280 x 800: Stop during a generation leaves the text on screen and says it stopped after
-    that many tokens (demo_stopped.png); Compare runs the controls' setting (demo_compare.png); the sweep shows its
-    progress, then medians per exit in layer order with their range, the rule it ran and the E=L sanity line, and
-    plots acceptance and speedup (demo_sweep.png). At 820 x 800 (one column): the prompt, the buttons and the start
-    of the output show without scrolling (demo_820.png); exit 999 or max new tokens 0 typed in: Generate says why
-    in the error place, the box keeps what was typed (nothing clamped), nothing runs and the output stays; a good
-    value again clears the error (demo_compare_820.png, demo_sweep_820.png). No traceback in the server log."""
-    demo, url = served
-    page = open_page(browser, url, 1280)
-    model, _ = demo.models.get(demo_checkpoint)
-    L, s = model.params.n_layers, demo_app.read_settings(model)
-    page.wait_for_selector(f"#exit_layer input[type=number][max='{L}']")
-    page.fill("#prompt textarea", SHOWN)
+    page.get_by_role("tab", name="Compare with autoregressive").click()
     render = demo_views.render_text
     with monkeypatch.context() as m:  # rounds a person can see, so that Stop lands mid-way on any machine (the
-        m.setattr(demo_views, "render_text", lambda *a, **k: time.sleep(0.2) or render(*a, **k))  # drawing is untimed)
+        m.setattr(demo_views, "render_text", lambda *a, **k: time.sleep(0.2) or render(*a, **k))  # drawing: untimed)
         page.click("#go")
         page.wait_for_function("() => +(document.querySelector('#stats .ls-status').textContent"
                                ".match(/generating… round (\\d+)/) || [0, 0])[1] >= 6")
@@ -792,36 +685,32 @@ def test_browser_stop_compare_sweep_and_bad_numbers_at_1280_and_820_px(browser, 
                                                                          .inner_text())
     assert re.fullmatch(rf"stopped: Stop pressed after {tokens} new tokens \(\d+ rounds\).*", status) and tokens < 64
     assert page.locator("#out .ls-tok.accepted, #out .ls-tok.correction, #out .ls-tok.bonus").count() == tokens > 0
-    page.screenshot(path=screenshot(tmp_path, "demo_stopped.png"))
+    screenshot(page, tmp_path, "demo_stopped.png")
     page.click("#compare")
     page.wait_for_selector("#compare_out .ls-table")
     table = page.locator("#compare_out").inner_text()
     assert f"self-speculative (E={s.exit_layer}, {demo_views.rule_text(s)})" in table and "identical" in table
-    page.locator("#compare").evaluate("e => e.scrollIntoView()")
-    page.screenshot(path=screenshot(tmp_path, "demo_compare.png"))
+    screenshot(page, tmp_path, "demo_compare.png", scroll_to="#compare")
     page.get_by_role("tab", name="Exit-layer sweep").click()
     page.click("#sweep")
     page.wait_for_selector("#sweep_note progress", timeout=120_000)  # progress while it runs
     page.wait_for_selector("#sweep_note .ls-status:text('done')", timeout=300_000)
-    note = page.locator("#sweep_note").inner_text()
-    rule = demo_views.rule_text(s).split(" (")[0]  # "d ≤ 24, cost-model stop": the rule it ran, named
-    assert "Sanity check: exit" in note and "median" in note and f"at every exit {rule}" in note
+    note, rule = page.locator("#sweep_note").inner_text(), demo_views.rule_text(s).split(" (")[0]
+    assert "Sanity check: exit" in note and "median" in note and f"at every exit {rule}" in note  # the rule it ran
     assert page.locator("#sweep_note table tr td:first-child").all_inner_texts() == list(map(str,
                                                                                              demo_app.sweep_exits(L)))
     for plot in ("#acceptance_plot", "#speedup_plot"):
         page.wait_for_selector(f"{plot} canvas, {plot} svg")
-    page.locator("#sweep").evaluate("e => e.scrollIntoView()")  # the plots and the note at the top
-    page.screenshot(path=screenshot(tmp_path, "demo_sweep.png"))
+    screenshot(page, tmp_path, "demo_sweep.png", scroll_to="#sweep")  # the plots and the note at the top
 
     page.set_viewport_size({"width": 820, "height": 800})
     page.evaluate("() => window.scrollTo(0, 0)")
     click_generate(page)
-    assert page.locator("#main").evaluate("e => getComputedStyle(e).gridTemplateAreas") == \
-        '"prompt" "out" "settings" "tabs"'  # one column, the output right under the prompt
+    assert style(page, "#main", "gridTemplateAreas") == '"prompt" "out" "settings" "tabs"'  # the output under the prompt
     assert in_view(page, "#go") == page.locator("#go").bounding_box()["height"]
     out_height = page.locator("#out .ls-text").bounding_box()["height"]  # a short output, or 150 px of a long one
     assert in_view(page, "#out .ls-text") >= min(150, out_height)  # the output's first lines, without scrolling
-    page.screenshot(path=screenshot(tmp_path, "demo_820.png"))
+    screenshot(page, tmp_path, "demo_820.png")
     capfd.readouterr()
     before = {sel: page.locator(sel).inner_html() for sel in ("#out", "#stats")}
     for box, value, message in (
@@ -839,9 +728,18 @@ def test_browser_stop_compare_sweep_and_bad_numbers_at_1280_and_820_px(browser, 
     page.wait_for_selector("#error", state="hidden")
     page.get_by_role("tab", name="Compare with autoregressive").click()
     page.locator("#compare_out").evaluate("e => e.scrollIntoView({block: 'center'})")
-    page.screenshot(path=screenshot(tmp_path, "demo_compare_820.png"))
+    screenshot(page, tmp_path, "demo_compare_820.png")
     page.get_by_role("tab", name="Exit-layer sweep").click()
     page.locator("#sweep").evaluate("e => e.scrollIntoView()")
     page.wait_for_timeout(500)  # the plots redraw at the new width
-    page.screenshot(path=screenshot(tmp_path, "demo_sweep_820.png"))
+    screenshot(page, tmp_path, "demo_sweep_820.png")
     assert "Traceback" not in capfd.readouterr().err
+
+    label, other = next((label, path) for label, path in demo.menu()  # another model: its own settings
+                        if demo_app.resolve(path).resolve() != demo_app.resolve(demo_checkpoint).resolve())
+    model, _ = demo.models.get(other)
+    page.click("#model input")
+    page.get_by_role("option", name=label).click()
+    page.wait_for_selector(f"#info :text('{Path(other).name}')")
+    page.wait_for_selector(f"#exit_layer input[type=number][max='{model.params.n_layers}']")
+    assert shown_settings(page) == stored_settings(model)
