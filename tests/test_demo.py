@@ -84,7 +84,7 @@ def corrections(g):
 
 
 def test_rounds_become_pieces_that_rebuild_the_generated_text(app, tiny_checkpoint):
-    """Each update adds a round (accepted*, rejected*, a correction or bonus); the pieces rebuild generate()'s text."""
+    """Each update adds a round (accepted*, rejected*, a correction or bonus) rebuilding generate()'s text, drawn."""
     model, tok = app.models.get(str(tiny_checkpoint))
     s = Settings(strategy="self_speculative", exit_layer=2, num_speculations=4, eos_id=tok.stop_ids)
     want, g = expected(app, tiny_checkpoint, CODE, 48, s)
@@ -106,6 +106,18 @@ def test_rounds_become_pieces_that_rebuild_the_generated_text(app, tiny_checkpoi
     assert text == want == "".join(t for t, kind, _ in pieces if kind != "rejected") and len(g.tokens) == 48
     legend = demo_views.render_text("", [], "self_speculative")
     assert re.findall(r'<span class="key (\w+)">', legend) == ["accepted", "correction", "bonus", "rejected"]
+    # a round's rejected drafts: one count, their text on hover, at most REJECTED_SHOWN struck through, then +k
+    pieces = ([("a", "accepted", 1)] + [(f"r{i}", "rejected", 1) for i in range(6)] + [("c", "correction", 1)] +
+              [("x", "rejected", 2), ("d", "correction", 2)])
+    page = demo_views.render_text("p", pieces, "self_speculative")
+    assert 'class="ls-out rej-count"' in page and page.count('class="ls-rej"') == 2
+    assert [k for k, _ in spans(page)] == ["accepted"] + ["rejected"] * demo_views.REJECTED_SHOWN + \
+        ["correction", "rejected", "correction"]
+    assert page.index(">a</span>") < page.index('<span class="ls-rej"') < page.index(">c</span>")
+    assert "round 1: 6 rejected drafts: &#x27;r0r1r2r3r4r5&#x27;" in page and '<sup class="n">6</sup>' in page
+    assert '<sup class="more">+2</sup>' in page and '<sup class="n">1</sup>' in page and page.count("+") == 1
+    for view in demo_views.REJECTED_VIEWS:
+        assert f'class="ls-out rej-{view}"' in demo_views.render_text("p", pieces, "self_speculative", view)
 
 
 @pytest.mark.parametrize("settings", [
@@ -130,21 +142,6 @@ def test_generate_streams_html_and_ends_on_generates_text(app, tiny_checkpoint, 
                   out.split('<div class="ls-text">')[1], flags=re.S)
     tok = app.models.get(str(tiny_checkpoint))[1]
     assert unescape(re.sub(r"<[^>]+>", "", body)) == tok.decode(tok.encode(prompt)) + text and "a &lt; b:\n" in out
-
-
-def test_rejected_drafts_sit_together_counted_and_capped():
-    """A round's rejected drafts: one count, their text on hover, at most REJECTED_SHOWN struck through, then +k."""
-    pieces = ([("a", "accepted", 1)] + [(f"r{i}", "rejected", 1) for i in range(6)] + [("c", "correction", 1)] +
-              [("x", "rejected", 2), ("d", "correction", 2)])
-    page = demo_views.render_text("p", pieces, "self_speculative")
-    assert 'class="ls-out rej-count"' in page and page.count('class="ls-rej"') == 2
-    assert [k for k, _ in spans(page)] == ["accepted"] + ["rejected"] * demo_views.REJECTED_SHOWN + \
-        ["correction", "rejected", "correction"]
-    assert page.index(">a</span>") < page.index('<span class="ls-rej"') < page.index(">c</span>")
-    assert "round 1: 6 rejected drafts: &#x27;r0r1r2r3r4r5&#x27;" in page and '<sup class="n">6</sup>' in page
-    assert '<sup class="more">+2</sup>' in page and '<sup class="n">1</sup>' in page and page.count("+") == 1
-    for view in demo_views.REJECTED_VIEWS:
-        assert f'class="ls-out rej-{view}"' in demo_views.render_text("p", pieces, "self_speculative", view)
 
 
 BAD = [  # (event, its arguments, the one line it answers): "corrupt" and "missing" stand for such checkpoints
@@ -213,6 +210,21 @@ def test_compare_lens_and_sweep(app, tiny_checkpoint):
     rows = re.findall(r"<tr><td>(\d+)</td><td>[\d.]+%</td><td>[\d.]+×</td><td>[\d.]+–[\d.]+×</td><td>(\d+)</td>",
                       note)
     assert rows == [(str(E), str(demo_app.SWEEP_REPEATS)) for E in (1, 2, 3, 4)]  # each exit: median, range, passes
+    control = {}  # Stop ends a generation after the round shown, and says after how many tokens
+    run = app.generate(ck, VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=200, control=control)
+    shown = [next(run) for _ in range(4)][-1]  # the empty frame and three rounds
+    app.stop(control)
+    [(out, stats, text, error)], tokens = list(run), int(card(shown[1], "tokens"))
+    assert 3 <= tokens < 200 and (out, text, error) == (shown[0], shown[2], "") and "generating" not in stats
+    assert f"stopped: Stop pressed after {tokens} new tokens (3 rounds)" in stats
+    *_, (_, stats, _, _) = app.generate(ck, VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=20,
+                                        control=control)
+    assert "done" in stats and control == {"stop": False}  # a new run clears the request
+    run = app.sweep(ck, VERSE, num_speculations=4, max_new_tokens=16, control=control)
+    [next(run) for _ in range(3)]  # the first pass: autoregressive, exit 1, exit 2
+    app.stop(control)
+    [(_, speedup, note, _)] = list(run)
+    assert "stopped: Stop pressed in pass 1" in note and list(speedup["value"].exit_layer) == [1, 2]
 
 
 def test_sweep_and_compare_interleave_runs_and_take_medians_of_per_pass_ratios(app, tiny_checkpoint, monkeypatch):
@@ -285,26 +297,6 @@ def test_logits_processors_and_chat_reach_generation_and_greedy_outputs_stay_equ
     assert text == tok.decode(ids + ls.generate(model, ids, 8, eos_id=tok.stop_ids).tokens)[len(tok.decode(ids)):]
 
 
-def test_stop_ends_generation_and_the_sweep_after_the_step_on_screen(app, tiny_checkpoint):
-    """Stop (control["stop"]) ends decoding after the round shown: the last frame keeps that text and says after how
-    many tokens; a new run clears the request. The sweep stops likewise, after a run."""
-    control, ck = {}, str(tiny_checkpoint)
-    run = app.generate(ck, VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=200, control=control)
-    shown = [next(run) for _ in range(4)][-1]  # the empty frame and three rounds
-    app.stop(control)
-    [(out, stats, text, error)], tokens = list(run), int(card(shown[1], "tokens"))
-    assert 3 <= tokens < 200 and (out, text, error) == (shown[0], shown[2], "") and "generating" not in stats
-    assert f"stopped: Stop pressed after {tokens} new tokens (3 rounds)" in stats
-    *_, (_, stats, _, _) = app.generate(ck, VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=20,
-                                        control=control)
-    assert "done" in stats and control == {"stop": False}
-    run = app.sweep(ck, VERSE, num_speculations=4, max_new_tokens=16, control=control)
-    [next(run) for _ in range(3)]  # the first pass: autoregressive, exit 1, exit 2
-    app.stop(control)
-    [(_, speedup, note, _)] = list(run)
-    assert "stopped: Stop pressed in pass 1" in note and list(speedup["value"].exit_layer) == [1, 2]
-
-
 def test_switching_model_sets_its_settings_and_a_failed_one_keeps_the_last(app, tiny_checkpoint,
                                                                           recommended_checkpoint, tmp_path):
     """A model sets its stored setting (exit, d, rule, boxes) and describes itself; a failed one keeps the last."""
@@ -343,8 +335,8 @@ def test_switching_model_sets_its_settings_and_a_failed_one_keeps_the_last(app, 
         assert controls == [UNCHANGED] * (7 + len(demo_app.RUN_BUTTONS))  # the good model's settings stay
 
 
-def test_only_served_checkpoints_load_and_at_most_two_stay_loaded(app, tiny_checkpoint, tmp_path, monkeypatch):
-    """Only served checkpoints load, refused alike by every event; at most two stay loaded; short names resolve."""
+def test_only_served_checkpoints_load_and_the_flags_make_the_config(app, tiny_checkpoint, tmp_path, monkeypatch):
+    """Only served checkpoints load, refused alike by every event; at most two stay loaded; the flags; examples."""
     shutil.copy(tiny_checkpoint, tmp_path / "copy.pt")
     for path in [str(tmp_path / "copy.pt"), str(tmp_path / "missing.pt"), "/etc/passwd", "checkpoints/../README.md",
                  "../" * 8 + "etc/hostname", "a\x00b"]:
@@ -363,10 +355,7 @@ def test_only_served_checkpoints_load_and_at_most_two_stay_loaded(app, tiny_chec
     monkeypatch.setattr(demo_app, "installed_model", lambda name: tmp_path / f"{name}.gguf")
     assert demo_app.resolve("smollm2") == tmp_path / "smollm2.gguf"
     assert demo_app.resolve("checkpoints/x.pt") == Path("checkpoints/x.pt")
-
-
-def test_flags_make_the_config_and_examples_start_with_text(tiny_checkpoint, tmp_path, monkeypatch):
-    """The flags make the Config (served paths, threads, batching); the examples start with text."""
+    # the flags: --checkpoint (several) served, the first selected; one torch thread on CPU; batching
     import torch
     built = []
     monkeypatch.setattr(demo_app.Demo, "build", lambda self: built.append(self) or gr.Blocks())
@@ -386,9 +375,9 @@ def test_flags_make_the_config_and_examples_start_with_text(tiny_checkpoint, tmp
         assert built[-2].batcher is None and built[-2].config.checkpoint == [demo_app.DEFAULT_CHECKPOINT]
     finally:
         torch.set_num_threads(threads)
-    from data.prepare import load_prompts
-    assert any(p.startswith("\n") for p in load_prompts("humaneval"))  # as stored: after two blank lines
     assert len(demo_app.example_prompts()) == 6 and all(e.split("\n")[0].strip() for e in demo_app.example_prompts())
+
+
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -478,10 +467,9 @@ def test_api_takes_the_readmes_arguments_and_refuses_in_one_line(served, demo_ch
     *_, error = client.predict(ck, VERSE, max_new_tokens=8, repetition_penalty=0.0, api_name="/sweep")
     assert error.startswith("repetition_penalty must be a number in [0.01, 100]")
     shutil.copy(tiny_checkpoint, tmp_path / "copy.pt")
-    for path in (str(tmp_path / "copy.pt"), str(tmp_path / "missing.pt"), "/etc/passwd", str(ROOT / "README.md")):
+    for path in (str(tmp_path / "copy.pt"), str(ROOT / "README.md")):  # every kind of path: in-process above
         assert client.predict(path, VERSE, max_new_tokens=8, api_name="/generate")[3] == demo_app.REFUSED
-        assert client.predict(path, 64, api_name="/model_info")[1] == demo_views.fill("error",
-                                                                                      message=demo_app.REFUSED)
+        assert client.predict(path, 64, api_name="/model_info")[1] == demo_views.fill("error", message=demo_app.REFUSED)
     assert "Traceback" not in capfd.readouterr().err
     failed, job = [], client.submit
     t = threading.Thread(target=lambda: failed.append(pytest.raises(
@@ -534,12 +522,11 @@ def test_sweep_with_its_defaults_finds_an_early_exit_clearly_faster(served, ship
 @pytest.fixture
 def browser():
     """Debian's Chromium through Playwright, headless; without them a skip (in CI, CI=true: a failure)."""
-    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        chromium = None
-    if chromium is None:
+        sync_playwright = None
+    if not (chromium := shutil.which("chromium")) or not sync_playwright:
         message = "needs `pip install playwright` and Debian's chromium (`apt-get install -y chromium`)"
         pytest.fail(message) if os.environ.get("CI") == "true" else pytest.skip(message)
     with sync_playwright() as p:
@@ -548,15 +535,6 @@ def browser():
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         yield browser
         browser.close()
-
-
-def open_page(browser, url, width, wait=True):
-    """A page of width x 800 (a laptop's height) on the served app, its model loaded (the panel describes it)."""
-    page = browser.new_page(viewport={"width": width, "height": 800})
-    page.set_default_timeout(120_000)  # a loaded CI machine is slow; the test waits, it does not time
-    page.goto(url)
-    page.wait_for_selector("#info b" if wait else "#go")
-    return page
 
 
 def in_view(page, selector):
@@ -605,9 +583,9 @@ def stored_settings(model) -> dict:
     return {k: str(v[k]) for k in ["exit_layer", "num_speculations", *rule]} | {"stop_rule": v["stop_rule"]}
 
 
-def error_shown(page, elem_id) -> str:
-    """The text of an error box, "" while it is hidden (empty)."""
-    box = page.locator(f"#{elem_id}")
+def error_shown(page) -> str:
+    """The text of the error box, "" while it is hidden (empty)."""
+    box = page.locator("#error")
     return box.locator("textarea, input").first.input_value() if box.is_visible() else ""
 
 
@@ -618,12 +596,15 @@ def style(page, selector, prop):
 
 @pytest.mark.browser
 def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, monkeypatch, capfd):
-    """The page at 1280 and 820 px: start-up, output, rejected views, Stop, Compare, sweep, errors, models; screenshots."""
+    """The page at 1280 and 820 px: start, output, rejected views, Stop, Compare, sweep, errors, models; screenshots."""
     demo, url, blocks, hold = served
     model, tok = demo.models.get(demo_checkpoint)
     s, L, first = demo_app.read_settings(model), model.params.n_layers, demo_app.example_prompts()[0]
     hold.set()  # the model panel loads slowly: until it has, the run buttons wait and the controls show the setting
-    page = open_page(browser, url, 1280, wait=False)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})  # a laptop's screen
+    page.set_default_timeout(120_000)  # a loaded CI machine is slow; the test waits, it does not time
+    page.goto(url)
+    page.wait_for_selector("#go")
     config = [c["props"] for c in blocks.config["components"] if c["props"].get("elem_id") in demo_app.RUN_BUTTONS]
     assert sorted(c["elem_id"] for c in config if c["interactive"] is False) == sorted(demo_app.RUN_BUTTONS)
     assert page.locator("#go").is_disabled() and page.locator("#compare").is_disabled()  # the others: in tabs
@@ -637,7 +618,7 @@ def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, 
     assert shown_text(page) == tok.decode(tok.encode(first)) + expected(demo, demo_checkpoint, first, 64, s)[0]
     assert in_view(page, "#go") == page.locator("#go").bounding_box()["height"]  # all of it, above the fold
     out_height = page.locator("#out .ls-text").bounding_box()["height"]  # all of a short output, 300 px of a long one
-    assert in_view(page, "#out .ls-text") >= min(300, out_height) and error_shown(page, "error") == ""
+    assert in_view(page, "#out .ls-text") >= min(300, out_height) and error_shown(page) == ""
 
     want, g = expected(demo, demo_checkpoint, SHOWN, 64, s)
     page.fill("#prompt textarea", SHOWN)
@@ -706,7 +687,7 @@ def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, 
     page.set_viewport_size({"width": 820, "height": 800})
     page.evaluate("() => window.scrollTo(0, 0)")
     click_generate(page)
-    assert style(page, "#main", "gridTemplateAreas") == '"prompt" "out" "settings" "tabs"'  # the output under the prompt
+    assert style(page, "#main", "gridTemplateAreas") == '"prompt" "out" "settings" "tabs"'  # output under the prompt
     assert in_view(page, "#go") == page.locator("#go").bounding_box()["height"]
     out_height = page.locator("#out .ls-text").bounding_box()["height"]  # a short output, or 150 px of a long one
     assert in_view(page, "#out .ls-text") >= min(150, out_height)  # the output's first lines, without scrolling
@@ -721,7 +702,7 @@ def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, 
         number_box(page, box).fill(value)
         page.click("#go")
         page.wait_for_function(f"() => document.querySelector('#error textarea, #error input').value === {message!r}")
-        assert error_shown(page, "error") == message and number_box(page, box).input_value() == value  # as typed
+        assert error_shown(page) == message and number_box(page, box).input_value() == value  # as typed
         assert {sel: page.locator(sel).inner_html() for sel in before} == before  # text, cards, legend: unchanged
         number_box(page, box).fill(good)
     click_generate(page)
