@@ -236,7 +236,6 @@ def write(path, text):
 
 
 BAD = {  # case: (make(tmp_path) -> (checkpoint, OUT_DIR), words the line says, more flags)
-    "unknown format": (lambda t: (DEEP, t / "out"), "argument --format: invalid choice: 'gguf'", ["--format", "gguf"]),
     "corrupt checkpoint": (lambda t: (write(t / "bad.pt", "not a checkpoint"), t / "out"), "cannot be read", []),
     "OUT_DIR not empty": (lambda t: (DEEP, write(t / "out/keep.txt", "x").parent), "or --force to replace it", []),
     "--force on a folder not an export": (lambda t: (DEEP, write(t / "out/run1/config.json", "{}").parents[1]),

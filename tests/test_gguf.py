@@ -96,13 +96,8 @@ def write_gguf(path, model, tok: dict, qtype=Q.F32, pre="gpt-2", add_bos=None, t
     for name, p in model.state_dict().items():
         if name == "output.weight" and a.tie_word_embeddings:
             continue  # a tied head is not stored: the loader must tie it
-        x = p.numpy().astype(np.float32)
-        if x.ndim == 2 and qtype == Q.F16:
-            w.add_tensor(gguf_name(name), x.astype(np.float16))
-        elif x.ndim == 2 and qtype != Q.F32:
-            w.add_tensor(gguf_name(name), gguf.quants.quantize(x, qtype), raw_dtype=qtype)
-        else:
-            w.add_tensor(gguf_name(name), x)
+        q = qtype if p.dim() == 2 else Q.F32  # norms stay F32
+        w.add_tensor(gguf_name(name), gguf.quants.quantize(p.numpy(), q), raw_dtype=q)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -128,12 +123,9 @@ def test_weights_within_the_step_and_logits_of_the_dequantized_model(tmp_path, b
     assert (model.output.weight is model.tok_embeddings.weight) == tied
     ref, state = random_model(bpe, tied), {}
     for name, p in src.state_dict().items():
-        step = quantization_step(p, qtype) if p.dim() == 2 else 0.0
-        assert (model.state_dict()[name] - p).abs().max().item() <= step * 1.0001 + 1e-7, name
-        if p.dim() == 2 and qtype not in (Q.F32, Q.F16):
-            state[name] = torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.numpy(), qtype), qtype))
-        else:
-            state[name] = p.half().float() if qtype == Q.F16 and p.dim() == 2 else p
+        q = qtype if p.dim() == 2 else Q.F32
+        assert (model.state_dict()[name] - p).abs().max().item() <= quantization_step(p, q) * 1.0001 + 1e-7, name
+        state[name] = torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.numpy(), q), q))
     ref.load_state_dict(state)
     ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
     with torch.no_grad():

@@ -113,8 +113,9 @@ def test_a_llama_layout_gives_transformers_logits_and_greedy_tokens(tmp_path, ti
     assert ours == theirs[:len(ours)] and (len(ours) == 24 or ours[-1] == tok.eos_id)
 
 
-def test_meta_rope_scaling_factor_and_context_defaults():
-    """Scaled RoPE factor is 32 for 3.2 1B/3B shapes, else 8; rope_scaling overrides; Llama 2 theta 1e4."""
+def test_meta_rope_defaults_and_hf_ffn_size():
+    """Scaled RoPE factor 32 for Llama 3.2 1B/3B shapes, else 8, unless rope_scaling says; Llama 2 theta 1e4; ffn_args
+    makes Meta's FFN sizing rule give exactly HF's intermediate_size."""
     l32 = dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=128256, ffn_dim_multiplier=1.5,
                multiple_of=256, norm_eps=1e-5, rope_theta=500000.0, use_scaled_rope=True)
     assert model_io.meta_model_args(l32, 128256, 8192).rope_scale_factor == 32.0
@@ -125,10 +126,6 @@ def test_meta_rope_scaling_factor_and_context_defaults():
     l2 = model_io.meta_model_args(dict(dim=4096, n_layers=32, n_heads=32, vocab_size=-1, multiple_of=256), 32000,
                                   4096)
     assert (l2.rope_theta, l2.use_scaled_rope, l2.vocab_size, l2.n_kv_heads) == (10000.0, False, 32000, None)
-
-
-def test_hf_intermediate_size_maps_to_meta_ffn_rule():
-    """ffn_args makes Meta's FFN sizing rule give exactly HF's intermediate_size."""
     for dim, hidden in [(2048, 8192), (4096, 11008), (4096, 14336), (64, 100), (64, 192), (96, 255)]:
         args = ls.ModelArgs(dim=dim, n_heads=1, **model_io.ffn_args(dim, hidden))
         with torch.device("meta"):
@@ -242,8 +239,7 @@ def test_train_output_directory_loads_model_pt_else_ckpt_pt(tmp_path, tiny_token
 def broken(tmp_path_factory, tiny_tokenizer, tiny_checkpoint, untied_hf):
     """A folder of broken models, each broken one way."""
     d, proto = tmp_path_factory.mktemp("broken"), tiny_tokenizer.model_proto
-    (d / "empty").mkdir()
-    (d / "toy").mkdir()  # a train.py --out_dir with neither model.pt nor ckpt.pt
+    (d / "empty").mkdir()  # no params.json, no config.json, and not a train.py --out_dir: no model.pt nor ckpt.pt
     (d / "consolidated.00.pth").write_bytes(b"\0" * 100)
     data = tiny_checkpoint.read_bytes()
     (d / "cut.pt").write_bytes(data[:len(data) // 2])
@@ -269,8 +265,7 @@ def broken(tmp_path_factory, tiny_tokenizer, tiny_checkpoint, untied_hf):
 
 BROKEN = [  # (path in the broken folder, what the error says)
     ("nope.pt", "no such file or directory"),
-    ("empty", "not a model directory of a known layout: expected params.json"),
-    ("toy", r"toy: not a model directory .* or model.pt / ckpt.pt \(train.py\)"),
+    ("empty", r"empty: not a model directory of a known layout: expected params.json .* ckpt.pt \(train.py\)"),
     ("consolidated.00.pth", "give the directory that holds it"),
     ("cut.pt", "truncated or corrupt"),
     ("hf-cut", "model.safetensors: cannot be read as weights.*truncated or corrupt"),

@@ -50,8 +50,6 @@ def tracked_or_unignored(paths) -> list:
     """The paths inside the repository that git does not ignore (tracked files are never ignored)."""
     inside = sorted({str(p.resolve().relative_to(ROOT.resolve())) for p in paths
                      if p.resolve().is_relative_to(ROOT.resolve())})
-    if not inside:
-        return []
     ignored = subprocess.run(["git", "check-ignore", "--stdin"], input="\n".join(inside), cwd=ROOT, text=True,
                              capture_output=True).stdout.split("\n")
     return [p for p in inside if p not in ignored]
