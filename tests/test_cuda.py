@@ -1,6 +1,5 @@
-"""Tests that need a CUDA GPU (skipped without one; scripts/gpu_check.sh runs them): training (float32, bfloat16,
-compile, DDP and FSDP2 over NCCL, exact resume), self-speculative == autoregressive, bench.py, the transformers export.
-The last test always runs: the scripts accept every GPU command here, and gpu_check.sh lists its steps."""
+"""Tests that need a CUDA GPU (skipped without; scripts/gpu_check.sh runs them): training, exact resume, decoding,
+bench.py, the transformers export. The last test always runs: the GPU commands parse, gpu_check.sh lists its steps."""
 
 import json
 import os
@@ -64,8 +63,7 @@ def train(flags, out_dir, **kw):  # train.py's step losses
 
 @needs_cuda
 def test_train_float32_bfloat16_and_compile_on_cuda(shakespeare, tmp_path):
-    """The toy recipe trains on CUDA in float32 and bfloat16 autocast (the loss falls, the first step's agrees within
-    1%), model.pt decodes on the GPU; --compile logs the eager losses within 2e-3."""
+    """float32 and bfloat16 runs' losses fall and agree at step 1 within 1%; --compile's are eager's within 2e-3."""
     fp32, out = train(TRAIN["float32"], tmp_path / "fp32"), tmp_path / "fp32"
     bf16 = train(TRAIN["bfloat16"], tmp_path / "bf16")
     assert len(fp32) == len(bf16) == 10
@@ -79,8 +77,7 @@ def test_train_float32_bfloat16_and_compile_on_cuda(shakespeare, tmp_path):
 @needs_cuda
 @pytest.mark.parametrize("name", ["torchrun-ddp", "torchrun-fsdp"])
 def test_torchrun_nccl_equals_one_process(shakespeare, tmp_path, name):
-    """torchrun over NCCL, DDP (layer dropout on: unused parameters) and FSDP2 (gradient accumulation): the losses
-    of a plain run of the same global batch."""
+    """torchrun over NCCL, DDP (layer dropout on) and FSDP2 (grad_accum 2), logs a plain run's losses."""
     distributed = train(TRAIN[name], tmp_path / "dist", torchrun=True)
     single = train([a for a in TRAIN[name] if a != "--fsdp"], tmp_path / "one")
     assert len(distributed) == len(single) == 6
@@ -102,8 +99,7 @@ train.main()
 
 @needs_cuda
 def test_resume_is_exact_on_cuda(shakespeare, tmp_path):
-    """N steps straight == N/2 steps, stop, --resume, bit for bit, with deterministic kernels (CUDA's atomics would
-    make even two straight runs differ in the last bits)."""
+    """N steps straight == N/2 steps, stop, --resume, bit for bit, with deterministic kernels (no atomics)."""
     wrapper = tmp_path / "deterministic_train.py"
     wrapper.write_text(DETERMINISTIC.format(root=str(ROOT)))
     env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
@@ -120,8 +116,7 @@ def test_resume_is_exact_on_cuda(shakespeare, tmp_path):
 
 @needs_cuda
 def test_self_speculative_equals_autoregressive_on_cuda():
-    """In float32 on CUDA, greedy self-speculative tokens equal autoregressive ones: generate.py --compare on both
-    shipped models, and ls.generate at several exits, d and thresholds on three HumanEval prompts."""
+    """float32 greedy self-speculative == autoregressive: generate.py --compare, ls.generate at several E, d, th."""
     for flags in GENERATE.values():
         out = run(["generate.py", *flags]).stdout
         assert "outputs identical" in out, out[-1500:]
@@ -159,8 +154,7 @@ def test_bench_on_cuda(tmp_path):
 
 @needs_cuda
 def test_transformers_export_on_cuda(tmp_path):
-    """The 32-layer model's HF export in transformers on the GPU: our logits within 1e-4, and
-    generate(assistant_early_exit=E) at the stored exit returns our greedy tokens."""
+    """The HF export on the GPU: our logits within 1e-4; assistant_early_exit=E gives our greedy tokens."""
     transformers = pytest.importorskip("transformers")
     import export
     out = export.export(ROOT / DEEP, tmp_path / "hf", "hf")

@@ -12,7 +12,7 @@ import layerskip as ls
 import onpolicy
 from conftest import assert_one_line_error
 from model_io import load_model
-from test_train import TINY, filled, step_losses, tiny_run, train_here, weights  # noqa: F401 (tiny_run: a fixture)
+from test_train import TINY, step_losses, tiny_run, train_here, weights  # noqa: F401 (tiny_run: a fixture)
 
 pytestmark = pytest.mark.cli
 
@@ -27,8 +27,7 @@ def test_batched_greedy_continuations_equal_one_prompt_at_a_time(tiny_checkpoint
 
 
 def test_onpolicy_data_end_to_end(shakespeare, tiny_run, tmp_path, capsys):
-    """onpolicy.py writes the model's continuations of training windows (uint16, with a JSON sidecar saying what
-    made them); train.py fits exit E to them (ce, kl, tvd; whole samples), logs that loss and moves the weights."""
+    """onpolicy.py writes greedy continuations of training windows (+ a JSON sidecar); train.py fits exit E to them."""
     ckpt, out = tiny_run / "model.pt", tmp_path / "on.bin"
     onpolicy.main([str(c) for c in ["--checkpoint", ckpt, "--data", shakespeare, "--out", out,
                                     "--samples", 5, "--prefix", 8, "--new_tokens", 12, "--batch", 2]])
@@ -68,8 +67,7 @@ def test_onpolicy_data_end_to_end(shakespeare, tiny_run, tmp_path, capsys):
 
 
 def test_aligned_windows_hold_one_sample_and_count_its_greedy_tokens_only(tmp_path):
-    """--onpolicy_aligned: window i is sample i from its first token; targets before the prefix's last position
-    and past the sample's end are -1."""
+    """--onpolicy_aligned: window i is sample i; targets in the prefix and past the sample's end are -1."""
     tokens = np.arange(100, 125, dtype=np.uint16)  # three samples: 10, 7 and 8 tokens, prefix 4
     data = tmp_path / "on.bin"
     data.with_suffix(".json").write_text(json.dumps({"starts": [0, 10, 17], "prefix": 4}))
@@ -80,9 +78,8 @@ def test_aligned_windows_hold_one_sample_and_count_its_greedy_tokens_only(tmp_pa
 
 
 def test_exit_losses_run_only_the_first_blocks(tiny_checkpoint):
-    """Exit E's losses reach blocks 0..E-1 only: cross-entropy (the number forward() reports for that exit), and the
-    distance from the last layer's p (a fixed target) to exit E's q, KL(p || q) and total variation, by hand, zero at
-    the last exit itself, counted where the target is not -1."""
+    """Exit E's losses (CE as forward() reports it; KL(p || q) and TV from the last layer's fixed p, by hand, zero at
+    the last exit, where the target is not -1) reach blocks 0..E-1 only."""
     model, _ = load_model(tiny_checkpoint)
     x, y = torch.randint(model.params.vocab_size, (2, 2, 9), generator=torch.Generator().manual_seed(3))
     ce = onpolicy.exit_loss(model, x, y, 2)
@@ -106,28 +103,28 @@ def test_exit_losses_run_only_the_first_blocks(tiny_checkpoint):
         assert model.layers[2].attention.wq.weight.grad is None and model.layers[3].feed_forward.w2.weight.grad is None
 
 
-BAD = [  # (flags, what the one line says); KEY: a path made by the test
-    (["--checkpoint", "NONE"], "no such file"),
+BAD = [  # (flags, what the one line says); {key}: a path made by the test
+    (["--checkpoint", "{none}"], "no such file"),
     (["--data", "data/shakespeare"], "another tokenizer than data/shakespeare"),
-    (["--data", "FOLDER"], "FOLDER is not prepared: build it with `python data/prepare.py --input ... --out_dir "
-                           "FOLDER`"),
-    (["--data", "DAMAGED"], "DAMAGED is damaged (ValueError): rebuild it with"),
+    (["--data", "{folder}"], "{folder} is not prepared: build it with `python data/prepare.py --input ... --out_dir "
+                           "{folder}`"),
+    (["--data", "{damaged}"], "{damaged} is damaged (ValueError): rebuild it with"),
     (["--prefix", 200, "--new_tokens", 100], "--prefix 200 + --new_tokens 100 pass the model's context window of 256"),
-    (["--out", "FOLDER"], "--out FOLDER is a folder: give a file name"),
-    (["--out", "OUT.json"], "give a .bin name"),
+    (["--out", "{folder}"], "--out {folder} is a folder: give a file name"),
+    (["--out", "{out}.json"], "give a .bin name"),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD, ids=[" ".join(map(str, a)) for a, _ in BAD])
 def test_onpolicy_bad_input_is_one_line(shakespeare, tmp_path, capsys, tiny_checkpoint, args, message):
-    """Missing, binary or misplaced files, a model and corpus that do not match, a count out of range: exit 2, one
-    line that says what to do, nothing written."""
+    """Bad files, a model and corpus that do not match, a count out of range: exit 2, one line, nothing written."""
     (tmp_path / "folder").mkdir()
     damaged = tmp_path / "damaged"  # the corpus's tokenizer, and an empty train.bin
     damaged.mkdir()
     (damaged / "tokenizer.model").write_bytes((shakespeare / "tokenizer.model").read_bytes())
     (damaged / "train.bin").write_bytes(b"")
-    names = {"NONE": tmp_path / "none.pt", "FOLDER": tmp_path / "folder", "DAMAGED": damaged, "OUT": tmp_path / "out"}
+    names = dict(none=tmp_path / "none.pt", folder=tmp_path / "folder", damaged=damaged, out=tmp_path / "out")
     argv = ["--checkpoint", tiny_checkpoint, "--data", shakespeare, "--out", tmp_path / "x.bin"]
-    assert_one_line_error(onpolicy.main, argv + filled(args, names), capsys, filled([message], names)[0])
+    args = [str(a).format(**names) for a in args]
+    assert_one_line_error(onpolicy.main, argv + args, capsys, message.format(**names))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged", "folder"]

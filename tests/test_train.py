@@ -58,19 +58,9 @@ def weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
-def filled(items, names: dict):
-    """items as strings, each key of names replaced by its path."""
-    def fill(text):
-        for key, path in names.items():
-            text = text.replace(key, str(path))
-        return text
-    return [fill(str(item)) for item in items]
-
-
 @pytest.fixture(scope="module")
 def tiny_run(shakespeare, tmp_path_factory):
-    """The --out_dir of a finished 2-step TINY run (ckpt.pt, model.pt, log.jsonl), shared by the tests that
-    continue from a trained model (here and in test_onpolicy.py)."""
+    """The --out_dir of a finished 2-step TINY run, for the tests that continue one (here and test_onpolicy.py)."""
     out = tmp_path_factory.mktemp("tiny_run")
     with contextlib.redirect_stdout(io.StringIO()):
         train.main([str(a) for a in TINY + ["--max_iters", 2, "--eval_interval", 2, "--out_dir", out]])
@@ -78,8 +68,7 @@ def tiny_run(shakespeare, tmp_path_factory):
 
 
 def test_resume_continues_exactly(shakespeare, tmp_path, capsys):
-    """N steps straight == N/2 steps, stop (ckpt.pt at the step reached, no model.pt, no "done"), --resume for the
-    rest with the run's own configuration: identical weights."""
+    """N steps straight == N/2 steps, stop (ckpt.pt, no model.pt), --resume with the run's own config: same weights."""
     common = TINY + ["--max_iters", 8, "--eval_interval", 4, "--p_max", 0.3, "--e_scale", 0.5]
     train_here(common + ["--out_dir", tmp_path / "straight"], capsys)
     assert "done:" not in train_here(common + ["--out_dir", tmp_path / "split", "--stop_after", 4], capsys)
@@ -104,8 +93,7 @@ train.main()
 
 @pytest.mark.parametrize("rank_dependent", [False, True], ids=["same-draws", "rank-dependent-draws"])
 def test_two_rank_ddp_with_layerskip_draws_the_same_skips(shakespeare, tmp_path, rank_dependent):
-    """torchrun, 2 gloo ranks, layer dropout on: both ranks draw the same skips (digests) and end with identical
-    parameters; with the mask seeded by the rank the digests differ and the run stops at its first check."""
+    """2 gloo ranks, layer dropout on: same skips (digests) and parameters; a rank-seeded mask stops the run."""
     script = tmp_path / "rank_dependent.py" if rank_dependent else "train.py"
     if rank_dependent:
         script.write_text(RANK_DEPENDENT.format(root=str(ROOT)))
@@ -126,8 +114,7 @@ def test_two_rank_ddp_with_layerskip_draws_the_same_skips(shakespeare, tmp_path,
 @pytest.mark.parametrize("extra", [[], ["--grad_accum", 2], ["--grad_accum", 2, "--fsdp"]],
                          ids=["ddp", "ddp-grad-accum", "fsdp-grad-accum"])
 def test_two_ranks_equal_one_process_with_the_same_global_batch(shakespeare, tmp_path, capsys, extra):
-    """Layer dropout off: 2 ranks x batch 4 log the same losses as 1 process x batch 8, with gradient
-    accumulation and with FSDP2 too."""
+    """Layer dropout off: 2 ranks x batch 4 log 1 process x batch 8's losses, with grad_accum and FSDP2 too."""
     common = TINY + ["--max_iters", 5, "--eval_interval", 5, "--p_max", 0, "--e_scale", 0.5]
     proc = torchrun(["train.py", *common, *extra, "--batch_size", 4, "--out_dir", tmp_path / "ddp"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -138,8 +125,7 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(shakespeare, tmp
 
 
 def test_missing_data_is_built_on_first_use(tmp_path, capsys):
-    """A fresh clone has no prepared data: train.py builds the corpus (a copy of data/shakespeare) with its
-    prepare.py and trains. (A folder with no prepare.py gets a one-line error: BAD.)"""
+    """A corpus folder with a prepare.py and no data (a fresh clone) is built on first use, then trained on."""
     corpus = tmp_path / "shakespeare"
     corpus.mkdir()
     for name in ("prepare.py", "input.txt", "__init__.py"):
@@ -155,8 +141,7 @@ def test_size_before_allocating_anything(capsys, tie):
     """--dry_run of the 1.5B preset (no CUDA needed, though it names --device cuda): dim 2048, 16 heads, 24 layers,
     context 4096, Llama 2's FFN and vocabulary, 1.3B-1.6B parameters. The count (from one block on the meta device)
     equals the built model's, with a tied head and without."""
-    out = train_here(["--preset", "llama1.5b", "--dry_run", "--tie_embeddings" if tie else "--no-tie_embeddings"],
-                     capsys)
+    out = train_here(["--preset", "llama1.5b", "--dry_run"], capsys)
     info = json.loads(out.strip().splitlines()[-1])
     assert (info["dim"], info["n_heads"], info["n_layers"], info["context"]) == (2048, 16, 24, 4096)
     assert info["vocab_size"] == 32000 and info["ffn_hidden"] == 5632 and "memory per GPU" in out
@@ -170,8 +155,7 @@ def test_size_before_allocating_anything(capsys, tie):
 
 
 def test_loss_falls_and_the_run_writes_what_it_says(shakespeare, tmp_path, capsys):
-    """60 steps of the toy preset cut the loss by more than 1 nat; validation losses are printed by exit E = 1..4;
-    the last line names ckpt.pt and model.pt (fp16, no optimizer: smaller), both at the last step."""
+    """The toy preset cuts the loss by > 1 nat, prints val losses by exit E, writes ckpt.pt and a smaller model.pt."""
     out = train_here(["--preset", "toy", "--max_iters", 60, "--eval_interval", 60, "--out_dir", tmp_path], capsys)
     losses = step_losses(out)
     assert losses[0] - losses[-1] > 1.0, losses
@@ -183,8 +167,7 @@ def test_loss_falls_and_the_run_writes_what_it_says(shakespeare, tmp_path, capsy
 
 
 def test_finished_run_is_kept_unless_forced(tiny_run, tmp_path, capsys):
-    """A new run into the --out_dir of a finished one is refused and changes nothing; with --force it replaces the
-    run: new weights, and a log.jsonl holding only the new run's evaluation; --resume may not be forced."""
+    """A finished run's --out_dir is refused untouched; --force replaces the run (weights, log); --resume not forced."""
     out, tiny = tmp_path / "run", TINY + ["--max_iters", 2, "--eval_interval", 2, "--seed", 7]
     shutil.copytree(tiny_run, out)
     files = {name: (out / name).read_bytes() for name in ("ckpt.pt", "model.pt", "log.jsonl")}
@@ -220,8 +203,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tiny_checkpoint, tm
 
 
 def test_init_from_continues_with_constant_rates(tiny_run, tmp_path, capsys):
-    """--init_from starts from the checkpoint's weights (not the seed's initialisation) and keeps the layer-dropout
-    rates constant (S=1)."""
+    """--init_from starts from the checkpoint's weights and keeps the layer-dropout rates constant (S=1)."""
     out = train_here(TINY + ["--max_iters", 2, "--eval_interval", 2, "--init_from", tiny_run / "model.pt",
                              "--p_max", 0.2, "--seed", 5, "--out_dir", tmp_path], capsys)
     assert "layer dropout p_max=0.2 (S=1)" in out  # continued training: no time schedule on the dropout rates
@@ -272,8 +254,7 @@ BAD = [  # (flags after TINY, what the one line says); {key}: a path made by the
 
 @pytest.mark.parametrize("flags, match", BAD, ids=[" ".join(map(str, a)) for a, _ in BAD])
 def test_bad_input_is_one_line_and_creates_nothing(shakespeare, tmp_path, capsys, tiny_checkpoint, flags, match):
-    """Each bad value, clash of flags, bad path or damaged file: exit 2, one line naming it and what to do, and
-    nothing created or changed (no --out_dir left behind)."""
+    """Each bad value, clash, path or file: exit 2, one line naming it and what to do, nothing created or changed."""
     data = tmp_path / "data"  # a copy of the corpus with an empty train.bin
     data.mkdir()
     for name in ("val.bin", "tokenizer.model", "meta.json"):
@@ -281,12 +262,13 @@ def test_bad_input_is_one_line_and_creates_nothing(shakespeare, tmp_path, capsys
     (data / "train.bin").write_bytes(b"")
     (tmp_path / "file").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(range(256)))  # binary, like /bin/ls
     np.full(1000, 65000, dtype=np.uint16).tofile(tmp_path / "past.bin")
-    names = {"{data}": data, "{file}": tmp_path / "file", "{past}": tmp_path / "past.bin", "{none}": tmp_path / "none",
-             "{out}": tmp_path / "out", "{ckpt}": tiny_checkpoint}
+    names = dict(data=data, file=tmp_path / "file", past=tmp_path / "past.bin", none=tmp_path / "none",
+                 out=tmp_path / "out", ckpt=tiny_checkpoint)
     before = sorted(tmp_path.rglob("*"))
     small = TINY + ["--data", SHAKESPEARE, "--batch_size", 4, "--eval_iters", 1, "--max_iters", 1]
     out = [] if "--out_dir" in flags else ["--out_dir", tmp_path / "out"]
-    assert_one_line_error(train.main, small + filled(flags, names) + out, capsys, filled([match], names)[0])
+    flags = [str(f).format(**names) for f in flags]
+    assert_one_line_error(train.main, small + flags + out, capsys, match.format(**names))
     assert sorted(tmp_path.rglob("*")) == before
 
 
