@@ -99,8 +99,7 @@ def test_transformers_decodes_the_hf_export_as_we_do(checkpoints, exported, name
 
 
 def test_what_the_files_say(exported):
-    """config.json carries the stored setting and the trained context, generation_config.json the stored d, a tied
-    head is saved once; Meta's params.json has only Meta's keys (Meta's code refuses others)."""
+    """config.json has the setting and trained context, a tied head is saved once, params.json only Meta's keys."""
     from safetensors import safe_open
     deep = json.loads((exported("deep") / "config.json").read_text())
     assert deep["layerskip"] == {"exit_layer": 4, "num_speculations": 24, "draft_threshold": None, "draft_cost": 0.122,
@@ -262,8 +261,7 @@ def test_a_bad_export_is_one_line_and_leaves_nothing(tmp_path, capsys, case):
 
 
 def test_failure_midway_keeps_the_previous_export(tmp_path, capsys, monkeypatch):
-    """An error while writing with --force leaves the previous OUT_DIR as it was and no temporary folder; then --force
-    replaces it with a complete export and removes the set-aside old one."""
+    """A failure while writing with --force leaves the previous OUT_DIR as it was; a later --force replaces it."""
     out = tmp_path / "out"
     write(out / "config.json", "{}")  # an earlier export, as far as --force can tell
     write(out / "old.txt", "previous export")

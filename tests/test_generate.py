@@ -91,8 +91,7 @@ def test_the_flags_resolve_to_one_setting(rec, tiny_checkpoint, capsys, checkpoi
 
 
 def test_threads_context_warning_and_counts_of_one(tiny_checkpoint, capsys):
-    """CPU decoding uses 1 thread unless --threads N; --max_seq_len past the trained 256 tokens warns in one line
-    (not within it); "1 token", "1 round", "1 speculation"."""
+    """One CPU thread unless --threads; a --max_seq_len past the trained context warns; "1 token", "1 round"."""
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -112,8 +111,7 @@ def test_threads_context_warning_and_counts_of_one(tiny_checkpoint, capsys):
 
 
 def test_the_summary_says_why_decoding_stopped(rec, tiny_tokenizer, capsys):
-    """Room for fewer tokens than asked: the header says how many fit, the summary that the context window stopped
-    it; zero new tokens: acceptance rate n/a, not 0%."""
+    """The header says how many tokens fit, the summary that the context window stopped; 0 tokens: rate n/a."""
     prompt = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 3
     n_prompt = len(tiny_tokenizer.encode(prompt))
     room = 128 - n_prompt
@@ -159,8 +157,7 @@ def test_compare_verdicts(rec, capsys):
 
 
 def test_a_batch_of_prompts_compares_row_by_row(rec, tmp_path, capsys):
-    """A .jsonl prompt file decodes in batches of --batch_size rows, each row's text as decoded alone; --compare finds
-    every row identical to its own autoregressive run."""
+    """A .jsonl prompt file decodes in batches, each row as decoded alone, each --compare row identical."""
     prompts = [PROMPT, "To be, or not", "ROMEO:\n", "Speak, speak."]
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(p if i % 2 else {"prompt": p}) for i, p in
                                                 enumerate(prompts)) + "\n\n")
@@ -174,8 +171,7 @@ def test_a_batch_of_prompts_compares_row_by_row(rec, tmp_path, capsys):
 
 
 def test_round_colours_tell_roles_apart(tiny_tokenizer):
-    """Accepted, rejected (when shown), correction and bonus tokens in four colours, each run painted once; without
-    colour, the decoded text; a round without drafts stays plain."""
+    """Accepted, rejected, correction and bonus tokens in four colours, each run painted once; else plain text."""
     tok, seq = tiny_tokenizer, tiny_tokenizer.encode("First Citizen:")
     a, b, c, d = tok.encode(" Before we proceed", bos=False)[:4]
     ta, tb, tc = token_texts(tok, [a, b, c], seq)

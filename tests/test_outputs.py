@@ -86,8 +86,7 @@ def test_eval_bench_sweep_and_auto_write_only_into_out(tiny_checkpoint, monkeypa
 
 
 def test_the_tutorial_generator_writes_into_out_by_default(monkeypatch):
-    """docs/make_tutorial.py (its blocks' run replaced by a stand-in) writes its tutorial, notebook and figures under
-    out/tutorial/, not over docs/."""
+    """docs/make_tutorial.py (blocks stubbed) writes its tutorial, notebook and figures under out/tutorial/."""
     spec = importlib.util.spec_from_file_location("make_tutorial", ROOT / "docs" / "make_tutorial.py")
     mt = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mt)

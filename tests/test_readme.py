@@ -28,8 +28,7 @@ def test_readme_states_the_size_of_the_suite():
 
 
 def test_readme_states_the_shipped_models_shape_and_parameter_count():
-    """"Both 32-layer twins (dim 128, 6.2M parameters)" and docs/results.md's "12 layers of width 192, 5.7M
-    parameters" are the shipped checkpoints' own."""
+    """The README's and docs/results.md's layers, width and parameter counts are the shipped checkpoints'."""
     twins = re.findall(r"Both (\d+)-layer twins \(dim (\d+), ([\d.]+)M parameters\)", README)
     pair = re.findall(r"(\d+) layers of\s+width (\d+), ([\d.]+)M parameters", DOCS["docs/results.md"])
     for names, said in ((["layerskip-python-deep", "baseline-python-deep"], twins), (["layerskip-python"], pair)):
