@@ -214,9 +214,7 @@ def check_paths(cfg):
 def configure(argv, ranks):
     """The run's configuration, every value checked, and the stopped run's state on --resume (else None)."""
     cfg = parse_args(argv)
-    state = None
-    if cfg.resume:
-        cfg, state = resume_config(cfg)
+    cfg, state = resume_config(cfg) if cfg.resume else (cfg, None)
     torch.set_num_threads(cfg.threads or DEFAULT_THREADS)  # before anything runs: loading uses the threads too
     check_flags(cfg, ranks)
     if not cfg.dry_run:
