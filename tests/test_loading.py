@@ -243,8 +243,7 @@ def broken(tmp_path_factory, tiny_tokenizer, tiny_checkpoint, untied_hf):
     (d / "cut.pt").write_bytes(data[:len(data) // 2])
     hf = write_hf(untied_hf, d / "hf-cut", proto)
     (hf / "model.safetensors").write_bytes((hf / "model.safetensors").read_bytes()[:100_000])
-    meta = write_meta(untied_hf, d / "meta-bad-weights", proto)
-    (meta / "consolidated.00.pth").write_bytes(b"not a zip file at all")
+    (write_meta(untied_hf, d / "meta-bad-weights", proto) / "consolidated.00.pth").write_bytes(b"not a zip file")
     write_hf(hf_llama(300, tied=True), d / "small", proto)  # 300 embeddings, a 600-token tokenizer
     odd = write_hf(untied_hf, d / "unknown-key", proto)
     from safetensors.torch import save_file
