@@ -15,6 +15,7 @@ from html import unescape
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry attempts from the test machine
 
@@ -221,7 +222,8 @@ def test_compare_lens_and_sweep(app, tiny_checkpoint):
                                         control=control)
     assert "done" in stats and control == {"stop": False}  # a new run clears the request
     run = app.sweep(ck, VERSE, num_speculations=4, max_new_tokens=16, control=control)
-    [next(run) for _ in range(3)]  # the first pass: autoregressive, exit 1, exit 2
+    for _ in range(3):  # the first pass: autoregressive, exit 1, exit 2
+        next(run)
     app.stop(control)
     [(_, speedup, note, _)] = list(run)
     assert "stopped: Stop pressed in pass 1" in note and list(speedup["value"].exit_layer) == [1, 2]
@@ -356,7 +358,6 @@ def test_only_served_checkpoints_load_and_the_flags_make_the_config(app, tiny_ch
     assert demo_app.resolve("smollm2") == tmp_path / "smollm2.gguf"
     assert demo_app.resolve("checkpoints/x.pt") == Path("checkpoints/x.pt")
     # the flags: --checkpoint (several) served, the first selected; one torch thread on CPU; batching
-    import torch
     built = []
     monkeypatch.setattr(demo_app.Demo, "build", lambda self: built.append(self) or gr.Blocks())
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: built.append(kw))
@@ -376,8 +377,6 @@ def test_only_served_checkpoints_load_and_the_flags_make_the_config(app, tiny_ch
     finally:
         torch.set_num_threads(threads)
     assert len(demo_app.example_prompts()) == 6 and all(e.split("\n")[0].strip() for e in demo_app.example_prompts())
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -401,7 +400,6 @@ def launch(config):
 def served(demo_checkpoint, tiny_checkpoint):
     """(Demo, url, Blocks, hold): the app batching on one torch thread, as a user's; while hold is set, its model
     panel takes 3 s longer to load."""
-    import torch
     threads, hold, describe = torch.get_num_threads(), threading.Event(), demo_views.describe
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as m:
@@ -434,8 +432,10 @@ def test_gradio_client_streams_and_concurrent_clients_are_batched(served, tiny_c
                                        api_name="/generate").result(timeout=300)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(12)]
-    [t.start() for t in threads]
-    [t.join(timeout=300) for t in threads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
     assert [r[2:] for r in results] == [(expected(demo, ck, ask.pop("prompt"), 12, **ask)[0], "") for ask in asks]
     assert demo.batcher.largest > 1
 
@@ -612,6 +612,7 @@ def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, 
     assert page.locator("#prompt textarea").input_value() == first
     click_generate(page)  # nothing typed: waits for the panel, then the example runs at the stored setting
     hold.clear()
+    page.evaluate("() => window.scrollTo(0, 0)")  # the panel, drawn above the click, may have scrolled the page
     page.wait_for_selector(f"#max_new input[type=number][max='{min(512, model.params.max_seq_len - 1)}']")
     assert page.locator("#info b").count() == 1 and f"exit {s.exit_layer}, {demo_views.rule_text(s)}" in \
         page.locator("#stats .ls-status").inner_text()
