@@ -613,6 +613,7 @@ def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, 
     click_generate(page)  # nothing typed: waits for the panel, then the example runs at the stored setting
     hold.clear()
     page.evaluate("() => window.scrollTo(0, 0)")  # the panel, drawn above the click, may have scrolled the page
+    page.wait_for_selector(f"#exit_layer input[type=number][max='{L}']")
     page.wait_for_selector(f"#max_new input[type=number][max='{min(512, model.params.max_seq_len - 1)}']")
     assert page.locator("#info b").count() == 1 and f"exit {s.exit_layer}, {demo_views.rule_text(s)}" in \
         page.locator("#stats .ls-status").inner_text()
