@@ -2,7 +2,7 @@
 Serve several users at once: requests that arrive together decode together, as one batch.
 
 A Batcher owns a worker thread. Callers submit a prompt with their decoding setting (a settings.Settings) and get
-back an iterator of their own rounds (layerskip.Round), live, as the batch decodes them. The worker takes the oldest
+back an iterator of their own rounds (layerskip.Round) with the seconds their batch has decoded so far, live. The worker takes the oldest
 waiting request, joins every other waiting request with the same model and the same setting but for its seed (up to
 batch_size of them), and decodes them with one layerskip.generate_stream over the list, each row with its own
 seed; each round's events go to their requests' own queues. Requests
@@ -11,12 +11,13 @@ that arrive while a batch decodes wait for the next one. Each row's tokens are t
 
     batcher = Batcher(batch_size=8, max_waiting=64)
     setting = Settings(strategy="self_speculative", exit_layer=4, num_speculations=3, eos_id=tok.stop_ids, seed=0)
-    for event in batcher.submit(model, prompt_ids, 64, setting):
-        print(event.tokens)
+    for event, seconds in batcher.submit(model, prompt_ids, 64, setting):
+        print(event.tokens, f"{seconds:.2f} s")
 """
 
 import queue
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -24,6 +25,19 @@ import layerskip as ls
 from settings import Settings
 
 DONE = object()  # the end of a request's stream
+
+
+def timed(stream) -> Iterator:
+    """generate_stream's rounds alone, as a Batcher gives them: (round, seconds spent decoding so far). Only the
+    time inside the stream counts, not the caller's between rounds."""
+    seconds = 0.0
+    while True:
+        t0 = time.perf_counter()
+        event = next(stream, None)
+        seconds += time.perf_counter() - t0
+        if event is None:
+            return
+        yield event, seconds
 
 
 class Busy(RuntimeError):
@@ -88,12 +102,13 @@ class Batcher:
             self.batches, self.largest = self.batches + 1, max(self.largest, len(batch))
             settings = replace(batch[0].settings, seed=[r.settings.seed for r in batch])  # a seed per row
             try:
+                start = time.perf_counter()  # a request's time is its batch's, from here to its round
                 stream = ls.generate_stream(batch[0].model, [r.prompt_ids for r in batch],
                                             [r.max_new_tokens for r in batch], settings)
                 for rounds in stream:
                     for request, event in zip(batch, rounds):
                         if event is not None:
-                            request.events.put(event)
+                            request.events.put((event, time.perf_counter() - start))
                 for request in batch:
                     request.events.put(DONE)
             except Exception as e:  # noqa: BLE001 - every waiting client hears of it, the worker lives on

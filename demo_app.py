@@ -29,7 +29,7 @@ from typing import Optional
 
 import demo_views as views
 import layerskip as ls
-from batcher import Batcher, Busy
+from batcher import Batcher, Busy, timed
 from common import ArgumentParser, int_range, interleaved_runs, plural
 from demo_views import REJECTED_VIEWS, fill
 from model_io import INSTALLED_MODELS, chat_prompt, installed_model, load_model
@@ -289,7 +289,7 @@ class Demo:
                 temperature=temperature, top_p=top_p, seed=seed, repetition_penalty=repetition_penalty,
                 no_repeat_ngram_size=no_repeat_ngram_size)
             # both check the context window at the call; the batcher joins this request into a batch
-            stream = self.batcher.submit(model, ids, n, s) if self.batcher else ls.generate_stream(model, ids, n, s)
+            stream = self.batcher.submit(model, ids, n, s) if self.batcher else timed(ls.generate_stream(model, ids, n, s))
         except (ValueError, OSError, Busy) as e:  # Busy: the batcher's waiting line is full
             yield failed(e, 3)
             return

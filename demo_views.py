@@ -7,7 +7,6 @@ import html
 import itertools
 import re
 import statistics
-import time
 from pathlib import Path
 from string import Template
 
@@ -65,16 +64,12 @@ def processors_text(s: Settings) -> str:
 
 
 def rounds_as_pieces(stream, tokenizer, prompt_ids, end: int, token_kind: str):
-    """After every round of `stream`: (pieces so far, the decoded continuation, the Generation so far, whether it
+    """After every (round, seconds decoding so far) of `stream` (batcher.timed, or a Batcher's): (pieces so far, the decoded continuation, the Generation so far, whether it
     ended at an EOS). Pieces are (text, kind, round) in reading order (common.round_pieces; a round without drafts
-    as token_kind): the non-rejected ones join to the text once decoding ends. The time is the model's, not ours."""
-    context, pieces, events, seconds, start = list(prompt_ids), [], [], 0.0, len(tokenizer.decode(prompt_ids))
-    while True:
-        t0 = time.perf_counter()
-        event = next(stream, None)
-        seconds += time.perf_counter() - t0
-        if event is None:
-            return
+    as token_kind): the non-rejected ones join to the text once decoding ends. The time is the model's, not the
+    drawing's: a round that waited while the page drew it counts when it was decoded."""
+    context, pieces, events, start = list(prompt_ids), [], [], len(tokenizer.decode(prompt_ids))
+    for event, seconds in stream:
         events.append(event)
         pieces += [(text, token_kind if kind == "token" else kind, len(events))
                    for text, kind in round_pieces(tokenizer, event, context)]

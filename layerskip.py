@@ -145,7 +145,8 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, head_dim]
         if kv_cache is not None:
             k, v = kv_cache.update(where, k, v)  # keys and values of every position up to the newest
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1 and k.shape[2] == T,
+        causal = mask is None and T > 1 and k.shape[2] == T  # no past: SDPA's own causal mask
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -572,7 +573,8 @@ def generate_stream(model: Transformer, prompt_ids, max_new_tokens, settings: Se
     any lengths), decoded together; each round then yields a list with every prompt's Round, None for a prompt that
     has finished. max_new_tokens may be a list with one budget per prompt. batch_size: decode at most this many at
     once, a waiting prompt taking the place of each one that finishes (default: all at once). A prompt's tokens are
-    those of decoding it alone. Bad input raises a ValueError that says what to do, before any round is decoded."""
+    those of decoding it alone. Bad input raises a ValueError that says what to do, here at the call; nothing runs
+    through the model until the first round is asked for."""
     batched = is_batch(prompt_ids)
     prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
     n, s = len(prompts), settings.check(model.params.n_layers)
@@ -593,14 +595,17 @@ def generate_stream(model: Transformer, prompt_ids, max_new_tokens, settings: Se
     device = model.tok_embeddings.weight.device
     samplers = [Sampler(s.temperature, s.top_k, s.top_p, s.processor(), random_stream(seed, device)) for seed in seeds]
     ends = [min(ctx, len(p) + m) for p, m in zip(prompts, budgets)]  # a sequence never grows past its end
-    if s.strategy == "self_speculative":
-        rows = Rows(model, prompts, ends, samplers, s.stop_ids, L, s.num_speculations + 1, batch_size)
-        rounds = self_speculative_rounds(model, rows, s.exit_layer, s.num_speculations, s.stop_rule())
-    else:
-        E = L if s.strategy == "autoregressive" else s.exit_layer
-        rows = Rows(model, prompts, ends, samplers, s.stop_ids, E, 1, batch_size)
-        rounds = autoregressive_rounds(model, rows, E)
-    return rounds if batched else (events[0] for events in rounds)
+
+    @torch.inference_mode()
+    def rounds():  # nothing runs until the first round is asked for: the call itself only checks
+        if s.strategy == "self_speculative":
+            rows = Rows(model, prompts, ends, samplers, s.stop_ids, L, s.num_speculations + 1, batch_size)
+            yield from self_speculative_rounds(model, rows, s.exit_layer, s.num_speculations, s.stop_rule())
+        else:
+            E = L if s.strategy == "autoregressive" else s.exit_layer
+            rows = Rows(model, prompts, ends, samplers, s.stop_ids, E, 1, batch_size)
+            yield from autoregressive_rounds(model, rows, E)
+    return rounds() if batched else (events[0] for events in rounds())
 
 
 def is_batch(prompt_ids) -> bool:
@@ -626,8 +631,9 @@ def token_tensor(ids: list[int], model: Transformer) -> torch.Tensor:
 class Rows:
     """The sequences decoded together, row b of the batch being seqs[b]. Its first cached[b] tokens have been
     through every block (their keys and values are in the cache): all but the newest, which is the next round's
-    input (a new prompt's others go through the blocks at once, alone: start). A row whose sequence is done (an EOS, its end) leaves the batch, or hands its
-    place (and its cache row) to the next waiting prompt when at most batch_size are decoded at once. With one
+    input (a new prompt's others go through the blocks at once, alone: start). A row whose sequence is done (an
+    EOS, its end) leaves the batch, or hands its place (and its cache row) to the next waiting prompt when at most
+    batch_size are decoded at once. With one
     sequence all of this is plain decoding; Positions handles rows at different lengths."""
 
     def __init__(self, model, prompts, ends, samplers, stop, blocks: int, slack: int,

@@ -2,6 +2,7 @@
 waiting line is refused with Busy, and bad settings are refused at submit."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ def test_concurrent_clients_each_get_their_own_text():
 
     def client(b):
         start.wait()
-        results[b] = [t for e in batcher.submit(model, prompts[b], 10 + b % 7, settings[b]) for t in e.tokens]
+        results[b] = [t for e, _ in batcher.submit(model, prompts[b], 10 + b % 7, settings[b]) for t in e.tokens]
 
     threads = [threading.Thread(target=client, args=(b,)) for b in range(32)]
     for t in threads:
@@ -48,4 +49,16 @@ def test_full_line_is_busy_and_bad_settings_fail_at_submit():
         with pytest.raises(Busy, match="busy"):
             batcher.submit(model, [1, 2], 4)
         batcher.waiting.clear()
-    assert [t for e in batcher.submit(model, [1, 2], 4) for t in e.tokens] == ls.generate(model, [1, 2], 4).tokens
+    assert [t for e, _ in batcher.submit(model, [1, 2], 4) for t in e.tokens] == ls.generate(model, [1, 2], 4).tokens
+
+
+def test_a_round_counts_when_it_was_decoded_not_when_it_was_read():
+    """A client that reads slowly (a page drawing its rounds) sees the batch's decoding time: every round is decoded
+    and waiting before the first is read, and reading them all takes less time than the seconds they report."""
+    model, batcher = tiny_model(n_layers=6), Batcher(batch_size=2, max_waiting=4)
+    stream = batcher.submit(model, [1, 2, 3], 40, Settings(strategy="self_speculative", exit_layer=2, num_speculations=3))
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    seconds = [s for _, s in stream]
+    read = time.perf_counter() - t0
+    assert seconds == sorted(seconds) and read < seconds[-1] < 1.0

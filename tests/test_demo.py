@@ -20,6 +20,7 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry attempts from the test machine
 
 import layerskip as ls  # noqa: E402
+from batcher import timed  # noqa: E402
 from conftest import ROOT, assert_one_line_error  # noqa: E402
 from model_io import chat_prompt, load_model, save_checkpoint  # noqa: E402
 from settings import Settings  # noqa: E402
@@ -90,7 +91,7 @@ def test_rounds_become_pieces_that_rebuild_the_generated_text(app, tiny_checkpoi
     s = Settings(strategy="self_speculative", exit_layer=2, num_speculations=4, eos_id=tok.stop_ids)
     want, g = expected(app, tiny_checkpoint, CODE, 48, s)
     ids = tok.encode(CODE)
-    updates = list(demo_views.rounds_as_pieces(ls.generate_stream(model, ids, 48, s), tok, ids, len(ids) + 48,
+    updates = list(demo_views.rounds_as_pieces(timed(ls.generate_stream(model, ids, 48, s)), tok, ids, len(ids) + 48,
                                                "bonus"))
     before = []
     for r, ((pieces, _, so_far, _), e) in enumerate(zip(updates, g.events, strict=True), start=1):
