@@ -35,9 +35,9 @@ from benchmarks.memory import measure_memory, print_memory
 from benchmarks.peers import check_peers_installed, load_peer, peer_setting
 from benchmarks.sweep import run_sweep, store_recommendation
 from benchmarks.tables import run_tables
-from common import MAX_THREADS, ArgumentParser, decoding_settings, fail, int_range, machine, prompt_set, setting_flag
+from common import MAX_THREADS, ArgumentParser, fail, int_range, machine, prompt_set, setting_flag
 from model_io import load_model
-from settings import Settings
+from settings import Settings, recommended
 
 # experiments/levers.py and experiments/compile.py import these from bench
 from benchmarks.sweep import calibrate_gamma, draft_confidences  # noqa: F401, E402
@@ -213,7 +213,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     models, prompts = load_inputs(args)
     model, tok = models["checkpoint"]
-    setting = decoding_settings(model, "self_speculative", args.exit, args.num_speculations, args.draft_threshold,
+    setting = recommended(model, "self_speculative", args.exit, args.num_speculations, args.draft_threshold,
                                 args.draft_cost, args.draft_gamma)
     processors = {}
     if args.repetition_penalty != 1.0:

@@ -22,7 +22,7 @@ import torch
 import layerskip as ls
 from layerskip import Round
 from model_io import token_texts
-from settings import DEFAULT_NUM_SPECULATIONS, RANGES, recommended  # noqa: F401
+from settings import RANGES
 
 # ---------------------------------------------------------------------------------------------------------
 # Errors: bad input gets one line that says what to do, exit code 2 (argparse's), and never a traceback.
@@ -123,12 +123,6 @@ def check_device(name: str):
     except Exception as e:  # mps, xpu, ... not built or not present
         raise ValueError(f"--device {name}: not available in this torch build or on this machine "
                          f"({type(e).__name__}): use --device cpu") from None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The decoding setting: settings.recommended, under the name the scripts have used.
-
-decoding_settings = recommended
 
 
 def crop_prompt(model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

@@ -42,10 +42,10 @@ from typing import Optional
 import torch
 
 import layerskip as ls
-from common import (DEFAULT_NUM_SPECULATIONS, DTYPES, ArgumentParser, check_device, decoding_settings, fail, int_range,
-                    plural, round_pieces, setting_flag, unfinished_tail)
+from common import (DTYPES, ArgumentParser, check_device, fail, int_range, plural, round_pieces, setting_flag,
+                    unfinished_tail)
 from model_io import INSTALLED_MODELS, CheckpointError, chat_prompt, load_model
-from settings import STRATEGIES, Settings
+from settings import DEFAULT_NUM_SPECULATIONS, STRATEGIES, Settings, recommended
 
 DEFAULT_CHECKPOINT = "checkpoints/layerskip-python-deep.pt"  # 32 layers; it stores its best exit, d, stop rule
 # the start of a HumanEval-style prompt: a signature and a docstring, the function body left to the model
@@ -399,7 +399,7 @@ def run(args):
                                   max_seq_len=args.max_seq_len)
     drafting = (args.exit_layer, args.num_speculations, args.draft_threshold, args.draft_cost, args.draft_gamma)
     strategy = args.strategy or ("self_speculative" if any(v is not None for v in drafting[1:]) else None)
-    dec = decoding_settings(model, strategy, *drafting)  # a drafting flag alone means self-speculative decoding
+    dec = recommended(model, strategy, *drafting)  # a drafting flag alone means self-speculative decoding
     check_flags_apply(args, dec, model.params.n_layers)
     s, ar = settings(args, tokenizer, dec), settings(args, tokenizer)  # ar: --compare's autoregressive twin
     if prompts is not None:

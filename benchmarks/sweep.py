@@ -117,7 +117,7 @@ def plot_sweep(rows, path, title):
 
 
 def store_recommendation(path, best, prompts):
-    """Write the fastest setting into the checkpoint's metadata (atomically), where decoding_settings finds it."""
+    """Write the fastest setting into the checkpoint's metadata (atomically), where settings.recommended finds it."""
     ckpt = load_checkpoint(path)
     ckpt.setdefault("metadata", {})["recommended"] = {
         "exit_layer": best["exit_layer"], "num_speculations": best["num_speculations"],

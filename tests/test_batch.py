@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import layerskip as ls
-from settings import Settings
+from settings import Settings, recommended
 from conftest import tiny_model
 
 
@@ -146,13 +146,12 @@ def test_at_most_batch_size_at_once(batch_size):
 def test_shipped_model_float32_batch_of_8_humaneval_prompts():
     """The shipped 32-layer model in float32 at its stored setting: 8 HumanEval prompts decoded as one batch give
     each prompt's own autoregressive tokens (64 new tokens, greedy)."""
-    import common
     from data.prepare import load_prompts
     from model_io import load_model
     from conftest import ROOT
     model, tok = load_model(ROOT / "checkpoints/layerskip-python-deep.pt")
     ids = [tok.encode(p) for p in load_prompts("humaneval")[:8]]
-    setting = common.decoding_settings(model)
+    setting = recommended(model)
     got = ls.generate(model, ids, 64, eos_id=tok.stop_ids, **setting)
     assert [g.tokens for g in got] == alone(model, ids, 64, eos_id=tok.stop_ids)
     assert sum(g.rounds for g in got) < sum(len(g.tokens) for g in got) / 2  # drafts really were accepted
