@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import layerskip as ls  # noqa: E402
+from settings import worth_drafting_on  # noqa: E402
 from bench import calibrate_gamma, draft_confidences, round_costs  # noqa: E402
 from common import prompt_set  # noqa: E402
 from model_io import load_model  # noqa: E402
@@ -117,7 +118,7 @@ def main():
     for g in (1.0, gamma):
         for d in (6, args.d_max):
             rows[f"draft_cost {r} gamma {g}, d={d}"] = simulate(
-                trajs, costs, lambda c, g=g: not ls.worth_drafting_on(c, r, g), d)
+                trajs, costs, lambda c, g=g: not worth_drafting_on(c, r, g), d)
     for name, (s, a) in rows.items():
         print(f"{name:32s} {s:.3f}x" + (f"  alpha {a:.3f}" if a is not None else ""))
     if args.json:
