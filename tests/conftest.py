@@ -5,6 +5,7 @@ tokenized). All made in seconds, without network."""
 import sys
 from pathlib import Path
 
+import contextlib
 import subprocess
 
 import pytest
@@ -31,6 +32,20 @@ def tiny_model(n_layers=4, vocab_size=32, dim=32, n_heads=4, n_kv_heads=2, max_s
             layer.attention.wo.weight.mul_(8)
             layer.feed_forward.w2.weight.mul_(8)
     return model
+
+
+@contextlib.contextmanager
+def block_inputs(model):
+    """While inside: the input shape [B, T, dim] of every call of every block, shapes[l] being block l's calls (counts
+    of work: which rows and how many positions each block really ran)."""
+    shapes = [[] for _ in model.layers]
+    handles = [layer.register_forward_hook(lambda module, args, out, l=l: shapes[l].append(tuple(args[0].shape)))
+               for l, layer in enumerate(model.layers)]
+    try:
+        yield shapes
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import torch
 
 import layerskip as ls
 from settings import Settings, recommended
-from conftest import tiny_model
+from conftest import block_inputs, tiny_model
 
 
 def ragged_prompts(B, seed=0, vocab=32):
@@ -90,22 +90,11 @@ def test_a_batch_runs_as_one():
     """Counts of work: each round calls every block once for the whole batch (drafting: blocks 0..E-1 once per
     draft step; verification: blocks E..L-1 once), not once per row; finished rows leave the batch."""
     L, E, d, B = 6, 2, 4, 5
-    model = tiny_model(n_layers=L, seed=5)
-    calls, rows = [0] * L, []
-
-    def hook(l):
-        def count(module, args, out):
-            calls[l] += 1
-            rows.append(args[0].shape[0]) if l == L - 1 else None
-        return count
-
-    handles = [layer.register_forward_hook(hook(l)) for l, layer in enumerate(model.layers)]
-    prompts = ragged_prompts(B, seed=5)
-    budgets = [6, 10, 14, 18, 22]
-    rounds = list(ls.generate_stream(model, prompts, budgets, Settings(strategy="self_speculative", exit_layer=E,
-                                     num_speculations=d)))
-    for h in handles:
-        h.remove()
+    model, prompts = tiny_model(n_layers=L, seed=5), ragged_prompts(B, seed=5)
+    with block_inputs(model) as shapes:
+        rounds = list(ls.generate_stream(model, prompts, [6, 10, 14, 18, 22],
+                                         Settings(strategy="self_speculative", exit_layer=E, num_speculations=d)))
+    calls, rows = [len(c) for c in shapes], [shape[0] for shape in shapes[L - 1]]
     per_round_drafts = [max(len(e.drafted) for e in r if e) for r in rounds]
     prefills = sum(len(p) > 1 for p in prompts)  # each prompt but its last token, alone, before the first round
     assert calls[L - 1] == prefills + len(rounds)  # then one verification per round for all rows

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import layerskip as ls
-from conftest import tiny_model
+from conftest import block_inputs, tiny_model
 from settings import RANGES, STRATEGIES, Settings, no_repeat_ngram, repetition_penalty, worth_drafting_on
 
 pytestmark = pytest.mark.method  # the whole file: `pytest -m method` checks the method alone
@@ -91,17 +91,6 @@ def test_curricula():
 # Layer dropout in the forward pass (eq. 1)
 
 
-def count_rows(model):
-    """Forward hooks counting the samples (rows of the batch) that reach each block."""
-    counts = [0] * len(model.layers)
-
-    def hook(l):
-        return lambda module, args, out: counts.__setitem__(l, counts[l] + args[0].shape[0])
-
-    handles = [layer.register_forward_hook(hook(l)) for l, layer in enumerate(model.layers)]
-    return counts, handles
-
-
 def test_layer_dropout_skips_rows_and_leaves_them_unchanged():
     """A dropped sample never reaches the block, and the loss equals running each sample through only the
     blocks it kept (so dropped rows pass through unchanged and nothing is rescaled)."""
@@ -110,10 +99,9 @@ def test_layer_dropout_skips_rows_and_leaves_them_unchanged():
     tokens = torch.randint(0, 32, (B, T))
     rates = [0.0, 0.5, 0.5, 0.5, 0.5]
     masks = [ls.layer_dropout_mask(B, p, 7, 3, l) for l, p in enumerate(rates)]
-    counts, handles = count_rows(model)
-    loss, _ = model(tokens, tokens, drop_rates=rates, seed=7, step=3)
-    for h in handles:
-        h.remove()
+    with block_inputs(model) as shapes:
+        loss, _ = model(tokens, tokens, drop_rates=rates, seed=7, step=3)
+    counts = [sum(shape[0] for shape in calls) for calls in shapes]  # the samples that reached each block
     assert counts == [B - int(m.sum()) for m in masks]
     assert counts[0] == B and min(counts[1:]) < B  # block 0 never dropped; others were, this draw
     logits = []
@@ -137,11 +125,10 @@ def test_layer_dropout_pattern_is_a_function_of_seed_step_layer_and_off_in_eval(
     assert 16 < int(a.sum()) < 48
     model = tiny_model(n_layers=3).eval()
     tokens = torch.randint(0, 32, (4, 8))
-    counts, handles = count_rows(model)
-    with torch.no_grad():
+    with torch.no_grad(), block_inputs(model) as shapes:
         dropped, _ = model(tokens, tokens, drop_rates=[1.0, 1.0, 1.0])
         plain, _ = model(tokens, tokens)
-    assert counts == [8, 8, 8] and dropped.item() == plain.item()
+    assert [sum(shape[0] for shape in calls) for calls in shapes] == [8, 8, 8] and dropped.item() == plain.item()
 
 
 def test_early_exit_loss_is_the_weighted_sum_of_per_exit_ce():
@@ -325,17 +312,10 @@ def test_cache_reuse_every_block_processes_the_same_positions():
     """With the shared KV cache and the exit-state cache, every block sees each position once per round:
     prompt + (rounds - 1) + drafts in total, the same for early and late blocks. A naive draft-then-rerun
     would push the drafts through blocks 0..E-1 twice."""
-    model = tiny_model(n_layers=6, seed=5)
-    counts = [0] * 6
-
-    def hook(l):
-        return lambda module, args, out: counts.__setitem__(l, counts[l] + args[0].shape[1])
-
-    handles = [layer.register_forward_hook(hook(l)) for l, layer in enumerate(model.layers)]
-    prompt = list(range(11))
-    out = ls.generate(model, prompt, 30, strategy="self_speculative", exit_layer=2, num_speculations=5)
-    for h in handles:
-        h.remove()
+    model, prompt = tiny_model(n_layers=6, seed=5), list(range(11))
+    with block_inputs(model) as shapes:
+        out = ls.generate(model, prompt, 30, strategy="self_speculative", exit_layer=2, num_speculations=5)
+    counts = [sum(shape[1] for shape in calls) for calls in shapes]  # positions each block ran
     assert len(set(counts)) == 1, counts
     assert counts[0] == len(prompt) + out.rounds - 1 + out.drafted
     assert out.rounds < 30  # several tokens per round: drafts really were accepted
