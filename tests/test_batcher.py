@@ -14,9 +14,7 @@ from settings import Settings
 
 
 def test_concurrent_clients_each_get_their_own_text():
-    """32 clients at once, three settings among them (greedy autoregressive, greedy self-speculative, sampled
-    self-speculative with each client's own seed): every stream equals that prompt decoded alone, and the clients
-    were served in batches (fewer batches than clients, some of several rows)."""
+    """32 clients at once (greedy AR, greedy and seeded sampled self-speculative) each get their prompt's text alone."""
     model = tiny_model(n_layers=6, seed=9)
     g = torch.Generator().manual_seed(9)
     prompts = [torch.randint(0, 32, (int(n),), generator=g).tolist() for n in torch.randint(1, 12, (32,), generator=g)]
@@ -53,10 +51,10 @@ def test_full_line_is_busy_and_bad_settings_fail_at_submit():
 
 
 def test_a_round_counts_when_it_was_decoded_not_when_it_was_read():
-    """A client that reads slowly (a page drawing its rounds) sees the batch's decoding time: every round is decoded
-    and waiting before the first is read, and reading them all takes less time than the seconds they report."""
+    """A slow reader sees the batch's decoding time: reading every round takes less than the seconds they report."""
     model, batcher = tiny_model(n_layers=6), Batcher(batch_size=2, max_waiting=4)
-    stream = batcher.submit(model, [1, 2, 3], 40, Settings(strategy="self_speculative", exit_layer=2, num_speculations=3))
+    speculative = Settings(strategy="self_speculative", exit_layer=2, num_speculations=3)
+    stream = batcher.submit(model, [1, 2, 3], 40, speculative)
     time.sleep(1.0)
     t0 = time.perf_counter()
     seconds = [s for _, s in stream]

@@ -51,16 +51,14 @@ def test_calibrate_gamma_finds_the_power_that_predicts_acceptance():
 
 
 def test_predicted_speedup_formulas():
-    """Fixed d: (1 - a^(d+1)) / (1 - a) tokens per d drafts + a verification (a 0.5, d 3: 1.875 / 1.95); from a
-    run's rounds: each priced by its draft count (2 x (3 x 0.25 + 1.2) + (0.25 + 1.0) = 5.15); a run without drafts
-    as verifications of 0 drafts; alpha None as alpha 0; the per-token alpha, not the acceptance rate, feeds it."""
+    """Fixed d: (1 - a^(d+1)) / (1 - a) tokens per d drafts + a verification; from rounds: each by its draft count."""
     costs = {"ar_step": 1.0, "draft_step": 0.25, "verify_pass": 1.2, "verify_by_drafts": [0.9, 1.0, 1.1, 1.2]}
     assert timing.predicted_speedup(costs, 0.5, 3) == pytest.approx(1.875 / 1.95)
     assert timing.predicted_speedup(costs, 0.0, 3) == pytest.approx(1 / 1.95)  # nothing accepted: pure overhead
     assert timing.predicted_speedup(costs, 1.0, 3) == pytest.approx(4 / 1.95)  # everything accepted
     assert timing.predicted_from_rounds(costs, {3: 2, 1: 1}, 9) == pytest.approx(9 / 5.15)
     assert timing.per_token_acceptance(accepted=6, rejections=2) == 0.75
-    passes = [dict(seconds=3.0, tokens=3, rounds=3, drafted=0, drafts_per_round={0: 3})]
+    passes = [dict(seconds=3.0, tokens=3, rounds=3, drafted=0, drafts_per_round={0: 3})]  # no drafts: alpha None
     r = timing.round_analysis(passes, {**costs, "verify_by_drafts": [0.9, 1.0, 1.2]}, speedup=1.0, alpha=None, d=2)
     assert r["predicted_speedup"] == pytest.approx(1 / 0.9) and r["measured_over_predicted"] == pytest.approx(0.9)
     assert r["predicted_fixed_d"] == pytest.approx(1 / 1.7) and r["round_ms"]["drafting"] == 0.0
@@ -83,10 +81,7 @@ def test_predicted_speedup_formulas():
 
 def test_auto_sweeps_and_stores_the_fastest_setting_only_with_store_after_success(tiny_tokenizer, tmp_path,
                                                                                     monkeypatch, capsys):
-    """A plain run reports the prediction and the equality check; --auto sweeps exit x d, then thresholds (d, 2d) and
-    the cost rule (2d, 4d, cost measured, gamma calibrated) at the best (E, d), writes the CSV, measures what it
-    found; without --store the checkpoint is untouched, a failed --store run stores nothing, and a good one stores
-    the fastest row (and its prompts) where load_model finds it."""
+    """--auto sweeps E x d, then thresholds (d, 2d) and costs (2d, 4d); only a good --store run stores the best."""
     ckpt = tmp_path / "toy.pt"
     save_checkpoint(ckpt, tiny_model(vocab_size=tiny_tokenizer.vocab_size, max_seq_len=64, dtype=torch.float32),
                     tiny_tokenizer)
@@ -162,8 +157,7 @@ def test_eval_reports_every_exit_and_the_last_is_the_models_own(tiny_checkpoint,
 
 
 def test_bench_prints_a_second_table_with_loops_suppressed(tiny_checkpoint, tmp_path, capsys):
-    """--no_repeat_ngram_size: a second table where every variant decodes with the processor; each table's loop
-    share is loop_share of that decoding done directly, and self-speculative equals autoregressive in both."""
+    """--no_repeat_ngram_size: a second table, every variant with the processor; loop shares as decoded directly."""
     bench.main(["--checkpoint", str(tiny_checkpoint), "--baseline", str(tiny_checkpoint), "--prompts", "shakespeare",
                 "--n_prompts", "1", "--max_new_tokens", "40", "--repeats", "1", "--no_repeat_ngram_size", "2",
                 "--json", str(tmp_path / "r.json")])
@@ -195,8 +189,7 @@ def test_bench_prints_a_second_table_with_loops_suppressed(tiny_checkpoint, tmp_
 
 
 def test_peak_memory_is_the_fresh_process_own(tiny_checkpoint):
-    """--memory reads a spawned process's own peak: a 512 MiB buffer held here (ru_maxrss would pass it on) is not
-    in it; decoding adds to the loaded model."""
+    """--memory reads a spawned process's own peak: not this one's 512 MiB buffer; decoding adds to the loaded model."""
     ballast = bytearray(2**29)
     ballast[::4096] = b"\1" * len(ballast[::4096])  # touch every page, so that it is resident
     here = memory.resident_bytes("VmRSS")
@@ -260,8 +253,7 @@ def test_eval_refuses_bad_input_in_one_line(tiny_checkpoint, bad_files, capsys, 
 
 
 def test_peers_rows_decode_our_greedy_tokens_in_the_same_run(tiny_checkpoint, tmp_path, capsys):
-    """--peers adds transformers' autoregressive and assistant_early_exit=E rows (the stored E, d 3, threshold 0.3):
-    both give our greedy tokens; each printed ratio is exactly the two rows' tokens/s ratio."""
+    """--peers: transformers' AR and assistant_early_exit=E rows give our greedy tokens; ratios are the rows'."""
     ckpt = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint, ckpt)
     store_recommendation(ckpt, {"exit_layer": 2, "num_speculations": 3, "draft_threshold": 0.3, "speedup": 1.0},
@@ -290,8 +282,7 @@ def test_peers_rows_decode_our_greedy_tokens_in_the_same_run(tiny_checkpoint, tm
 
 
 def test_peers_refuses_in_one_line_before_timing(tiny_checkpoint, capsys, monkeypatch):
-    """--peers without transformers, with one too old, or with a checkpoint export.py refuses: one line, exit 2,
-    nothing timed."""
+    """--peers without transformers, with one too old, or a model export.py refuses: one line, nothing timed."""
     import transformers
 
     def timed(*a, **k):

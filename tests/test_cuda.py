@@ -170,24 +170,18 @@ def test_transformers_export_on_cuda(tmp_path):
 
 
 def gpu_check(*args):  # scripts/gpu_check.sh ARGS
-    return subprocess.run(["bash", "scripts/gpu_check.sh", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(["bash", "scripts/gpu_check.sh", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 def test_the_gpu_commands_parse_and_gpu_check_lists_its_steps():
-    """Always run, so that a GPU session meets no renamed flag: train.py, generate.py and bench.py parse every command
-    here and gpu_check.sh's bench step; gpu_check.sh --list prints each step with its command and time limit (at most
-    8 minutes in all), runs none (writes nothing); without an OUT_FOLDER it is a one-line usage error."""
+    """Always run: every GPU command here parses; gpu_check.sh --list names its steps (<= 8 min), runs none."""
     import bench
     import generate
     import train
-    for name, flags in TRAIN.items():
-        cfg = train.parse_args(flags + ["--out_dir", "out/gpu-check"])
-        assert (cfg.device, cfg.n_layers, cfg.fsdp, cfg.compile) == ("cuda", 4, "--fsdp" in flags, "--compile" in flags)
-        assert cfg.dtype == ("bfloat16" if name == "bfloat16" else "float32")
+    for name, flags in TRAIN.items():  # a renamed flag: an argparse error here; float32 unless named
+        assert train.parse_args(flags + ["--out_dir", "o"]).dtype == ("bfloat16" if name == "bfloat16" else "float32")
     for flags in GENERATE.values():
-        args = generate.parse_args(flags)
-        assert args.device == "cuda" and args.compare and args.dtype == "float32"
+        generate.parse_args(flags)
     before = sorted(p.name for p in ROOT.iterdir())
     listed = gpu_check("--list")
     assert listed.returncode == 0 and sorted(p.name for p in ROOT.iterdir()) == before, listed.stderr

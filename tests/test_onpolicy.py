@@ -78,8 +78,7 @@ def test_aligned_windows_hold_one_sample_and_count_its_greedy_tokens_only(tmp_pa
 
 
 def test_exit_losses_run_only_the_first_blocks(tiny_checkpoint):
-    """Exit E's losses (CE as forward() reports it; KL(p || q) and TV from the last layer's fixed p, by hand, zero at
-    the last exit, where the target is not -1) reach blocks 0..E-1 only."""
+    """Exit E's CE (as forward()'s), KL and TV (by hand, from the last layer's p; 0 at exit L) reach blocks < E only."""
     model, _ = load_model(tiny_checkpoint)
     x, y = torch.randint(model.params.vocab_size, (2, 2, 9), generator=torch.Generator().manual_seed(3))
     ce = onpolicy.exit_loss(model, x, y, 2)

@@ -31,15 +31,12 @@ TINY = ["--preset", "toy", "--dim", 32, "--n_layers", 4, "--n_heads", 4, "--n_kv
 
 def torchrun(args):
     """train.py ARGS under torchrun, 2 gloo ranks; the finished process."""
-    def launch():
-        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    for _ in range(2):  # a rare gloo abort (SIGABRT from C++, ~1 launch in 40 on 2 cores) is not checked: retry once
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                                *map(str, args)], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                               capture_output=True, text=True, timeout=600)
-    proc = launch()
-    if "terminate called without an active exception" in proc.stderr:
-        # A rare abort of a gloo rank (SIGABRT from C++, no Python error; about 1 launch in 40 on our 2-core
-        # machines) is not what these tests check: launch once more, and only once.
-        proc = launch()
+        if "terminate called without an active exception" not in proc.stderr:
+            break
     return proc
 
 
@@ -138,9 +135,7 @@ def test_missing_data_is_built_on_first_use(tmp_path, capsys):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_size_before_allocating_anything(capsys, tie):
-    """--dry_run of the 1.5B preset (no CUDA needed, though it names --device cuda): dim 2048, 16 heads, 24 layers,
-    context 4096, Llama 2's FFN and vocabulary, 1.3B-1.6B parameters. The count (from one block on the meta device)
-    equals the built model's, with a tied head and without."""
+    """--dry_run sizes the 1.5B preset without CUDA; the count (one meta-device block) equals the built model's."""
     out = train_here(["--preset", "llama1.5b", "--dry_run"], capsys)
     info = json.loads(out.strip().splitlines()[-1])
     assert (info["dim"], info["n_heads"], info["n_layers"], info["context"]) == (2048, 16, 24, 4096)
@@ -198,8 +193,6 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(tiny_checkpoint, tm
     with pytest.raises(KeyboardInterrupt):
         model_io.atomic_save({"anything": 1}, target)
     assert target.read_bytes() == before and list(tmp_path.iterdir()) == [target]
-    monkeypatch.undo()
-    model_io.load_checkpoint(target)  # still loads
 
 
 def test_init_from_continues_with_constant_rates(tiny_run, tmp_path, capsys):
@@ -213,8 +206,7 @@ def test_init_from_continues_with_constant_rates(tiny_run, tmp_path, capsys):
 
 
 def test_exit_always_and_its_weight_in_the_schedule():
-    """--exit_always E adds exit E (block E-1) to every step's exits with its eq. 6 weight; --exit_always_weight W
-    gives it the share W and scales the rest by 1 - W: (e CE_E + CE_L) / (1 + e) at W = e / (1 + e)."""
+    """--exit_always E joins every step's exits at its eq. 6 weight; --exit_always_weight W: share W, the rest 1 - W."""
     cfg = argparse.Namespace(**{**train.DEFAULTS, "n_layers": 4, "max_iters": 10, "p_max": 0.0, "e_scale": 0.0,
                                 "exit_always": 2, "exit_always_weight": 0.5})
     assert train.layerskip_schedule(3, cfg, True)[1] == {3: 0.5, 1: 0.5}  # e = 1: (CE_2 + CE_4) / 2
@@ -231,7 +223,6 @@ def test_exit_always_and_its_weight_in_the_schedule():
 # check (argparse's ranges are common.py's, tested there), in-process: milliseconds each.
 
 BAD = [  # (flags after TINY, what the one line says); {key}: a path made by the test, {ckpt}: conftest's
-    (["--batch_size", 0], "argument --batch_size: must be 1..65536, got 0"),
     (["--device", "tpu"], "--device tpu: unknown device: use cpu, cuda, cuda:N or mps"),
     (["--n_heads", 3], "--dim 32 is not divisible by --n_heads 3"),
     (["--max_iters", 10, "--final_iters", 20], "--final_iters 20 is more than --max_iters 10"),
@@ -282,7 +273,6 @@ def test_bad_input_in_a_subprocess_has_no_traceback(tmp_path):
 
 
 BENCH_TRAIN_BAD = [
-    (["--steps", 0], "argument --steps: must be 1..100000, got 0"),
     (["--n_heads", 5], "--dim 192 / --n_heads 5 must be a whole, even number of channels per head"),
     (["--n_kv_heads", 4], "--n_heads 6 is not a multiple of --n_kv_heads 4"),
     (["--dim", 65536, "--n_heads", 4, "--n_kv_heads", 2, "--n_layers", 1024], "this shape needs about"),
