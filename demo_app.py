@@ -258,7 +258,8 @@ class Demo:
 
     def start(self, checkpoint, prompt, max_new_tokens, strategy, drafting, chat=False, **sampling):
         """(model, tokenizer, prompt ids, n, Settings) of a run, every control's value checked (read_settings) and
-        the prompt too: bad input raises a ValueError. The context window is checked where the stream is made."""
+        the prompt and the context window too (generate_stream checks at the call and runs nothing): bad input
+        raises a ValueError."""
         if not isinstance(prompt, str) or not prompt.strip():  # the library sees token ids, not text
             raise ValueError("the prompt is empty: type some text or pick an example")
         if len(prompt) > MAX_PROMPT_CHARS:
@@ -269,6 +270,7 @@ class Demo:
         if chat not in (True, False):
             raise ValueError(f"chat is true or false, got {chat!r}")
         ids = chat_prompt(tok, prompt)[1] if chat else tok.encode(prompt)  # the model's own template
+        ls.generate_stream(model, ids, n, s)
         return model, tok, ids, n, s
 
     def generate(self, checkpoint, prompt, strategy="self_speculative", exit_layer=None, num_speculations=None,
@@ -288,7 +290,7 @@ class Demo:
                 (exit_layer, num_speculations, stop_rule, draft_threshold, draft_cost, draft_gamma), chat,
                 temperature=temperature, top_p=top_p, seed=seed, repetition_penalty=repetition_penalty,
                 no_repeat_ngram_size=no_repeat_ngram_size)
-            # both check the context window at the call; the batcher joins this request into a batch
+            # the batcher joins this request into a batch
             stream = self.batcher.submit(model, ids, n, s) if self.batcher else timed(ls.generate_stream(model, ids, n, s))
         except (ValueError, OSError, Busy) as e:  # Busy: the batcher's waiting line is full
             yield failed(e, 3)
@@ -324,7 +326,6 @@ class Demo:
                 checkpoint, prompt, max_new_tokens, "self_speculative",
                 (exit_layer, num_speculations, stop_rule, draft_threshold, draft_cost, draft_gamma),
                 repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
-            ls.generate_stream(model, ids, n, s)  # checks the context window at the call
         except (ValueError, OSError) as e:
             return failed(e, 1)
         runs = {"AR": [], "SS": []}
@@ -363,7 +364,6 @@ class Demo:
                 checkpoint, prompt, max_new_tokens, "self_speculative",
                 (exit_layer, num_speculations, stop_rule, draft_threshold, draft_cost, draft_gamma),
                 repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
-            ls.generate_stream(model, ids, n, s)  # checks the context window at the call
         except (ValueError, OSError) as e:
             yield failed(e, 3)
             return
