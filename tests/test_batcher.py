@@ -3,6 +3,7 @@ waiting line is refused with Busy, and bad settings are refused at submit."""
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -22,17 +23,14 @@ def test_concurrent_clients_each_get_their_own_text():
     settings = [[Settings(), Settings(**speculative), Settings(**speculative, temperature=0.8, seed=b)][b % 3]
                 for b in range(32)]
     batcher = Batcher(batch_size=8, max_waiting=64)
-    results, start = [None] * 32, threading.Barrier(32)
+    start = threading.Barrier(32)
 
     def client(b):
         start.wait()
-        results[b] = [t for e, _ in batcher.submit(model, prompts[b], 10 + b % 7, settings[b]) for t in e.tokens]
+        return [t for e, _ in batcher.submit(model, prompts[b], 10 + b % 7, settings[b]) for t in e.tokens]
 
-    threads = [threading.Thread(target=client, args=(b,)) for b in range(32)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(client, range(32)))
     assert results == [ls.generate(model, p, 10 + b % 7, settings[b]).tokens for b, p in enumerate(prompts)]
     assert batcher.batches < 32 and 1 < batcher.largest <= 8
 

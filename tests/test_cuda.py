@@ -21,8 +21,7 @@ from model_io import load_model  # noqa: E402
 pytestmark = pytest.mark.integration
 
 DEEP, TWELVE = "checkpoints/layerskip-python-deep.pt", "checkpoints/layerskip-python.pt"
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs CUDA: run scripts/gpu_check.sh on a GPU machine")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: run scripts/gpu_check.sh on a GPU")
 
 # The tiny toy model of tests/test_train.py, on the GPU.
 TINY = ["--preset", "toy", "--dim", "32", "--n_layers", "4", "--n_heads", "4", "--n_kv_heads", "2",
@@ -107,8 +106,7 @@ def test_resume_is_exact_on_cuda(shakespeare, tmp_path):
     run([wrapper, *TRAIN["resume"], "--out_dir", tmp_path / "split", "--stop_after", "4"], env=env)
     proc = run([wrapper, "--resume", "--out_dir", tmp_path / "split"], env=env)
     assert "resumed" in proc.stdout
-    a = torch.load(tmp_path / "straight/ckpt.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "split/ckpt.pt", weights_only=True)["model"]
+    a, b = (torch.load(tmp_path / f"{run}/ckpt.pt", weights_only=True)["model"] for run in ("straight", "split"))
     differ = {k: (a[k] - b[k]).abs().max().item() for k in a if not torch.equal(a[k], b[k])}
     warned = sorted(set(re.findall(r"UserWarning: (.{0,120})", proc.stderr)))
     assert a.keys() == b.keys() and not differ, (differ, warned)

@@ -10,6 +10,7 @@ import re
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from html import unescape
 from pathlib import Path
@@ -91,8 +92,8 @@ def test_rounds_become_pieces_that_rebuild_the_generated_text(app, tiny_checkpoi
     s = Settings(strategy="self_speculative", exit_layer=2, num_speculations=4, eos_id=tok.stop_ids)
     want, g = expected(app, tiny_checkpoint, CODE, 48, s)
     ids = tok.encode(CODE)
-    updates = list(demo_views.rounds_as_pieces(timed(ls.generate_stream(model, ids, 48, s)), tok, ids, len(ids) + 48,
-                                               "bonus"))
+    stream = timed(ls.generate_stream(model, ids, 48, s))
+    updates = list(demo_views.rounds_as_pieces(stream, tok, ids, len(ids) + 48, "bonus"))
     before = []
     for r, ((pieces, _, so_far, _), e) in enumerate(zip(updates, g.events, strict=True), start=1):
         new, verdict = pieces[len(before):], "bonus" if e.accepted == len(e.drafted) else "correction"
@@ -205,8 +206,7 @@ def test_compare_lens_and_sweep(app, tiny_checkpoint):
     assert acc.acceptance.between(0, 1).all() and acc.acceptance.iloc[-1] == 1.0  # exit L: the full model drafts
     assert (fast.speedup > 0).all() and speedup["y_lim"][0] == 0
     assert ("Fastest: exit" in note or "No exit beat" in note) and "Sanity check: exit 4" in note
-    rows = re.findall(r"<tr><td>(\d+)</td><td>[\d.]+%</td><td>[\d.]+×</td><td>[\d.]+–[\d.]+×</td><td>(\d+)</td>",
-                      note)
+    rows = re.findall(r"<tr><td>(\d+)</td><td>[\d.]+%</td><td>[\d.]+×</td><td>[\d.]+–[\d.]+×</td><td>(\d+)</td>", note)
     assert rows == [(str(E), str(demo_app.SWEEP_REPEATS)) for E in (1, 2, 3, 4)]  # each exit: median, range, passes
     control = {}  # Stop ends a generation after the round shown, and says after how many tokens
     run = app.generate(ck, VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=200, control=control)
@@ -215,8 +215,7 @@ def test_compare_lens_and_sweep(app, tiny_checkpoint):
     [(out, stats, text, error)], tokens = list(run), int(card(shown[1], "tokens"))
     assert 3 <= tokens < 200 and (out, text, error) == (shown[0], shown[2], "") and "generating" not in stats
     assert f"stopped: Stop pressed after {tokens} new tokens (3 rounds)" in stats
-    *_, (_, stats, _, _) = app.generate(ck, VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=20,
-                                        control=control)
+    *_, (_, stats, _, _) = app.generate(ck, VERSE, "self_speculative", 2, 4, "fixed", max_new_tokens=9, control=control)
     assert "done" in stats and control == {"stop": False}  # a new run clears the request
     run = app.sweep(ck, VERSE, num_speculations=4, max_new_tokens=16, control=control)
     for _ in range(3):  # the first pass: autoregressive, exit 1, exit 2
@@ -320,11 +319,9 @@ def test_switching_model_sets_its_settings_and_a_failed_one_keeps_the_last(app, 
     for bad in (999, 0, 2.5, "x", None):
         assert app.exit_changed(loaded, bad) == (UNCHANGED,) * 5
     assert [u["visible"] for u in demo_app.rule_changed("cost")] == [False, True, True]
-    _, loaded, _, exit_layer, d, rule, threshold, cost, gamma, max_new, *_ = app.switch_model(
-        str(tiny_checkpoint), loaded, 500)
+    _, loaded, _, exit_layer, d, rule, threshold, cost, gamma, max_new, *_ = app.switch_model(ck, loaded, 500)
     assert (exit_layer["value"], d["value"], rule["value"], max_new["value"]) == (1, 4, "fixed", 255)  # L//4, d=4
-    assert [(b["value"], b["visible"]) for b in (threshold, cost, gamma)] == [(0.5, False), (0.15, False),
-                                                                               (1.0, False)]  # RULE_DEFAULTS
+    assert [(b["value"], b["visible"]) for b in (threshold, cost, gamma)] == [(0.5, False), (0.15, False), (1.0, False)]
     (tmp_path / "bad.pt").write_bytes(b"junk")
     app.models.serve(tmp_path / "bad.pt")
     for path in (str(tmp_path / "bad.pt"), "/etc/passwd", ""):
@@ -414,24 +411,20 @@ def test_gradio_client_streams_and_concurrent_clients_are_batched(served, tiny_c
                                             stop_rule="fixed", max_new_tokens=20, api_name="/generate")
     streamed = [o[2] for o in job]
     assert len(streamed) >= 4 and all(a == b[:len(a)] for a, b in zip(streamed, streamed[1:]))  # each extends the last
-    assert streamed[-1] == expected(demo, ck, CODE, 20, strategy="self_speculative", exit_layer=2,
-                                    num_speculations=3)[0]
+    assert streamed[-1] == expected(demo, ck, CODE, 20, Settings("self_speculative", 2, 3))[0]
     settings = [dict(strategy="self_speculative", exit_layer=2, num_speculations=3),
                 dict(strategy="autoregressive", num_speculations=3), dict(strategy="early_exit", exit_layer=3)]
     asks = [dict(prompt=CODE[:8 + 3 * i], **settings[i % 3]) for i in range(12)]
-    clients, results, gate = [Client(url, verbose=False) for _ in asks], [None] * 12, threading.Barrier(12)
+    clients, gate = [Client(url, verbose=False) for _ in asks], threading.Barrier(12)
     demo.batcher.largest = 0  # the largest batch from here on
 
     def run(i):
         gate.wait()
-        results[i] = clients[i].submit(checkpoint=ck, stop_rule="fixed", max_new_tokens=12, **asks[i],
-                                       api_name="/generate").result(timeout=300)
+        return clients[i].submit(checkpoint=ck, stop_rule="fixed", max_new_tokens=12, **asks[i],
+                                 api_name="/generate").result(timeout=300)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(run, range(12)))
     assert [r[2:] for r in results] == [(expected(demo, ck, ask.pop("prompt"), 12, **ask)[0], "") for ask in asks]
     assert demo.batcher.largest > 1
 
@@ -624,8 +617,7 @@ def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, 
     page.wait_for_selector("#lens_out tr.exit")  # filled in after generation, the chosen exit marked
     before = page.locator("#stats").inner_html()
     page.locator("#rejected label:has-text('struck through')").click()  # pure CSS, no new run
-    page.wait_for_function("() => getComputedStyle(document.querySelector('#out .ls-tok.rejected')).display "
-                           "!== 'none'")
+    page.wait_for_function("() => getComputedStyle(document.querySelector('#out .ls-tok.rejected')).display != 'none'")
     assert style(page, "#out .ls-tok.rejected", "textDecorationLine") == "line-through"
     assert not page.locator("#out .ls-rej .n").first.is_visible()
     shown_per_round = page.locator("#out .ls-rej").evaluate_all(
@@ -646,8 +638,7 @@ def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, 
                                ".match(/generating… round (\\d+)/) || [0, 0])[1] >= 6")
         page.click("#stop")
         page.wait_for_selector("#stats .ls-status:text('stopped')")
-    status, tokens = page.locator("#stats .ls-status").inner_text(), int(page.locator("#stats .card .v").first
-                                                                         .inner_text())
+    status, tokens = page.locator("#stats .ls-status").inner_text(), int(page.locator("#stats .v").first.inner_text())
     assert re.fullmatch(rf"stopped: Stop pressed after {tokens} new tokens \(\d+ rounds\).*", status) and tokens < 64
     assert page.locator("#out .ls-tok.accepted, #out .ls-tok.correction, #out .ls-tok.bonus").count() == tokens > 0
     screenshot(page, tmp_path, "demo_stopped.png")
@@ -662,8 +653,8 @@ def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, 
     page.wait_for_selector("#sweep_note .ls-status:text('done')", timeout=300_000)
     note, rule = page.locator("#sweep_note").inner_text(), demo_views.rule_text(s).split(" (")[0]
     assert "Sanity check: exit" in note and "median" in note and f"at every exit {rule}" in note  # the rule it ran
-    assert page.locator("#sweep_note table tr td:first-child").all_inner_texts() == list(map(str,
-                                                                                             demo_app.sweep_exits(L)))
+    exits = page.locator("#sweep_note table tr td:first-child").all_inner_texts()
+    assert exits == [str(E) for E in demo_app.sweep_exits(L)]
     for plot in ("#acceptance_plot", "#speedup_plot"):
         page.wait_for_selector(f"{plot} canvas, {plot} svg")
     screenshot(page, tmp_path, "demo_sweep.png", scroll_to="#sweep")  # the plots and the note at the top

@@ -17,35 +17,23 @@ from test_train import TINY, step_losses, tiny_run, train_here, weights  # noqa:
 pytestmark = pytest.mark.cli
 
 
-def test_batched_greedy_continuations_equal_one_prompt_at_a_time(tiny_checkpoint):
-    """All rows decoded together give, row by row, exactly ls.generate's greedy autoregressive tokens."""
-    model, _ = load_model(tiny_checkpoint)
-    prefixes = torch.randint(3, model.params.vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
-    batched = onpolicy.greedy_continuations(model, prefixes, 20)
-    for row, out in zip(prefixes.tolist(), batched.tolist()):
-        assert out == ls.generate(model, row, 20).tokens
-
-
 def test_onpolicy_data_end_to_end(shakespeare, tiny_run, tmp_path, capsys):
-    """onpolicy.py writes greedy continuations of training windows (+ a JSON sidecar); train.py fits exit E to them."""
+    """onpolicy.py writes greedy continuations of training windows, each as decoded alone; train.py fits exit E."""
     ckpt, out = tiny_run / "model.pt", tmp_path / "on.bin"
     onpolicy.main([str(c) for c in ["--checkpoint", ckpt, "--data", shakespeare, "--out", out,
                                     "--samples", 5, "--prefix", 8, "--new_tokens", 12, "--batch", 2]])
-    tokens = np.fromfile(out, dtype=np.uint16)
-    assert 5 * 9 <= len(tokens) <= 5 * 20  # each sample: 8 real tokens, then 1..12 of the model's (cut at EOS)
-    meta = json.loads(out.with_suffix(".json").read_text())
+    tokens, meta = np.fromfile(out, dtype=np.uint16), json.loads(out.with_suffix(".json").read_text())
     assert (meta["tokens"], meta["samples"], meta["checkpoint"]) == (len(tokens), 5, str(ckpt))
-    starts = meta["starts"]  # where each sample starts: 8 real tokens, then 1..12 of the model's
-    assert len(starts) == 5 and starts[0] == 0 and all(9 <= b - a <= 20 for a, b in zip(starts, starts[1:]))
+    ends = meta["starts"][1:] + [len(tokens)]  # each sample: 8 real tokens, then 1..12 of the model's (cut at EOS)
+    assert len(ends) == 5 and meta["starts"][0] == 0 and all(9 <= b - a <= 20 for a, b in zip(meta["starts"], ends))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["on.bin", "on.json"]  # no temporary file left
     model, tok = load_model(ckpt)
     train_tokens = np.memmap(shakespeare / "train.bin", dtype=np.uint16, mode="r")
     windows = np.lib.stride_tricks.sliding_window_view(train_tokens, 8)
-    assert (windows == tokens[:8]).all(1).any()  # a real window...
-    expect = ls.generate(model, tokens[:8].tolist(), 12).tokens
-    if tok.eos_id in expect:  # ...continued greedily, cut after an EOS
-        expect = expect[:expect.index(tok.eos_id) + 1]
-    assert tokens[8:8 + len(expect)].tolist() == expect
+    for a, b in zip(meta["starts"], ends):  # a real window, continued as ls.generate does one prompt, cut after EOS
+        assert (windows == tokens[a:a + 8]).all(1).any()
+        expect = ls.generate(model, tokens[a:a + 8].tolist(), 12).tokens
+        assert tokens[a + 8:b].tolist() == expect[:expect.index(tok.eos_id) + 1 if tok.eos_id in expect else 12]
 
     common = TINY + ["--max_iters", 3, "--eval_interval", 3, "--init_from", ckpt, "--e_scale", 0, "--exit_always", 2,
                      "--onpolicy_data", out]
@@ -54,7 +42,7 @@ def test_onpolicy_data_end_to_end(shakespeare, tiny_run, tmp_path, capsys):
     train_here(common + ["--onpolicy_weight", 0, "--out_dir", tmp_path / "c"], capsys)
     with_loss, without = weights(tmp_path / "b/ckpt.pt"), weights(tmp_path / "c/ckpt.pt")
     changed = {k for k in with_loss if not torch.equal(with_loss[k], without[k])}
-    # the on-policy loss moved the weights (which blocks it reaches: test_exit_loss_runs_only_the_first_blocks)
+    # the on-policy loss moved the weights (which blocks it reaches: test_exit_losses_run_only_the_first_blocks)
     assert {"tok_embeddings.weight", "layers.0.attention.wq.weight", "layers.1.feed_forward.w2.weight"} <= changed
 
     # the levers: whole samples as windows, a distance from the last layer's distribution instead of cross-entropy

@@ -218,11 +218,7 @@ def test_exit_always_and_its_weight_in_the_schedule():
     assert w == pytest.approx({0: 0.0, 1: 0.3 + 0.7 / 7, 3: 0.7 * 6 / 7}) and sum(w.values()) == pytest.approx(1)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Bad input: one line naming the flag and what to do, exit 2, no traceback, nothing created. A case per kind of
-# check (argparse's ranges are common.py's, tested there), in-process: milliseconds each.
-
-BAD = [  # (flags after TINY, what the one line says); {key}: a path made by the test, {ckpt}: conftest's
+BAD = [  # (flags after TINY, the one line); a case per kind of check (argparse's ranges: common.py's, tested there)
     (["--device", "tpu"], "--device tpu: unknown device: use cpu, cuda, cuda:N or mps"),
     (["--n_heads", 3], "--dim 32 is not divisible by --n_heads 3"),
     (["--max_iters", 10, "--final_iters", 20], "--final_iters 20 is more than --max_iters 10"),
