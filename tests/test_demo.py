@@ -319,7 +319,8 @@ def test_switching_model_sets_its_settings_and_a_failed_one_keeps_the_last(app, 
     for bad in (999, 0, 2.5, "x", None):
         assert app.exit_changed(loaded, bad) == (UNCHANGED,) * 5
     assert [u["visible"] for u in demo_app.rule_changed("cost")] == [False, True, True]
-    _, loaded, _, exit_layer, d, rule, threshold, cost, gamma, max_new, *_ = app.switch_model(ck, loaded, 500)
+    _, loaded, _, exit_layer, d, rule, threshold, cost, gamma, max_new, *_ = app.switch_model(
+        str(tiny_checkpoint), loaded, 500)
     assert (exit_layer["value"], d["value"], rule["value"], max_new["value"]) == (1, 4, "fixed", 255)  # L//4, d=4
     assert [(b["value"], b["visible"]) for b in (threshold, cost, gamma)] == [(0.5, False), (0.15, False), (1.0, False)]
     (tmp_path / "bad.pt").write_bytes(b"junk")
