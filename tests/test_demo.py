@@ -159,6 +159,7 @@ BAD = [  # (event, its arguments, the one line it answers): "corrupt" and "missi
     ("generate", dict(checkpoint="corrupt"), "truncated or corrupt"),
     ("generate", dict(chat=True), "this model has no chat template"),
     ("compare", dict(checkpoint="missing"), "no such file"),
+    ("compare", dict(exit_layer=999), "exit layer 999 is out of range: this model has 4 layers, use 1..4"),
     ("lens", dict(prompt=""), "the prompt is empty: generate something first"),
     ("sweep", dict(repetition_penalty=0), "repetition_penalty must be a number in [0.01, 100]"),
     ("main", ["--chekpoint", "x.pt"], "unrecognized arguments: --chekpoint x.pt"),
