@@ -433,7 +433,7 @@ def test_gradio_client_streams_and_concurrent_clients_are_batched(served, tiny_c
 
 def test_api_takes_the_readmes_arguments_and_refuses_in_one_line(served, demo_checkpoint, tiny_checkpoint, tmp_path,
                                                                   capfd):
-    """The README's API call works; bad values, unserved paths: one plain line, outputs kept; NaN raises."""
+    """The README's API call works; bad values, unserved paths: one plain line, outputs kept."""
     from gradio_client import Client
     (demo, url, *_), ck = served, str(tiny_checkpoint)
     client = Client(url, verbose=False)
@@ -458,12 +458,6 @@ def test_api_takes_the_readmes_arguments_and_refuses_in_one_line(served, demo_ch
         assert client.predict(path, VERSE, max_new_tokens=8, api_name="/generate")[3] == demo_app.REFUSED
         assert client.predict(path, 64, api_name="/model_info")[1] == demo_views.fill("error", message=demo_app.REFUSED)
     assert "Traceback" not in capfd.readouterr().err
-    failed, job = [], client.submit
-    t = threading.Thread(target=lambda: failed.append(pytest.raises(
-        Exception, lambda: job(prompt="x", temperature=float("nan"), api_name="/generate").result())), daemon=True)
-    t.start()
-    t.join(timeout=60)
-    assert not t.is_alive() and failed  # gradio_client cannot encode NaN: an error, not a hang
 
 
 @pytest.fixture(scope="module")
