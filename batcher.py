@@ -1,5 +1,6 @@
 """
-Serve several users at once: requests that arrive together decode together, as one batch.
+Serve several users at once: requests that arrive together decode together, as one batch; and the models a
+server may load (Models: only the checkpoints it serves, a few kept loaded).
 
 A Batcher owns a worker thread. Callers submit a prompt with their decoding setting (a settings.Settings) and get
 back an iterator of their own rounds (layerskip.Round) with the seconds their batch has decoded so far, live. The worker takes the oldest
@@ -18,10 +19,13 @@ that arrive while a batch decodes wait for the next one. Each row's tokens are t
 import queue
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Iterator
 
 import layerskip as ls
+from model_io import INSTALLED_MODELS, installed_model, load_model
 from settings import Settings
 
 DONE = object()  # the end of a request's stream
@@ -114,3 +118,63 @@ class Batcher:
             except Exception as e:  # noqa: BLE001 - every waiting client hears of it, the worker lives on
                 for request in batch:
                     request.events.put(e)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The models a server may load: only the served checkpoints, at most MAX_MODELS loaded at once.
+
+ROOT = Path(__file__).resolve().parent
+MAX_MODELS = 2  # models kept loaded, the least recently used dropped first
+REFUSED = ("this checkpoint is not served here: choose a model from the menu (whoever runs the demo can add "
+           "others with --checkpoint, or allow any path with --allow_any_checkpoint)")
+
+
+def resolve(path) -> Path:
+    """A path as typed, or in the repository if not found from here; an installed model's short name is its file."""
+    if str(path).strip() in INSTALLED_MODELS:
+        return installed_model(str(path).strip())
+    p = Path(str(path).strip()).expanduser()
+    return ROOT / p if not p.is_absolute() and not p.exists() and (ROOT / p).exists() else p
+
+
+def shipped() -> list[Path]:
+    return sorted((ROOT / "checkpoints").glob("*.pt"))
+
+
+class Models:
+    """The checkpoints the app may load (shipped, launch-given, any with allow_any_checkpoint), and those loaded."""
+
+    def __init__(self, served: list, allow_any: bool = False, device: str = "cpu"):
+        self.allow_any, self.device, self.served = allow_any, device, set()
+        self.loaded, self.lock = OrderedDict(), threading.Lock()
+        self.serve(*served)
+
+    def serve(self, *paths):
+        self.served.update(str(resolve(p).resolve()) for p in paths)
+
+    def is_served(self, path) -> bool:
+        try:
+            key = str(resolve(path).resolve())
+            return self.allow_any or key in self.served | {str(p.resolve()) for p in shipped()}
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop: not a served path either
+            return False
+
+    def get(self, path):
+        """(model, tokenizer), loaded on first use; a ValueError if not served or not loadable."""
+        if not path or not str(path).strip():
+            raise ValueError("no checkpoint chosen: pick a model from the menu")
+        if not self.is_served(path):  # before looking at the file: the answer must not tell whether it exists
+            raise ValueError(REFUSED)
+        if not (p := resolve(path)).exists():
+            hint = (" The shipped models are committed with the repository; train your own with `python train.py "
+                    "--preset toy` and serve out/toy/model.pt." if p.parent.name == "checkpoints" else "")
+            raise ValueError(f"{path}: no such file or directory.{hint}")
+        key = str(p.resolve())
+        with self.lock:  # two sessions asking at once load it once
+            if key not in self.loaded:
+                loaded = load_model(p, device=self.device)  # first: a file that fails evicts nothing
+                while len(self.loaded) >= MAX_MODELS:
+                    self.loaded.popitem(last=False)
+                self.loaded[key] = loaded
+            self.loaded.move_to_end(key)
+            return self.loaded[key]

@@ -21,31 +21,24 @@ gradio_client.Client(url).submit(prompt="def f(x):", api_name="/generate").resul
 import os
 import re
 import sys
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Optional
 
 import demo_views as views
 import layerskip as ls
-from batcher import Batcher, Busy, timed
+from batcher import REFUSED, Batcher, Busy, Models, resolve, shipped, timed  # noqa: F401 (REFUSED: tests)
 from common import ArgumentParser, int_range, interleaved_runs, plural
 from demo_views import REJECTED_VIEWS, fill
-from model_io import INSTALLED_MODELS, chat_prompt, installed_model, load_model
+from model_io import chat_prompt
 from settings import RANGES, STRATEGIES, Range, Settings, recommended
 
-ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = "checkpoints/layerskip-python-deep.pt"  # selected at start; the menu lists every checkpoints/*.pt
-MAX_MODELS = 2  # models kept loaded, the least recently used dropped first
 MAX_NEW_TOKENS = Range(1, 512, whole=True, meaning="the context window may allow fewer")  # per generation
 MAX_PROMPT_CHARS = 20_000  # longer prompts are refused before tokenizing; the context window decides the rest
 SWEEP_TOKENS, SWEEP_REPEATS, COMPARE_REPEATS = 32, 5, 3  # the sweep's tokens a run; timed passes of sweep, Compare
 STOP_RULES = {"fixed": "fixed d", "threshold": "confidence threshold", "cost": "cost model"}  # the API takes the keys
 RULE_DEFAULTS = dict(draft_threshold=0.5, draft_cost=0.15, draft_gamma=1.0)  # a rule's boxes where none is stored
 RUN_BUTTONS = ("go", "compare", "lens", "sweep")  # disabled until the model panel has loaded
-REFUSED = ("this checkpoint is not served here: choose a model from the menu (whoever runs the demo can add "
-           "others with --checkpoint, or allow any path with --allow_any_checkpoint)")
 # common.round_pieces' "token" (a round without drafts) as what it is; self-speculative: a bonus after 0 drafts
 TOKEN_KIND = {"autoregressive": "full", "early_exit": "early_exit", "self_speculative": "bonus"}
 
@@ -62,60 +55,6 @@ class Config:
     threads: Optional[int] = None
     batch_size: int = 8  # requests decoded together; 1: one at a time
     max_queue: int = 64  # requests that may wait
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Models: only the served checkpoints, at most MAX_MODELS loaded at once.
-
-
-def resolve(path) -> Path:
-    """A path as typed, or in the repository if not found from here; an installed model's short name is its file."""
-    if str(path).strip() in INSTALLED_MODELS:
-        return installed_model(str(path).strip())
-    p = Path(str(path).strip()).expanduser()
-    return ROOT / p if not p.is_absolute() and not p.exists() and (ROOT / p).exists() else p
-
-
-def shipped() -> list[Path]:
-    return sorted((ROOT / "checkpoints").glob("*.pt"))
-
-
-class Models:
-    """The checkpoints the app may load (shipped, launch-given, any with allow_any_checkpoint), and those loaded."""
-
-    def __init__(self, config: Config):
-        self.config, self.served, self.loaded, self.lock = config, set(), OrderedDict(), threading.Lock()
-        self.serve(*config.checkpoint)
-
-    def serve(self, *paths):
-        self.served.update(str(resolve(p).resolve()) for p in paths)
-
-    def is_served(self, path) -> bool:
-        try:
-            key = str(resolve(path).resolve())
-            return self.config.allow_any_checkpoint or key in self.served | {str(p.resolve()) for p in shipped()}
-        except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop: not a served path either
-            return False
-
-    def get(self, path):
-        """(model, tokenizer), loaded on first use; a ValueError if not served or not loadable."""
-        if not path or not str(path).strip():
-            raise ValueError("no checkpoint chosen: pick a model from the menu")
-        if not self.is_served(path):  # before looking at the file: the answer must not tell whether it exists
-            raise ValueError(REFUSED)
-        if not (p := resolve(path)).exists():
-            hint = (" The shipped models are committed with the repository; train your own with `python train.py "
-                    "--preset toy` and serve out/toy/model.pt." if str(path) == DEFAULT_CHECKPOINT else "")
-            raise ValueError(f"{path}: no such file or directory.{hint}")
-        key = str(p.resolve())
-        with self.lock:  # two sessions asking at once load it once
-            if key not in self.loaded:
-                loaded = load_model(p, device=self.config.device)  # first: a file that fails evicts nothing
-                while len(self.loaded) >= MAX_MODELS:
-                    self.loaded.popitem(last=False)
-                self.loaded[key] = loaded
-            self.loaded.move_to_end(key)
-            return self.loaded[key]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -216,7 +155,7 @@ class Demo:
 
     def __init__(self, config: Config = None):
         self.config = config or Config()
-        self.models = Models(self.config)
+        self.models = Models(self.config.checkpoint, self.config.allow_any_checkpoint, self.config.device)
         self.batcher = Batcher(self.config.batch_size, self.config.max_queue) if self.config.batch_size > 1 else None
 
     def switch_model(self, checkpoint, loaded=None, max_new_tokens=64):

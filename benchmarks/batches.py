@@ -64,7 +64,8 @@ def run_batches(args, model, tok, setting: dict, prompts: list[str], peer=None) 
     next prompt), autoregressive and self-speculative, and transformers' batched autoregressive generate (B
     prompts a call) with --peers; variants interleaved in rotating order, --repeats passes. Per B: tokens/s of
     each, the speedup at that B and throughput over batch 1 (medians over passes of ratios within a pass),
-    whether every row equals autoregressive decoding, rounds, and the draft cost used."""
+    whether every row equals autoregressive decoding, rounds, and the draft cost used. The prompts' prefill, the
+    same work for both strategies, is timed in the same passes too: the speedup without it is the decoding's own."""
     sizes = sorted(set(args.batch_sizes))
     ids = [crop_prompt(model, tok.encode(p), args.max_new_tokens) for p in prompts]
     costs = {B: batch_costs(model, setting["exit_layer"], B) for B in sizes}
@@ -73,8 +74,8 @@ def run_batches(args, model, tok, setting: dict, prompts: list[str], peer=None) 
                                                       costs[sizes[0]]["cost_ratio"]), 3)) if base else setting
                 for B in sizes}
     decoders = batch_decoders(model, tok, settings, args.max_new_tokens, peer)
-    seconds, outputs, rounds = time_batches(decoders, ids, sizes, args.repeats)
-    tps = {key: [sum(map(len, outputs[key])) / s for s in secs] for key, secs in seconds.items()}
+    seconds, outputs, rounds = time_batches(dict(decoders, prefill=prefill_only(model)), ids, sizes, args.repeats)
+    tps = {key: [sum(map(len, outputs[key])) / s for s in secs] for key, secs in seconds.items() if key[0] != "prefill"}
     reference = outputs[("autoregressive", sizes[0])]
     results = {}
     for B in sizes:
@@ -82,7 +83,11 @@ def run_batches(args, model, tok, setting: dict, prompts: list[str], peer=None) 
                "tokens_per_round": sum(map(len, outputs[("self_speculative", B)])) / rounds[("self_speculative", B)],
                "identical": all(outputs[(name, B)] == reference for name in ("autoregressive", "self_speculative")),
                "speedup": statistics.median(s / a for s, a in zip(tps[("self_speculative", B)],
-                                                                   tps[("autoregressive", B)]))}
+                                                                   tps[("autoregressive", B)])),
+               "prefill_s": statistics.median(seconds[("prefill", B)]),
+               "speedup_without_prefill": statistics.median(
+                   (a - p) / (s - p) for a, s, p in zip(seconds[("autoregressive", B)], seconds[("self_speculative", B)],
+                                                        seconds[("prefill", B)]))}
         for name in decoders:
             row[f"{name}_tokens_per_s"] = statistics.median(tps[(name, B)])
             row[f"{name}_over_batch_{sizes[0]}"] = statistics.median(
@@ -105,6 +110,19 @@ def batch_decoders(model, tok, settings: dict, max_new_tokens: int, peer=None) -
         decoders[PEER_AR] = lambda prompts, B: [ls.Generation(tokens, 0.0, 0, 0, 0) for i in range(0, len(prompts), B)
                                                 for tokens in chunk(prompts[i:i + B], max_new_tokens)]
     return decoders
+
+
+def prefill_only(model):
+    """decode(prompt ids, B) that only prefills: every prompt but its last token through all blocks, alone, as
+    layerskip's Rows.start does for both strategies. Returns no tokens."""
+    @torch.inference_mode()
+    def prefill(prompts, B):
+        for p in prompts:
+            if len(p) > 1:
+                model.run_blocks(model.tok_embeddings(ls.token_tensor(p[:-1], model)), 0, model.params.n_layers, 0,
+                                 ls.Cache(model, len(p)))
+        return []
+    return prefill
 
 
 def time_batches(decoders: dict, ids: list, sizes: list, repeats: int):
@@ -140,13 +158,14 @@ def print_batches(results: dict, n_prompts: int, max_new_tokens: int, repeats: i
     sizes = list(results)
     peers = f"{PEER_AR}_tokens_per_s" in results[sizes[0]]
     print(f"\nBatched decoding ({n_prompts} prompts, {max_new_tokens} new tokens, greedy, median of {repeats})")
-    print(f"| batch | autoregressive tok/s | self-speculative tok/s | speedup | self-spec. over batch {sizes[0]} "
-          f"| autoregressive over batch {sizes[0]} | draft cost | tokens per row-round | identical |"
-          + (" transformers AR tok/s |" if peers else ""))
-    print("|---:" * (9 + peers) + "|")
+    print(f"| batch | autoregressive tok/s | self-speculative tok/s | speedup | speedup without prefill | prefill "
+          f"| self-spec. over batch {sizes[0]} | autoregressive over batch {sizes[0]} | draft cost | tokens per "
+          f"row-round | identical |" + (" transformers AR tok/s |" if peers else ""))
+    print("|---:" * (11 + peers) + "|")
     for B, r in results.items():
         print(f"| {B} | {r['autoregressive_tokens_per_s']:.1f} | {r['self_speculative_tokens_per_s']:.1f} | "
-              f"{r['speedup']:.2f}x | {r[f'self_speculative_over_batch_{sizes[0]}']:.2f}x | "
+              f"{r['speedup']:.2f}x | {r['speedup_without_prefill']:.2f}x | {r['prefill_s']:.2f} s | "
+              f"{r[f'self_speculative_over_batch_{sizes[0]}']:.2f}x | "
               f"{r[f'autoregressive_over_batch_{sizes[0]}']:.2f}x | {r['draft_cost']} | {r['tokens_per_round']:.2f} | "
               f"{'yes' if r['identical'] else 'NO'} |"
               + (f" {r[f'{PEER_AR}_tokens_per_s']:.1f}{'' if r['transformers_identical'] else ' (differs)'} |"

@@ -21,6 +21,7 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry attempts from the test machine
 
 import layerskip as ls  # noqa: E402
+import batcher  # noqa: E402
 from batcher import timed  # noqa: E402
 from conftest import ROOT, assert_one_line_error  # noqa: E402
 from model_io import chat_prompt, load_model, save_checkpoint  # noqa: E402
@@ -350,9 +351,9 @@ def test_only_served_checkpoints_load_and_the_flags_make_the_config(app, tiny_ch
     assert app.models.get(a) is first_a  # a hit, and a is now the most recent
     app.models.get(c)
     assert [Path(k).name for k in app.models.loaded] == ["a.pt", "c.pt"]
-    monkeypatch.setattr(demo_app, "installed_model", lambda name: tmp_path / f"{name}.gguf")
-    assert demo_app.resolve("smollm2") == tmp_path / "smollm2.gguf"
-    assert demo_app.resolve("checkpoints/x.pt") == Path("checkpoints/x.pt")
+    monkeypatch.setattr(batcher, "installed_model", lambda name: tmp_path / f"{name}.gguf")
+    assert batcher.resolve("smollm2") == tmp_path / "smollm2.gguf"
+    assert batcher.resolve("checkpoints/x.pt") == Path("checkpoints/x.pt")
     # the flags: --checkpoint (several) served, the first selected; one torch thread on CPU; batching
     built = []
     monkeypatch.setattr(demo_app.Demo, "build", lambda self: built.append(self) or gr.Blocks())
