@@ -3,12 +3,12 @@ Serve several users at once: requests that arrive together decode together, as o
 server may load (Models: only the checkpoints it serves, a few kept loaded).
 
 A Batcher owns a worker thread. Callers submit a prompt with their decoding setting (a settings.Settings) and get
-back an iterator of their own rounds (layerskip.Round) with the seconds their batch has decoded so far, live. The worker takes the oldest
-waiting request, joins every other waiting request with the same model and the same setting but for its seed (up to
-batch_size of them), and decodes them with one layerskip.generate_stream over the list, each row with its own
-seed; each round's events go to their requests' own queues. Requests
-that arrive while a batch decodes wait for the next one. Each row's tokens are those of decoding it alone
-(layerskip's batched decoding is exact), so a user sees the same text whoever else is served beside them.
+back an iterator of their own rounds (layerskip.Round) with the seconds their batch has decoded so far, live. The
+worker takes the oldest waiting request, joins every other waiting request with the same model and the same setting
+but for its seed (up to batch_size of them), and decodes them with one layerskip.generate_stream over the list, each
+row with its own seed; each round's events go to their requests' own queues. Requests that arrive while a batch
+decodes wait for the next one. Each row's tokens are those of decoding it alone (layerskip's batched decoding is
+exact), so a user sees the same text whoever else is served beside them.
 
     batcher = Batcher(batch_size=8, max_waiting=64)
     setting = Settings(strategy="self_speculative", exit_layer=4, num_speculations=3, eos_id=tok.stop_ids, seed=0)

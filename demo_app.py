@@ -230,7 +230,8 @@ class Demo:
                 temperature=temperature, top_p=top_p, seed=seed, repetition_penalty=repetition_penalty,
                 no_repeat_ngram_size=no_repeat_ngram_size)
             # the batcher joins this request into a batch
-            stream = self.batcher.submit(model, ids, n, s) if self.batcher else timed(ls.generate_stream(model, ids, n, s))
+            stream = (self.batcher.submit(model, ids, n, s) if self.batcher else
+                      timed(ls.generate_stream(model, ids, n, s)))
         except (ValueError, OSError, Busy) as e:  # Busy: the batcher's waiting line is full
             yield failed(e, 3)
             return

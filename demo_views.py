@@ -64,10 +64,11 @@ def processors_text(s: Settings) -> str:
 
 
 def rounds_as_pieces(stream, tokenizer, prompt_ids, end: int, token_kind: str):
-    """After every (round, seconds decoding so far) of `stream` (batcher.timed, or a Batcher's): (pieces so far, the decoded continuation, the Generation so far, whether it
-    ended at an EOS). Pieces are (text, kind, round) in reading order (common.round_pieces; a round without drafts
-    as token_kind): the non-rejected ones join to the text once decoding ends. The time is the model's, not the
-    drawing's: a round that waited while the page drew it counts when it was decoded."""
+    """After every (round, seconds decoding so far) of `stream` (batcher.timed, or a Batcher's): (pieces so far, the
+    decoded continuation, the Generation so far, whether it ended at an EOS). Pieces are (text, kind, round) in
+    reading order (common.round_pieces; a round without drafts as token_kind): the non-rejected ones join to the
+    text once decoding ends. The time is the model's, not the drawing's: a round that waited while the page drew
+    it counts when it was decoded."""
     context, pieces, events, start = list(prompt_ids), [], [], len(tokenizer.decode(prompt_ids))
     for event, seconds in stream:
         events.append(event)

@@ -86,8 +86,8 @@ def run_batches(args, model, tok, setting: dict, prompts: list[str], peer=None) 
                                                                    tps[("autoregressive", B)])),
                "prefill_s": statistics.median(seconds[("prefill", B)]),
                "speedup_without_prefill": statistics.median(
-                   (a - p) / (s - p) for a, s, p in zip(seconds[("autoregressive", B)], seconds[("self_speculative", B)],
-                                                        seconds[("prefill", B)]))}
+                   (a - p) / (s - p) for a, s, p in zip(seconds[("autoregressive", B)],
+                                                        seconds[("self_speculative", B)], seconds[("prefill", B)]))}
         for name in decoders:
             row[f"{name}_tokens_per_s"] = statistics.median(tps[(name, B)])
             row[f"{name}_over_batch_{sizes[0]}"] = statistics.median(

@@ -219,8 +219,8 @@ def test_early_exit_is_the_shared_head_on_block_output():
 
 
 def test_self_speculative_greedy_equals_autoregressive():
-    """Token for token, across random models x every exit 1..L-1 x d in 1, 2, 3, 5, 8 x prompt lengths, with max_new_tokens
-    ending mid-round and with two stop ids (Llama 3 stops at <|end_of_text|> or <|eot_id|>): EOS inside a draft,
+    """Token for token, across random models x every exit 1..L-1 x d in 1, 2, 3, 5, 8 x prompt lengths, with
+    max_new_tokens ending mid-round and with two stop ids (Llama 3 stops at <|end_of_text|> or <|eot_id|>): EOS inside a draft,
     accepted in a draft, and decoding ends at the first of them."""
     eos_inside_draft = eos_accepted_in_draft = 0
     for seed, L in enumerate((2, 3, 4, 6)):
@@ -248,8 +248,8 @@ def test_self_speculative_greedy_equals_autoregressive():
 
 def test_cost_stop_rule_literals():
     """worth_drafting_on: draft on while P a_k (k r + 1) > r T, with a_i = c_i^gamma, P the product of the a_i and
-    T = 1 + the sum of the running products. r = 0.15: after 0.9, 0.9 * 0.9 * 1.15 = 0.93 > 0.15 * 1.9 = 0.285 (on); after
-    0.9, 0.5: 0.45 * 0.5 * 1.3 = 0.2925 < 0.15 * 2.35 = 0.3525 (stop); after 0.3: 0.1035 < 0.195 (stop)."""
+    T = 1 + the sum of the running products. r = 0.15: after 0.9, 0.9 * 0.9 * 1.15 = 0.93 > 0.15 * 1.9 = 0.285
+    (on); after 0.9, 0.5: 0.45 * 0.5 * 1.3 = 0.2925 < 0.15 * 2.35 = 0.3525 (stop); after 0.3: 0.1035 < 0.195 (stop)."""
     assert worth_drafting_on([0.9], 0.15)
     assert not worth_drafting_on([0.9, 0.5], 0.15)
     assert not worth_drafting_on([0.3], 0.15)
