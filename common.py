@@ -4,8 +4,9 @@ What the scripts share, and nothing of the method. Imports flow one way:
     settings.py  <-  layerskip.py  <-  model_io.py  <-  common.py  <-  the scripts (train.py, generate.py, bench.py,
                                                                    eval.py, onpolicy.py, demo_app.py, export.py)
 
-Here: one-line errors, flag checks (decoding settings in their settings.RANGES), devices, prompts cut to fit the context window, text files and prompt sets read with one-line errors, one
-decoding round as pieces of text, and the machine a number was measured on.
+Here: one-line errors, flag checks (decoding settings in their settings.RANGES), devices, prompts cut to fit the
+context window, text files and prompt sets read with one-line errors, one decoding round as pieces of text, and
+the machine a number was measured on.
 """
 
 import argparse
