@@ -75,6 +75,8 @@ class Batcher:
     def submit(self, model, prompt_ids, max_new_tokens: int, settings: Settings = Settings()) -> Iterator:
         """Queue a request and return its rounds as they are decoded. Its arguments are checked here, at the call
         (generate_stream's ValueError), and a full waiting line raises Busy, both before anything waits."""
+        if isinstance(settings.seed, (list, tuple)):
+            raise ValueError("a request has one prompt: give one seed (an int), not a list")
         ls.generate_stream(model, prompt_ids, max_new_tokens, settings)  # checks, decodes nothing
         request = Request(model, list(prompt_ids), max_new_tokens, settings)
         with self.lock:
@@ -104,8 +106,8 @@ class Batcher:
         while True:
             batch = self.next_batch()
             self.batches, self.largest = self.batches + 1, max(self.largest, len(batch))
-            settings = replace(batch[0].settings, seed=[r.settings.seed for r in batch])  # a seed per row
             try:
+                settings = replace(batch[0].settings, seed=[r.settings.seed for r in batch])  # a seed per row
                 start = time.perf_counter()  # a request's time is its batch's, from here to its round
                 stream = ls.generate_stream(batch[0].model, [r.prompt_ids for r in batch],
                                             [r.max_new_tokens for r in batch], settings)
@@ -167,7 +169,7 @@ class Models:
             raise ValueError(REFUSED)
         if not (p := resolve(path)).exists():
             hint = (" The shipped models are committed with the repository; train your own with `python train.py "
-                    "--preset toy` and serve out/toy/model.pt." if p.parent.name == "checkpoints" else "")
+                    "--preset toy` and serve out/toy/model.pt." if p.parent.resolve() == ROOT / "checkpoints" else "")
             raise ValueError(f"{path}: no such file or directory.{hint}")
         key = str(p.resolve())
         with self.lock:  # two sessions asking at once load it once

@@ -196,7 +196,7 @@ def unfinished_tail(tokenizer, ids: list[int], start: int = 0) -> str:
 
 def interleaved_runs(variants: dict, prompts: list[str], max_new_tokens: int, repeats: int):
     """Decode every prompt with every variant, `repeats` passes over the prompts, and yield (pass, prompt index,
-    variant name, Generation) after each run. variants: name -> (model, tokenizer, generate_stream kwargs); each
+    variant name, Generation) after each run. variants: name -> (model, tokenizer, ls.generate's setting keywords); each
     variant encodes the prompt text with its own tokenizer, cropped to fit (crop_prompt). A variant whose kwargs
     hold "decode" runs that instead of ls.generate: decode(prompt_ids, max_new_tokens) -> Generation (another
     library's generate, say). The order of the variants rotates prompt by prompt, so that none always runs first;

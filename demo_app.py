@@ -26,7 +26,7 @@ from typing import Optional
 
 import demo_views as views
 import layerskip as ls
-from batcher import REFUSED, Batcher, Busy, Models, resolve, shipped, timed  # noqa: F401 (REFUSED: tests)
+from batcher import Batcher, Busy, Models, resolve, shipped, timed
 from common import ArgumentParser, int_range, interleaved_runs, plural
 from demo_views import REJECTED_VIEWS, fill
 from model_io import chat_prompt

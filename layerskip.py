@@ -234,7 +234,8 @@ class Transformer(nn.Module):
         if targets is None:
             return self.head(self.run_blocks(h, 0, len(self.layers)))
         rates = drop_rates if drop_rates is not None and self.training else [0.0] * len(self.layers)
-        outputs = layer_dropout(self.layers, h, self.rope_rotations[:tokens.shape[1]], rates, seed, step)
+        rope = Positions(0, tokens.shape[1], h.device, self.params.max_seq_len).rope(self.rope_rotations)
+        outputs = layer_dropout(self.layers, h, rope, rates, seed, step)
         return early_exit_loss(self.head, outputs, targets, exit_weights or {len(self.layers) - 1: 1.0})
 
 
@@ -265,7 +266,7 @@ def layer_dropout(blocks, h, rope, rates: list[float], seed: int, step: int):
     x_{l+1} = x_l + M(p_l) f_l(x_l), per sample, with no 1/(1-p) rescaling. A skipped sample passes block l
     unchanged, so block l runs only on the kept rows: a real compute saving."""
     B = h.shape[0]
-    for l, (block, p) in enumerate(zip(blocks, rates)):
+    for l, (block, p) in enumerate(zip(blocks, rates, strict=True)):
         if p > 0:
             kept = (~layer_dropout_mask(B, p, seed, step, l)).nonzero().squeeze(1).to(h.device)
             if len(kept) == B:
@@ -579,8 +580,8 @@ def generate_stream(model: Transformer, prompt_ids, max_new_tokens, settings: Se
     prompts = [list(p) for p in prompt_ids] if batched else [list(prompt_ids)]
     n, s = len(prompts), settings.check(model.params.n_layers)
     budgets = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n
-    seeds = list(s.seed) if isinstance(s.seed, (list, tuple)) else [None if s.seed is None else s.seed + b
-                                                                     for b in range(n)]
+    seeds = list(s.seed) if isinstance(s.seed, (list, tuple)) else [
+        None if s.seed is None else (s.seed + b) % 2**64 for b in range(n)]  # prompt b's stream: seed + b
     L, ctx = model.params.n_layers, model.params.max_seq_len
     if len(budgets) != n or len(seeds) != n:
         raise ValueError(f"give one max_new_tokens and one seed per prompt ({n} prompts)")
@@ -633,8 +634,8 @@ class Rows:
     through every block (their keys and values are in the cache): all but the newest, which is the next round's
     input (a new prompt's others go through the blocks at once, alone: start). A row whose sequence is done (an
     EOS, its end) leaves the batch, or hands its place (and its cache row) to the next waiting prompt when at most
-    batch_size are decoded at once. With one
-    sequence all of this is plain decoding; Positions handles rows at different lengths."""
+    batch_size are decoded at once. With one sequence all of this is plain decoding; Positions handles rows at
+    different lengths."""
 
     def __init__(self, model, prompts, ends, samplers, stop, blocks: int, slack: int,
                  batch_size: Optional[int] = None):
@@ -768,6 +769,8 @@ def generate(model: Transformer, prompt_ids, max_new_tokens, settings: Optional[
     """Decode and return the new tokens with their statistics: a Generation, or one per prompt for a list of
     prompts (each timed to the round that finished it). The setting is `settings`, or made from the keywords:
     generate(model, ids, 64, strategy="self_speculative", exit_layer=4, num_speculations=3, eos_id=2)."""
+    if settings is not None and keywords:
+        raise TypeError(f"give a Settings or keywords, not both (got settings and {', '.join(keywords)})")
     settings = settings or Settings(**keywords)
     start = time.perf_counter()
     stream = generate_stream(model, prompt_ids, max_new_tokens, settings, batch_size)

@@ -1,8 +1,8 @@
 """
 How to decode: every setting of layerskip.generate, its range written once, and what goes beyond the paper.
 
-Settings holds one decoding setting and checks it when it is made: the command line, the demo, the benchmarks
-and export all read their flags' and controls' bounds from RANGES, so a bound is written here and nowhere else.
+Settings holds one decoding setting and checks it when it is made: the command line, the demo and the benchmarks
+read their flags' and controls' bounds from RANGES, so a bound is written here and nowhere else.
 
 The paper drafts a fixed d tokens a round and samples from the plain softmax. Two kinds of hooks change that, and
 the decoding loop in layerskip.py takes them from a Settings without knowing what they are:
@@ -32,10 +32,11 @@ class Range:
 
     def check(self, name: str, value):
         """value, or a ValueError that names the setting, its range and what was given."""
-        if value is None or (self.off is not None and value == self.off):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is None or (number and self.off is not None and value == self.off):
             return value
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        ok = ok and (not self.whole or float(value).is_integer())
+        ok = number and (isinstance(value, int) or math.isfinite(value))  # ints exactly, however large
+        ok = ok and (not self.whole or isinstance(value, int) or value.is_integer())
         ok = ok and (value > self.low if self.low_open else value >= self.low)
         ok = ok and (self.high is None or value <= self.high)
         if not ok:
@@ -96,10 +97,13 @@ class Settings:
                 raise ValueError(f"{name} needs a value: {RANGES[name].span()}")
         for name, bound in RANGES.items():
             value = getattr(self, name)
-            if isinstance(value, (list, tuple)):  # a seed per prompt
+            if name == "seed" and isinstance(value, (list, tuple)):  # a seed per prompt
                 object.__setattr__(self, name, [bound.check(name, v) for v in value])
             else:
                 object.__setattr__(self, name, bound.check(name, value))  # whole numbers stored as int
+        eos = [self.eos_id] if isinstance(self.eos_id, int) or self.eos_id is None else list(self.eos_id)
+        if not all(e is None or (isinstance(e, int) and not isinstance(e, bool) and e >= 0) for e in eos):
+            raise ValueError(f"eos_id must be a token id or several (whole numbers >= 0), got {self.eos_id!r}")
         if self.draft_threshold and self.draft_cost:
             raise ValueError("give a draft threshold or a draft cost, not both: one stop rule")
         if self.strategy != "autoregressive" and self.exit_layer is None:
@@ -137,13 +141,16 @@ class Settings:
             repetition_penalty(logits, context, self.repetition_penalty), context, self.no_repeat_ngram_size)
 
 
+DEFAULT_NUM_SPECULATIONS = 4  # d when neither the user nor a stored setting gives one
+
+
 def recommended(model, strategy: Optional[str] = None, exit_layer: Optional[int] = None,
                 num_speculations: Optional[int] = None, draft_threshold: Optional[float] = None,
                 draft_cost: Optional[float] = None, draft_gamma: Optional[float] = None) -> dict:
     """The strategy, exit, d and stop rule to decode with: the checkpoint's stored recommendation (bench.py --auto,
     tuned on dev prompts as one whole) when the user names none of them, all of it or none of it. Otherwise what the
-    user gave, the rest from the defaults: self-speculative when an exit is given, exit L // 4, d = 4, drafting to
-    d, gamma 1. A threshold or cost of 0 means off."""
+    user gave, the rest from the defaults: self-speculative when any of them is given, exit L // 4, d = 4, drafting
+    to d, gamma 1. A threshold or cost of 0 means off."""
     rec = (getattr(model, "metadata", None) or {}).get("recommended") or {}
     given = dict(exit_layer=exit_layer, num_speculations=num_speculations, draft_threshold=draft_threshold,
                  draft_cost=draft_cost, draft_gamma=draft_gamma)
@@ -152,7 +159,7 @@ def recommended(model, strategy: Optional[str] = None, exit_layer: Optional[int]
                     num_speculations=rec.get("num_speculations") or DEFAULT_NUM_SPECULATIONS,
                     draft_threshold=rec.get("draft_threshold") or None, draft_cost=rec.get("draft_cost") or None,
                     draft_gamma=rec.get("draft_gamma") or 1.0)
-    strategy = strategy or ("self_speculative" if exit_layer is not None else "autoregressive")
+    strategy = strategy or ("self_speculative" if any(v is not None for v in given.values()) else "autoregressive")
     if strategy == "autoregressive":
         return dict(strategy=strategy)
     out = dict(strategy=strategy, exit_layer=max(1, model.params.n_layers // 4) if exit_layer is None else exit_layer)
@@ -161,9 +168,6 @@ def recommended(model, strategy: Optional[str] = None, exit_layer: Optional[int]
                    draft_gamma=1.0 if draft_gamma is None else draft_gamma,
                    draft_threshold=draft_threshold or None, draft_cost=draft_cost or None)
     return out
-
-
-DEFAULT_NUM_SPECULATIONS = 4
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -117,10 +117,11 @@ def prefill_only(model):
     layerskip's Rows.start does for both strategies. Returns no tokens."""
     @torch.inference_mode()
     def prefill(prompts, B):
+        cache = ls.Cache(model, max(map(len, prompts)))  # one cache a call, as Rows allocates one a batch
         for p in prompts:
             if len(p) > 1:
                 model.run_blocks(model.tok_embeddings(ls.token_tensor(p[:-1], model)), 0, model.params.n_layers, 0,
-                                 ls.Cache(model, len(p)))
+                                 cache.rows(0))
         return []
     return prefill
 

@@ -40,6 +40,8 @@ def test_full_line_is_busy_and_bad_settings_fail_at_submit():
     batcher = Batcher(batch_size=1, max_waiting=1)
     with pytest.raises(ValueError, match="exit layer 9 is out of range"):
         batcher.submit(model, [1, 2], 4, Settings(strategy="early_exit", exit_layer=9))
+    with pytest.raises(ValueError, match="give one seed"):  # a list of seeds would kill the worker's batch
+        batcher.submit(model, [1, 2], 4, Settings(seed=[5]))
     with batcher.lock:  # hold the worker off while the line fills
         batcher.waiting.append(object())
         with pytest.raises(Busy, match="busy"):

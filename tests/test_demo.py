@@ -340,9 +340,9 @@ def test_only_served_checkpoints_load_and_the_flags_make_the_config(app, tiny_ch
     for path in [str(tmp_path / "copy.pt"), str(tmp_path / "missing.pt"), "/etc/passwd", "checkpoints/../README.md",
                  "../" * 8 + "etc/hostname", "a\x00b"]:
         [(*_, error)] = app.generate(path, VERSE)
-        assert error == demo_app.REFUSED == app.compare(path, VERSE)[1] == app.lens(path, VERSE)[1], path
+        assert error == batcher.REFUSED == app.compare(path, VERSE)[1] == app.lens(path, VERSE)[1], path
         assert list(app.sweep(path, VERSE))[0][3] == error
-    assert not app.models.loaded and "\n" not in demo_app.REFUSED
+    assert not app.models.loaded and "\n" not in batcher.REFUSED
     assert app.models.is_served(ROOT / "checkpoints/layerskip-python-deep.pt")  # whatever checkpoints/*.pt holds
     a, b, c = (shutil.copy(tiny_checkpoint, tmp_path / f"{name}.pt") for name in "abc")
     app.models.serve(a, b, c)
@@ -456,8 +456,8 @@ def test_api_takes_the_readmes_arguments_and_refuses_in_one_line(served, demo_ch
     assert all(o["__type__"] == "update" and "value" not in o for o in outputs)  # left as they are
     shutil.copy(tiny_checkpoint, tmp_path / "copy.pt")
     for path in (str(tmp_path / "copy.pt"), str(ROOT / "README.md")):  # every kind of path: in-process above
-        assert client.predict(path, VERSE, max_new_tokens=8, api_name="/generate")[3] == demo_app.REFUSED
-        assert client.predict(path, 64, api_name="/model_info")[1] == demo_views.fill("error", message=demo_app.REFUSED)
+        assert client.predict(path, VERSE, max_new_tokens=8, api_name="/generate")[3] == batcher.REFUSED
+        assert client.predict(path, 64, api_name="/model_info")[1] == demo_views.fill("error", message=batcher.REFUSED)
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -674,7 +674,7 @@ def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, 
     assert "Traceback" not in capfd.readouterr().err
 
     label, other = next((label, path) for label, path in demo.menu()  # another model: its own settings
-                        if demo_app.resolve(path).resolve() != demo_app.resolve(demo_checkpoint).resolve())
+                        if batcher.resolve(path).resolve() != batcher.resolve(demo_checkpoint).resolve())
     model, _ = demo.models.get(other)
     page.click("#model input")
     page.get_by_role("option", name=label).click()

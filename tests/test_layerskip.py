@@ -428,6 +428,9 @@ def test_logit_lens_layers_needed():
     (dict(top_p=float("nan")), r"top_p must be a number in \(0, 1\]"),
     (dict(draft_cost=0.2, draft_threshold=0.3), r"one stop rule"),
     (dict(repetition_penalty=1e-300), r"repetition_penalty must be a number in \[0.01, 100\]"),
+    (dict(temperature=[0.5, 2.0]), r"temperature must be"),  # a list only for seed (one per prompt)
+    (dict(seed=10**400), r"seed must be a whole number in \[0, 18446744073709551615\]"),
+    (dict(eos_id="2"), r"eos_id must be a token id"),
 ])
 def test_bad_settings(kwargs, message):
     """Each bad setting raises one ValueError naming the setting and its range (from RANGES), at Settings()."""
@@ -447,10 +450,12 @@ def test_bad_input_is_refused_when_decoding_starts():
         with pytest.raises(ValueError, match=message):
             ls.generate_stream(model, prompts, 5, Settings(**kw))  # never iterated
     assert len(ls.generate(model, list(range(15)), 5).tokens) == 1
+    with pytest.raises(TypeError, match="not both"):
+        ls.generate(model, [1], 2, Settings(), strategy="early_exit")
     assert RANGES["draft_cost"].check("draft_cost", 0) == 0  # 0 = off, outside (0, 1]
 
 
-def test_process_logits_literals():
+def test_logits_processors_literals():
     """CTRL's repetition penalty divides a seen token's positive logit and multiplies a negative one; no-repeat
     n-gram bans exactly the tokens that would complete an n-gram already in the context."""
     logits = torch.tensor([2.0, -1.0, 0.5, 3.0, 0.0, 1.0])
