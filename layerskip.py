@@ -378,7 +378,8 @@ class Positions:
             allowed = torch.ones(self.T, self.end, dtype=torch.bool, device=self.device).tril(self.end - self.T)
             return torch.zeros(self.T, self.end, dtype=dtype, device=self.device).masked_fill(~allowed, float("-inf"))
         keys = torch.arange(self.end, device=self.index.device)
-        return (keys <= self.index[..., None])[:, None]  # [B, 1, T, S]: causal within each row's own length
+        allowed = (keys <= self.index[..., None])[:, None]  # [B, 1, T, S]: causal within each row's own length
+        return torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, float("-inf"))
 
     def write(self, buffer, x, dim: int):
         """buffer[b, ..., index[b, t], ...] = x[b, ..., t, ...] along dimension dim (the sequence dimension)."""
