@@ -253,14 +253,6 @@ def write_split(ids, out_dir, val_fraction=0.05, vocab_size=None, source="", tok
     return write_bins(out_dir, ids[:cut], ids[cut:], meta)
 
 
-def load_bin(path):
-    """Open a train.bin / val.bin file as a read-only memmap (no copy into memory), of the dtype its folder's
-    meta.json names (uint16 unless a checkpoint's large vocabulary made it uint32)."""
-    meta = os.path.join(os.path.dirname(os.path.abspath(path)), "meta.json")
-    dtype = json.load(open(meta, encoding="utf-8")).get("dtype", "uint16") if os.path.exists(meta) else "uint16"
-    return np.memmap(path, dtype=np.dtype(dtype), mode="r")
-
-
 # -----------------------------------------------------------------------------
 # with a checkpoint's own tokenizer (continual pretraining of a pretrained model)
 
