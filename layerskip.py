@@ -376,9 +376,8 @@ class Positions:
             if self.T == 1 or self.end == self.T:
                 return None
             allowed = torch.ones(self.T, self.end, dtype=torch.bool, device=self.device).tril(self.end - self.T)
-            return torch.zeros(self.T, self.end, dtype=dtype, device=self.device).masked_fill(~allowed, float("-inf"))
-        keys = torch.arange(self.end, device=self.index.device)
-        allowed = (keys <= self.index[..., None])[:, None]  # [B, 1, T, S]: causal within each row's own length
+        else:  # [B, 1, T, S]: causal within each row's own length
+            allowed = (torch.arange(self.end, device=self.device) <= self.index[..., None])[:, None]
         return torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(~allowed, float("-inf"))
 
     def write(self, buffer, x, dim: int):
