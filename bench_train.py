@@ -15,7 +15,7 @@ import time
 import torch
 
 import layerskip as ls
-from common import ArgumentParser, device_memory, fail, int_range, machine
+from common import ArgumentParser, checked, device_memory, fail, fmt_bytes, int_range, machine
 
 
 def parse_args(argv=None):
@@ -31,10 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int_range(1, os.cpu_count() or 1), default=min(2, os.cpu_count() or 1),
                    help="torch CPU threads")
     args = p.parse_args(argv)
-    if args.dim % args.n_heads or (args.dim // args.n_heads) % 2:
-        fail(f"--dim {args.dim} / --n_heads {args.n_heads} must be a whole, even number of channels per head (RoPE)")
-    if args.n_heads % args.n_kv_heads:
-        fail(f"--n_heads {args.n_heads} is not a multiple of --n_kv_heads {args.n_kv_heads}")
+    checked(ls.ModelArgs, dim=args.dim, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads)  # a shape attention can use
     # weights, gradients and AdamW (16 bytes a parameter), and the activations of a step (~68 bytes per token,
     # layer and width) plus fp32 logits at every exit: more than the machine has is an error, not a swap storm
     params = args.n_layers * 12 * args.dim ** 2 + 2 * args.vocab_size * args.dim
@@ -42,7 +39,7 @@ def parse_args(argv=None):
     need = 16 * params + tokens * (args.n_layers * args.dim * 68 + 8 * args.vocab_size * (args.n_layers + 1))
     have = device_memory("cpu")
     if have and need > have:
-        fail(f"this shape needs about {need / 2**30:.0f} GiB, more than this machine's {have / 2**30:.0f} GiB: use a "
+        fail(f"this shape needs about {fmt_bytes(need)}, more than this machine's {fmt_bytes(have)}: use a "
              f"smaller model, --batch_size or --block_size")
     return args
 

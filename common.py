@@ -34,6 +34,15 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def checked(function, *args, **keywords):
+    """function(*args, **keywords); a ValueError it raises (a bad flag, file or checkpoint: CheckpointError is one)
+    becomes the one-line error."""
+    try:
+        return function(*args, **keywords)
+    except ValueError as e:
+        fail(str(e))
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with its errors on one line (no usage block) that point to --help."""
 
@@ -103,6 +112,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def fmt_bytes(n) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def fmt_time(seconds) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def check_device(name: str):

@@ -71,6 +71,12 @@ class ModelArgs:
     max_seq_len: int = 512
     tie_word_embeddings: bool = False  # Llama 3.2 shares the output matrix with the embedding
 
+    def __post_init__(self):  # a shape no attention can use is refused here, not deep inside a matmul
+        kv = self.n_kv_heads or self.n_heads
+        if self.dim % self.n_heads or self.head_dim % 2 or self.n_heads % kv:
+            raise ValueError(f"dim {self.dim}, n_heads {self.n_heads}, n_kv_heads {kv}: each head needs a whole, even "
+                             f"number of channels (RoPE), and each key/value head a whole group of query heads")
+
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads

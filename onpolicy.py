@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import layerskip as ls
-from common import ArgumentParser, device_memory, fail, float_range, int_range
+from common import ArgumentParser, device_memory, fail, float_range, fmt_bytes, int_range
 from data import prepare as corpus
 from model_io import SentencePieceTokenizer, atomic_write, load_model
 
@@ -136,8 +136,8 @@ def check_fits(model, args):
     cache = args.batch * (args.prefix + args.new_tokens) * per_position * model.tok_embeddings.weight.element_size()
     have = device_memory("cpu")
     if have and cache > have:
-        fail(f"--batch {args.batch}: its KV cache needs {cache / 2**30:.1f} GiB, more than this machine's "
-             f"{have / 2**30:.1f} GiB: use a smaller --batch")
+        fail(f"--batch {args.batch}: its KV cache needs {fmt_bytes(cache)}, more than this machine's {fmt_bytes(have)}: "
+             f"use a smaller --batch")
 
 
 def main(argv=None):

@@ -33,7 +33,7 @@ import torch
 import common
 import layerskip as ls
 import onpolicy
-from common import ArgumentParser, device_memory, fail, float_range, int_range
+from common import ArgumentParser, checked, device_memory, fail, float_range, fmt_bytes, fmt_time, int_range
 from data import prepare as corpus
 from distributed import Ranks
 from model_io import CheckpointError, build_model, load_checkpoint, load_model, save_checkpoint, tokenizer_fingerprint
@@ -160,14 +160,6 @@ def resume_config(cfg):
     return argparse.Namespace(**{**DEFAULTS, **state["config"], **keep}), state  # DEFAULTS: knobs added since
 
 
-def checked(function, *args):
-    """function(*args), a ValueError it raises (a bad flag, file or folder) as the one-line error."""
-    try:
-        return function(*args)
-    except ValueError as e:
-        fail(str(e))
-
-
 def check_flags(cfg, ranks):
     """The checks that join two flags, or a flag and the processes or the machine."""
     if cfg.final_iters > cfg.max_iters:
@@ -187,15 +179,7 @@ def check_flags(cfg, ranks):
 
 def check_model(cfg):
     """The model's shape (from the flags and preset, or from --init_from) and the exit trained at every step."""
-    kv = cfg.n_kv_heads or cfg.n_heads
-    if cfg.dim % cfg.n_heads:
-        fail(f"--dim {cfg.dim} is not divisible by --n_heads {cfg.n_heads}: every head gets dim / n_heads channels")
-    if (cfg.dim // cfg.n_heads) % 2:
-        fail(f"--dim {cfg.dim} / --n_heads {cfg.n_heads} = {cfg.dim // cfg.n_heads} channels per head: RoPE needs "
-             f"an even number")
-    if cfg.n_heads % kv:
-        fail(f"--n_heads {cfg.n_heads} is not a multiple of --n_kv_heads {kv}: each key/value head serves a whole "
-             f"group of query heads")
+    checked(model_args, cfg)  # ModelArgs refuses a shape no attention can use
     if cfg.exit_always is not None and cfg.exit_always > cfg.n_layers:
         fail(f"--exit_always {cfg.exit_always} is not an exit of this model: use 1..{cfg.n_layers}")
 
@@ -333,15 +317,6 @@ def new_model(cfg, init, resume_state, device):
     if resume_state is not None:
         return build_model(resume_state, device, torch.float32).train()
     return ls.Transformer(model_args(cfg)).to(device)
-
-
-def fmt_bytes(n):
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
-
-
-def fmt_time(s):
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def peer_results(totals: dict, outputs: dict, setting: dict) -> dict:
 
 def print_peers(results: dict, setting: dict, peer: dict):
     """transformers' setting, the equality checks and the ratios of tokens/s, under a table with peer rows."""
-    ee, r = peer_early_exit_name(setting["exit_layer"]), results["peers"]
+    r = results["peers"]
     used = ", ".join(f"{k} {peer[k]}" + (" (transformers' default)" if k in peer["transformers_defaults"] else "")
                      for k in ASSISTANT_SETTINGS)
     print(f"transformers {peer['transformers']} on the same weights (export.py --format hf, float32); its "

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import layerskip as ls  # noqa: E402
-from common import ArgumentParser, fail, int_range, machine, prompt_set  # noqa: E402
+from common import ArgumentParser, checked, fail, int_range, machine, prompt_set  # noqa: E402
 from model_io import load_model  # noqa: E402
 from settings import Settings, recommended  # noqa: E402
 
@@ -96,10 +96,7 @@ def main(argv=None):
     p.add_argument("--json", help="write the numbers to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    try:
-        prompts = prompt_set(args.prompts)[:2 * args.clients]
-    except ValueError as e:
-        fail(str(e))
+    prompts = checked(prompt_set, args.prompts)[:2 * args.clients]
     model, tok = load_model(ROOT / CHECKPOINT)
     fits = [q for q in prompts if len(tok.encode(q)) + args.max_new_tokens < model.params.max_seq_len]
     if not fits:
