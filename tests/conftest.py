@@ -18,6 +18,15 @@ import layerskip as ls  # noqa: E402
 from model_io import SentencePieceTokenizer, save_checkpoint  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_thread_for_the_method_tier(request):
+    """`pytest -m method` runs tiny models, which one torch thread runs faster and steadier than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if request.node.get_closest_marker("method") else threads)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model(n_layers=4, vocab_size=32, dim=32, n_heads=4, n_kv_heads=2, max_seq_len=64, seed=0,
                dtype=torch.float64, spread=4.0, **kw) -> ls.Transformer:
     """A random Llama whose logits are spread out (so greedy choices are far from ties), in float64 by default

@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from html import unescape
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,13 @@ from conftest import ROOT, assert_one_line_error  # noqa: E402
 from model_io import chat_prompt, load_model, save_checkpoint  # noqa: E402
 from settings import Settings  # noqa: E402
 
-gr = pytest.importorskip("gradio")  # the demo's dependencies are optional (requirements-demo.txt)
-import demo_app  # noqa: E402
+import demo_app  # noqa: E402  (gradio is imported when the app is built: collecting these tests does not need it)
 import demo_views  # noqa: E402
 
-pytestmark = [  # gradio 6.31's queue still uses pandas options that pandas 3 deprecates: not ours to fix
+pytestmark = [
+    pytest.mark.skipif(find_spec("gradio") is None, reason="the demo's dependencies are optional: "
+                       "pip install -r requirements-demo.txt"),
+    # gradio 6.31's queue still uses pandas options that pandas 3 deprecates: not ours to fix
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
@@ -172,6 +175,7 @@ def test_bad_input_is_one_line_of_plain_text_and_runs_nothing(app, tiny_checkpoi
                                                               event, args, message):
     """Bad input: one frame, outputs left as they are, why in one plain line, nothing run; a bad flag: exit 2."""
     if event == "main":
+        import gradio as gr
         monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: pytest.fail("launched"))
         assert_one_line_error(demo_app.main, args, capsys, message)
         return
@@ -355,6 +359,7 @@ def test_only_served_checkpoints_load_and_the_flags_make_the_config(app, tiny_ch
     assert batcher.resolve("smollm2") == tmp_path / "smollm2.gguf"
     assert batcher.resolve("checkpoints/x.pt") == Path("checkpoints/x.pt")
     # the flags: --checkpoint (several) served, the first selected; one torch thread on CPU; batching
+    import gradio as gr
     built = []
     monkeypatch.setattr(demo_app.Demo, "build", lambda self: built.append(self) or gr.Blocks())
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: built.append(kw))
