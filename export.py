@@ -32,18 +32,6 @@ FORMATS = ("hf", "meta")
 # What both layouts need: a model they can represent, weights in one dtype.
 
 
-def check_representable(model):
-    """Refuse shapes that Llama checkpoints (Meta's code, transformers' LlamaForCausalLM) cannot express."""
-    p = model.params
-    n_kv = p.n_kv_heads or p.n_heads
-    if p.n_heads % n_kv:
-        raise CheckpointError(f"n_heads {p.n_heads} is not a multiple of n_kv_heads {n_kv}: Llama's grouped-query "
-                              f"attention (Meta's and transformers') shares each key/value head by a whole number "
-                              f"of query heads")
-    if p.head_dim % 2:
-        raise CheckpointError(f"head_dim {p.head_dim} is odd: Llama's RoPE rotates channel pairs")
-
-
 def export_dtype(model, name=None) -> torch.dtype:
     """--dtype, else the model's own dtype: float32 (exact for fp16 checkpoints, which load as float32 on CPU),
     bfloat16 kept as it is."""
@@ -377,8 +365,7 @@ def export(checkpoint, out_dir, fmt: str, force: bool = False, dtype: str = None
         raise CheckpointError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     checkpoint, out = Path(checkpoint), Path(out_dir)
     check_out_dir(out, checkpoint, force)
-    model, tok = load_model(checkpoint)
-    check_representable(model)
+    model, tok = load_model(checkpoint)  # a shape Llama's attention cannot use is refused there
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:

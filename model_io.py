@@ -340,7 +340,10 @@ def model_args_from_dict(d: dict) -> ModelArgs:
     if unknown:
         raise CheckpointError(f"the checkpoint's model args have fields this version does not know: {unknown}; "
                               f"update layerskip")
-    return ModelArgs(**d)
+    try:
+        return ModelArgs(**d)
+    except ValueError as e:  # a shape no attention can use
+        raise CheckpointError(f"the checkpoint's model: {e}") from None
 
 
 def build_model(ckpt: dict, device="cpu", dtype=None) -> Transformer:
@@ -405,11 +408,13 @@ def read_config(path) -> dict:
 
 
 def args_from_config(make, config: dict, path, *rest) -> ModelArgs:
-    """make(config, *rest), naming the file when a field it needs is missing."""
+    """make(config, *rest), naming the file when a field it needs is missing or its shape cannot be used."""
     try:
         return make(config, *rest)
     except KeyError as e:
         raise CheckpointError(f"{path} lacks the field {e}: not a Llama config, or a truncated file") from None
+    except ValueError as e:  # ModelArgs refused the shape
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def merge_meta_shards(shards: list, dim: int) -> dict:

@@ -221,10 +221,10 @@ def leftovers(folder):
                                                                                         "old-" in p.name))
 
 
-def unrepresentable(t, **shape):
-    """A checkpoint of a random 2-layer model of this shape, with the shipped tokenizer."""
-    tok = model_io.tokenizer_from_dict(load_checkpoint(DEEP)["tokenizer"])
-    save_checkpoint(t / "odd.pt", ls.Transformer(ls.ModelArgs(vocab_size=tok.vocab_size, n_layers=2, **shape)), tok)
+def unusable(t, **shape):
+    """The shipped checkpoint with a shape no attention can use written into its model args."""
+    ckpt = load_checkpoint(DEEP)
+    torch.save(ckpt | {"model_args": ckpt["model_args"] | shape}, t / "odd.pt")
     return t / "odd.pt"
 
 
@@ -241,9 +241,9 @@ BAD = {  # case: (make(tmp_path) -> (checkpoint, OUT_DIR), words the line says, 
                                           "not an earlier export", ["--force"]),
     "OUT_DIR under a file": (lambda t: (DEEP, write(t / "notes.txt", "x") / "sub"), "notes.txt, which is a file", []),
     "OUT_DIR holds the checkpoint": (lambda t: (DEEP, ROOT / "checkpoints"), "holds the checkpoint", ["--force"]),
-    "KV heads do not divide heads": (lambda t: (unrepresentable(t, dim=64, n_heads=4, n_kv_heads=3), t / "out"),
-                                     "not a multiple of n_kv_heads", []),
-    "odd head_dim": (lambda t: (unrepresentable(t, dim=36, n_heads=4), t / "out"), "head_dim 9 is odd", []),
+    "KV heads do not divide heads": (lambda t: (unusable(t, n_kv_heads=3), t / "out"),
+                                     "the checkpoint's model: dim 128, n_heads 4, n_kv_heads 3", []),
+    "odd head_dim": (lambda t: (unusable(t, dim=36), t / "out"), "each head needs a whole, even number", []),
 }
 
 
