@@ -55,7 +55,8 @@ def batch_costs(model, E: int, B: int, context: int = 128, k: int = 4, repeats: 
             fn()
             times[name].append(time.perf_counter() - t0)
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
-    ms["cost_ratio"] = (ms["draft_step"] + (ms[f"verify_{k}"] - ms["verify_0"]) / k) / ms["verify_0"]
+    more = max(0.0, ms[f"verify_{k}"] - ms["verify_0"]) / k  # on a tiny model, noise can make it negative
+    ms["cost_ratio"] = (ms["draft_step"] + more) / ms["verify_0"]
     return ms
 
 
@@ -70,8 +71,8 @@ def run_batches(args, model, tok, setting: dict, prompts: list[str], peer=None) 
     ids = [crop_prompt(model, tok.encode(p), args.max_new_tokens) for p in prompts]
     costs = {B: batch_costs(model, setting["exit_layer"], B) for B in sizes}
     base = setting.get("draft_cost")  # the cost rule's draft cost at batch sizes[0], rescaled for the others
-    settings = {B: dict(setting, draft_cost=round(min(1.0, base * costs[B]["cost_ratio"] /
-                                                      costs[sizes[0]]["cost_ratio"]), 3)) if base else setting
+    scaled = {B: base * costs[B]["cost_ratio"] / costs[sizes[0]]["cost_ratio"] if base else None for B in sizes}
+    settings = {B: dict(setting, draft_cost=min(1.0, max(0.001, round(scaled[B], 3)))) if base else setting
                 for B in sizes}
     decoders = batch_decoders(model, tok, settings, args.max_new_tokens, peer)
     seconds, outputs, rounds = time_batches(dict(decoders, prefill=prefill_only(model)), ids, sizes, args.repeats)
