@@ -2,12 +2,18 @@
 strategy, with ragged prompts and rows that finish at different rounds; a batch runs as one (blocks are called per
 round, not per row). Sampled rows keep the full model's distribution: test_layerskip.py's chi-square test."""
 
+import json
+
 import pytest
 import torch
 
+import bench
+import generate
 import layerskip as ls
+from conftest import ROOT, assert_one_line_error, block_inputs, tiny_model
+from data.prepare import load_prompts
+from model_io import load_model, save_checkpoint
 from settings import Settings, recommended
-from conftest import block_inputs, tiny_model
 
 
 def ragged_prompts(B, seed=0, vocab=32):
@@ -135,9 +141,6 @@ def test_at_most_batch_size_at_once(batch_size):
 def test_shipped_model_float32_batch_of_8_humaneval_prompts():
     """The shipped 32-layer model in float32 at its stored setting: 8 HumanEval prompts decoded as one batch give
     each prompt's own autoregressive tokens (64 new tokens, greedy)."""
-    from data.prepare import load_prompts
-    from model_io import load_model
-    from conftest import ROOT
     model, tok = load_model(ROOT / "checkpoints/layerskip-python-deep.pt")
     ids = [tok.encode(p) for p in load_prompts("humaneval")[:8]]
     setting = recommended(model)
@@ -156,8 +159,6 @@ def test_shipped_model_float32_batch_of_8_humaneval_prompts():
     (None, ["--batch_size", "2"], "--batch_size decodes several prompts: give them in a .jsonl --prompt_file"),
 ])
 def test_cli_batch_bad_input(lines, flags, message, tmp_path, tiny_checkpoint, capsys):
-    import generate
-    from conftest import assert_one_line_error
     argv = ["--checkpoint", tiny_checkpoint, "--max_new_tokens", 2, *flags]
     if lines is not None:
         (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
@@ -172,10 +173,7 @@ def test_cli_batch_bad_input(lines, flags, message, tmp_path, tiny_checkpoint, c
 def test_bench_batch_sizes_reports_every_batch_size(tiny_checkpoint, tmp_path, capsys):
     """One interleaved run over batch sizes 1 and 3: a row per size with both strategies' tokens/s, identical
     outputs, throughput over batch 1 exactly 1 at batch 1, the draft cost it used; a plot in --out_dir."""
-    import json
-    import bench
-    from model_io import save_checkpoint
-    model, tok = __import__("model_io").load_model(tiny_checkpoint)
+    model, tok = load_model(tiny_checkpoint)
     ckpt = tmp_path / "rec.pt"  # a stored cost rule, to be rescaled per batch size
     save_checkpoint(ckpt, model, tok, metadata={"recommended": {"exit_layer": 2, "num_speculations": 4,
                                                                 "draft_cost": 0.3, "draft_gamma": 1.0}})
@@ -197,7 +195,5 @@ def test_bench_batch_sizes_reports_every_batch_size(tiny_checkpoint, tmp_path, c
     (["--batch_sizes", "1", "64", "--n_prompts", "3"], "--batch_sizes 64 needs at least that many prompts"),
 ])
 def test_bench_batch_sizes_bad_input(argv, match, tiny_checkpoint, capsys):
-    import bench
-    from conftest import assert_one_line_error
     assert_one_line_error(bench.main, ["--checkpoint", tiny_checkpoint, "--baseline", "", "--prompts", "shakespeare",
                                        *argv], capsys, match)

@@ -14,14 +14,6 @@ import pytest
 
 from conftest import ROOT
 
-spec = importlib.util.spec_from_file_location("make_tutorial", ROOT / "docs" / "make_tutorial.py")
-mt = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mt)
-
-EXERCISES = ROOT / "tests" / "exercises"
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # a small model on a busy machine: one thread is far faster
-EXERCISE_FILES = sorted(path.name for path in EXERCISES.glob("test_ex*.py"))
-
 
 def load(path, name):
     spec = importlib.util.spec_from_file_location(name, path)
@@ -30,7 +22,12 @@ def load(path, name):
     return module
 
 
+mt = load(ROOT / "docs" / "make_tutorial.py", "make_tutorial")
+EXERCISES = ROOT / "tests" / "exercises"
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # a small model on a busy machine: one thread is far faster
+EXERCISE_FILES = sorted(path.name for path in EXERCISES.glob("test_ex*.py"))
 PLANTED = load(EXERCISES / "planted_wrong.py", "planted")
+
 
 def tutorial():
     return mt.parse(mt.DOC.read_text())
