@@ -36,11 +36,8 @@ TRAIN = {  # name: train.py flags (each run adds --out_dir); "torchrun" ones run
     "torchrun-fsdp": SIX + ["--p_max", "0", "--grad_accum", "2", "--fsdp"],
     "resume": TINY + ["--max_iters", "8", "--eval_interval", "4", "--p_max", "0.3", "--e_scale", "0.5"],
 }
-GENERATE = {  # name: generate.py flags
-    "32-layer": ["--device", "cuda", "--dtype", "float32", "--compare", "--max_new_tokens", "64"],
-    "12-layer": ["--checkpoint", TWELVE, "--device", "cuda", "--dtype", "float32", "--compare",
-                 "--max_new_tokens", "64"],
-}
+COMPARE = ["--device", "cuda", "--dtype", "float32", "--compare", "--max_new_tokens", "64"]
+GENERATE = {"32-layer": COMPARE, "12-layer": ["--checkpoint", TWELVE, *COMPARE]}  # name: generate.py flags
 BENCH = ["--checkpoint", DEEP, "--baseline", "", "--reference", "", "--prompts", "humaneval", "--n_prompts", "2",
          "--max_new_tokens", "16", "--repeats", "1"]
 

@@ -101,9 +101,7 @@ def test_a_llama_layout_gives_transformers_logits_and_greedy_tokens(tmp_path, ti
     model, tok = load_model(write(hf, tmp_path / "model", tiny_tokenizer.model_proto))
     p = model.params
     assert (p.use_scaled_rope, p.rope_scale_factor, p.rope_original_max_seq_len, p.rope_theta) == (True, 32, 64, 5e5)
-    assert (p.tie_word_embeddings, p.n_kv_heads, p.vocab_size, model.layers[0].feed_forward.w1.weight.shape) == \
-        (tied, 2, 600, (192, 64))
-    assert (p.max_seq_len, model.trained_context) == (window, trained)
+    assert (p.tie_word_embeddings, p.max_seq_len, model.trained_context) == (tied, window, trained)
     ids = tok.encode("First Citizen:\nBefore we proceed any further, hear me speak.")
     with torch.no_grad():
         torch.testing.assert_close(model(torch.tensor([ids]))[0], hf(torch.tensor([ids])).logits[0], atol=1e-4, rtol=0)
@@ -206,9 +204,6 @@ def test_tiktoken_tokenizer_in_a_meta_layout_and_our_checkpoint(tmp_path):
     assert tok.eos_id not in tok.encode(text, bos=False) and tok.decode(tok.encode(text, bos=False)) == text
     assert "".join(token_texts(tok, tok.encode(text, bos=False))) == text  # "é", "∑": no broken multi-byte pieces
     assert token_texts(tok, tok.encode("é", bos=False)) == ["", "é"]
-    ids = tok.encode("the cat sat")
-    with torch.no_grad():
-        torch.testing.assert_close(model(torch.tensor([ids])), ours(torch.tensor([ids])), atol=1e-5, rtol=0)
     save_checkpoint(tmp_path / "ours.pt", model, tok)
     again, tok2 = load_model(tmp_path / "ours.pt", max_seq_len=128)
     assert tok2.kind == "tiktoken" and tok2.encode(text) == tok.encode(text) and tok2.stop_ids == tok.stop_ids
@@ -278,7 +273,6 @@ BROKEN = [  # (path in the broken folder, what the error says)
 
 @pytest.mark.parametrize("name, match", BROKEN, ids=[n for n, _ in BROKEN])
 def test_a_broken_model_is_one_checkpoint_error(broken, name, match):
-    assert issubclass(CheckpointError, ValueError)  # the scripts print it as one line
     with pytest.raises(CheckpointError, match=match):
         load_model(broken / name)
 
