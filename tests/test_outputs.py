@@ -67,7 +67,7 @@ def test_the_recorder_sees_a_tracked_file_being_written(monkeypatch, tmp_path):
     assert tracked_or_unignored(paths) == ["README.md"] and len(paths) == 2
 
 
-def test_eval_bench_sweep_and_auto_write_only_into_out(tiny_checkpoint, monkeypatch):
+def test_eval_bench_sweep_and_auto_write_only_into_out(tiny_checkpoint, monkeypatch, capsys):
     """eval.py and bench.py --sweep (small workloads) write their plots and CSV under out/; bench.py --auto on the
     shipped model finds and measures a setting but writes nothing into checkpoints/ (only --store does)."""
     shipped = ROOT / "checkpoints/layerskip-python-deep.pt"
@@ -82,6 +82,7 @@ def test_eval_bench_sweep_and_auto_write_only_into_out(tiny_checkpoint, monkeypa
         bench.main(["--auto", "--sweep_exits", "4"] + small)
     assert ROOT / "out/bench/sweep.csv" in paths  # the sweep's CSV at least (plots need matplotlib)
     assert shipped.stat().st_mtime_ns == before and not [p for p in paths if "checkpoints" in p.parts]
+    assert f"not stored (add --store to write it into {shipped.relative_to(ROOT)})" in capsys.readouterr().out
     assert tracked_or_unignored(paths) == []
 
 
