@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-import train
 from conftest import assert_one_line_error
 from data import prepare
 from data.prepare import encode_documents, load_prompts
@@ -104,13 +103,3 @@ def test_python_corpus(tmp_path):
     assert list(first) == list(again) == ["json/decoder.py", "os.py", "torch/nn/functional.py", "torch/optim/adam.py"]
     assert [python_prepare.is_val(k) for k in first] == [False, False, False, False]
     assert python_prepare.is_val("json/decoder.py", 100) and not python_prepare.is_val("json/decoder.py", 0)
-
-
-def test_python_deep_preset_shape(capsys):
-    """--preset python-deep: 32 blocks of width 128, 4 heads, context 256, vocabulary 2048, FFN 352 (Meta's rule:
-    2/3 * 4 * 128 = 341, rounded up to a multiple of 32), about 6M parameters."""
-    train.main(["--preset", "python-deep", "--dry_run"])
-    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (info["n_layers"], info["dim"], info["n_heads"], info["context"], info["vocab_size"], info["ffn_hidden"]) \
-        == (32, 128, 4, 256, 2048, 352)
-    assert 5.5e6 < info["n_params"] < 6.5e6

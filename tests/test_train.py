@@ -121,26 +121,21 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(shakespeare, tmp
     assert step_losses(proc.stdout) == pytest.approx(step_losses(one), abs=2e-4)
 
 
-def test_missing_data_is_built_on_first_use(tmp_path, capsys):
-    """A corpus folder with a prepare.py and no data (a fresh clone) is built on first use, then trained on."""
-    corpus = tmp_path / "shakespeare"
-    corpus.mkdir()
-    for name in ("prepare.py", "input.txt", "__init__.py"):
-        (corpus / name).write_bytes((SHAKESPEARE / name).read_bytes())
-    out = train_here(TINY + ["--max_iters", 1, "--data", corpus, "--out_dir", tmp_path / "run"], capsys)
-    assert "is not prepared yet: building it" in out
-    assert all((corpus / n).exists() for n in ("train.bin", "val.bin", "tokenizer.model", "meta.json"))
-    assert (tmp_path / "run/model.pt").exists()
+@pytest.mark.parametrize("preset, shape, low, high", [
+    ("llama1.5b", (24, 2048, 16, 4096, 32000, 5632), 1.3e9, 1.6e9),
+    ("python-deep", (32, 128, 4, 256, 2048, 352), 5.5e6, 6.5e6),  # FFN: 2/3 * 4 * 128 = 341, up to a multiple of 32
+])
+def test_dry_run_sizes_a_preset_without_allocating(capsys, preset, shape, low, high):
+    """--dry_run, no CUDA needed: the preset's layers, width, heads, context, vocabulary, FFN width and size."""
+    out = train_here(["--preset", preset, "--dry_run"], capsys)
+    info = json.loads(out.strip().splitlines()[-1])
+    assert tuple(info[k] for k in ("n_layers", "dim", "n_heads", "context", "vocab_size", "ffn_hidden")) == shape
+    assert low < info["n_params"] < high and "memory per GPU" in out
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_size_before_allocating_anything(capsys, tie):
-    """--dry_run sizes the 1.5B preset without CUDA; the count (one meta-device block) equals the built model's."""
-    out = train_here(["--preset", "llama1.5b", "--dry_run"], capsys)
-    info = json.loads(out.strip().splitlines()[-1])
-    assert (info["dim"], info["n_heads"], info["n_layers"], info["context"]) == (2048, 16, 24, 4096)
-    assert info["vocab_size"] == 32000 and info["ffn_hidden"] == 5632 and "memory per GPU" in out
-    assert 1.3e9 < info["n_params"] < 1.6e9
+def test_size_counts_the_built_models_parameters(tie):
+    """size_model's count (one block on the meta device: nothing allocated) equals the built model's."""
     cfg = argparse.Namespace(**{**train.DEFAULTS, "dim": 96, "n_layers": 3, "n_heads": 6, "n_kv_heads": 2,
                                 "vocab_size": 500, "block_size": 16, "tie_embeddings": tie})
     size = train.size_model(cfg, Ranks())  # one process
@@ -149,16 +144,23 @@ def test_size_before_allocating_anything(capsys, tie):
     assert size["ffn_hidden"] == model.layers[0].feed_forward.w1.out_features == 256  # 2/3 * 4 * 96, multiple of 32
 
 
-def test_loss_falls_and_the_run_writes_what_it_says(shakespeare, tmp_path, capsys):
-    """The toy preset cuts the loss by > 1 nat, prints val losses by exit E, writes ckpt.pt and a smaller model.pt."""
-    out = train_here(["--preset", "toy", "--max_iters", 60, "--eval_interval", 60, "--out_dir", tmp_path], capsys)
+def test_a_fresh_clone_builds_its_data_and_the_loss_falls(tmp_path, capsys):
+    """A corpus with a prepare.py and no data (a fresh clone) is built on first use; the toy preset then cuts the loss
+    by > 1 nat, prints val losses by exit E, writes ckpt.pt and a smaller model.pt."""
+    corpus, run = tmp_path / "shakespeare", tmp_path / "run"
+    corpus.mkdir()
+    for name in ("prepare.py", "input.txt", "__init__.py"):
+        (corpus / name).write_bytes((SHAKESPEARE / name).read_bytes())
+    out = train_here(["--preset", "toy", "--max_iters", 60, "--eval_interval", 60, "--data", corpus, "--out_dir", run],
+                     capsys)
+    assert "is not prepared yet: building it" in out
     losses = step_losses(out)
     assert losses[0] - losses[-1] > 1.0, losses
     assert re.search(r"^val loss by exit E: 1:[\d.]+ 2:[\d.]+ 3:[\d.]+ 4:[\d.]+$", out, re.M)
     last = out.strip().splitlines()[-1]
-    assert last.startswith(f"done: {tmp_path / 'ckpt.pt'} (full state) and {tmp_path / 'model.pt'} (fp16 weights")
-    assert [torch.load(tmp_path / n, weights_only=True)["step"] for n in ("ckpt.pt", "model.pt")] == [60, 60]
-    assert (tmp_path / "model.pt").stat().st_size < (tmp_path / "ckpt.pt").stat().st_size
+    assert last.startswith(f"done: {run / 'ckpt.pt'} (full state) and {run / 'model.pt'} (fp16 weights")
+    assert [torch.load(run / n, weights_only=True)["step"] for n in ("ckpt.pt", "model.pt")] == [60, 60]
+    assert (run / "model.pt").stat().st_size < (run / "ckpt.pt").stat().st_size
 
 
 def test_finished_run_is_kept_unless_forced(tiny_run, tmp_path, capsys):
