@@ -112,8 +112,7 @@ def test_the_summary_says_why_decoding_stopped(rec, tiny_tokenizer, capsys):
     """The header says how many tokens fit, the summary that the context window stopped; 0 tokens: rate n/a."""
     prompt = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 3
     n_prompt = len(tiny_tokenizer.encode(prompt))
-    room = 128 - n_prompt
-    assert 0 < room < 40
+    room = 128 - n_prompt  # fewer than 40
     out = run(capsys, "--checkpoint", rec, "--prompt", prompt, "--max_new_tokens", 40)
     assert f"prompt {n_prompt} tokens, up to 40 new ({room} fit the context window of 128) |" in out
     assert SUMMARY.search(out).groups()[::4] == (str(room), f"the context window of 128 tokens (prompt {n_prompt} + "
@@ -199,13 +198,11 @@ def test_logits_processors_keep_greedy_self_speculative_equal_to_autoregressive(
 # ---------------------------------------------------------------------------------------------------------
 # Bad input: exit code 2, one line on stderr naming the problem and the fix, nothing on stdout
 
-BAD = [  # (flags, what the line says); {d}: a folder of bad files, {plain}: no stored setting, {rec}: one stored
+BAD = [  # (flags, what the line says); {d}: an empty folder, {plain}: no stored setting, {rec}: one stored
     (["--checkpoint", "{d}/nope.pt"], "nope.pt: no such file or directory; give a checkpoint"),
-    (["--checkpoint", "{d}/truncated.pt"], "it may be truncated or corrupt: re-download or re-train it"),
     (["--checkpoint", "{plain}", "--prompt", " \n "], "--prompt is empty: give some text to continue"),
     (["--checkpoint", "{plain}", "--prompt", "to be or not " * 100], "give 1 to 255 (the context window holds 256)"),
     (["--checkpoint", "{plain}", "--prompt_file", sys.executable], "is not a text file (binary or not UTF-8)"),
-    (["--checkpoint", "{plain}", "--prompt_file", "{d}/bad.jsonl"], "bad.jsonl, line 2: not JSON"),
     (["--temperature", "1e-40"], f"argument --temperature: temperature must be {RANGES['temperature'].span()}"),
     (["--checkpoint", "{plain}", "--strategy", "autoregressive", "--exit", "4"],
      "--exit has no effect with --strategy autoregressive, which runs all 4 layers"),
@@ -218,9 +215,6 @@ BAD = [  # (flags, what the line says); {d}: a folder of bad files, {plain}: no 
 
 @pytest.mark.parametrize("flags, message", BAD, ids=[m[:40] for _, m in BAD])
 def test_bad_input_is_one_line(tmp_path, tiny_checkpoint, rec, capsys, flags, message):
-    data = tiny_checkpoint.read_bytes()
-    (tmp_path / "truncated.pt").write_bytes(data[:len(data) // 2])
-    (tmp_path / "bad.jsonl").write_text('"fine"\n{"prompt": \n')
     paths = dict(d=tmp_path, plain=tiny_checkpoint, rec=rec)
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         assert_one_line_error(generate.main, [a.format(**paths) for a in flags], capsys, message)

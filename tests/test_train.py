@@ -233,7 +233,6 @@ BAD = [  # (flags after TINY, the one line); a case per kind of check (argparse'
     (["--data", "{none}"], "{none}/train.bin is missing: prepare the data"),
     (["--data", "{data}"], "train.bin: not a file of uint16 tokens (ValueError)"),
     (["--init_from", "{ckpt}", "--dim", 48], "dim: 48 here vs 64 in the checkpoint"),
-    (["--init_from", "{ckpt}", "--dim", 64], "uses another tokenizer than"),
     (["--exit_always", 2, "--onpolicy_data", "{past}"], "holds token ids past the tokenizer"),
     (["--exit_always", 2, "--onpolicy_data", SHAKESPEARE / "val.bin", "--onpolicy_aligned"],
      "needs " + str(SHAKESPEARE / "val.json")),
