@@ -60,13 +60,11 @@ def train(flags, out_dir, **kw):  # train.py's step losses
 @needs_cuda
 def test_train_float32_bfloat16_and_compile_on_cuda(shakespeare, tmp_path):
     """float32 and bfloat16 runs' losses fall and agree at step 1 within 1%; --compile's are eager's within 2e-3."""
-    fp32, out = train(TRAIN["float32"], tmp_path / "fp32"), tmp_path / "fp32"
+    fp32 = train(TRAIN["float32"], tmp_path / "fp32")
     bf16 = train(TRAIN["bfloat16"], tmp_path / "bf16")
     assert len(fp32) == len(bf16) == 10
     assert bf16[0] == pytest.approx(fp32[0], rel=0.01)
     assert fp32[-1] < fp32[0] and bf16[-1] < bf16[0]
-    model, tok = load_model(out / "model.pt", device="cuda")
-    assert len(ls.generate(model, tok.encode("ROMEO:"), 8).tokens) == 8
     assert train(TRAIN["compile"], tmp_path / "compiled", timeout=400) == pytest.approx(fp32, abs=2e-3)
 
 

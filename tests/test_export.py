@@ -218,13 +218,6 @@ def leftovers(folder):
                                                                                         "old-" in p.name))
 
 
-def unusable(t, **shape):
-    """The shipped checkpoint with a shape no attention can use written into its model args."""
-    ckpt = load_checkpoint(DEEP)
-    torch.save(ckpt | {"model_args": ckpt["model_args"] | shape}, t / "odd.pt")
-    return t / "odd.pt"
-
-
 def write(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -238,9 +231,6 @@ BAD = {  # case: (make(tmp_path) -> (checkpoint, OUT_DIR), words the line says, 
                                           "not an earlier export", ["--force"]),
     "OUT_DIR under a file": (lambda t: (DEEP, write(t / "notes.txt", "x") / "sub"), "notes.txt, which is a file", []),
     "OUT_DIR holds the checkpoint": (lambda t: (DEEP, ROOT / "checkpoints"), "holds the checkpoint", ["--force"]),
-    "KV heads do not divide heads": (lambda t: (unusable(t, n_kv_heads=3), t / "out"),
-                                     "the checkpoint's model: dim 128, n_heads 4, n_kv_heads 3", []),
-    "odd head_dim": (lambda t: (unusable(t, dim=36), t / "out"), "each head needs a whole, even number", []),
 }
 
 
