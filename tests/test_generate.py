@@ -174,8 +174,7 @@ def test_round_colours_tell_roles_apart(tiny_tokenizer):
     pieces = round_pieces(tok, ls.Round(drafted=[a, b, c], accepted=1, token=d), seq)
     assert generate.round_text(pieces, colour=True, show_rejected=True) == f"{G}{ta}{X}{R}{tb}{tc}{X}{C}{td}{X}"
     assert generate.round_text(pieces, colour=True, show_rejected=False) == f"{G}{ta}{X}{C}{td}{X}"
-    assert generate.round_text(pieces, colour=False, show_rejected=False) == \
-        tok.decode(seq + [a, d])[len(tok.decode(seq)):]
+    assert generate.round_text(pieces, colour=False, show_rejected=False) == ta + td
     bonus = round_pieces(tok, ls.Round(drafted=[a, b, c], accepted=3, token=d), seq)
     assert generate.round_text(bonus, colour=True, show_rejected=True) == \
         f"{G}{ta}{tb}{tc}{X}{B}{token_texts(tok, [d], seq + [a, b, c])[0]}{X}"

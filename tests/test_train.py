@@ -69,7 +69,6 @@ def test_resume_continues_exactly(shakespeare, tmp_path, capsys):
     common = TINY + ["--max_iters", 8, "--eval_interval", 4, "--p_max", 0.3, "--e_scale", 0.5]
     train_here(common + ["--out_dir", tmp_path / "straight"], capsys)
     assert "done:" not in train_here(common + ["--out_dir", tmp_path / "split", "--stop_after", 4], capsys)
-    assert torch.load(tmp_path / "split/ckpt.pt", weights_only=True)["step"] == 4
     assert not (tmp_path / "split/model.pt").exists()
     assert_one_line_error(train.main, ["--resume", "--out_dir", tmp_path / "split", "--max_iters", 20], capsys,
                           "drop --max_iters")  # a resumed run keeps its own config
