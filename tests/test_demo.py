@@ -170,9 +170,8 @@ def test_bad_input_is_one_line_of_plain_text_and_runs_nothing(app, tiny_checkpoi
     """Bad input: one frame, outputs left as they are, why in one plain line, nothing run."""
     (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
     app.models.serve(tmp_path / "corrupt.pt", tmp_path / "missing.pt")  # as if given at launch: they may say more
-    args = dict(checkpoint=str(tiny_checkpoint), prompt=VERSE) | args
-    args["checkpoint"] = str(tmp_path / f"{args['checkpoint']}.pt") if args["checkpoint"] in ("corrupt", "missing") \
-        else args["checkpoint"]
+    args = dict(checkpoint="tiny", prompt=VERSE) | args
+    args["checkpoint"] = str(tiny_checkpoint if args["checkpoint"] == "tiny" else tmp_path / f"{args['checkpoint']}.pt")
     monkeypatch.setattr(ls.Transformer, "run_blocks", lambda *a, **k: pytest.fail("the model ran"))
     frames = getattr(app, event)(**args)
     [(*outputs, error)] = list(frames) if event in ("generate", "sweep") else [frames]
@@ -251,14 +250,11 @@ def test_sweep_and_compare_interleave_runs_and_take_medians_of_per_pass_ratios(a
     costs = {c: (kw["draft_cost"], kw["draft_gamma"], kw["draft_threshold"]) for c, kw in calls if c != "AR"}
     assert costs == {E: (pytest.approx(0.2 * E / 2), 0.5, None) for E in (1, 2, 3, 4)}  # 0.2 at exit 2, x E/2
     assert "d ≤ 4, cost-model stop (draft cost 0.2 at exit 2, × E/2 at exit E, γ 0.5)" in note
-    calls.clear()
-    *_, (_, _, note, _) = app.sweep(ck, VERSE, 2, 4, "fixed", 0.3, 0.2, max_new_tokens=16)
-    assert {(kw["draft_threshold"], kw["draft_cost"]) for c, kw in calls if c != "AR"} == {(0, 0)}
-    assert "at every exit d = 4, fixed;" in note  # the boxes of the other rules are not read
-    calls.clear()  # Compare at exit 4: 3x in passes 1 and 3, 10x in pass 2 (its idle run)
-    table, error = app.compare(ck, VERSE, 4, 8, "threshold", 0.4, max_new_tokens=16)
+    calls.clear()  # Compare at exit 4 (3x; 10x in pass 2, its idle run), fixed d with the other rules' boxes filled
+    table, error = app.compare(ck, VERSE, 4, 8, "fixed", 0.4, 0.2, max_new_tokens=16)
     assert [c for c, _ in calls] == ["AR", 4] + ["AR", 4, 4, "AR", "AR", 4]  # a warm-up, then three passes
-    assert {(kw["num_speculations"], kw["draft_threshold"]) for c, kw in calls if c != "AR"} == {(8, 0.4)}
+    drafting = {(kw["num_speculations"], kw["draft_threshold"], kw["draft_cost"]) for c, kw in calls if c != "AR"}
+    assert drafting == {(8, 0, 0)}  # fixed: the boxes of the other rules are not read
     assert card(table, "speedup (AR ms/token ÷ self-speculative ms/token)") == "3.00×" and error == ""
     assert "(passes: 3.00–10.00×)" in table
 
@@ -274,7 +270,7 @@ def test_logits_processors_and_chat_reach_generation_and_greedy_outputs_stay_equ
                                                **processor)
         assert text == expected(app, tiny_checkpoint, VERSE, 40, **processor)[0] != plain and said in stats
         table, _ = app.compare(ck, VERSE, 2, 3, "fixed", max_new_tokens=40, **processor)
-        assert "✓ identical (40 tokens)" in table and "both with " in table, processor
+        assert "✓ identical (40 tokens)" in table and f"both with {said}" in table, processor
     model, tok = app.models.get(ck)
     monkeypatch.setattr(tok, "chat_template", "{% for m in messages %}USER: {{ m['content'] }}\n{% endfor %}BOT:")
     *_, (out, _, text, error) = app.generate(ck, "Hello", "autoregressive", chat=True, max_new_tokens=8)
@@ -332,11 +328,8 @@ def test_only_served_checkpoints_load_and_the_flags_make_the_config(app, tiny_ch
     assert app.models.is_served(ROOT / "checkpoints/layerskip-python-deep.pt")  # whatever checkpoints/*.pt holds
     a, b, c = (shutil.copy(tiny_checkpoint, tmp_path / f"{name}.pt") for name in "abc")
     app.models.serve(a, b, c)
-    first_a = app.models.get(a)
-    app.models.get(b)
-    assert app.models.get(a) is first_a  # a hit, and a is now the most recent
-    app.models.get(c)
-    assert [Path(k).name for k in app.models.loaded] == ["a.pt", "c.pt"]
+    loads = [app.models.get(path) for path in (a, b, a, c)]  # a again: a hit, and the most recent; c: b goes
+    assert loads[0] is loads[2] and [Path(k).name for k in app.models.loaded] == ["a.pt", "c.pt"]
     monkeypatch.setattr(batcher, "installed_model", lambda name: tmp_path / f"{name}.gguf")
     assert batcher.resolve("smollm2") == tmp_path / "smollm2.gguf"
     assert batcher.resolve("checkpoints/x.pt") == Path("checkpoints/x.pt")
@@ -409,7 +402,6 @@ def test_http_api_takes_the_readmes_call_streams_batches_and_refuses_in_one_line
     want, _ = expected(demo, demo_checkpoint, eval(re.search(r'prompt=("[^"]*")', code)[1]), 64,
                        demo_app.read_settings(demo.models.get(demo_checkpoint)[0]))  # the first model's setting
     assert capfd.readouterr().out.endswith("\n" + want + "\n")  # after the client's "Loaded as API: ..." line
-
     job = client.submit(checkpoint=ck, prompt=CODE, exit_layer=2, num_speculations=3, stop_rule="fixed",
                         max_new_tokens=20, api_name="/generate")
     streamed = [o[2] for o in job]
@@ -430,7 +422,6 @@ def test_http_api_takes_the_readmes_call_streams_batches_and_refuses_in_one_line
         results = list(pool.map(run, range(12)))
     assert [r[2:] for r in results] == [(expected(demo, ck, ask.pop("prompt"), 12, **ask)[0], "") for ask in asks]
     assert demo.batcher.largest > 1
-
     [(*outputs, error)] = list(client.submit(ck, VERSE, temperature="hot", api_name="/generate"))  # the app checks
     assert error == "temperature must be 0 or a number in [0.01, 100] (0 = greedy), got 'hot'"
     assert all(o["__type__"] == "update" and "value" not in o for o in outputs)  # left as they are
@@ -441,19 +432,11 @@ def test_http_api_takes_the_readmes_call_streams_batches_and_refuses_in_one_line
     assert "Traceback" not in capfd.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def shipped_app():
-    """(url, the default checkpoint's stored setting): the app served as `python demo_app.py` starts, no flags."""
-    demo, url, blocks = launch(demo_app.Config())
-    yield url, demo.models.get(demo_app.DEFAULT_CHECKPOINT)[0].metadata["recommended"]
-    blocks.close()
-
-
-def test_api_defaults_are_the_stored_setting(shipped_app):
+def test_api_defaults_are_the_stored_setting():
     """/generate, /compare and /sweep default to the shipped model's stored setting and first example."""
-    from gradio_client import Client
-    url, rec = shipped_app
-    api = Client(url, verbose=False).view_api(return_format="dict")["named_endpoints"]
+    demo = demo_app.Demo(demo_app.Config())  # as `python demo_app.py` starts, no flags
+    api = demo.build().get_api_info()["named_endpoints"]  # what the server publishes to its clients
+    rec = demo.models.get(demo_app.DEFAULT_CHECKPOINT)[0].metadata["recommended"]
     stored = dict(checkpoint=demo_app.DEFAULT_CHECKPOINT, prompt=demo_app.example_prompts()[0], stop_rule="cost",
                   **{k: rec[k] for k in ("exit_layer", "num_speculations", "draft_cost", "draft_gamma")})
     for endpoint in ("/generate", "/compare", "/sweep"):
@@ -465,10 +448,12 @@ def test_api_defaults_are_the_stored_setting(shipped_app):
 
 @pytest.mark.skipif(os.environ.get("LAYERSKIP_SLOW") != "1",
                     reason="times the shipped model at 17 exits (about a minute): LAYERSKIP_SLOW=1 to run it")
-def test_sweep_with_its_defaults_finds_an_early_exit_clearly_faster(served, shipped_app):
+def test_sweep_with_its_defaults_finds_an_early_exit_clearly_faster(served):
     """/sweep with its defaults finds an exit in 2..8 fastest by 1.3x or more (LAYERSKIP_SLOW=1)."""
     from gradio_client import Client
-    *_, note, error = Client(shipped_app[0], verbose=False).predict(api_name="/sweep")
+    _, url, blocks = launch(demo_app.Config())  # as `python demo_app.py` starts, no flags
+    *_, note, error = Client(url, verbose=False).predict(api_name="/sweep")
+    blocks.close()
     text = re.sub(r"<[^>]+>", "", note)
     best = re.search(r"Fastest: exit (\d+), ([\d.]+)×", text)
     assert error == "" and best and 2 <= int(best[1]) <= 8 and float(best[2]) >= 1.3, text
