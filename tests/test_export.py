@@ -42,8 +42,7 @@ def random_model(tokenizer, seed, **kw):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """The two shipped models (fp16, with recommendations) and two tiny fp32 ones with the 32-layer model's tokenizer:
-    tied with Llama 3.1's scaled RoPE and a recommendation, untied with plain RoPE and none."""
+    """The shipped models (fp16, with a stored setting) and two tiny fp32 ones: tied, scaled RoPE, a setting; untied."""
     tok = model_io.tokenizer_from_dict(load_checkpoint(DEEP)["tokenizer"])
     folder = tmp_path_factory.mktemp("ckpts")
     rope = dict(rope_theta=500000.0, use_scaled_rope=True, rope_scale_factor=32.0, rope_original_max_seq_len=64)
@@ -165,9 +164,8 @@ def test_float16_export_keeps_the_stored_bits(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1].startswith(f"wrote {tmp_path / 'meta'} (meta): ")
     assert sorted(p.name for p in (tmp_path / "meta").iterdir()) == ["consolidated.00.pth", "layerskip.json",
                                                                      "params.json", "tokenizer.model"]
-    stored = stored_weights(DEEP)
     assert all(v.dtype == torch.float16 for v in load_file(tmp_path / "hf/model.safetensors").values())
-    meta = torch.load(tmp_path / "meta/consolidated.00.pth", weights_only=True)
+    stored, meta = stored_weights(DEEP), torch.load(tmp_path / "meta/consolidated.00.pth", weights_only=True)
     assert meta.keys() == stored.keys() - {"output.weight"}  # tied: Meta's layout has no output.weight
     assert all(torch.equal(meta[k], stored[k]) for k in meta)
     assert json.loads((tmp_path / "hf/config.json").read_text())["torch_dtype"] == "float16"
@@ -197,8 +195,7 @@ def byte_tiktoken():
 @pytest.mark.parametrize("make, says", [(default_sentencepiece, ("dummy prefix", "remove_extra_whitespaces")),
                                         (byte_tiktoken, ("tiktoken tokenizer", "--format meta"))])
 def test_a_tokenizer_transformers_would_misread_goes_to_meta_not_hf(tmp_path, capsys, make, says):
-    """A sentencepiece model LlamaTokenizer would split otherwise (dummy prefix, NFKC, removed spaces) or a tiktoken
-    one: --format hf is a one-line error naming it, nothing left; --format meta copies it and it reads back."""
+    """A tokenizer LlamaTokenizer would misread: --format hf is one line naming why, nothing left; meta reads back."""
     tok = make()
     save_checkpoint(tmp_path / "m.pt", random_model(tok, 3), tok)
     line = assert_one_line_error(export.main, [tmp_path / "m.pt", tmp_path / "hf", "--format", "hf"], capsys, says[0])

@@ -120,8 +120,7 @@ def test_meta_rope_defaults_and_hf_ffn_size():
     assert model_io.meta_model_args(l31, 128256, 8192).rope_scale_factor == 8.0
     over = model_io.meta_model_args(dict(l31, rope_scaling={"factor": 16.0, "high_freq_factor": 2.0}), 1, 8192)
     assert (over.rope_scale_factor, over.rope_high_freq_factor, over.rope_low_freq_factor) == (16.0, 2.0, 1.0)
-    l2 = model_io.meta_model_args(dict(dim=4096, n_layers=32, n_heads=32, vocab_size=-1, multiple_of=256), 32000,
-                                  4096)
+    l2 = model_io.meta_model_args(dict(dim=4096, n_layers=32, n_heads=32, vocab_size=-1, multiple_of=256), 32000, 4096)
     assert (l2.rope_theta, l2.use_scaled_rope, l2.vocab_size, l2.n_kv_heads) == (10000.0, False, 32000, None)
     for dim, hidden in [(2048, 8192), (4096, 11008), (4096, 14336), (64, 100), (64, 192), (96, 255)]:
         args = ls.ModelArgs(dim=dim, n_heads=1, **model_io.ffn_args(dim, hidden))
@@ -165,34 +164,31 @@ def test_tokenizer_json_through_tokenizers(tmp_path, untied_hf):
     trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
                                              initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator(["def add(a, b):\n    return a + b\n"] * 20, trainer)
-    folder = tmp_path / "hf"
-    untied_hf.save_pretrained(folder)
-    (folder / "tokenizer.json").write_text(tk.to_str())
-    model, tok = load_model(folder)
+    untied_hf.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(tk.to_str())
+    tok = load_model(tmp_path)[1]
     text = "def sub(a, b):\n    return a - b\n"
     ids = tok.encode(text)
     # no tokenizer_config.json and no post-processor: the model was not trained with BOS, none is prepended
     assert tok.kind == "tokenizers" and ids[0] != 1 and tok.decode(ids + [2]) == text
-    (folder / "tokenizer_config.json").write_text('{"add_bos_token": true}')  # the config says BOS: BOS
-    tok = load_model(folder)[1]
+    (tmp_path / "tokenizer_config.json").write_text('{"add_bos_token": true}')  # the config says BOS: BOS
+    tok = load_model(tmp_path)[1]
     assert tok.encode(text) == [1] + ids and model_io.tokenizer_from_dict(tok.to_dict()).encode(text) == [1] + ids
     tk.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    (folder / "tokenizer_config.json").unlink()  # no config: the post-processor, which puts <s> first, decides
-    (folder / "tokenizer.json").write_text(tk.to_str())
-    assert load_model(folder)[1].encode(text) == [1] + ids
+    (tmp_path / "tokenizer_config.json").unlink()  # no config: the post-processor, which puts <s> first, decides
+    (tmp_path / "tokenizer.json").write_text(tk.to_str())
+    assert load_model(tmp_path)[1].encode(text) == [1] + ids
 
 
 def test_tiktoken_tokenizer_in_a_meta_layout_and_our_checkpoint(tmp_path):
     """A tiktoken ranks file in a Meta dir: literal and special ids, multi-byte round trips, kept by our checkpoints."""
     pytest.importorskip("tiktoken")
     ours = tiny_model(n_layers=2, vocab_size=518, dtype=torch.float32, rope_theta=500000.0)
-    folder = tmp_path / "meta"
-    folder.mkdir()
-    torch.save(ours.state_dict(), folder / "consolidated.00.pth")
-    (folder / "params.json").write_text(json.dumps(dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                                                        vocab_size=-1, multiple_of=16, rope_theta=500000.0)))
-    (folder / "tokenizer.model").write_text(RANKS)
-    model, tok = load_model(folder)  # tiktoken told apart from sentencepiece by the file's content
+    torch.save(ours.state_dict(), tmp_path / "consolidated.00.pth")  # tmp_path: a Meta folder
+    (tmp_path / "params.json").write_text(json.dumps(dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                                          vocab_size=-1, multiple_of=16, rope_theta=500000.0)))
+    (tmp_path / "tokenizer.model").write_text(RANKS)
+    model, tok = load_model(tmp_path)  # tiktoken told apart from sentencepiece by the file's content
     assert (tok.kind, model.params.vocab_size, model.params.max_seq_len) == ("tiktoken", 518, 8192)
     assert tok.encode("the cat") == [262, 258, 261, 260]  # <|begin_of_text|>, "the", " c", "at"
     assert (tok.bos_id, tok.eos_id, sorted(tok.stop_ids), tok.vocab_size) == (262, 263, [263, 270, 271], 518)
