@@ -61,8 +61,7 @@ def test_the_recorder_sees_a_tracked_file_being_written(monkeypatch, tmp_path):
         with open("README.md", "a"):
             pass
         (ROOT / "out").mkdir(exist_ok=True)
-        with open("out/written-by-test_outputs.txt", "w") as f:
-            f.write("x")
+        Path("out/written-by-test_outputs.txt").write_text("x")
     os.remove(ROOT / "out/written-by-test_outputs.txt")
     assert tracked_or_unignored(paths) == ["README.md"] and len(paths) == 2
 

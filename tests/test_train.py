@@ -163,14 +163,13 @@ def test_a_fresh_clone_builds_its_data_and_the_loss_falls(tmp_path, capsys):
 
 
 def test_finished_run_is_kept_unless_forced(tiny_run, tmp_path, capsys):
-    """A finished run's --out_dir is refused untouched; --force replaces the run (weights, log); --resume not forced."""
+    """A finished run's --out_dir is refused untouched; --force replaces the run (weights, log)."""
     out, tiny = tmp_path / "run", TINY + ["--max_iters", 2, "--eval_interval", 2, "--seed", 7]
     shutil.copytree(tiny_run, out)
     files = {name: (out / name).read_bytes() for name in ("ckpt.pt", "model.pt", "log.jsonl")}
     assert_one_line_error(train.main, tiny + ["--out_dir", out], capsys,
                           f"--out_dir {out} already holds a run (ckpt.pt, model.pt): continue it with --resume")
     assert {name: (out / name).read_bytes() for name in files} == files
-    assert_one_line_error(train.main, ["--resume", "--force", "--out_dir", out], capsys, "drop --force")
     (out / "ckpt.pt").unlink()  # model.pt alone is a finished run too
     assert_one_line_error(train.main, tiny + ["--out_dir", out], capsys, "already holds a run (model.pt)")
     train_here(tiny + ["--out_dir", out, "--force"], capsys)
