@@ -183,12 +183,10 @@ def test_prepare_with_the_files_tokenizer_then_train_from_it(tmp_path, bpe, caps
     """prepare.py --tokenizer X.gguf (no BOS, <|endoftext|> between documents); train.py --init_from X.gguf keeps its
     tokenizer, BOS rule and chat template; uint32 token files train alike; another tokenizer's data is refused."""
     path = write_gguf(tmp_path / "tiny.gguf", random_model(bpe), bpe, pre="smollm")
-    texts = tmp_path / "texts"
-    texts.mkdir()
     for i in range(40):
-        (texts / f"f{i:02d}.py").write_text(CORPUS[i % 3] * 20)
+        (tmp_path / f"f{i:02d}.py").write_text(CORPUS[i % 3] * 20)
     data = tmp_path / "data"
-    prepare.main(["--tokenizer", str(path), "--input", str(texts / "*.py"), "--out_dir", str(data),
+    prepare.main(["--tokenizer", str(path), "--input", str(tmp_path / "*.py"), "--out_dir", str(data),
                   "--test_fraction", "0.1"])
     meta = json.loads((data / "meta.json").read_text())
     assert meta["dtype"] == "uint16" and meta["tokenizer"]["add_bos"] is False
@@ -213,7 +211,7 @@ def test_prepare_with_the_files_tokenizer_then_train_from_it(tmp_path, bpe, caps
     assert losses["run"] == losses["run32"] and len(losses["run"]) >= 1
     # a folder made by another tokenizer is refused, by its recorded fingerprint
     other = tmp_path / "other"
-    prepare.main(["--input", str(texts / "*.py"), "--out_dir", str(other), "--vocab_size", "300"])
+    prepare.main(["--input", str(tmp_path / "*.py"), "--out_dir", str(other), "--vocab_size", "300"])
     assert_one_line_error(train.main, ["--init_from", path, "--data", other, "--out_dir", tmp_path / "run2",
                                        "--max_iters", 1], capsys, "prepare the data with the checkpoint's tokenizer")
 
