@@ -259,10 +259,9 @@ def test_peers_refuses_in_one_line_before_timing(tiny_checkpoint, capsys, monkey
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` raises ImportError
     assert_one_line_error(bench.main, argv, capsys, "it is not installed: pip install transformers")
     monkeypatch.setitem(sys.modules, "transformers", transformers)
-    version = transformers.__version__
-    monkeypatch.setattr(transformers, "__version__", "4.46.3")
-    assert_one_line_error(bench.main, argv, capsys, "--peers needs transformers 4.47 or newer for assistant_early_exit")
-    monkeypatch.setattr(transformers, "__version__", version)
+    with monkeypatch.context() as old:
+        old.setattr(transformers, "__version__", "4.46.3")
+        assert_one_line_error(bench.main, argv, capsys, "--peers needs transformers 4.47 or newer")
     refused = "export.py: error: its tiktoken tokenizer cannot be exported to transformers faithfully here\n"
     monkeypatch.setattr(subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(cmd, 2, "", refused))
     assert_one_line_error(bench.main, argv, capsys, f"--peers converts --checkpoint {tiny_checkpoint} for "

@@ -38,7 +38,7 @@ def test_prepare_writes_every_document_into_train_and_val(tmp_path, capsys):
 
 SCRIPTS = {"prepare": prepare.main, "shakespeare": shakespeare_prepare.main, "python": python_prepare.main,
            "make_input": make_input.main}
-BAD = [  # (script, flags, what the line says); {tmp}, {text}, {binary} and {folder} are made by the test
+BAD = [  # (script, flags, what the line says); {tmp}, {text} and {binary} are made by the test
     ("prepare", "--input {tmp}/*.none --out_dir {tmp}/o", "--input '{tmp}/*.none' matches no files"),
     ("prepare", "--input {text} --out_dir {tmp}/o --val_fraction nan", "--val_fraction must be in [0, 1), got nan"),
     ("prepare", "--input {binary} --out_dir {tmp}/o", "{binary} is not UTF-8 text"),
@@ -51,13 +51,11 @@ BAD = [  # (script, flags, what the line says); {tmp}, {text}, {binary} and {fol
 
 @pytest.mark.parametrize("script, flags, match", BAD, ids=[f"{s} {m[:30]}" for s, _, m in BAD])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, script, flags, match):
-    paths = {"tmp": tmp_path, "text": tmp_path / "text.txt", "binary": tmp_path / "binary.txt",
-             "folder": tmp_path / "folder"}
+    paths = {"tmp": tmp_path, "text": tmp_path / "text.txt", "binary": tmp_path / "binary.txt"}
     paths["binary"].write_bytes(b"\x7fELF\xff\xfe" + bytes(range(256)))
     paths["text"].write_text("To be, or not to be\n")
-    paths["folder"].mkdir()
     assert_one_line_error(SCRIPTS[script], flags.format(**paths).split(), capsys, match.format(**paths))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.txt", "folder", "text.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.txt", "text.txt"]
 
 
 def test_prompt_sets():

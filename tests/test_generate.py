@@ -56,8 +56,7 @@ def test_every_strategy_end_to_end(rec, capsys):
     early = run(capsys, "--checkpoint", rec, "--strategy", "early_exit", "--exit", 1, "--max_new_tokens", 12,
                 "--prompt", PROMPT, "--temperature", 0.8, "--seed", 1, "--compare")
     assert SUMMARY.search(early).groups()[:2] == ("12", "n/a")
-    assert re.search(r"^speedup .* \| sampling: outputs differ by design \(the same distribution, other random "
-                     r"draws\)$", early, re.M)
+    assert "| sampling: outputs differ by design (the same distribution, other random draws)\n" in early
     ar = run(capsys, "--checkpoint", rec, "--strategy", "autoregressive", "--stream", "--max_new_tokens", 40,
              "--prompt", PROMPT)
     assert SUMMARY.search(ar).groups()[:4] == ("40", "n/a", "1.00", "40")

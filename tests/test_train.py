@@ -1,4 +1,4 @@
-"""Tests of train.py: exact resume, data-parallel runs equal to one process, the 1.5B dry run, the schedules, what a
+"""Tests of train.py: exact resume, data-parallel runs equal to one process, dry runs of presets, the schedules, what a
 run writes (checkpoints, a finished run kept unless forced), and bad input as one line (train.py and bench_train.py)."""
 
 import argparse
@@ -116,8 +116,7 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(shakespeare, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = train_here(common + [a for a in extra if a != "--fsdp"] + ["--batch_size", 8, "--out_dir", tmp_path / "one"],
                      capsys)
-    assert len(step_losses(proc.stdout)) == len(step_losses(one)) == 5
-    assert step_losses(proc.stdout) == pytest.approx(step_losses(one), abs=2e-4)
+    assert len(step_losses(one)) == 5 and step_losses(proc.stdout) == pytest.approx(step_losses(one), abs=2e-4)
 
 
 @pytest.mark.parametrize("preset, shape, low, high", [
@@ -213,9 +212,8 @@ def test_exit_always_and_its_weight_in_the_schedule():
     cfg.e_scale, cfg.exit_always_weight, cfg.rotation = 1.0, 0.0, 4
     # step 0, R=4: exits {0, 3}; forced exit 2 is block 1: e = [0, 1, 3, 3 + 3] -> {1: 1/7, 3: 6/7}
     assert train.layerskip_schedule(0, cfg, True)[1] == pytest.approx({0: 0.0, 1: 1 / 7, 3: 6 / 7})
-    cfg.exit_always_weight = 0.3
-    w = train.layerskip_schedule(0, cfg, True)[1]
-    assert w == pytest.approx({0: 0.0, 1: 0.3 + 0.7 / 7, 3: 0.7 * 6 / 7}) and sum(w.values()) == pytest.approx(1)
+    cfg.exit_always_weight = 0.3  # exit 2's share 0.3; the other exits keep 0.7 of theirs: the sum stays 1
+    assert train.layerskip_schedule(0, cfg, True)[1] == pytest.approx({0: 0.0, 1: 0.3 + 0.7 / 7, 3: 0.7 * 6 / 7})
 
 
 BAD = [  # (flags after TINY, the one line); a case per kind of check (argparse's ranges: common.py's, tested there)
