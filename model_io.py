@@ -942,7 +942,10 @@ def load_model(path, device="cpu", dtype=None, max_seq_len: Optional[int] = None
     trained = ckpt["model_args"].get("max_seq_len", ModelArgs.max_seq_len)
     if max_seq_len:
         ckpt["model_args"] = {**ckpt["model_args"], "max_seq_len": max_seq_len}
-    model = build_model(ckpt, device, dtype)
+    try:
+        model = build_model(ckpt, device, dtype)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     try:
         tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
     except CheckpointError as e:

