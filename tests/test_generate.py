@@ -202,6 +202,7 @@ BAD = [  # (flags, what the line says); {d}: an empty folder, {plain}: no stored
     (["--checkpoint", "{plain}", "--prompt", "to be or not " * 100], "give 1 to 255 (the context window holds 256)"),
     (["--checkpoint", "{plain}", "--prompt_file", sys.executable], "is not a text file (binary or not UTF-8)"),
     (["--temperature", "1e-40"], f"argument --temperature: temperature must be {RANGES['temperature'].span()}"),
+    (["--checkpoint", "{plain}", "--exit", "9"], "exit layer 9 is out of range: this model has 4 layers, use 1..4"),
     (["--checkpoint", "{plain}", "--strategy", "autoregressive", "--exit", "4"],
      "--exit has no effect with --strategy autoregressive, which runs all 4 layers"),
     (["--checkpoint", "{plain}", "--compare"], "--compare needs an exit layer to draft with, and this checkpoint "
