@@ -375,8 +375,8 @@ def served(demo_checkpoint, tiny_checkpoint):
     torch.set_num_threads(threads)
 
 
-def test_http_api_takes_the_readmes_call_streams_batches_and_refuses_in_one_line(served, demo_checkpoint,
-                                                                                 tiny_checkpoint, tmp_path, capfd):
+def test_http_api_runs_the_readmes_call_streams_batches_and_refuses_in_one_line(served, demo_checkpoint,
+                                                                                tiny_checkpoint, tmp_path, capfd):
     """The README's API call; /generate streams; 12 clients at once share batches; bad input: one line, outputs kept."""
     from gradio_client import Client
     (demo, url, *_), ck = served, str(tiny_checkpoint)
