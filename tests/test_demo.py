@@ -155,6 +155,7 @@ BAD = [  # (event, its arguments, the one line it answers): "corrupt" and "missi
     ("generate", dict(checkpoint="corrupt"), "truncated or corrupt"),
     ("generate", dict(chat=True), "this model has no chat template"),
     ("compare", dict(checkpoint="missing"), "no such file"),
+    ("compare", dict(exit_layer=999), "exit layer 999 is out of range: this model has 4 layers, use 1..4"),
     ("lens", dict(prompt=""), "the prompt is empty: generate something first"),
     ("sweep", dict(repetition_penalty=0), "repetition_penalty must be a number in [0.01, 100]"),
 ]
@@ -364,13 +365,13 @@ def launch(config):
 
 @pytest.fixture(scope="module")
 def served(demo_checkpoint, tiny_checkpoint):
-    """(Demo, url, hold): the app batching on one torch thread; while hold is set, the model panel lags 3 s."""
+    """(Demo, url, hold, its Blocks): the app batching on one torch thread; while hold is set, the model panel lags 3 s."""
     threads, hold, describe = torch.get_num_threads(), threading.Event(), demo_views.describe
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(demo_views, "describe", lambda *args: (hold.is_set() and time.sleep(3)) or describe(*args))
         demo, url, blocks = launch(demo_app.Config(checkpoint=[demo_checkpoint, str(tiny_checkpoint)]))
-        yield demo, url, hold
+        yield demo, url, hold, blocks
         blocks.close()
     torch.set_num_threads(threads)
 
@@ -511,7 +512,7 @@ def style(page, selector, prop):
 @pytest.mark.browser
 def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, monkeypatch, capfd):
     """The page at 1280 and 820 px: start, output, rejected views, Stop, Compare, sweep, models; screenshots."""
-    demo, url, hold = served
+    demo, url, hold, blocks = served
     model, tok = demo.models.get(demo_checkpoint)
     s, L, first = demo_app.read_settings(model), model.params.n_layers, demo_app.example_prompts()[0]
     hold.set()  # the model panel loads slowly: until it has, the run buttons wait and the controls show the setting
@@ -519,6 +520,8 @@ def test_browser_at_1280_and_820_px(browser, served, demo_checkpoint, tmp_path, 
     page.set_default_timeout(120_000)  # a loaded CI machine is slow; the test waits, it does not time
     page.goto(url)
     page.wait_for_selector("#go")
+    config = [c["props"] for c in blocks.config["components"] if c["props"].get("elem_id") in demo_app.RUN_BUTTONS]
+    assert sorted(c["elem_id"] for c in config if c["interactive"] is False) == sorted(demo_app.RUN_BUTTONS)
     assert page.locator("#go").is_disabled() and page.locator("#compare").is_disabled()  # the others: in tabs
     assert page.locator("#info b").count() == 0  # the panel has not loaded
     assert_controls_show_the_stored_setting(page, model)
