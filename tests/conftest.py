@@ -20,7 +20,8 @@ from model_io import SentencePieceTokenizer, save_checkpoint  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def one_thread_for_the_method_tier(request):
-    """`pytest -m method` runs tiny models, which one torch thread runs faster and steadier than two."""
+    """`pytest -m method` runs tiny models, which one torch thread runs faster and steadier than two; every test
+    gets back the thread count it started with (a script's --threads does not leak into the next test)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if request.node.get_closest_marker("method") else threads)
     yield
