@@ -288,9 +288,12 @@ def summary(g: ls.Generation, s: Settings, stopped: str) -> str:
             f"{g.tokens_per_round:.2f} tokens per round ({plural(g.rounds, 'round')}) | stopped at {stopped}")
 
 
-def compare_verdict(ar_tokens: list, tokens: list, temperature: float, dtype: torch.dtype) -> str:
-    """--compare's word on the two outputs: greedy ones must match in float32; sampled ones need not."""
-    if temperature > 0:
+def compare_verdict(ar_tokens: list, tokens: list, s: Settings, dtype: torch.dtype) -> str:
+    """--compare's word on the two outputs: greedy self-speculative ones must match in float32; sampled ones and early
+    exit's (the first E blocks: another, smaller model) need not."""
+    if s.strategy == "early_exit" and ar_tokens != tokens:
+        return "early exit: outputs differ by design (exit E is a smaller model than the full one)"
+    if s.temperature > 0:
         return "sampling: outputs differ by design (the same distribution, other random draws)"
     if ar_tokens == tokens:
         return "outputs identical"
@@ -329,7 +332,7 @@ def print_comparison(model, prompt_ids, args, s: Settings, ar: Settings, g: ls.G
     The same stop ids matter: otherwise the two could stop at different places."""
     a = ls.generate(model, prompt_ids, args.max_new_tokens, ar)
     print(f"autoregressive: {plural(len(a.tokens), 'token')} in {a.seconds:.2f} s: {a.tokens_per_s:.1f} tokens/s")
-    verdict = compare_verdict(a.tokens, g.tokens, s.temperature, model.tok_embeddings.weight.dtype)
+    verdict = compare_verdict(a.tokens, g.tokens, s, model.tok_embeddings.weight.dtype)
     if a.tokens and g.tokens:
         print(f"speedup {a.time_per_token / g.time_per_token:.2f}x ({1000 * a.time_per_token:.1f} ms/token "
               f"autoregressive, {1000 * g.time_per_token:.1f} ms/token {s.strategy}) | {verdict}")
@@ -375,7 +378,7 @@ def run_batch(args, model, tokenizer, s: Settings, ar: Settings, prompts: list[s
         for b, (prompt_ids, g) in enumerate(zip(ids, gens)):
             a = ls.generate(model, prompt_ids, args.max_new_tokens, replace(ar, seed=s.seed + b))  # row b's stream
             ar_seconds += a.seconds
-            verdict = compare_verdict(a.tokens, g.tokens, s.temperature, model.tok_embeddings.weight.dtype)
+            verdict = compare_verdict(a.tokens, g.tokens, s, model.tok_embeddings.weight.dtype)
             identical += verdict == "outputs identical"
             print(f"prompt {b + 1}: {verdict}")
         ar_tokens_per_s = n_tokens / ar_seconds if ar_seconds else float("inf")

@@ -136,8 +136,8 @@ def check_fits(model, args):
     cache = args.batch * (args.prefix + args.new_tokens) * per_position * model.tok_embeddings.weight.element_size()
     have = device_memory("cpu")
     if have and cache > have:
-        fail(f"--batch {args.batch}: its KV cache needs {fmt_bytes(cache)}, more than this machine's {fmt_bytes(have)}: "
-             f"use a smaller --batch")
+        fail(f"--batch {args.batch}: its KV cache needs {fmt_bytes(cache)}, more than this machine's "
+             f"{fmt_bytes(have)}: use a smaller --batch")
 
 
 def main(argv=None):

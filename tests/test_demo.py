@@ -317,7 +317,7 @@ def test_only_served_checkpoints_load_and_the_flags_make_the_config(app, tiny_ch
         [(*_, error)] = app.generate(path, VERSE)
         assert error == batcher.REFUSED == app.compare(path, VERSE)[1] == app.lens(path, VERSE)[1], path
         assert list(app.sweep(path, VERSE))[0][3] == error
-    assert not app.models.loaded
+    assert not app.models.loaded and "\n" not in batcher.REFUSED
     assert app.models.is_served(ROOT / "checkpoints/layerskip-python-deep.pt")  # whatever checkpoints/*.pt holds
     a, b, c = (shutil.copy(tiny_checkpoint, tmp_path / f"{name}.pt") for name in "abc")
     app.models.serve(a, b, c)
@@ -365,7 +365,7 @@ def launch(config):
 
 @pytest.fixture(scope="module")
 def served(demo_checkpoint, tiny_checkpoint):
-    """(Demo, url, hold, its Blocks): the app batching on one torch thread; while hold is set, the model panel lags 3 s."""
+    """(Demo, url, hold, Blocks): the app batching on one torch thread; while hold is set, the model panel lags 3 s."""
     threads, hold, describe = torch.get_num_threads(), threading.Event(), demo_views.describe
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as m:

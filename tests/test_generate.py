@@ -15,7 +15,7 @@ import layerskip as ls
 from common import round_pieces
 from conftest import assert_one_line_error, tiny_model
 from model_io import load_model, save_checkpoint, token_texts
-from settings import RANGES
+from settings import RANGES, Settings
 
 pytestmark = pytest.mark.cli
 
@@ -47,7 +47,7 @@ def text_block(out):
 
 
 def test_every_strategy_end_to_end(rec, capsys):
-    """--compare: greedy outputs identical, sampled ones differ by design; --stream writes the same text; no colour."""
+    """--compare: greedy outputs identical, early exit's differ by design; --stream writes the same text; no colour."""
     spec = run(capsys, "--checkpoint", rec, "--exit", 2, "--num_speculations", 3, "--compare", "--max_new_tokens", 40,
                "--prompt", PROMPT)
     n, rate, per_round, _, stopped = SUMMARY.search(spec).groups()
@@ -56,7 +56,7 @@ def test_every_strategy_end_to_end(rec, capsys):
     early = run(capsys, "--checkpoint", rec, "--strategy", "early_exit", "--exit", 1, "--max_new_tokens", 12,
                 "--prompt", PROMPT, "--temperature", 0.8, "--seed", 1, "--compare")
     assert SUMMARY.search(early).groups()[:2] == ("12", "n/a")
-    assert "| sampling: outputs differ by design (the same distribution, other random draws)\n" in early
+    assert "| early exit: outputs differ by design (exit E is a smaller model than the full one)\n" in early
     ar = run(capsys, "--checkpoint", rec, "--strategy", "autoregressive", "--stream", "--max_new_tokens", 40,
              "--prompt", PROMPT)
     assert SUMMARY.search(ar).groups()[:4] == ("40", "n/a", "1.00", "40")
@@ -137,13 +137,18 @@ def test_compare_stops_both_runs_at_every_stop_id(rec, capsys, monkeypatch):
     assert re.search(rf"^autoregressive: {k + 1} tokens in", out, re.M) and IDENTICAL.search(out)
 
 
-def test_compare_verdicts():
-    """Where greedy outputs part; in reduced precision the verdict points to near-ties, in float32 it does not."""
-    verdict = generate.compare_verdict
-    assert verdict([5, 6, 7], [5, 6, 7], 0.0, torch.float32) == "outputs identical"
-    assert verdict([5, 6, 7], [5, 8, 7], 0.0, torch.float32) == "outputs differ from token 1 on"
-    assert verdict([5, 6, 7], [5, 6], 0.0, torch.float32) == "outputs differ from token 2 on"
-    assert verdict([5, 6, 7], [5, 8, 7], 0.0, torch.bfloat16) == (
+def test_compare_verdicts(rec, capsys):
+    """Sampled outputs differ by design; where greedy outputs part, in reduced precision the verdict points to
+    near-ties, in float32 it does not."""
+    out = run(capsys, "--checkpoint", rec, "--exit", 2, "--compare", "--temperature", 0.8, "--seed", 1,
+              "--max_new_tokens", 8)
+    assert re.search(r"^speedup .* \| sampling: outputs differ by design \(the same distribution, other random "
+                     r"draws\)$", out, re.M)
+    verdict, s = generate.compare_verdict, Settings("self_speculative", 2, 3)
+    assert verdict([5, 6, 7], [5, 6, 7], s, torch.float32) == "outputs identical"
+    assert verdict([5, 6, 7], [5, 8, 7], s, torch.float32) == "outputs differ from token 1 on"
+    assert verdict([5, 6, 7], [5, 6], s, torch.float32) == "outputs differ from token 2 on"
+    assert verdict([5, 6, 7], [5, 8, 7], s, torch.bfloat16) == (
         "outputs differ from token 1 on (in bfloat16, near-ties can flip greedy choices: identical outputs are a "
         "float32 guarantee)")
 
@@ -184,12 +189,13 @@ def test_round_colours_tell_roles_apart(tiny_tokenizer):
 def test_logits_processors_keep_greedy_self_speculative_equal_to_autoregressive(rec, capsys):
     """The flags reach the decoder (the text is ls.generate's with both processors); --compare finds it identical."""
     model, tok = load_model(rec)
-    ids, processors = tok.encode(PROMPT), dict(repetition_penalty=1.5, no_repeat_ngram_size=2)
+    ids, processors = tok.encode(PROMPT), dict(repetition_penalty=1.2, no_repeat_ngram_size=2)
     plain = ls.generate(model, ids, 40, eos_id=tok.stop_ids).tokens
     processed = ls.generate(model, ids, 40, eos_id=tok.stop_ids, **processors).tokens
+    alone = [ls.generate(model, ids, 40, eos_id=tok.stop_ids, **{k: v}).tokens for k, v in processors.items()]
     out = run(capsys, "--checkpoint", rec, "--exit", 2, "--num_speculations", 3, "--compare", "--max_new_tokens", 40,
-              "--prompt", PROMPT, "--repetition_penalty", 1.5, "--no_repeat_ngram_size", 2)
-    assert processed != plain and IDENTICAL.search(out)
+              "--prompt", PROMPT, "--repetition_penalty", 1.2, "--no_repeat_ngram_size", 2)
+    assert processed != plain and processed not in alone and IDENTICAL.search(out)  # each processor bites
     assert text_block(out) == PROMPT + tok.decode(ids + processed)[len(tok.decode(ids)):] + "\n"
 
 

