@@ -603,7 +603,7 @@ def generate_stream(model: Transformer, prompt_ids, max_new_tokens, settings: Se
     samplers = [Sampler(s.temperature, s.top_k, s.top_p, s.processor(), random_stream(seed, device)) for seed in seeds]
     ends = [min(ctx, len(p) + m) for p, m in zip(prompts, budgets)]  # a sequence never grows past its end
 
-    @torch.inference_mode()
+    @torch.inference_mode()  # the rounds below run under it
     def rounds():  # nothing runs until the first round is asked for: the call itself only checks
         if s.strategy == "self_speculative":
             rows = Rows(model, prompts, ends, samplers, s.stop_ids, L, s.num_speculations + 1, batch_size)
@@ -702,7 +702,6 @@ class Rows:
         return out
 
 
-@torch.inference_mode()
 def autoregressive_rounds(model, rows: Rows, E: int) -> Iterator[list]:
     """One token per row and round from blocks 0..E-1: E = L is plain autoregressive decoding, E < L early exit."""
     while rows:
@@ -713,7 +712,6 @@ def autoregressive_rounds(model, rows: Rows, E: int) -> Iterator[list]:
                             for sampler, row, seq in zip(rows.samplers, logits, rows.seqs)])
 
 
-@torch.inference_mode()
 def self_speculative_rounds(model, rows: Rows, E: int, num_speculations: int, keep_drafting) -> Iterator[list]:
     """Draft with blocks 0..E-1, verify with blocks E..L-1 from the cached exit states, accept, roll back."""
     L = model.params.n_layers
