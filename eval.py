@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import layerskip as ls
-from common import MAX_THREADS, ArgumentParser, crop_prompt, fail, int_range, prompt_set, read_text
+from common import MAX_THREADS, ArgumentParser, checked, crop_prompt, fail, int_range, prompt_set, read_text
 from model_io import load_model
 
 SHIPPED = ["checkpoints/layerskip-python-deep.pt", "checkpoints/baseline-python-deep.pt"]
@@ -285,11 +285,8 @@ def main(argv=None):
     t0 = time.time()
     results, needed = {}, {}
     for name, (model, tok) in models.items():
-        try:
-            results[name] = per_exit_metrics(model, tok, documents, args.windows,
-                                             args.block_size or model.params.max_seq_len - 1, args.files)
-        except ValueError as e:
-            fail(str(e))
+        results[name] = checked(per_exit_metrics, model, tok, documents, args.windows,
+                                args.block_size or model.params.max_seq_len - 1, args.files)
         needed[name] = layers_needed(model, tok, prompts, args.max_new_tokens)
     print_tables(args, models, results, needed, len(prompts))
     print(f"\n(eval took {time.time() - t0:.0f} s; command: python eval.py "
